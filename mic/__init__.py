@@ -1,0 +1,1 @@
+"""mic: agent-first version control (sessions with goal, conversation, decisions and changes)."""

@@ -1,0 +1,155 @@
+"""The storage contract: `Digest`, and the `Cas` and `Kv` protocols every tier and the tiered store implement.
+
+Protocol modules and tests type against these protocols, never against a tier class. The core knows no wire
+protocol: a digest is (function, hex, size) and a record is bytes plus the CAS digests it references.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import blake3
+
+__all__ = [
+    "FUNCTIONS",
+    "Blob",
+    "Cas",
+    "Digest",
+    "Kv",
+    "Record",
+    "Store",
+    "new_hasher",
+]
+
+FUNCTIONS = ("sha256", "blake3")
+_HEX_LEN = {"sha256": 64, "blake3": 64}
+
+
+def new_hasher(function: str):  # -> hashlib-like object with update()/hexdigest()
+    """Return a fresh incremental hasher for `function` ("sha256" or "blake3")."""
+    if function == "sha256":
+        return hashlib.sha256()
+    if function == "blake3":
+        return blake3.blake3(max_threads=blake3.blake3.AUTO)
+    raise ValueError(f"unknown digest function {function!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """Identity of an immutable blob: hash function, lowercase hex hash, size in bytes.
+
+    Construct untrusted digests through `micd.validate.parse_digest`, which checks the shape.
+    """
+
+    function: str
+    hex: str
+    size: int
+
+    @classmethod
+    def of(cls, data: bytes, function: str = "sha256") -> Digest:
+        hasher = new_hasher(function)
+        hasher.update(data)
+        return cls(function, hasher.hexdigest(), len(data))
+
+    @classmethod
+    def empty(cls, function: str = "sha256") -> Digest:
+        return cls.of(b"", function)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.size == 0
+
+    def __str__(self) -> str:
+        return f"{self.function}:{self.hex}/{self.size}"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A small KV value plus the CAS blobs it references.
+
+    A record is served only when every referenced blob exists (never a hit that points at nothing).
+    """
+
+    value: bytes
+    refs: tuple[Digest, ...] = ()
+    metadata: tuple[tuple[str, str], ...] = field(default=())
+
+    def meta(self, name: str) -> str | None:
+        for key, val in self.metadata:
+            if key == name:
+                return val
+        return None
+
+
+class Blob(Protocol):
+    """An open, readable blob range. The receiver must `aclose()` it (or exhaust `chunks()`)."""
+
+    size: int
+    """Size of the whole blob."""
+    offset: int
+    """First byte of the range this handle serves."""
+    length: int
+    """Number of bytes in the range."""
+    path: Path | None
+    """A file holding the whole verified blob that may be sent directly (sendfile), or None."""
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """Yield the range in bounded chunks (≤ 1 MiB). Raises IntegrityError mid-stream on corruption."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class Cas(Protocol):
+    """Content-addressed blobs. Safe for concurrent use from one event loop. The empty blob always exists."""
+
+    async def contains(self, digest: Digest) -> bool:
+        """True if the blob is present (never reads the body)."""
+        ...
+
+    async def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
+        """Return the digests that are absent, in input order, without reading any blob body."""
+        ...
+
+    async def get(self, digest: Digest, offset: int = 0, limit: int | None = None) -> Blob | None:
+        """Open `[offset, offset+limit)` of the blob, or None on a miss (including a detected corruption).
+
+        Raises BadRequest if offset > size.
+        """
+        ...
+
+    async def put(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
+        """Store the blob read from `chunks`, hashing while writing.
+
+        Publishes atomically only if the bytes match `digest` (function, hash and size); otherwise raises
+        IntegrityError and stores nothing. Raises StoreFull at the hard cap. Idempotent.
+        """
+        ...
+
+    async def put_bytes(self, digest: Digest, data: bytes) -> None:
+        """`put` for a blob already in memory."""
+        ...
+
+    async def get_bytes(self, digest: Digest) -> bytes | None:
+        """Whole blob in memory, or None. For small blobs only (records, protos)."""
+        ...
+
+
+class Kv(Protocol):
+    """Namespaced small records (one namespace per tool and scope, e.g. "bazel-ac/main/inst")."""
+
+    async def get_record(self, namespace: str, key: str) -> Record | None:
+        """The record, or None if absent or if any referenced blob is missing."""
+        ...
+
+    async def put_record(self, namespace: str, key: str, record: Record) -> None:
+        """Store or replace the record. Raises StoreFull at the hard cap."""
+        ...
+
+
+class Store(Cas, Kv, Protocol):
+    """What protocol modules receive: one CAS shared by all tools plus namespaced KV records."""

@@ -1,0 +1,70 @@
+"""Pure validation of untrusted identifiers: one compiled pattern per shape, a distinct error for each failure.
+
+Protocol modules call these before they touch the store, so nothing malformed (path traversal, odd
+characters, wrong hash length) ever reaches a tier or a file name.
+"""
+
+from __future__ import annotations
+
+import re
+
+from micd.errors import BadRequest
+from micd.store import FUNCTIONS, Digest
+
+__all__ = [
+    "HEX64",
+    "KEY",
+    "NAMESPACE",
+    "parse_digest",
+    "parse_function",
+    "parse_key",
+    "parse_namespace",
+    "parse_size",
+]
+
+HEX64 = re.compile(r"[0-9a-f]{64}")
+# Namespaces are tool + scope, e.g. "bazel-ac/main/inst"; segments never "." or "..".
+NAMESPACE = re.compile(r"[a-z0-9][a-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*")
+# Record keys are opaque tokens chosen by the protocol (hashes, tags, narinfo names).
+KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:+=@-]{0,254}")
+MAX_BLOB_SIZE = 1 << 40
+
+
+def parse_function(function: str) -> str:
+    """Return the digest function name, or raise BadRequest."""
+    if function not in FUNCTIONS:
+        raise BadRequest("unsupported digest function", function)
+    return function
+
+
+def parse_size(size: str | int) -> int:
+    """Parse a blob size in bytes (0 ≤ size ≤ 1 TiB)."""
+    if isinstance(size, str):
+        if not size.isdigit() or len(size) > 16:
+            raise BadRequest("malformed size", size)
+        size = int(size)
+    if not 0 <= size <= MAX_BLOB_SIZE:
+        raise BadRequest("size out of range", size)
+    return size
+
+
+def parse_digest(function: str, hex_: str, size: str | int) -> Digest:
+    """Build a Digest from untrusted parts; the hex must be lowercase and the right length."""
+    function = parse_function(function)
+    if not HEX64.fullmatch(hex_):
+        raise BadRequest(f"malformed {function} hash", hex_)
+    return Digest(function, hex_, parse_size(size))
+
+
+def parse_namespace(namespace: str) -> str:
+    """Check a KV namespace; rejects empty, '..' segments and anything outside the pattern."""
+    if len(namespace) > 512 or not NAMESPACE.fullmatch(namespace) or ".." in namespace.split("/"):
+        raise BadRequest("malformed namespace", namespace)
+    return namespace
+
+
+def parse_key(key: str) -> str:
+    """Check a KV key: a single safe path segment."""
+    if not KEY.fullmatch(key) or key in (".", ".."):
+        raise BadRequest("malformed key", key)
+    return key

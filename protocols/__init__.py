@@ -1,0 +1,1 @@
+"""Wire protocols: one module per protocol, translating wire <-> micd core and nothing else."""
