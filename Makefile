@@ -1,0 +1,34 @@
+# Two entry points for a fresh Debian 12 machine (see README.md):
+#   make run   installs micd into .venv and runs the daemon in the foreground for the current directory
+#   make test  installs every system package, npm client and Python dependency the tests need, then runs them
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+# System packages the test suite drives for real (bazel for the REAPI tests, gcc for its cc_binary, git for
+# `mic import git`, moto needs nothing from apt).
+APT_PACKAGES := bazel-bootstrap build-essential git ccache zsh
+
+.PHONY: run test install install-test system-deps
+
+$(BIN)/python:
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+
+install-test: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+run: install
+	$(BIN)/mic daemon run
+
+test: system-deps install-test
+	$(BIN)/pytest -q -ra
