@@ -1,0 +1,504 @@
+"""S3 tier: CAS blobs and KV records in any S3-compatible bucket, through aioboto3.
+
+Keys are `<prefix>/cas/<function>/<hh>/<hex>` (a zstd frame of the blob) and `<prefix>/kv/<namespace>/<key>`
+(an encoded `micd.record` record). Why it looks the way it does:
+
+- **Never wrong data.** Every download is decompressed and hashed while it streams into a spool (memory for
+  small blobs, an anonymous temp file for large ones) and is handed out only after the digest matched. A corrupt
+  object is a miss, and it is deleted so the next upload repairs it.
+- **Failures are contained.** Every S3 error (refused, timeout, 5xx, throttling) is logged here and raised as
+  `TierUnavailable`; a miss (404) is `None`/`False`. After a failure a short, growing cool-down answers
+  `TierUnavailable` at once, so a dead endpoint never adds a timeout to every client request.
+- **Few requests.** A positive existence cache (content-addressed objects never change) and in-flight
+  de-duplication (N concurrent reads or HEADs of one digest share one request) prevent HEAD storms.
+- **Bounded memory.** Uploads compress into a spool and go up as one PUT or as multipart parts of `part_size`;
+  downloads decompress through a streaming writer; at most one part or one chunk is in memory per transfer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import aioboto3
+import aiohttp
+import zstandard
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from micd.blobs import CHUNK, BytesBlob, Verifier, aiter_bytes, clamp_range
+from micd.errors import FormatError, IntegrityError, TierUnavailable
+from micd.record import decode_record, encode_record
+from micd.store import Digest, Record
+
+__all__ = ["S3Tier", "SpoolBlob"]
+
+log = logging.getLogger(__name__)
+
+_INLINE = 1 << 20  # blobs up to this size are spooled in memory, larger ones in a temp file
+_MAX_RECORD = 64 << 20
+_MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+
+
+class _Missing(Exception):
+    """Internal: S3 answered 404."""
+
+
+class S3Tier:
+    """A remote tier over one bucket. Safe for concurrent use from one event loop; `open()` before use."""
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        existence_cache_size: int = 100_000,
+        part_size: int = 8 << 20,
+        concurrency: int = 32,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        op_timeout: float = 120.0,
+        max_attempts: int = 2,
+        cooldown: tuple[float, float] = (0.5, 30.0),
+        spool_dir: Path | None = None,
+        compression_level: int = 3,
+    ) -> None:
+        if not bucket:
+            raise ValueError("S3 bucket name is empty")
+        if part_size < 5 << 20:
+            raise ValueError("S3 multipart part_size must be ≥ 5 MiB")
+        if existence_cache_size < 0 or concurrency < 1:
+            raise ValueError("existence_cache_size must be ≥ 0 and concurrency ≥ 1")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self._base = f"{self.prefix}/" if self.prefix else ""
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.part_size = part_size
+        self._concurrency = concurrency
+        self._op_timeout = op_timeout
+        self._cooldown_min, self._cooldown_max = cooldown
+        self._spool_dir = spool_dir
+        self._level = compression_level
+        self._config = Config(
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries={"max_attempts": max_attempts, "mode": "standard"},
+            max_pool_connections=concurrency,
+            s3={"addressing_style": "path"} if endpoint_url else None,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self._exists: OrderedDict[Digest, None] = OrderedDict()
+        self._exists_max = existence_cache_size
+        self._heads: dict[Digest, asyncio.Task[bool]] = {}
+        self._downloads: dict[Digest, SpoolEntry] = {}
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._client = None
+        self._cooldown = 0.0
+        self._down_until = 0.0
+        self.errors = 0
+        self.last_error: str | None = None
+
+    # -- lifecycle and health ----------------------------------------------------------------------
+    async def open(self) -> None:
+        """Create the S3 client (standard AWS credential chain). Does not contact S3."""
+        self._stack = contextlib.AsyncExitStack()
+        session = aioboto3.Session()
+        self._client = await self._stack.enter_async_context(
+            session.client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=self._config)
+        )
+
+    async def close(self) -> None:
+        for task in [*self._heads.values(), *(entry.task for entry in self._downloads.values())]:
+            task.cancel()
+        if self._stack is not None:
+            await self._stack.aclose()
+        self._stack = self._client = None
+
+    @property
+    def state(self) -> str:
+        """"ok" while the last S3 call succeeded, "degraded" after a failure (until one succeeds)."""
+        return "degraded" if self._cooldown else "ok"
+
+    def stats(self) -> dict:
+        return {
+            "state": self.state,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "existence_cache": len(self._exists),
+            "inflight": len(self._heads) + len(self._downloads),
+        }
+
+    def known(self, digest: Digest) -> bool:
+        """True if the blob is known to be in S3 without asking S3 (existence cache)."""
+        return digest.is_empty or digest in self._exists
+
+    def cas_key(self, digest: Digest) -> str:
+        return f"{self._base}cas/{digest.function}/{digest.hex[:2]}/{digest.hex}"
+
+    def kv_key(self, namespace: str, key: str) -> str:
+        return f"{self._base}kv/{namespace}/{key}"
+
+    def _remember(self, digest: Digest) -> None:
+        if self._exists_max == 0:
+            return
+        self._exists[digest] = None
+        self._exists.move_to_end(digest)
+        while len(self._exists) > self._exists_max:
+            self._exists.popitem(last=False)
+
+    @contextlib.asynccontextmanager
+    async def _guard(self, op: str, key: str) -> AsyncIterator[None]:
+        """Run one S3 call: 404 → `_Missing`, any other failure → logged, cool-down, `TierUnavailable`."""
+        if self._client is None:
+            raise TierUnavailable("S3 tier is not open")
+        if self._cooldown and time.monotonic() < self._down_until:
+            raise TierUnavailable(f"S3 unavailable (cooling down after: {self.last_error})")
+        try:
+            async with asyncio.timeout(self._op_timeout):
+                yield
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+            if status == "404" or error.get("Code") in _MISSING_CODES:
+                self._succeeded()
+                raise _Missing from exc
+            self._failed(op, key, exc)
+            raise TierUnavailable(f"S3 {op} {key}: {exc}") from exc
+        except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self._failed(op, key, exc)
+            raise TierUnavailable(f"S3 {op} {key}: {exc!r}") from exc
+        self._succeeded()
+
+    def _failed(self, op: str, key: str, exc: BaseException) -> None:
+        self.errors += 1
+        self.last_error = f"{op} {key}: {exc!r}"
+        first = not self._cooldown
+        self._cooldown = min(self._cooldown * 2 or self._cooldown_min, self._cooldown_max)
+        self._down_until = time.monotonic() + self._cooldown
+        log.warning("S3 %s of %s failed (%s); S3 tier degraded for %.1f s", op, key, exc, self._cooldown)
+        if first:
+            log.error("S3 tier degraded: serving from local tiers only until S3 answers again")
+
+    def _succeeded(self) -> None:
+        if self._cooldown:
+            log.warning("S3 tier reachable again")
+        self._cooldown = 0.0
+
+    # -- CAS: existence ----------------------------------------------------------------------------
+    async def contains(self, digest: Digest) -> bool:
+        """HEAD the blob (once: positives are cached, concurrent calls share one request)."""
+        if self.known(digest):
+            return True
+        task = self._heads.get(digest)
+        if task is None:
+            task = asyncio.ensure_future(self._head(digest))
+            self._heads[digest] = task
+            task.add_done_callback(lambda t, d=digest: self._heads.pop(d, None) and None)
+            task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
+
+    async def _head(self, digest: Digest) -> bool:
+        key = self.cas_key(digest)
+        try:
+            async with self._guard("HEAD", key):
+                await self._client.head_object(Bucket=self.bucket, Key=key)
+        except _Missing:
+            return False
+        self._remember(digest)
+        return True
+
+    async def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
+        """Missing digests in input order; HEADs run with bounded concurrency. Raises TierUnavailable."""
+        digests = list(digests)
+        unknown = iter(dict.fromkeys(d for d in digests if not self.known(d)))
+        missing: set[Digest] = set()
+
+        async def worker() -> None:
+            for digest in unknown:
+                if not await self.contains(digest):
+                    missing.add(digest)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(self._concurrency, len(digests))):
+                    group.create_task(worker())
+        except* TierUnavailable as failures:
+            raise failures.exceptions[0] from None
+        return [d for d in digests if d in missing]
+
+    # -- CAS: reads --------------------------------------------------------------------------------
+    async def get(self, digest: Digest, offset: int = 0, limit: int | None = None) -> BytesBlob | SpoolBlob | None:
+        """Download, decompress and verify (once for concurrent readers), then serve the range.
+
+        Returns None on a miss or a corrupt object. Raises TierUnavailable, or BadRequest past the end.
+        """
+        clamp_range(digest.size, offset, limit)
+        if digest.is_empty:
+            return BytesBlob(b"", offset, limit)
+        entry = self._downloads.get(digest)
+        if entry is None:
+            entry = SpoolEntry(asyncio.ensure_future(self._download(digest)), digest.size)
+            self._downloads[digest] = entry
+            entry.task.add_done_callback(lambda t, d=digest, e=entry: self._download_done(d, e))
+        return await entry.open(offset, limit)
+
+    def _download_done(self, digest: Digest, entry: SpoolEntry) -> None:
+        if self._downloads.get(digest) is entry:
+            del self._downloads[digest]
+        entry.finished()
+
+    async def get_bytes(self, digest: Digest) -> bytes | None:
+        blob = await self.get(digest)
+        if blob is None:
+            return None
+        return b"".join([chunk async for chunk in blob.chunks()])
+
+    async def _download(self, digest: Digest) -> bytes | io.BufferedRandom | None:
+        key = self.cas_key(digest)
+        small = digest.size <= _INLINE
+        spool = io.BytesIO() if small else await asyncio.to_thread(tempfile.TemporaryFile, dir=self._spool_dir)
+        verifier = Verifier(digest)
+        writer = zstandard.ZstdDecompressor().stream_writer(_Sink(spool, verifier), write_size=CHUNK, closefd=False)
+        try:
+            async with self._guard("GET", key):
+                response = await self._client.get_object(Bucket=self.bucket, Key=key)
+            body = response["Body"]
+            try:
+                while True:
+                    async with self._guard("GET body", key):
+                        chunk = await body.read(CHUNK)
+                    if not chunk:
+                        break
+                    await _maybe_thread(small and len(chunk) <= 65536, writer.write, chunk)
+            finally:
+                body.close()
+            await _maybe_thread(small, writer.flush)
+            verifier.check()
+        except _Missing:
+            spool.close()
+            return None
+        except (IntegrityError, zstandard.ZstdError) as exc:
+            spool.close()
+            await self._quarantine(digest, exc)
+            return None
+        except BaseException:
+            spool.close()
+            raise
+        self._remember(digest)
+        if small:
+            return spool.getvalue()
+        await asyncio.to_thread(spool.flush)
+        return spool
+
+    async def _quarantine(self, digest: Digest, exc: Exception) -> None:
+        """A corrupt object is never served; delete it so that the next upload of this digest repairs it."""
+        key = self.cas_key(digest)
+        log.error("S3 object %s does not match its digest (%s); deleting it", key, exc)
+        self._exists.pop(digest, None)
+        try:
+            async with self._guard("DELETE", key):
+                await self._client.delete_object(Bucket=self.bucket, Key=key)
+        except (_Missing, TierUnavailable):
+            pass
+
+    # -- CAS: writes -------------------------------------------------------------------------------
+    async def put(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
+        """Verify and compress into a spool, then upload (nothing is uploaded unless the bytes match).
+
+        Raises IntegrityError on a mismatch and TierUnavailable when S3 fails.
+        """
+        small = digest.size <= _INLINE
+        spool = io.BytesIO() if small else await asyncio.to_thread(tempfile.TemporaryFile, dir=self._spool_dir)
+        try:
+            verifier = Verifier(digest)
+            compressor = zstandard.ZstdCompressor(level=self._level)
+            writer = compressor.stream_writer(spool, size=digest.size, write_size=CHUNK, closefd=False)
+            async for chunk in chunks:
+                await _maybe_thread(small and len(chunk) <= 65536, _compress_chunk, verifier, writer, chunk)
+            verifier.check()
+            await _maybe_thread(small, writer.flush, zstandard.FLUSH_FRAME)
+            if digest.is_empty or self.known(digest):
+                return
+            await self._upload(self.cas_key(digest), spool, small)
+        finally:
+            spool.close()
+        self._remember(digest)
+
+    async def put_bytes(self, digest: Digest, data: bytes) -> None:
+        await self.put(digest, aiter_bytes(data))
+
+    async def _upload(self, key: str, spool: io.BytesIO | io.BufferedRandom, small: bool) -> None:
+        size = spool.tell()
+        if size <= self.part_size:
+            body = spool.getvalue() if small else await asyncio.to_thread(os.pread, spool.fileno(), size, 0)
+            async with self._guard("PUT", key):
+                await self._client.put_object(Bucket=self.bucket, Key=key, Body=body)
+            return
+        async with self._guard("CreateMultipartUpload", key):
+            upload = await self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
+        upload_id = upload["UploadId"]
+        try:
+            parts = []
+            for number, start in enumerate(range(0, size, self.part_size), start=1):
+                data = await asyncio.to_thread(os.pread, spool.fileno(), self.part_size, start)
+                async with self._guard("UploadPart", key):
+                    part = await self._client.upload_part(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+                    )
+                parts.append({"ETag": part["ETag"], "PartNumber": number})
+                del data
+            async with self._guard("CompleteMultipartUpload", key):
+                await self._client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                )
+            raise
+
+    # -- KV ----------------------------------------------------------------------------------------
+    async def get_record(self, namespace: str, key: str) -> Record | None:
+        """The stored record (raw: the tiered store checks its references), None if absent or unreadable."""
+        s3_key = self.kv_key(namespace, key)
+        try:
+            async with self._guard("GET", s3_key):
+                response = await self._client.get_object(Bucket=self.bucket, Key=s3_key)
+                body = response["Body"]
+                try:
+                    data = await body.read(_MAX_RECORD + 1)
+                finally:
+                    body.close()
+        except _Missing:
+            return None
+        try:
+            if len(data) > _MAX_RECORD:
+                raise FormatError("kv record", "record too large", expected=_MAX_RECORD, got=len(data))
+            return decode_record(data)
+        except FormatError as exc:
+            log.error("S3 record %s is unreadable (%s); treating it as a miss", s3_key, exc)
+            return None
+
+    async def put_record(self, namespace: str, key: str, record: Record) -> None:
+        s3_key = self.kv_key(namespace, key)
+        async with self._guard("PUT", s3_key):
+            await self._client.put_object(Bucket=self.bucket, Key=s3_key, Body=encode_record(record))
+
+
+class SpoolEntry:
+    """One shared download: its task (→ bytes, a verified temp file, or None) and the readers holding it.
+
+    The temp file is closed when the download is done and the last reader let go.
+    """
+
+    def __init__(self, task: asyncio.Task, size: int) -> None:
+        self.task = task
+        self.size = size
+        self.refs = 0
+
+    async def open(self, offset: int, limit: int | None) -> BytesBlob | SpoolBlob | None:
+        self.refs += 1
+        try:
+            result = await asyncio.shield(self.task)
+        except BaseException:
+            self.release()
+            raise
+        if result is None or isinstance(result, bytes):
+            self.release()
+            return None if result is None else BytesBlob(result, offset, limit)
+        return SpoolBlob(self, result, offset, limit)
+
+    def release(self) -> None:
+        self.refs -= 1
+        if self.refs == 0:
+            self._close_if_done()
+
+    def finished(self) -> None:
+        _retrieve(self.task)
+        if self.refs == 0:
+            self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if self.task.done() and not self.task.cancelled() and self.task.exception() is None:
+            result = self.task.result()
+            if result is not None and not isinstance(result, bytes):
+                result.close()
+
+
+class SpoolBlob:
+    """A `Blob` over a verified download spooled to an anonymous temp file (shared by concurrent readers)."""
+
+    path: Path | None = None
+
+    def __init__(self, entry: SpoolEntry, file: io.BufferedRandom, offset: int, limit: int | None) -> None:
+        self.size = entry.size
+        self.offset = offset
+        self.length = clamp_range(self.size, offset, limit)
+        self._entry = entry
+        self._file = file
+        self._open = True
+
+    def view(self, offset: int = 0, limit: int | None = None) -> SpoolBlob:
+        """Another handle on the same spool (no new download); the caller must close it too."""
+        if not self._open:
+            raise RuntimeError("view() of a closed blob")
+        clamp_range(self.size, offset, limit)
+        self._entry.refs += 1
+        return SpoolBlob(self._entry, self._file, offset, limit)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            pos, end = self.offset, self.offset + self.length
+            while pos < end:
+                data = await asyncio.to_thread(os.pread, self._file.fileno(), min(CHUNK, end - pos), pos)
+                if not data:
+                    raise IntegrityError(f"{self.size} bytes", f"spool ended at {pos}", what="S3 download spool")
+                pos += len(data)
+                yield data
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._open:
+            self._open = False
+            self._entry.release()
+
+
+class _Sink:
+    """Write target of the streaming decompressor: verifies each output chunk before spooling it."""
+
+    def __init__(self, spool: io.BytesIO | io.BufferedRandom, verifier: Verifier) -> None:
+        self._spool = spool
+        self._verifier = verifier
+
+    def write(self, data: bytes) -> int:
+        self._verifier.update(data)  # raises as soon as the output exceeds the announced size
+        return self._spool.write(data)
+
+
+def _compress_chunk(verifier: Verifier, writer, chunk: bytes) -> None:
+    verifier.update(chunk)
+    writer.write(chunk)
+
+
+async def _maybe_thread(inline: bool, fn, *args):
+    """Run small CPU work inline (a thread hop costs more than it), large work in a thread."""
+    return fn(*args) if inline else await asyncio.to_thread(fn, *args)
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
