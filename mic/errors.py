@@ -1,0 +1,42 @@
+"""mic's errors: the shared families from `micd.errors`, plus the few that only the VCS core raises.
+
+Every error a user can trigger is a `MicError`; the CLI maps them to exit codes in one place.
+"""
+
+from __future__ import annotations
+
+from micd.errors import BadRequest, Conflict, FormatError, IntegrityError, MicError, NotFound
+
+__all__ = [
+    "BadRequest",
+    "ConfigError",
+    "Conflict",
+    "FormatError",
+    "IntegrityError",
+    "MicError",
+    "NotFound",
+    "PreconditionFailed",
+    "StoreUnavailable",
+    "WorkspaceError",
+]
+
+
+class PreconditionFailed(MicError):
+    """A conditional write lost: the key already existed (create-only) or its ETag moved (compare-and-swap)."""
+
+    def __init__(self, key: str, condition: str) -> None:
+        self.key = key
+        self.condition = condition
+        super().__init__(f"precondition failed on {key!r}: {condition}")
+
+
+class StoreUnavailable(MicError):
+    """The object store cannot be reached or used; the message says exactly what to set or create."""
+
+
+class ConfigError(MicError):
+    """A configuration value is invalid; the message names the key and where its value came from."""
+
+
+class WorkspaceError(MicError):
+    """The current directory is not a usable mic workspace (or the workspace state is inconsistent)."""

@@ -1,0 +1,162 @@
+"""ObjectStore on a local directory, safe across processes (the embedded default).
+
+Crash and race safety comes from the file system, not from a daemon:
+- `put_if_absent` writes a private temp file, fsyncs it, then `link()`s it to the key's path. `link` fails with
+  EEXIST if anything is there, so exactly one of N racing creators wins, and a reader never sees a partial file.
+- `put_if_match` takes an exclusive `flock` on a per-key lock file, re-reads the object, compares its ETag, and
+  publishes the new bytes with temp + fsync + `rename` while still holding the lock. Every writer of an existing
+  key (`put_if_match`, `delete`) holds that lock, so the read-compare-replace is atomic.
+- The ETag is the BLAKE3 of the bytes (truncated to 128 bits): it changes whenever the content does, and
+  compare-and-swap of identical bytes is harmless.
+Blocking work runs in `asyncio.to_thread`. Temp and lock files live under `.tmp/` and `.locks/`, which no valid key
+can name (key segments never start with a dot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import uuid
+from pathlib import Path
+
+import blake3
+
+from mic.errors import PreconditionFailed, StoreUnavailable
+from mic.objectstore import Obj, validate_key
+
+__all__ = ["LocalObjectStore", "etag_of"]
+
+
+def etag_of(data: bytes) -> str:
+    """The ETag of `data` in a local store."""
+    return blake3.blake3(data).hexdigest()[:32]
+
+
+class LocalObjectStore:
+    """An ObjectStore rooted at `root` (created on first write)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"LocalObjectStore({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        return self.root / validate_key(key)
+
+    # -- blocking halves -------------------------------------------------------------------------------------
+
+    def _write_temp(self, data: bytes) -> Path:
+        tmp_dir = self.root / ".tmp"
+        try:
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"cannot create the local store at {self.root}: {exc.strerror}; set MIC_STORE_URL (or --store) "
+                "to a writable file:///path"
+            ) from exc
+        tmp = tmp_dir / f"{uuid.uuid4().hex}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return tmp
+
+    def _get(self, key: str) -> Obj | None:
+        try:
+            data = self._path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return Obj(data, etag_of(data))
+
+    def _put_if_absent(self, key: str, data: bytes) -> str:
+        path = self._path(key)
+        tmp = self._write_temp(data)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.link(tmp, path)
+        except FileExistsError:
+            raise PreconditionFailed(key, "already exists") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return etag_of(data)
+
+    def _lock(self, key: str) -> int:
+        lock_dir = self.root / ".locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_dir / blake3.blake3(key.encode()).hexdigest()[:24], os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def _put_if_match(self, key: str, data: bytes, etag: str) -> str:
+        path = self._path(key)
+        fd = self._lock(key)
+        try:
+            current = self._get(key)
+            if current is None:
+                raise PreconditionFailed(key, f"expected ETag {etag}, but the object does not exist")
+            if current.etag != etag:
+                raise PreconditionFailed(key, f"expected ETag {etag}, got {current.etag}")
+            tmp = self._write_temp(data)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        finally:
+            os.close(fd)  # releases the flock
+        return etag_of(data)
+
+    def _list(self, prefix: str) -> list[str]:
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root / base if base else self.root
+        keys: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(start):
+            rel = os.path.relpath(dirpath, self.root)
+            if rel == ".":
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                rel = ""
+            for name in filenames:
+                key = f"{rel}/{name}" if rel else name
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    def _delete(self, key: str) -> None:
+        path = self._path(key)
+        fd = self._lock(key)
+        try:
+            path.unlink(missing_ok=True)
+        except NotADirectoryError:
+            pass
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        finally:
+            os.close(fd)
+
+    # -- async API -------------------------------------------------------------------------------------------
+
+    async def get(self, key: str) -> Obj | None:
+        return await asyncio.to_thread(self._get, key)
+
+    async def put_if_absent(self, key: str, data: bytes) -> str:
+        return await asyncio.to_thread(self._put_if_absent, key, data)
+
+    async def put_if_match(self, key: str, data: bytes, etag: str) -> str:
+        return await asyncio.to_thread(self._put_if_match, key, data, etag)
+
+    async def list(self, prefix: str) -> list[str]:
+        return await asyncio.to_thread(self._list, prefix)
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._delete, key)
+
+    async def close(self) -> None:
+        return None
