@@ -1,0 +1,205 @@
+"""`mic daemon run|start|stop|status`, `mic stats` and `mic config show`: the daemon as seen from the CLI.
+
+Arguments only; the work is in `micd.client` (the one way `mic` reaches micd). Every command has `--json`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from micd import client
+
+__all__ = ["format_bytes", "register", "stats_rows"]
+
+
+def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for key in reversed(client.KEYS):
+        command = click.option(key.flag, key.attr, default=None, metavar="VALUE",
+                               help=f"{key.help} [{key.name}, env {key.env}]")(command)
+    return command
+
+
+def _flags(params: dict[str, Any]) -> dict[str, Any]:
+    attrs = {key.attr for key in client.KEYS}
+    return {name: value for name, value in params.items() if name in attrs and value is not None}
+
+
+def _load(params: dict[str, Any]) -> client.Config:
+    try:
+        return client.load_config(_flags(params))
+    except client.ConfigError as exc:
+        raise click.ClickException(f"configuration error: {exc}") from exc
+
+
+def _emit(data: dict[str, Any], as_json: bool, text: str) -> None:
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else text)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _describe(info: client.DaemonInfo) -> str:
+    return (f"micd running, pid {info.pid}, up {info.uptime:.0f}s\n  http  {info.http}\n  grpc  {info.grpc}\n"
+            f"  token {info.as_dict()['token_file']}\n  state {info.state_dir}")
+
+
+def stats_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per (tool, tier): hits, misses, bytes served by hits, bytes put, hit ratio; from /stats series."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, series in stats.get("metrics", {}).get("series", {}).items():
+        tool, tier, event = name.split("/", 2)
+        row = rows.setdefault((tool, tier), {"tool": tool, "tier": tier, "hits": 0, "misses": 0,
+                                             "hit_bytes": 0, "put_bytes": 0, "puts": 0, "errors": 0})
+        if event == "hit":
+            row["hits"] += series["count"]
+            row["hit_bytes"] += series["bytes"]
+        elif event == "miss":
+            row["misses"] += series["count"]
+        elif event == "put":
+            row["puts"] += series["count"]
+            row["put_bytes"] += series["bytes"]
+        elif event == "error":
+            row["errors"] += series["count"]
+    for row in rows.values():
+        looked = row["hits"] + row["misses"]
+        row["hit_ratio"] = round(row["hits"] / looked, 4) if looked else None
+    return [rows[k] for k in sorted(rows)]
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out += _flatten(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def _stats_table(stats: dict[str, Any]) -> str:
+    header = ("tool", "tier", "hits", "misses", "hit ratio", "hit bytes", "puts", "put bytes", "errors")
+    table = [header]
+    for row in stats_rows(stats):
+        ratio = "-" if row["hit_ratio"] is None else f"{row['hit_ratio']:.1%}"
+        table.append((row["tool"], row["tier"], str(row["hits"]), str(row["misses"]), ratio,
+                      format_bytes(row["hit_bytes"]), str(row["puts"]), format_bytes(row["put_bytes"]),
+                      str(row["errors"])))
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+             for r in table]
+    if len(table) == 1:
+        lines.append("(no requests yet)")
+    lines += ["", f"uptime {stats.get('uptime_seconds', 0):.0f}s, pid {stats.get('pid')}", "store:"]
+    for key, value in _flatten(stats.get("store", {})):
+        shown = format_bytes(value) if isinstance(value, int) and key.endswith(("bytes", "used", "size")) else value
+        lines.append(f"  {key:<32} {shown}")
+    return "\n".join(lines)
+
+
+def register(group: click.Group) -> None:
+    """Add `daemon`, `stats` and `config show` to the root `mic` group."""
+
+    @group.group()
+    def daemon() -> None:
+        """Run, start, stop and inspect this session's micd."""
+
+    @daemon.command("run")
+    @click.option("--json", "as_json", is_flag=True, help="Print the endpoints as JSON.")
+    @_config_options
+    def run(as_json: bool, **params: Any) -> None:
+        """Run the daemon in the foreground (prints its endpoints; Ctrl-C stops it)."""
+        _load(params)  # report configuration errors before replacing this process
+        client.run_foreground(_flags(params), as_json=as_json)
+
+    @daemon.command("start")
+    @click.option("--json", "as_json", is_flag=True, help="Print the endpoints as JSON.")
+    @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the daemon.")
+    @_config_options
+    def start(as_json: bool, timeout: float, **params: Any) -> None:
+        """Start the daemon in the background unless one already serves this session."""
+        config = _load(params)
+        try:
+            info, started = client.start_daemon(config, _flags(params), timeout=timeout)
+        except client.DaemonError as exc:
+            raise click.ClickException(str(exc)) from exc
+        head = "started" if started else "already running"
+        _emit({**info.as_dict(), "started": started}, as_json, f"{head}: {_describe(info)}")
+
+    @daemon.command("stop")
+    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+    @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for draining and exit.")
+    @_config_options
+    def stop(as_json: bool, timeout: float, **params: Any) -> None:
+        """Stop the daemon (SIGTERM: it drains the S3 upload queue first) and wait for it to exit."""
+        config = _load(params)
+        try:
+            pid = client.stop_daemon(config, timeout=timeout)
+        except client.DaemonError as exc:
+            raise click.ClickException(str(exc)) from exc
+        text = f"stopped micd pid {pid}" if pid else f"no daemon was running for {config.state_dir}"
+        _emit({"stopped": pid is not None, "pid": pid}, as_json, text)
+
+    @daemon.command("status")
+    @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+    @_config_options
+    def status(as_json: bool, **params: Any) -> None:
+        """Print pid, endpoints and uptime; exit status 1 if no daemon is running."""
+        config = _load(params)
+        info = client.find_running(config)
+        if info is None:
+            _emit({"running": False, "state_dir": str(config.state_dir)}, as_json,
+                  f"micd not running (state dir {config.state_dir})")
+            sys.exit(1)
+        _emit({"running": True, **info.as_dict()}, as_json, _describe(info))
+
+    @group.command("stats")
+    @click.option("--json", "as_json", is_flag=True, help="Print the raw statistics as JSON.")
+    @_config_options
+    def stats(as_json: bool, **params: Any) -> None:
+        """Hits, misses, bytes and hit ratio per tool and tier; tier sizes, upload queue and S3 state."""
+        config = _load(params)
+        try:
+            data = client.fetch_json(config, "/stats")
+        except client.DaemonError as exc:
+            raise click.ClickException(str(exc)) from exc
+        if as_json:
+            data["rows"] = stats_rows(data)
+        _emit(data, as_json, _stats_table(data))
+
+    config_group = group.commands.get("config")
+    if not isinstance(config_group, click.Group):
+
+        @group.group("config")
+        def config_group() -> None:
+            """Inspect the effective configuration."""
+
+    @config_group.command("show")
+    @click.option("--json", "as_json", is_flag=True, help="Print {key: {value, source}} as JSON.")
+    @_config_options
+    def show(as_json: bool, **params: Any) -> None:
+        """Print every effective daemon setting and where its value came from."""
+        config = _load(params)
+        rows = config.effective()
+        data = {name: {"value": value, "source": source} for name, value, source in rows}
+        width = max(len(name) for name, _, _ in rows)
+        text = "\n".join(f"{name:<{width}}  {_show(value):<40}  ({source})" for name, value, source in rows)
+        _emit(data, as_json, text)
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)

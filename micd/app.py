@@ -1,0 +1,191 @@
+"""The composition root: builds the store from config and mounts every protocol on the HTTP and gRPC servers.
+
+This is the only module that imports `protocols`. To add a protocol, add one line below:
+an HTTP protocol contributes `routes(store)` in `create_app`, a gRPC one `add_servicers(server, store)` in
+`create_grpc_server`. Each gets `store.for_tool(<name>)` so metrics are kept per tool.
+
+Daemon endpoints of its own: `/healthz` (open, for readiness probes), `/metrics` (Prometheus text) and `/stats`
+(JSON for `mic stats`). Client-caused 4xx go to the `micd.access` logger, server errors to `micd`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from micd.auth import TokenInterceptor, auth_middleware
+from micd.config import Config
+from micd.metrics import Metrics
+from micd.tiers.memory import MemoryTier
+from protocols import cas_http
+
+__all__ = [
+    "ACTIVITY",
+    "METRICS",
+    "STORE",
+    "Activity",
+    "create_app",
+    "create_grpc_server",
+    "open_store",
+]
+
+GRPC_MAX_MESSAGE = 32 << 20  # ≥ 16 MiB: Bazel batches up to its own 4 MiB limit, other clients go higher.
+log = logging.getLogger("micd")
+access_log = logging.getLogger("micd.access")
+
+
+class Activity:
+    """Last-request time and in-flight count, for the idle timeout (a long upload is not idleness)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.in_flight = 0
+
+    def touch(self) -> None:
+        self.last = time.monotonic()
+
+    def idle_for(self) -> float:
+        return 0.0 if self.in_flight else time.monotonic() - self.last
+
+
+STORE = web.AppKey("store", object)
+METRICS = web.AppKey("metrics", Metrics)
+ACTIVITY = web.AppKey("activity", Activity)
+_STARTED = web.AppKey("started", float)
+
+
+async def open_store(config: Config, metrics: Metrics) -> Any:
+    """Open the tiers named by `config` and compose them; the caller must `close()` the result."""
+    store = _MemoryStore(MemoryTier(budget=config.memory_budget), metrics)
+    await store.start()
+    return store
+
+
+class _MemoryStore:
+    """Interim composition (memory tier only) until the tiered store lands; same surface as TieredStore."""
+
+    def __init__(self, memory: MemoryTier, metrics: Metrics) -> None:
+        self.memory = memory
+        self.metrics = metrics
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self, drain_timeout: float = 10.0) -> None:
+        return None
+
+    def for_tool(self, tool: str) -> MemoryTier:
+        return self.memory
+
+    def stats(self) -> dict[str, Any]:
+        return {"memory": {"bytes": self.memory.used, "budget": self.memory.budget}}
+
+
+def _activity_middleware(activity: Activity) -> Callable:
+    @web.middleware
+    async def track(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        activity.in_flight += 1
+        activity.touch()
+        try:
+            return await handler(request)
+        finally:
+            activity.in_flight -= 1
+            activity.touch()
+
+    return track
+
+
+@web.middleware
+async def _log_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    """Client errors (4xx) to the access log, server errors to the daemon log; nothing else is logged."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        _log_status(request, exc.status)
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        raise
+    _log_status(request, response.status)
+    return response
+
+
+def _log_status(request: web.Request, status: int) -> None:
+    if 400 <= status < 500:
+        access_log.info('%s "%s %s" %d', request.remote, request.method, request.path_qs, status)
+    elif status >= 500:
+        log.error('%s "%s %s" %d', request.remote, request.method, request.path_qs, status)
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+def _numeric_leaves(data: dict[str, Any], prefix: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in data.items():
+        name = f"{prefix}_{key}"
+        if isinstance(value, dict):
+            out.update(_numeric_leaves(value, name))
+        elif isinstance(value, bool):
+            out[name] = float(value)
+        elif isinstance(value, int | float):
+            out[name] = float(value)
+    return out
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    # Store-level state (tier sizes, upload queue depth, S3 health) is exported as gauges at scrape time.
+    for name, value in _numeric_leaves(request.app[STORE].stats(), "store").items():  # type: ignore[attr-defined]
+        metrics.set_gauge(name, value)
+    metrics.set_gauge("uptime_seconds", round(time.monotonic() - request.app[_STARTED], 3))
+    return web.Response(text=metrics.render_prometheus(), content_type="text/plain", charset="utf-8",
+                        headers={"X-Prometheus-Format": "0.0.4"})
+
+
+async def handle_stats(request: web.Request) -> web.Response:
+    return web.json_response({
+        "pid": os.getpid(),
+        "uptime_seconds": round(time.monotonic() - request.app[_STARTED], 3),
+        "store": request.app[STORE].stats(),  # type: ignore[attr-defined]
+        "metrics": request.app[METRICS].snapshot(),
+    })
+
+
+def create_app(store: Any, config: Config, *, token: str, metrics: Metrics,
+               activity: Activity | None = None) -> web.Application:
+    """The HTTP application: auth on everything but /healthz, daemon endpoints, then each protocol's routes."""
+    activity = activity or Activity()
+    app = web.Application(
+        middlewares=[_activity_middleware(activity), _log_middleware, auth_middleware(token)],
+        client_max_size=1 << 20,  # only for request.read(); streamed bodies are unbounded by design
+    )
+    app[STORE] = store
+    app[METRICS] = metrics
+    app[ACTIVITY] = activity
+    app[_STARTED] = time.monotonic()
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get("/stats", handle_stats)
+    app.router.add_routes(cas_http.routes(store.for_tool("cas")))
+    return app
+
+
+def create_grpc_server(store: Any, config: Config, *, token: str,
+                       activity: Activity | None = None) -> grpc.aio.Server:
+    """The gRPC server (not yet bound or started): token interceptor and each gRPC protocol's servicers."""
+    server = grpc.aio.server(
+        interceptors=[TokenInterceptor(token, on_call=activity.touch if activity else None)],
+        options=[
+            ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
+            ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
+        ],
+    )
+    return server

@@ -1,0 +1,209 @@
+"""Client API for `mic`: find, start, stop and query the session daemon through its state dir.
+
+`mic` reaches micd only through this module. Everything here is synchronous (a CLI makes one call at a time)
+and talks to the daemon the way any client would: files in the state dir, then HTTP with the session token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from micd.config import KEYS, Config, ConfigError, Key, load_config
+from micd.errors import MicError
+from micd.lifecycle import StatePaths, hold_lock, is_alive
+
+__all__ = [
+    "KEYS",
+    "Config",
+    "ConfigError",
+    "DaemonError",
+    "DaemonInfo",
+    "Key",
+    "fetch_json",
+    "find_running",
+    "load_config",
+    "run_foreground",
+    "start_daemon",
+    "stop_daemon",
+]
+
+EXIT_ALREADY_RUNNING = 3
+
+
+class DaemonError(MicError):
+    """The daemon could not be started, stopped or reached; the message says what to look at."""
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    """What ports.json says about a running daemon."""
+
+    pid: int
+    http: str
+    grpc: str
+    http_port: int
+    grpc_port: int
+    started_at: float
+    state_dir: Path
+
+    @property
+    def uptime(self) -> float:
+        return max(0.0, time.time() - self.started_at)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid, "http": self.http, "grpc": self.grpc, "http_port": self.http_port,
+            "grpc_port": self.grpc_port, "uptime_seconds": round(self.uptime, 1), "state_dir": str(self.state_dir),
+            "token_file": str(StatePaths(self.state_dir).token),
+        }
+
+
+def _alive(pid: int) -> bool:
+    """Like `is_alive`, but a zombie (a daemon we spawned that exited unreaped) counts as dead."""
+    if not is_alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _read_ports(paths: StatePaths) -> DaemonInfo | None:
+    try:
+        data = json.loads(paths.ports.read_text())
+        return DaemonInfo(
+            pid=int(data["pid"]), http=data["http"], grpc=data["grpc"], http_port=int(data["http_port"]),
+            grpc_port=int(data["grpc_port"]), started_at=float(data["started_at"]), state_dir=paths.root,
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def read_token(config: Config) -> str:
+    try:
+        return StatePaths(config.state_dir).token.read_text().strip()
+    except OSError as exc:
+        raise DaemonError(f"cannot read the session token in {config.state_dir}: {exc.strerror}") from exc
+
+
+def _healthy(info: DaemonInfo, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{info.http}/healthz", timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def find_running(config: Config) -> DaemonInfo | None:
+    """The daemon serving `config.state_dir`, if its ports.json is there, its pid lives and /healthz answers."""
+    info = _read_ports(StatePaths(config.state_dir))
+    if info is None or not _alive(info.pid) or not _healthy(info):
+        return None
+    return info
+
+
+def fetch_json(config: Config, path: str, timeout: float = 10.0) -> dict[str, Any]:
+    """GET a JSON endpoint of the running daemon with the session token."""
+    info = find_running(config)
+    if info is None:
+        raise DaemonError(f"no daemon is running for {config.state_dir} (start one with `mic daemon start`)")
+    request = urllib.request.Request(f"{info.http}{path}", headers={"Authorization": f"Bearer {read_token(config)}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise DaemonError(f"daemon answered {exc.code} for {path}") from exc
+    except (OSError, ValueError) as exc:
+        raise DaemonError(f"cannot read {path} from the daemon at {info.http}: {exc}") from exc
+
+
+def _flag_args(flags: Mapping[str, object]) -> list[str]:
+    by_attr = {key.attr: key for key in KEYS}
+    args: list[str] = []
+    for attr, value in flags.items():
+        if value is not None:
+            args += [by_attr[attr].flag, str(value)]
+    return args
+
+
+def run_foreground(flags: Mapping[str, object], *, as_json: bool) -> None:
+    """Replace this process with `micd run` (foreground; prints endpoints; signals go straight to the daemon)."""
+    args = [sys.executable, "-m", "micd.main", "run", *(["--json"] if as_json else []), *_flag_args(flags)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, args)
+
+
+def _log_tail(paths: StatePaths, lines: int = 15) -> str:
+    try:
+        return "\n".join(paths.log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no daemon.log)"
+
+
+def start_daemon(config: Config, flags: Mapping[str, object], *, timeout: float = 30.0) -> tuple[DaemonInfo, bool]:
+    """Start a detached daemon unless one runs; returns (info, started_now).
+
+    Concurrent callers serialise on `start.lock`, so exactly one daemon results and the others report it.
+    """
+    paths = StatePaths(config.state_dir).ensure()
+    with hold_lock(paths.start_lock, blocking=True):
+        running = find_running(config)
+        if running is not None:
+            return running, False
+        # The state dir and session are passed explicitly so the child cannot resolve them differently.
+        pinned = {**flags, "state_dir": str(config.state_dir), "session": config.session}
+        command = [sys.executable, "-m", "micd.main", "run", "--detached", *_flag_args(pinned)]
+        with open(paths.log, "ab") as log:
+            child = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = _read_ports(paths)
+            if info is not None and _alive(info.pid) and _healthy(info):
+                return info, info.pid == child.pid
+            code = child.poll()
+            if code is not None and code != EXIT_ALREADY_RUNNING:
+                raise DaemonError(f"micd exited with status {code} while starting; daemon.log says:\n"
+                                  f"{_log_tail(paths)}")
+            time.sleep(0.02)
+        raise DaemonError(f"micd did not become ready within {timeout:g}s; daemon.log says:\n{_log_tail(paths)}")
+
+
+def stop_daemon(config: Config, *, timeout: float = 60.0) -> int | None:
+    """SIGTERM the daemon and wait for it to exit (it drains uploads first); returns its pid, or None."""
+    paths = StatePaths(config.state_dir)
+    info = _read_ports(paths)
+    pid = info.pid if info is not None else _read_pid(paths.pid)
+    if pid is None or not _alive(pid):
+        return None
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return pid
+        time.sleep(0.02)
+    raise DaemonError(f"daemon pid {pid} did not exit within {timeout:g}s after SIGTERM (see {paths.log})")
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,284 @@
+"""micd configuration: one frozen dataclass, one loader, one `validate()`.
+
+Precedence, highest first: CLI flags > `MIC_*` environment variables > workspace `mic.toml` (found by walking up
+from the working directory) > user config `$XDG_CONFIG_HOME/mic/config.toml` > defaults. Every effective value
+remembers where it came from, so `mic config show` and validation errors can name the source.
+
+TOML layout (all keys optional)::
+
+    [store]  dir, memory_budget, disk_soft_cap, disk_hard_cap   # sizes: 1073741824, "512MiB", "10GiB"
+    [s3]     bucket, prefix, endpoint_url, region               # S3 is off when no bucket is set
+    [daemon] state_dir, session, idle_timeout, drain_timeout, log_level   # durations: 600, "30s", "10m", "2h"
+
+This module and `mic/config.py` are the only places that read `os.environ`; everything else receives values
+as explicit arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from micd.errors import MicError
+
+__all__ = ["KEYS", "Config", "ConfigError", "Key", "find_workspace", "load_config", "parse_duration", "parse_size"]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*", re.IGNORECASE)
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SECONDS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ConfigError(MicError):
+    """A configuration value is malformed or inconsistent; the message names the key and its source."""
+
+
+def parse_size(value: object) -> int:
+    """Parse a byte size: an int, or a string such as "512MiB", "10G", "1.5 GiB" (binary units)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size, got a boolean")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("size must be ≥ 0")
+        return value
+    match = _SIZE.fullmatch(str(value))
+    if not match:
+        raise ValueError(f"expected a size like 512MiB or 10GiB, got {value!r}")
+    unit = (match.group(2) or "").lower()[:1]
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def parse_duration(value: object) -> float:
+    """Parse seconds: a number, or a string such as "90", "30s", "10m", "2h"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration, got a boolean")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("duration must be ≥ 0")
+        return float(value)
+    match = _DURATION.fullmatch(str(value))
+    if not match:
+        raise ValueError(f"expected a duration like 600, 30s, 10m or 2h, got {value!r}")
+    return float(match.group(1)) * _SECONDS[(match.group(2) or "").lower()]
+
+
+def _parse_str(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _parse_level(value: object) -> str:
+    level = _parse_str(value).upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return level
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: TOML name, dataclass attribute, env var, CLI flag and parser."""
+
+    name: str
+    attr: str
+    env: str
+    parse: Callable[[object], Any]
+    help: str
+    is_path: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.attr.replace("_", "-")
+
+
+KEYS: tuple[Key, ...] = (
+    Key("store.dir", "cache_dir", "MIC_CACHE_DIR", _parse_str, "shared disk cache root", is_path=True),
+    Key("store.memory_budget", "memory_budget", "MIC_MEMORY_BUDGET", parse_size, "memory tier size"),
+    Key("store.disk_soft_cap", "disk_soft_cap", "MIC_DISK_SOFT_CAP", parse_size, "disk size that starts eviction"),
+    Key("store.disk_hard_cap", "disk_hard_cap", "MIC_DISK_HARD_CAP", parse_size, "disk size that rejects writes"),
+    Key("s3.bucket", "s3_bucket", "MIC_S3_BUCKET", _parse_str, "S3 bucket (S3 tier off when unset)"),
+    Key("s3.prefix", "s3_prefix", "MIC_S3_PREFIX", _parse_str, "key prefix inside the bucket"),
+    Key("s3.endpoint_url", "s3_endpoint_url", "MIC_S3_ENDPOINT_URL", _parse_str, "S3-compatible endpoint URL"),
+    Key("s3.region", "s3_region", "MIC_S3_REGION", _parse_str, "S3 region"),
+    Key("daemon.state_dir", "state_dir", "MIC_STATE_DIR", _parse_str, "this daemon's state dir", is_path=True),
+    Key("daemon.session", "session", "MIC_SESSION", _parse_str, "session id (default: one per workspace)"),
+    Key("daemon.idle_timeout", "idle_timeout", "MIC_IDLE_TIMEOUT", parse_duration, "stop after idle (0 = never)"),
+    Key("daemon.drain_timeout", "drain_timeout", "MIC_DRAIN_TIMEOUT", parse_duration, "S3 drain bound at stop"),
+    Key("daemon.log_level", "log_level", "MIC_LOG_LEVEL", _parse_level, "daemon log level"),
+)
+_BY_NAME = {key.name: key for key in KEYS}
+_BY_ATTR = {key.attr: key for key in KEYS}
+_SECTIONS = {"store", "s3", "daemon"}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Effective daemon configuration. `sources[attr]` says where each value came from."""
+
+    cache_dir: Path
+    memory_budget: int
+    disk_soft_cap: int
+    disk_hard_cap: int
+    s3_bucket: str | None
+    s3_prefix: str
+    s3_endpoint_url: str | None
+    s3_region: str | None
+    state_dir: Path
+    session: str
+    idle_timeout: float
+    drain_timeout: float
+    log_level: str
+    workspace: Path
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def s3_enabled(self) -> bool:
+        return bool(self.s3_bucket)
+
+    def source(self, attr: str) -> str:
+        return self.sources.get(attr, "default")
+
+    def validate(self) -> Config:
+        """Check cross-key invariants; raise ConfigError naming the keys and their sources."""
+
+        def where(attr: str) -> str:
+            return f"{_BY_ATTR[attr].name} (from {self.source(attr)})"
+
+        if self.disk_hard_cap < self.disk_soft_cap:
+            raise ConfigError(
+                f"{where('disk_hard_cap')} = {self.disk_hard_cap} is below "
+                f"{where('disk_soft_cap')} = {self.disk_soft_cap}"
+            )
+        if self.disk_hard_cap == 0:
+            raise ConfigError(f"{where('disk_hard_cap')} must be > 0")
+        if self.s3_endpoint_url and not re.match(r"https?://[^/\s]+", self.s3_endpoint_url):
+            raise ConfigError(f"{where('s3_endpoint_url')} must be an http:// or https:// URL, "
+                              f"got {self.s3_endpoint_url!r}")
+        if self.s3_bucket is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", self.s3_bucket):
+            raise ConfigError(f"{where('s3_bucket')} is not a valid bucket name: {self.s3_bucket!r}")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", self.session):
+            raise ConfigError(f"{where('session')} must be letters, digits, '_', '.', '-': {self.session!r}")
+        return self
+
+    def effective(self) -> list[tuple[str, object, str]]:
+        """(key name, value, source) for every key, in table order: what `mic config show` prints."""
+        rows: list[tuple[str, object, str]] = []
+        for key in KEYS:
+            value = getattr(self, key.attr)
+            rows.append((key.name, str(value) if isinstance(value, Path) else value, self.source(key.attr)))
+        rows.append(("workspace", str(self.workspace), self.source("workspace")))
+        return rows
+
+
+def find_workspace(cwd: Path) -> tuple[Path, Path | None]:
+    """Walk up from `cwd` to the first dir holding `mic.toml` or `.mic/`; (workspace, mic.toml or None).
+
+    With no marker anywhere, the workspace is `cwd` itself.
+    """
+    for directory in (cwd, *cwd.parents):
+        toml_path = directory / "mic.toml"
+        if toml_path.is_file():
+            return directory, toml_path
+        if (directory / ".mic").is_dir():
+            return directory, None
+    return cwd, None
+
+
+def _read_toml(path: Path) -> dict[str, tuple[object, str]]:
+    """Flatten the known sections of a TOML file into {key name: (value, source)}."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    found: dict[str, tuple[object, str]] = {}
+    for section in _SECTIONS & data.keys():
+        table = data[section]
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table")
+        for name, value in table.items():
+            full = f"{section}.{name}"
+            if full not in _BY_NAME:
+                raise ConfigError(f"{path}: unknown key {full} (known: {', '.join(sorted(_BY_NAME))})")
+            found[full] = (value, str(path))
+    return found
+
+
+def load_config(
+    flags: Mapping[str, object] | None = None,
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the effective, validated Config.
+
+    Args:
+        flags: values given on the command line, keyed by attribute (`memory_budget`); None values are ignored.
+        cwd: where to start looking for the workspace `mic.toml` (default: the process cwd).
+        env: the environment (default: `os.environ`).
+
+    Raises:
+        ConfigError: a value does not parse or keys contradict each other; the message names key and source.
+    """
+    env = os.environ if env is None else env
+    cwd = (cwd or Path.cwd()).resolve()
+    home = Path(env.get("HOME") or Path.home())
+    config_home = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
+    workspace, workspace_toml = find_workspace(cwd)
+
+    layers: list[dict[str, tuple[object, str]]] = []
+    user_toml = config_home / "mic" / "config.toml"
+    if user_toml.is_file():
+        layers.append(_read_toml(user_toml))
+    if workspace_toml is not None:
+        layers.append(_read_toml(workspace_toml))
+    layers.append({k.name: (env[k.env], f"env {k.env}") for k in KEYS if env.get(k.env, "") != ""})
+    layers.append({_BY_ATTR[a].name: (v, f"flag {_BY_ATTR[a].flag}") for a, v in (flags or {}).items() if v is not None})
+
+    values: dict[str, object] = {}
+    sources: dict[str, str] = {"workspace": "found from cwd" if workspace != cwd or workspace_toml else "cwd"}
+    for layer in layers:  # lowest precedence first; later layers overwrite
+        for name, (raw, source) in layer.items():
+            key = _BY_NAME[name]
+            try:
+                value = key.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name} (from {source}): {exc}") from exc
+            if key.is_path:
+                base = Path(source).parent if source.endswith(".toml") else cwd
+                value = (base / Path(str(value)).expanduser()).resolve()
+            values[key.attr] = value
+            sources[key.attr] = source
+
+    cache_home = Path(env.get("XDG_CACHE_HOME") or home / ".cache")
+    state_home = Path(env.get("XDG_STATE_HOME") or home / ".local" / "state")
+    session = str(values.get("session") or "ws-" + hashlib.sha256(str(workspace).encode()).hexdigest()[:16])
+    if "session" not in values:
+        sources["session"] = f"derived from workspace {workspace}"
+    defaults: dict[str, object] = {
+        "cache_dir": cache_home / "mic" / "store",
+        "memory_budget": 256 << 20,
+        "disk_soft_cap": 20 << 30,
+        "disk_hard_cap": 25 << 30,
+        "s3_bucket": None,
+        "s3_prefix": "",
+        "s3_endpoint_url": None,
+        "s3_region": None,
+        "state_dir": state_home / "mic" / "sessions" / session,
+        "idle_timeout": 3600.0,
+        "drain_timeout": 10.0,
+        "log_level": "INFO",
+    }
+    merged = {**defaults, **values, "session": session}
+    for attr in ("s3_bucket", "s3_endpoint_url", "s3_region"):
+        merged[attr] = merged[attr] or None
+    return Config(workspace=workspace, sources=sources, **merged).validate()  # type: ignore[arg-type]

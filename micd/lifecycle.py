@@ -1,0 +1,298 @@
+"""The daemon's life: state dir, life lock, listeners, `ports.json`, idle timeout, signals and draining.
+
+State dir layout (see architecture.md; one per session, or per workspace when no session is active):
+
+    daemon.lock   flock'ed exclusively for the daemon's whole life: a second daemon for the session cannot start,
+                  and a client that can take the lock knows the daemon is gone (no pid-reuse guessing)
+    start.lock    flock'ed by `mic daemon start` while it checks and spawns, so two starts make one daemon
+    daemon.pid    the pid, written once the life lock is held
+    ports.json    {"pid", "http_port", "grpc_port", …} written atomically (temp + fsync + rename) only after both
+                  listeners answer a probe; removed first at shutdown
+    token         the session token, mode 0600, kept across restarts so configured clients keep working
+    daemon.log    info and errors;  access.log: client-caused 4xx only
+
+Shutdown (SIGTERM, SIGINT or idle timeout): remove ports.json, stop accepting and give in-flight requests a
+grace period, stop gRPC, drain the S3 upload queue within `drain_timeout`, remove the pid file, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import signal
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+from aiohttp import web
+
+from micd.app import Activity, create_app, create_grpc_server, open_store
+from micd.auth import new_token
+from micd.config import Config
+from micd.errors import MicError
+from micd.metrics import Metrics
+
+__all__ = [
+    "AlreadyRunning",
+    "StatePaths",
+    "hold_lock",
+    "load_or_create_token",
+    "run_daemon",
+    "write_json_atomic",
+]
+
+PORTS_VERSION = 1
+SHUTDOWN_GRACE = 5.0
+log = logging.getLogger("micd")
+
+
+class AlreadyRunning(MicError):
+    """Another daemon holds this state dir's life lock."""
+
+    def __init__(self, state_dir: Path, pid: int | None) -> None:
+        self.state_dir = state_dir
+        self.pid = pid
+        super().__init__(f"a daemon is already running for {state_dir} (pid {pid or 'unknown'})")
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    """The files of one session's state dir."""
+
+    root: Path
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "daemon.lock"
+
+    @property
+    def start_lock(self) -> Path:
+        return self.root / "start.lock"
+
+    @property
+    def pid(self) -> Path:
+        return self.root / "daemon.pid"
+
+    @property
+    def ports(self) -> Path:
+        return self.root / "ports.json"
+
+    @property
+    def token(self) -> Path:
+        return self.root / "token"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "daemon.log"
+
+    @property
+    def access_log(self) -> Path:
+        return self.root / "access.log"
+
+    def ensure(self) -> StatePaths:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self
+
+
+@contextlib.contextmanager
+def hold_lock(path: Path, *, blocking: bool) -> Iterator[bool]:
+    """flock `path` exclusively; yields whether it was acquired (always True when blocking)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON so readers see the old file, no file, or the complete new one (temp + fsync + rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_or_create_token(path: Path) -> str:
+    """The session token: reused if the file is private and non-empty, otherwise created with mode 0600."""
+    try:
+        info = path.stat()
+        token = path.read_text().strip()
+        if token and not info.st_mode & (stat.S_IRWXG | stat.S_IRWXO) and info.st_uid == os.getuid():
+            return token
+        log.warning("token file %s is empty or readable by others; replacing it", path)
+    except FileNotFoundError:
+        pass
+    token = new_token()
+    fd, tmp = tempfile.mkstemp(prefix=".token.", dir=path.parent)  # mkstemp creates mode 0600
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return token
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def configure_logging(paths: StatePaths, level: str, *, echo: bool) -> None:
+    """daemon.log for the daemon, access.log for client errors; `echo` also logs to stderr (foreground run)."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger("micd")
+    root.setLevel(level)
+    root.handlers.clear()
+    handlers: list[logging.Handler] = [logging.FileHandler(paths.log)]
+    if echo:
+        handlers.append(logging.StreamHandler())
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    access = logging.getLogger("micd.access")
+    access.setLevel(logging.INFO)
+    access.propagate = False
+    access.handlers.clear()
+    access_handler = logging.FileHandler(paths.access_log)
+    access_handler.setFormatter(fmt)
+    access.addHandler(access_handler)
+
+
+async def _probe(http_port: int, grpc_port: int) -> None:
+    """Fail unless both listeners answer: ports.json must never name a port that does not serve."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{http_port}/healthz") as response:
+            if response.status != 200:
+                raise RuntimeError(f"/healthz answered {response.status} during startup")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout=10)
+
+
+async def _wait_for_stop(stop: asyncio.Event, activity: Activity, idle_timeout: float) -> str:
+    """Return why the daemon stops: a signal or the idle timeout."""
+    if idle_timeout <= 0:
+        await stop.wait()
+        return "signal"
+    tick = min(1.0, idle_timeout / 4)
+    while not stop.is_set():
+        if activity.idle_for() >= idle_timeout:
+            return f"idle for {idle_timeout:g}s"
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=tick)
+    return "signal"
+
+
+async def serve(config: Config, paths: StatePaths, *, on_ready: Callable[[dict[str, Any]], None]) -> None:
+    """Run the daemon until a signal or the idle timeout; the caller holds the life lock."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    token = await asyncio.to_thread(load_or_create_token, paths.token)
+    metrics = Metrics()
+    activity = Activity()
+    store = await open_store(config, metrics)
+    runner: web.AppRunner | None = None
+    grpc_server: grpc.aio.Server | None = None
+    try:
+        app = create_app(store, config, token=token, metrics=metrics, activity=activity)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, reuse_address=False)
+        await site.start()
+        http_port = runner.addresses[0][1]
+        grpc_server = create_grpc_server(store, config, token=token, activity=activity)
+        grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
+        await grpc_server.start()
+        await _probe(http_port, grpc_port)
+        info = {
+            "version": PORTS_VERSION,
+            "pid": os.getpid(),
+            "http_port": http_port,
+            "grpc_port": grpc_port,
+            "http": f"http://127.0.0.1:{http_port}",
+            "grpc": f"grpc://127.0.0.1:{grpc_port}",
+            "session": config.session,
+            "state_dir": str(paths.root),
+            "started_at": time.time(),
+        }
+        await asyncio.to_thread(write_json_atomic, paths.ports, info)
+        log.info("serving http on %s and grpc on %s (pid %d)", info["http"], info["grpc"], os.getpid())
+        on_ready(info)
+        reason = await _wait_for_stop(stop, activity, config.idle_timeout)
+        log.info("stopping: %s", reason)
+    finally:
+        _unlink(paths.ports)  # first, so no client picks up a daemon that is going away
+        if runner is not None:
+            await runner.cleanup()
+        if grpc_server is not None:
+            await grpc_server.stop(SHUTDOWN_GRACE)
+        started = time.monotonic()
+        await store.close(config.drain_timeout)
+        log.info("store closed in %.2fs; exiting", time.monotonic() - started)
+
+
+def run_daemon(config: Config, *, echo: bool, on_ready: Callable[[dict[str, Any]], None]) -> int:
+    """Take the life lock and run the daemon in this process; returns the exit code.
+
+    Raises:
+        AlreadyRunning: another daemon serves this state dir.
+    """
+    paths = StatePaths(config.state_dir).ensure()
+    with hold_lock(paths.lock, blocking=False) as acquired:
+        if not acquired:
+            raise AlreadyRunning(paths.root, _read_pid(paths.pid))
+        # We own the state dir now: whatever ports.json is left belongs to a dead daemon (kill -9).
+        _unlink(paths.ports)
+        paths.pid.write_text(f"{os.getpid()}\n")
+        configure_logging(paths, config.log_level, echo=echo)
+        try:
+            asyncio.run(serve(config, paths, on_ready=on_ready))
+        finally:
+            _unlink(paths.pid)
+    return 0
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def is_alive(pid: int) -> bool:
+    """True if a process with `pid` exists (zombies included)."""
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    return True

@@ -1,0 +1,162 @@
+"""Generic HTTP CAS endpoint: raw blobs by digest, to exercise the storage core without any tool protocol.
+
+Routes (all need the session token; see micd/auth.py):
+
+    PUT  /cas/{function}/{hex}/{size}   body = the blob (Content-Length or chunked). 201 stored, 200 already there.
+    GET  /cas/{function}/{hex}/{size}   200 with the blob, 206 for a `Range: bytes=…` request, 404 on a miss.
+    HEAD /cas/{function}/{hex}/{size}   200 with Content-Length if present, 404 otherwise (never reads the body).
+
+`function` is `sha256` or `blake3`, `hex` the lowercase 64-hex hash, `size` decimal bytes. The size is in the
+path because the core's digests carry it (as REAPI resource names do); it also keeps these four-segment paths
+disjoint from Bazel's `/cas/<hex>` and `/<instance>/cas/<hex>`. Segments are matched loosely and then checked
+by `micd.validate.parse_digest`, so a traversal such as `..%2F` or a malformed hash is a 400, not a 404.
+
+Bodies stream both ways: PUT feeds `request.content.iter_chunked` to `store.put` (which hashes while writing and
+publishes only on a match); GET uses sendfile when the blob is a verified file, else bounded chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from micd.blobs import CHUNK
+from micd.errors import BadRequest, IntegrityError, MicError, NotFound, StoreFull, Unauthorized
+from micd.store import Blob, Digest, Store
+from micd.validate import parse_digest
+
+__all__ = ["PREFIX", "parse_range", "routes", "status_for"]
+
+PREFIX = "/cas"
+CONTENT_TYPE = "application/octet-stream"
+_ROUTE = PREFIX + "/{function}/{hex}/{size}"
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+log = logging.getLogger(__name__)
+
+
+def status_for(exc: MicError) -> int:
+    """The one mapping from core errors to HTTP status codes for this endpoint."""
+    if isinstance(exc, BadRequest | IntegrityError):
+        return 400
+    if isinstance(exc, StoreFull):
+        return 507
+    if isinstance(exc, Unauthorized):
+        return 401
+    if isinstance(exc, NotFound):
+        return 404
+    return 500
+
+
+def _error(exc: MicError) -> web.Response:
+    # Small plain-text bodies: some clients (Bazel) choke on error bodies over 10 KiB.
+    return web.Response(status=status_for(exc), text=str(exc)[:2000] + "\n")
+
+
+def parse_digest_path(request: web.Request) -> Digest:
+    info = request.match_info
+    return parse_digest(info["function"], info["hex"], info["size"])
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """Parse a single `Range: bytes=a-b` into (offset, length); None means the whole blob.
+
+    Raises BadRequest for multiple ranges, malformed or unsatisfiable ranges.
+    """
+    if header is None:
+        return None
+    match = _RANGE.fullmatch(header.strip())
+    if not match or match.group(1) == match.group(2) == "":
+        raise BadRequest("unsupported or malformed Range header", header)
+    first, last = match.groups()
+    if first == "":  # suffix range: the last N bytes
+        length = min(int(last), size)
+        return size - length, length
+    start = int(first)
+    end = size - 1 if last == "" else min(int(last), size - 1)
+    if start >= size or end < start:
+        raise BadRequest(f"range not satisfiable for a {size}-byte blob", header)
+    return start, end - start + 1
+
+
+async def handle_head_blob(request: web.Request, store: Store) -> web.StreamResponse:
+    digest = parse_digest_path(request)
+    if not await store.contains(digest):
+        return web.Response(status=404)
+    return web.Response(status=200, headers={"Content-Length": str(digest.size), "Content-Type": CONTENT_TYPE})
+
+
+async def handle_get_blob(request: web.Request, store: Store) -> web.StreamResponse:
+    digest = parse_digest_path(request)
+    wanted = parse_range(request.headers.get("Range"), digest.size)
+    offset, length = wanted or (0, None)
+    blob = await store.get(digest, offset, length)
+    if blob is None:
+        return web.Response(status=404, text="blob not found\n")
+    try:
+        if wanted is None and blob.path is not None:
+            response: web.StreamResponse = web.FileResponse(blob.path, headers={"Content-Type": CONTENT_TYPE})
+        else:
+            response = web.StreamResponse(status=200 if wanted is None else 206)
+            response.content_type = CONTENT_TYPE
+            response.content_length = blob.length
+            if wanted is not None:
+                response.headers["Content-Range"] = f"bytes {offset}-{offset + blob.length - 1}/{digest.size}"
+        await _send(request, response, blob, digest)
+        return response
+    finally:
+        await blob.aclose()
+
+
+async def _send(request: web.Request, response: web.StreamResponse, blob: Blob, digest: Digest) -> None:
+    """Send the body; on corruption detected mid-stream, drop the connection rather than send wrong bytes."""
+    await response.prepare(request)
+    if isinstance(response, web.FileResponse):
+        return
+    try:
+        async for chunk in blob.chunks():
+            await response.write(chunk)
+    except IntegrityError:
+        # Headers are already out, so no status can be sent: abort so the client sees a truncated body.
+        log.error("blob %s failed verification while streaming; connection aborted", digest)
+        if request.transport is not None:
+            request.transport.abort()
+        return
+    await response.write_eof()
+
+
+async def _body(request: web.Request) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_chunked(CHUNK):
+        yield chunk
+
+
+async def handle_put_blob(request: web.Request, store: Store) -> web.StreamResponse:
+    digest = parse_digest_path(request)
+    announced = request.content_length
+    if announced is not None and announced != digest.size:
+        raise IntegrityError(f"{digest.size} bytes", f"Content-Length {announced}", what="upload size")
+    existed = await store.contains(digest)
+    await store.put(digest, _body(request))
+    return web.Response(status=200 if existed else 201)
+
+
+def routes(store: Store) -> list[web.RouteDef]:
+    """The endpoint's routes, bound to `store` (normally `tiered.for_tool("cas")`)."""
+
+    def bind(handler):  # type: ignore[no-untyped-def]
+        async def route(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request, store)
+            except MicError as exc:
+                return _error(exc)
+
+        route.__name__ = handler.__name__
+        return route
+
+    return [
+        web.head(_ROUTE, bind(handle_head_blob)),
+        web.get(_ROUTE, bind(handle_get_blob), allow_head=False),
+        web.put(_ROUTE, bind(handle_put_blob)),
+    ]
