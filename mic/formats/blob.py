@@ -1,0 +1,53 @@
+"""MICB: one file's bytes, zstd-compressed; the object key is the BLAKE3 of the uncompressed bytes.
+
+Layout (little-endian):
+    offset  width  field
+    0       4      magic  b"MICB"
+    4       1      version (1)
+    5       4      u32 uncompressed size (≤ 4 MiB + a little: larger files are MICC)
+    9       …      one zstd frame whose content is exactly `size` bytes
+Invariant: the frame decompresses to exactly `size` bytes (checked; a bomb cannot allocate more).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import zstandard
+
+from mic.errors import FormatError
+
+from ._io import check_header
+
+__all__ = ["MAGIC", "MAX_SIZE", "VERSION", "decode_blob", "encode_blob"]
+
+MAGIC = b"MICB"
+VERSION = 1
+MAX_SIZE = 0xFFFFFFFF
+_HEADER = struct.Struct("<4sBI")
+
+
+def encode_blob(data: bytes, *, level: int = 3) -> bytes:
+    """Encode `data` (at most 4 GiB; callers chunk above 4 MiB) as a MICB object."""
+    if len(data) > MAX_SIZE:
+        raise ValueError(f"MICB holds at most {MAX_SIZE} bytes, got {len(data)}")
+    return _HEADER.pack(MAGIC, VERSION, len(data)) + zstandard.ZstdCompressor(level=level).compress(data)
+
+
+def decode_blob(raw: bytes | memoryview) -> bytes:
+    """Decode a MICB object to its uncompressed bytes.
+
+    Raises:
+        FormatError: bad magic or version, truncated header, corrupt frame, or a size mismatch.
+    """
+    check_header("MICB", raw, MAGIC, (VERSION,))
+    if len(raw) < _HEADER.size:
+        raise FormatError("MICB", "truncated header", offset=0, expected=_HEADER.size, got=len(raw))
+    _, _, size = _HEADER.unpack_from(raw)
+    try:
+        out = zstandard.ZstdDecompressor().decompress(bytes(raw[_HEADER.size :]), max_output_size=size)
+    except zstandard.ZstdError as exc:
+        raise FormatError("MICB", f"corrupt zstd frame: {exc}", offset=_HEADER.size) from exc
+    if len(out) != size:
+        raise FormatError("MICB", "size mismatch", offset=5, expected=size, got=len(out))
+    return out
