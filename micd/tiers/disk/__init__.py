@@ -1,0 +1,10 @@
+"""Disk tier: verified CAS blobs and KV records under a cache root shared by all of a user's daemons.
+
+Split by concern: `layout` (paths), `lru` (pure ordering), `index` (snapshot format and reconcile),
+`files` (temp files, publish), `blob` (verified streaming reads), `evict` (victim checks), `kvfile` (record
+file format), `store` (the `DiskTier` itself).
+"""
+
+from micd.tiers.disk.store import DiskTier, FilesystemFull
+
+__all__ = ["DiskTier", "FilesystemFull"]

@@ -1,0 +1,120 @@
+"""`FileBlob`: a range of a large blob file, streamed in bounded chunks and verified unless already trusted.
+
+Verifying mode hashes the whole file while serving the range (the bytes before the range are hashed without
+being sent, the bytes after it before the stream ends) and withholds the last chunk until the hash is
+checked. So a corrupt file yields `IntegrityError` and never a complete wrong stream; the receiver may have
+seen a wrong prefix, which is why the error must abort its response.
+
+Trusted mode (this process verified the file earlier and its (inode, size, mtime_ns) is unchanged) skips the
+hash and exposes `path` for sendfile. The trade-off: damage that keeps inode, size and mtime (bit rot, a
+deliberate in-place edit) goes unnoticed until this process restarts. Files are only ever written once, via a
+new inode and rename, so our own writers cannot cause that. A caller using `path` must fall back to `chunks()`
+if opening it fails: another process may evict the file, while our open fd keeps working (POSIX).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from micd.blobs import CHUNK
+from micd.errors import IntegrityError
+from micd.store import Digest, new_hasher
+
+__all__ = ["FileBlob"]
+
+_BATCH = 8 * CHUNK  # bytes read per worker-thread call: amortises thread hand-off, bounds memory
+
+
+class FileBlob:
+    """An open blob file range. `aclose()` (or exhausting `chunks()`) closes the fd."""
+
+    def __init__(
+        self,
+        fd: int,
+        digest: Digest,
+        offset: int,
+        length: int,
+        *,
+        path: Path | None,
+        verify: bool,
+        on_verified: Callable[[], None],
+        on_corrupt: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.size = digest.size
+        self.offset = offset
+        self.length = length
+        self.path = path
+        self._fd: int | None = fd
+        self._digest = digest
+        self._hasher = new_hasher(digest.function) if verify else None
+        self._lock = threading.Lock()  # aclose must never close the fd under a pread in a worker thread
+        self._on_verified = on_verified
+        self._on_corrupt = on_corrupt
+
+    def _read(self, start: int, end: int, keep: bool) -> list[bytes]:
+        """Read [start, end) in ≤ CHUNK pieces, hashing if verifying; a short read means a damaged file."""
+        out: list[bytes] = []
+        with self._lock:
+            if self._fd is None:
+                raise ValueError("blob already closed")
+            pos = start
+            while pos < end:
+                chunk = os.pread(self._fd, min(CHUNK, end - pos), pos)
+                if not chunk:
+                    raise EOFError(pos)
+                if self._hasher is not None:
+                    self._hasher.update(chunk)
+                if keep:
+                    out.append(chunk)
+                pos += len(chunk)
+        return out
+
+    async def _hash_span(self, start: int, end: int) -> None:
+        for pos in range(start, end, _BATCH):
+            await asyncio.to_thread(self._read, pos, min(end, pos + _BATCH), False)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Yield the range in chunks of at most 1 MiB; IntegrityError instead of the last one on corruption."""
+        end = self.offset + self.length
+        try:
+            if self._hasher is None:
+                for pos in range(self.offset, end, _BATCH):
+                    for chunk in await asyncio.to_thread(self._read, pos, min(end, pos + _BATCH), True):
+                        yield chunk
+                return
+            await self._hash_span(0, self.offset)
+            pending: bytes | None = None
+            for pos in range(self.offset, end, _BATCH):
+                for chunk in await asyncio.to_thread(self._read, pos, min(end, pos + _BATCH), True):
+                    if pending is not None:
+                        yield pending
+                    pending = chunk
+            await self._hash_span(end, self.size)
+            got = self._hasher.hexdigest()
+            if got != self._digest.hex:
+                await self._on_corrupt()
+                raise IntegrityError(self._digest.hex, got, what=f"stored blob {self._digest}")
+            self._on_verified()
+            if pending is not None:
+                yield pending
+        except EOFError as exc:
+            await self._on_corrupt()
+            raise IntegrityError(
+                str(self._digest), f"file ends at {exc.args[0]}", what="stored blob size"
+            ) from exc
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._fd is not None:
+            await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None

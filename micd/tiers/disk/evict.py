@@ -1,0 +1,49 @@
+"""Eviction policy and the blocking victim check of the disk tier.
+
+Several processes share the root and each has its own LRU view, so a victim is re-checked on disk right
+before it is deleted: if its atime is newer than what we recorded, another process used it (readers bump
+atime, throttled, see `store.py`), so it is kept and moved to the recent end instead. Deleting a file another
+process is reading is safe on POSIX: its open fd keeps the bytes.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+
+from micd.tiers.disk.layout import Layout
+from micd.tiers.disk.lru import Entry
+
+__all__ = ["ATIME_SLACK_NS", "Outcome", "check_and_unlink", "low_water"]
+
+ATIME_SLACK_NS = 2 * 10**9
+"""A file atime this much newer than our record means someone else read it (filesystem timestamp jitter)."""
+
+
+class Outcome(Enum):
+    DELETED = "deleted"
+    GONE = "gone"  # already removed, e.g. evicted by another process
+    USED = "used"  # read by another process since we last saw it: keep
+
+
+def low_water(soft_cap: int) -> int:
+    """Where an eviction pass stops: 90% of the soft cap, so passes are batched rather than per write."""
+    return soft_cap - soft_cap // 10
+
+
+def check_and_unlink(layout: Layout, victims: list[tuple[str, Entry]]) -> list[tuple[str, Outcome, int]]:
+    """Delete each victim unless recently used elsewhere (blocking). Returns (key, outcome, file atime)."""
+    out: list[tuple[str, Outcome, int]] = []
+    for key, entry in victims:
+        path = layout.key_path(key)
+        try:
+            st = os.stat(path)
+            if st.st_atime_ns > entry.atime_ns + ATIME_SLACK_NS:
+                out.append((key, Outcome.USED, st.st_atime_ns))
+                continue
+            os.unlink(path)
+        except FileNotFoundError:
+            out.append((key, Outcome.GONE, 0))
+            continue
+        out.append((key, Outcome.DELETED, st.st_atime_ns))
+    return out

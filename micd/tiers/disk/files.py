@@ -1,0 +1,170 @@
+"""Blocking file operations of the disk tier (always called through `asyncio.to_thread`).
+
+Temp files live in a per-instance directory `<root>/v1/tmp/<pid>-<token>/` whose `lock` file is held with
+`flock` for the instance's lifetime. The kernel drops that lock when the process dies, even by SIGKILL, so an
+opening instance removes exactly the temp directories of dead writers and never a live writer's file (several
+daemons share one root).
+
+Publishing is write → fsync → rename. The parent directory is not fsynced: after a power loss a blob may be
+missing (a cache miss), but a name that is visible always points at fully written, verified bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+from micd.blobs import Verifier
+
+__all__ = ["FULL_ERRNOS", "Sig", "TempArea", "TempWriter", "clean_dead_temp", "unlink_if_same"]
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_LOCK = "lock"
+_STRAY_AGE_NS = 60 * 10**9
+
+
+class Sig(NamedTuple):
+    """What must be unchanged for a file this process verified to still count as verified."""
+
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Sig:
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _try_lock(path: Path) -> int | None:
+    """Open and exclusively flock `path` without blocking; the fd, or None if someone holds it."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def clean_dead_temp(tmp_root: Path) -> int:
+    """Remove temp directories whose owner died (lock not held); returns how many were removed."""
+    removed = 0
+    now = time.time_ns()
+    for entry in os.scandir(tmp_root):
+        path = Path(entry.path)
+        if not entry.is_dir(follow_symlinks=False):
+            # Only temp dirs belong here; a stray file is garbage once it is clearly not being created.
+            with contextlib.suppress(FileNotFoundError):
+                if now - entry.stat(follow_symlinks=False).st_mtime_ns > _STRAY_AGE_NS:
+                    path.unlink()
+                    removed += 1
+            continue
+        lock = path / _LOCK
+        fd = _try_lock(lock)
+        if fd is None:
+            # Held (live owner), or no lock file yet: an owner between mkdir and lock creation, or a crash
+            # right there. Only the latter gets old.
+            if lock.exists():
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if now - entry.stat(follow_symlinks=False).st_mtime_ns <= _STRAY_AGE_NS:
+                    continue
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return removed
+
+
+class TempArea:
+    """This instance's temp directory, locked for as long as the instance is open."""
+
+    def __init__(self, tmp_root: Path) -> None:
+        name = f"{os.getpid()}-{secrets.token_hex(6)}"
+        # Lock before the directory gets its visible name, so no cleaner ever sees it unlocked while we live.
+        staging = tmp_root / f".new-{name}"
+        staging.mkdir(parents=True)
+        self._fd: int | None = os.open(staging / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.path = tmp_root / name
+        os.rename(staging, self.path)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self._fd)
+        self._fd = None
+
+
+class TempWriter:
+    """One temp file being filled. A lock serialises fd use so `abort` never closes it under a write."""
+
+    def __init__(self, area: TempArea) -> None:
+        self._lock = threading.Lock()
+        fd, name = tempfile.mkstemp(dir=area.path, prefix="w.")
+        self.fd: int | None = fd
+        self.path = Path(name)
+
+    def write(self, chunks: list[bytes], verifier: Verifier | None) -> None:
+        """Hash (if a verifier is given) and write `chunks`; raises IntegrityError before writing excess."""
+        with self._lock:
+            if self.fd is None:
+                raise OSError(errno.EBADF, "temp file already closed")
+            for chunk in chunks:
+                if verifier is not None:
+                    verifier.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(self.fd, view) :]
+
+    def publish(self, final: Path) -> Sig:
+        """fsync, then rename onto `final` (creating its directory if someone removed it)."""
+        with self._lock:
+            if self.fd is None:
+                raise OSError(errno.EBADF, "temp file already closed")
+            os.fsync(self.fd)
+            sig = Sig.of(os.fstat(self.fd))
+            os.close(self.fd)
+            self.fd = None
+            try:
+                os.replace(self.path, final)
+            except FileNotFoundError:
+                if not self.path.exists():
+                    raise
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.path, final)
+            return sig
+
+    def abort(self) -> None:
+        """Close and remove the temp file; safe to call twice and after `publish`."""
+        with self._lock:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+            self.path.unlink(missing_ok=True)
+
+
+def unlink_if_same(path: Path, ino: int) -> bool:
+    """Remove `path` only if it is still the inode we judged (another process may have replaced it)."""
+    try:
+        if os.stat(path).st_ino != ino:
+            return False
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True

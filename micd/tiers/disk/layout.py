@@ -1,0 +1,114 @@
+"""Where the disk tier keeps things under the shared cache root, and the index keys naming each file.
+
+Layout (the version is in the directory name, so a future layout can live beside this one and migrate):
+
+    <root>/v1/cas/<function>/<hh>/<hex>.<size>   a verified CAS blob (hh = first two hex digits)
+    <root>/v1/kv/<hh>/<hex>                      a KV record file; hex = sha256(namespace NUL key)
+    <root>/v1/tmp/<owner>/                      temp files of one live DiskTier; <owner>/lock is flock'ed
+    <root>/v1/index/snapshot                    the index snapshot (see `index.py`)
+
+Other components keep their own directories under `<root>/v1/` (e.g. `s3-queue/`); nothing here touches
+names it does not recognise.
+
+The size is part of a CAS file name so that an index rebuild needs only directory listings (no stat per
+file), and so a digest announced with a wrong size is a plain miss. KV file names are hashes, so no
+namespace or key can name a path outside the tree; callers' names are still validated (`check_kv_name`).
+
+Index keys are short strings: `"<function>/<hex>.<size>"` for a blob, `"kv/<hex>"` for a record. All
+functions here are pure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from micd.errors import BadRequest
+from micd.store import FUNCTIONS, Digest
+from micd.validate import parse_key, parse_namespace
+
+__all__ = [
+    "KV",
+    "VERSION_DIR",
+    "Layout",
+    "blob_key",
+    "check_kv_name",
+    "kv_hex",
+    "kv_key",
+    "parse_blob_name",
+]
+
+VERSION_DIR = "v1"
+KV = "kv"
+SHARDS = tuple(f"{i:02x}" for i in range(256))
+
+
+def blob_key(digest: Digest) -> str:
+    """Index key of a CAS blob."""
+    return f"{digest.function}/{digest.hex}.{digest.size}"
+
+
+def check_kv_name(namespace: str, key: str) -> None:
+    """Reject namespaces/keys that could escape the tree (BadRequest), even though file names are hashed."""
+    if "\x00" in namespace or "\x00" in key:
+        raise BadRequest("NUL in KV name", f"{namespace!r}/{key!r}")
+    parse_namespace(namespace)
+    parse_key(key)
+
+
+def kv_hex(namespace: str, key: str) -> str:
+    """File name of the record for (namespace, key): collision-free in practice, never a path."""
+    return hashlib.sha256(f"{namespace}\x00{key}".encode()).hexdigest()
+
+
+def kv_key(namespace: str, key: str) -> str:
+    """Index key of a KV record."""
+    return f"{KV}/{kv_hex(namespace, key)}"
+
+
+def parse_blob_name(name: str) -> int | None:
+    """Size encoded in a CAS file name `<hex>.<size>`, or None if the name is not ours."""
+    hex_, dot, size = name.partition(".")
+    if not dot or len(hex_) != 64 or not size.isdigit() or len(size) > 16:
+        return None
+    return int(size)
+
+
+class Layout:
+    """Paths under one cache root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.base = self.root / VERSION_DIR
+        self.cas = self.base / "cas"
+        self.kv = self.base / KV
+        self.tmp = self.base / "tmp"
+        self.index = self.base / "index"
+        self.snapshot = self.index / "snapshot"
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.cas / digest.function / digest.hex[:2] / f"{digest.hex}.{digest.size}"
+
+    def kv_path(self, namespace: str, key: str) -> Path:
+        hex_ = kv_hex(namespace, key)
+        return self.kv / hex_[:2] / hex_
+
+    def key_path(self, key: str) -> Path:
+        """Path of the file an index key names."""
+        kind, _, name = key.partition("/")
+        if kind == KV:
+            return self.kv / name[:2] / name
+        return self.cas / kind / name[:2] / name
+
+    def shard_dirs(self) -> list[tuple[str, Path]]:
+        """(key prefix, directory) for every shard directory that may hold index entries."""
+        dirs = [(f"{fn}/", self.cas / fn / hh) for fn in FUNCTIONS for hh in SHARDS]
+        dirs += [(f"{KV}/", self.kv / hh) for hh in SHARDS]
+        return dirs
+
+    def make_dirs(self) -> None:
+        """Create every shard directory once, so writers never race on mkdir (blocking: call in a thread)."""
+        for _, path in self.shard_dirs():
+            path.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.index.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,88 @@
+"""Pure LRU bookkeeping for the disk tier: index key → (size, last access), oldest first. No I/O.
+
+The LRU only orders and counts; the files decide what exists. A process's LRU is its own view of a root
+shared with other processes, so eviction re-checks each victim on disk before deleting it (`evict.py`).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+__all__ = ["Entry", "Lru"]
+
+
+class Entry(NamedTuple):
+    size: int
+    atime_ns: int
+    """Last access as this process knows it (wall clock ns, comparable with a file's st_atime_ns)."""
+
+
+class Lru:
+    """Ordered map key → Entry, least recently used first, with a running byte total."""
+
+    def __init__(self, entries: Iterable[tuple[str, Entry]] = ()) -> None:
+        """Build from (key, entry) pairs already in LRU order (oldest first); later duplicates win."""
+        self._entries: OrderedDict[str, Entry] = OrderedDict(entries)
+        self.used = sum(entry.size for entry in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def get(self, key: str) -> Entry | None:
+        return self._entries.get(key)
+
+    def keys(self) -> list[str]:
+        """A copy of the keys, oldest first."""
+        return list(self._entries)
+
+    def items(self) -> Iterator[tuple[str, Entry]]:
+        """Entries oldest first (a snapshot-safe copy is the caller's job if it mutates meanwhile)."""
+        return iter(self._entries.items())
+
+    def add(self, key: str, size: int, atime_ns: int) -> bool:
+        """Insert or refresh `key` as most recently used; True if it was new."""
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.used -= old.size
+        self._entries[key] = Entry(size, atime_ns)
+        self.used += size
+        return old is None
+
+    def touch(self, key: str, atime_ns: int) -> bool:
+        """Mark `key` used now (moves it to the most recent end); False if unknown."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return False
+        self._entries[key] = Entry(entry.size, max(atime_ns, entry.atime_ns))
+        self._entries.move_to_end(key)
+        return True
+
+    def remove(self, key: str) -> Entry | None:
+        """Forget `key`; returns its entry, or None if it was unknown."""
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.used -= entry.size
+        return entry
+
+    def victims(self, target: int, *, skip: frozenset[str] | set[str] = frozenset()) -> list[tuple[str, Entry]]:
+        """Oldest entries whose removal brings `used` to ≤ `target`, oldest first, skipping `skip`.
+
+        Nothing is removed: the caller checks each victim on disk and then calls `remove` or `touch`.
+        """
+        excess = self.used - target
+        out: list[tuple[str, Entry]] = []
+        if excess <= 0:
+            return out
+        for key, entry in self._entries.items():
+            if key in skip:
+                continue
+            out.append((key, entry))
+            excess -= entry.size
+            if excess <= 0:
+                break
+        return out

@@ -1,0 +1,414 @@
+"""`DiskTier`: the CAS and KV on local disk under a cache root shared by all of a user's daemons.
+
+Files are the truth, the in-memory index a cache of them: existence is always answered by the filesystem
+(a stat, never a body read), so a blob written by another process is found and one evicted by another process
+is a miss. The index carries sizes for the caps and last-access order for LRU eviction (see `index.py`).
+
+Caps: a write reserves `digest.size` before its first byte. If used + reserved + size would pass the hard cap,
+least recently used entries are evicted to make room, but only when that can succeed; otherwise `StoreFull`
+is raised before anything changes. The hard cap is thus never exceeded by this process's writes. After each
+write, usage above the soft cap is evicted down to 90% of it. A real ENOSPC/EDQUOT is `StoreFull` too.
+
+Reads: blobs up to `verify_limit` are read whole and verified before any byte is served (mismatch: the file
+is deleted, counted, and the read is a miss). Larger blobs stream through `FileBlob`, which verifies while
+streaming unless this process already verified that very file (see `blob.py` for the trade-off). Reads bump
+the file's atime at most once a minute so other processes' eviction sees the use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+from micd.blobs import BytesBlob, Verifier, aiter_bytes, clamp_range
+from micd.errors import FormatError, StoreFull
+from micd.record import decode_record, encode_record
+from micd.store import Digest, Record, new_hasher
+from micd.tiers.disk import evict, files, index
+from micd.tiers.disk.blob import FileBlob
+from micd.tiers.disk.kvfile import decode_kv_file, encode_kv_file
+from micd.tiers.disk.layout import Layout, blob_key, check_kv_name, kv_key
+from micd.tiers.disk.lru import Lru
+
+__all__ = ["DiskTier", "FilesystemFull"]
+
+_WRITE_BATCH = 4 << 20  # bytes gathered before one worker-thread write: bounded memory, few thread hops
+_TOUCH_EVERY_NS = 60 * 10**9
+_SNAPSHOT_EVERY_NS = 300 * 10**9
+_SNAPSHOT_AFTER_CHANGES = 10_000
+_RESCAN_EVERY_NS = 60 * 10**9
+
+
+class FilesystemFull(StoreFull):
+    """The filesystem itself ran out of space or quota mid-write (the temp file was removed)."""
+
+    def __init__(self, root: Path, used: int, needed: int, hard_cap: int, reason: str) -> None:
+        super().__init__(used, needed, hard_cap)
+        self.args = (f"cache store full: the filesystem holding {root} refused a {needed}-byte write ({reason})",)
+
+
+def _read_small(path: Path, digest: Digest) -> tuple[os.stat_result, bytes, bool] | None:
+    """Open, read whole and hash a small blob; None if absent. Also bumps a stale atime (blocking)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        data = os.pread(fd, digest.size + 1, 0) if st.st_size == digest.size else b""
+        hasher = new_hasher(digest.function)
+        hasher.update(data)
+        ok = len(data) == digest.size and hasher.hexdigest() == digest.hex
+        if ok:
+            _bump_atime(fd, st)
+        return st, data, ok
+    finally:
+        os.close(fd)
+
+
+def _open_large(path: Path) -> tuple[int, os.stat_result] | None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    st = os.fstat(fd)
+    _bump_atime(fd, st)
+    return fd, st
+
+
+def _bump_atime(fd: int, st: os.stat_result) -> None:
+    now = time.time_ns()
+    if now - st.st_atime_ns > _TOUCH_EVERY_NS:
+        with contextlib.suppress(OSError):  # only a hint for other processes' eviction; keep mtime intact
+            os.utime(fd, ns=(now, st.st_mtime_ns))
+
+
+def _exists(paths: list[Path]) -> list[bool]:
+    return [os.path.exists(path) for path in paths]
+
+
+class DiskTier:
+    """Disk CAS + KV under `root` (the caller resolves `$XDG_CACHE_HOME/mic/store` or `MIC_CACHE_DIR`)."""
+
+    def __init__(self, root: Path, *, soft_cap: int, hard_cap: int, verify_limit: int = 4 << 20) -> None:
+        if not 0 < soft_cap <= hard_cap:
+            raise ValueError(f"disk caps must satisfy 0 < soft_cap ≤ hard_cap (got {soft_cap}, {hard_cap})")
+        if verify_limit < 0:
+            raise ValueError(f"verify_limit must be ≥ 0 (got {verify_limit})")
+        self.layout = Layout(root)
+        self.soft_cap = soft_cap
+        self.hard_cap = hard_cap
+        self.verify_limit = verify_limit
+        self.corruptions = 0
+        self.evictions = 0
+        self.evicted_bytes = 0
+        self._lru = Lru()
+        self._reserved = 0
+        self._verified: dict[str, files.Sig] = {}
+        self._area: files.TempArea | None = None
+        self._evict_lock = asyncio.Lock()
+        self._changes = 0
+        self._snapshot_at = 0
+        self._scanned_at = 0
+        self._snapshot_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle and stats -----------------------------------------------------------------------
+    async def open(self) -> None:
+        """Create the layout, remove dead writers' temp files, and load the index (reconciled with files)."""
+        await asyncio.to_thread(self._open_blocking)
+
+    def _open_blocking(self) -> None:
+        self.layout.make_dirs()
+        files.clean_dead_temp(self.layout.tmp)
+        self._area = files.TempArea(self.layout.tmp)
+        self._lru, valid = index.load_index(self.layout)
+        self._snapshot_at = self._scanned_at = time.monotonic_ns()
+        if not valid:
+            index.save_snapshot(self.layout, self._lru.items(), self._area.path)
+
+    async def close(self) -> None:
+        """Save the index snapshot and release the temp area. Blobs and records stay."""
+        if self._area is None:
+            return
+        if self._snapshot_task is not None:
+            await self._snapshot_task
+        area, self._area = self._area, None
+        entries = list(self._lru.items())
+        await asyncio.to_thread(index.save_snapshot, self.layout, entries, area.path)
+        await asyncio.to_thread(area.release)
+
+    @property
+    def used_bytes(self) -> int:
+        return self._lru.used
+
+    @property
+    def entry_count(self) -> int:
+        return len(self._lru)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "used_bytes": self.used_bytes,
+            "reserved_bytes": self._reserved,
+            "entries": self.entry_count,
+            "corruptions": self.corruptions,
+            "evictions": self.evictions,
+            "evicted_bytes": self.evicted_bytes,
+            "soft_cap": self.soft_cap,
+            "hard_cap": self.hard_cap,
+        }
+
+    def _temp_area(self) -> files.TempArea:
+        if self._area is None:
+            raise RuntimeError("DiskTier is not open")
+        return self._area
+
+    # -- CAS reads ---------------------------------------------------------------------------------
+    async def contains(self, digest: Digest) -> bool:
+        return not await self.find_missing([digest])
+
+    async def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
+        wanted = [d for d in digests if not d.is_empty]
+        present = await asyncio.to_thread(_exists, [self.layout.blob_path(d) for d in wanted])
+        now = time.time_ns()
+        missing = []
+        for digest, here in zip(wanted, present, strict=True):
+            key = blob_key(digest)
+            if here:
+                if not self._lru.touch(key, now):
+                    self._lru.add(key, digest.size, now)  # written by another process
+            else:
+                self._forget(key)
+                missing.append(digest)
+        return missing
+
+    async def get(self, digest: Digest, offset: int = 0, limit: int | None = None) -> BytesBlob | FileBlob | None:
+        if digest.is_empty:
+            return BytesBlob(b"", offset, limit)
+        key, path = blob_key(digest), self.layout.blob_path(digest)
+        if digest.size <= self.verify_limit:
+            clamp_range(digest.size, offset, limit)
+            result = await asyncio.to_thread(_read_small, path, digest)
+            if result is None:
+                self._forget(key)
+                return None
+            st, data, ok = result
+            if not ok:
+                await self._discard_corrupt(key, path, st.st_ino)
+                return None
+            self._seen(key, digest.size)
+            return BytesBlob(data, offset, limit)
+        length = clamp_range(digest.size, offset, limit)
+        opened = await asyncio.to_thread(_open_large, path)
+        if opened is None:
+            self._forget(key)
+            return None
+        fd, st = opened
+        if st.st_size != digest.size:
+            await asyncio.to_thread(os.close, fd)
+            await self._discard_corrupt(key, path, st.st_ino)
+            return None
+        self._seen(key, digest.size)
+        sig = files.Sig.of(st)
+        trusted = self._verified.get(key) == sig
+
+        def verified() -> None:
+            self._verified[key] = sig
+
+        async def corrupt() -> None:
+            await self._discard_corrupt(key, path, st.st_ino)
+
+        return FileBlob(
+            fd, digest, offset, length, path=path if trusted else None, verify=not trusted,
+            on_verified=verified, on_corrupt=corrupt,
+        )  # fmt: skip
+
+    async def get_bytes(self, digest: Digest) -> bytes | None:
+        blob = await self.get(digest)
+        if blob is None:
+            return None
+        if isinstance(blob, BytesBlob):
+            return await blob.read_all()
+        return b"".join([chunk async for chunk in blob.chunks()])
+
+    # -- CAS writes --------------------------------------------------------------------------------
+    async def put(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
+        key, path = blob_key(digest), self.layout.blob_path(digest)
+        if digest.is_empty or (await asyncio.to_thread(_exists, [path]))[0]:
+            await self._drain_verify(digest, chunks)  # idempotent, but wrong bytes are still an error
+            if not digest.is_empty:
+                self._seen(key, digest.size)
+            return
+        await self._reserve(digest.size)
+        try:
+            writer = await asyncio.to_thread(files.TempWriter, self._temp_area())
+            try:
+                verifier = Verifier(digest)
+                batch: list[bytes] = []
+                pending = 0
+                async for chunk in chunks:
+                    batch.append(chunk)
+                    pending += len(chunk)
+                    if pending >= _WRITE_BATCH:
+                        await asyncio.to_thread(writer.write, batch, verifier)
+                        batch, pending = [], 0
+                await asyncio.to_thread(writer.write, batch, verifier)
+                verifier.check()
+                sig = await asyncio.to_thread(writer.publish, path)
+            except OSError as exc:
+                if exc.errno in files.FULL_ERRNOS:
+                    raise FilesystemFull(self.layout.root, self.used_bytes, digest.size, self.hard_cap, exc.strerror) from exc
+                raise
+            finally:
+                await asyncio.to_thread(writer.abort)
+        finally:
+            self._reserved -= digest.size
+        self._lru.add(key, digest.size, time.time_ns())
+        self._verified[key] = sig
+        await self._after_write()
+
+    async def put_bytes(self, digest: Digest, data: bytes) -> None:
+        await self.put(digest, aiter_bytes(data))
+
+    async def _drain_verify(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
+        verifier = Verifier(digest)
+        async for chunk in chunks:
+            if len(chunk) > 1 << 16:
+                await asyncio.to_thread(verifier.update, chunk)
+            else:
+                verifier.update(chunk)
+        verifier.check()
+
+    # -- KV ----------------------------------------------------------------------------------------
+    async def get_record(self, namespace: str, key: str) -> Record | None:
+        check_kv_name(namespace, key)
+        path, ikey = self.layout.kv_path(namespace, key), kv_key(namespace, key)
+        try:
+            data, ino = await asyncio.to_thread(_read_file, path)
+        except FileNotFoundError:
+            self._forget(ikey)
+            return None
+        try:
+            got_ns, got_key, raw = decode_kv_file(data)
+            if (got_ns, got_key) != (namespace, key):
+                raise FormatError("disk kv record file", "names a different record", got=(got_ns, got_key))
+            record = decode_record(raw)
+        except FormatError:
+            await self._discard_corrupt(ikey, path, ino)
+            return None
+        self._seen(ikey, len(data))
+        return record
+
+    async def put_record(self, namespace: str, key: str, record: Record) -> None:
+        check_kv_name(namespace, key)
+        data = encode_kv_file(namespace, key, encode_record(record))
+        await self._reserve(len(data))
+        try:
+            writer = await asyncio.to_thread(files.TempWriter, self._temp_area())
+            try:
+                await asyncio.to_thread(writer.write, [data], None)
+                await asyncio.to_thread(writer.publish, self.layout.kv_path(namespace, key))
+            except OSError as exc:
+                if exc.errno in files.FULL_ERRNOS:
+                    raise FilesystemFull(self.layout.root, self.used_bytes, len(data), self.hard_cap, exc.strerror) from exc
+                raise
+            finally:
+                await asyncio.to_thread(writer.abort)
+        finally:
+            self._reserved -= len(data)
+        self._lru.add(kv_key(namespace, key), len(data), time.time_ns())
+        await self._after_write()
+
+    # -- index upkeep, caps and eviction -----------------------------------------------------------
+    def _seen(self, key: str, size: int) -> None:
+        now = time.time_ns()
+        if not self._lru.touch(key, now):
+            self._lru.add(key, size, now)
+            self._changes += 1
+
+    def _forget(self, key: str) -> None:
+        if self._lru.remove(key) is not None:
+            self._changes += 1
+        self._verified.pop(key, None)
+
+    async def _discard_corrupt(self, key: str, path: Path, ino: int) -> None:
+        self.corruptions += 1
+        self._forget(key)
+        await asyncio.to_thread(files.unlink_if_same, path, ino)
+
+    async def _reserve(self, size: int) -> None:
+        """Reserve `size` bytes under the hard cap, evicting LRU entries if (and only if) that makes room."""
+        if self._lru.used + self._reserved + size > self.hard_cap:
+            if self._reserved + size > self.hard_cap:
+                raise StoreFull(self._lru.used + self._reserved, size, self.hard_cap)
+            async with self._evict_lock:
+                await self._evict_to(self.hard_cap - self._reserved - size)
+            if self._lru.used + self._reserved + size > self.hard_cap:
+                raise StoreFull(self._lru.used + self._reserved, size, self.hard_cap)
+        self._reserved += size
+
+    async def _after_write(self) -> None:
+        self._changes += 1
+        if self._lru.used > self.soft_cap and not self._evict_lock.locked():
+            async with self._evict_lock:
+                await self._evict_to(evict.low_water(self.soft_cap))
+        self._maybe_snapshot()
+
+    async def evict(self, target: int | None = None) -> int:
+        """Evict least recently used entries down to `target` bytes (default: 90% of the soft cap)."""
+        async with self._evict_lock:
+            return await self._evict_to(evict.low_water(self.soft_cap) if target is None else target)
+
+    async def refresh(self) -> None:
+        """Reconcile the index with the files: count other processes' writes, drop what they evicted."""
+        self._scanned_at = time.monotonic_ns()
+        new, gone = await asyncio.to_thread(index.scan_changes, self.layout, set(self._lru.keys()))
+        for key in gone:
+            self._forget(key)
+        for key, entry in new.items():
+            if key not in self._lru:
+                self._lru.add(key, entry.size, entry.atime_ns)
+                self._changes += 1
+
+    async def _evict_to(self, target: int) -> int:
+        if time.monotonic_ns() - self._scanned_at > _RESCAN_EVERY_NS:
+            await self.refresh()  # our byte count misses other processes' writes until we look
+        freed = 0
+        for _ in range(16):  # bounded: each round deletes, forgets or re-ranks every victim it looks at
+            victims = self._lru.victims(max(target, 0))
+            if not victims:
+                break
+            for key, outcome, atime in await asyncio.to_thread(evict.check_and_unlink, self.layout, victims):
+                if outcome is evict.Outcome.USED:
+                    self._lru.touch(key, atime)
+                    continue
+                entry = self._lru.remove(key)
+                self._verified.pop(key, None)
+                self._changes += 1
+                if outcome is evict.Outcome.DELETED and entry is not None:
+                    self.evictions += 1
+                    self.evicted_bytes += entry.size
+                    freed += entry.size
+        return freed
+
+    def _maybe_snapshot(self) -> None:
+        due = time.monotonic_ns() - self._snapshot_at > _SNAPSHOT_EVERY_NS
+        if self._snapshot_task is None and self._changes and (due or self._changes >= _SNAPSHOT_AFTER_CHANGES):
+            self._snapshot_task = asyncio.create_task(self._save_snapshot())
+
+    async def _save_snapshot(self) -> None:
+        try:
+            self._changes = 0
+            self._snapshot_at = time.monotonic_ns()
+            entries = list(self._lru.items())
+            await asyncio.to_thread(index.save_snapshot, self.layout, entries, self._temp_area().path)
+        finally:
+            self._snapshot_task = None
+
+
+def _read_file(path: Path) -> tuple[bytes, int]:
+    with open(path, "rb") as handle:
+        return handle.read(), os.fstat(handle.fileno()).st_ino
