@@ -1,0 +1,48 @@
+"""Bazel remote caching over gRPC: REAPI v2 Capabilities, ContentAddressableStorage, ActionCache and
+google.bytestream.ByteStream, translated onto micd's store (`micd.store.Store`).
+
+Spec: bazelbuild/remote-apis `remote_execution.proto` (API 2.0–2.3) and googleapis `bytestream.proto`; the
+`.proto` sources are in `_proto/` (regenerate with `python -m protocols.bazel_reapi.regen`). Wire details and
+Bazel 4.2.3 quirks: shared/docs/protocols.md §1.
+
+| service / RPC                       | module          | store calls                           |
+|-------------------------------------|-----------------|---------------------------------------|
+| Capabilities.GetCapabilities        | capabilities.py | —                                     |
+| CAS.FindMissingBlobs                | cas.py          | find_missing                          |
+| CAS.BatchUpdateBlobs / BatchRead    | cas.py          | put_bytes / get_bytes (per-blob status) |
+| CAS.GetTree (stream of pages)       | cas.py          | get_bytes per Directory               |
+| ActionCache.Get/UpdateActionResult  | action_cache.py | get_record / put_record (refs)        |
+| ByteStream.Read/Write/QueryWriteStatus | bytestream.py | get (offset, limit) / put (streamed)  |
+
+The CAS is shared by every instance name and tool; the action cache has one KV namespace per instance
+(`bazel-ac`, `bazel-ac/<instance>`), shared with the HTTP cache (`protocols/bazel_http.py`).
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from micd.store import Store
+from protocols.bazel_reapi._proto import bytestream_pb2_grpc as bs_grpc
+from protocols.bazel_reapi._proto import remote_execution_pb2_grpc as re_grpc
+from protocols.bazel_reapi.action_cache import ActionCacheServicer, action_cache_handler
+from protocols.bazel_reapi.bytestream import ByteStreamServicer
+from protocols.bazel_reapi.capabilities import CapabilitiesServicer
+from protocols.bazel_reapi.cas import ContentAddressableStorageServicer
+from protocols.bazel_reapi.common import GRPC_SERVER_OPTIONS
+from protocols.bazel_reapi.uploads import Uploads
+
+__all__ = ["GRPC_SERVER_OPTIONS", "add_servicers"]
+
+
+def add_servicers(server: grpc.aio.Server, store: Store) -> Uploads:
+    """Register the four services on `server`; create the server with GRPC_SERVER_OPTIONS.
+
+    Returns the registry of in-progress ByteStream uploads; call its `close()` at shutdown.
+    """
+    re_grpc.add_CapabilitiesServicer_to_server(CapabilitiesServicer(), server)
+    re_grpc.add_ContentAddressableStorageServicer_to_server(ContentAddressableStorageServicer(store), server)
+    server.add_generic_rpc_handlers((action_cache_handler(ActionCacheServicer(store)),))
+    bytestream = ByteStreamServicer(store)
+    bs_grpc.add_ByteStreamServicer_to_server(bytestream, server)
+    return bytestream.uploads

@@ -1,0 +1,101 @@
+"""REAPI ActionCache: one KV namespace per instance name (`bazel-ac/<instance>`), entries served only while
+every referenced blob exists; UpdateActionResult validates the result before storing it.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from micd.errors import BadRequest, NotFound
+from micd.store import Record, Store
+from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
+from protocols.bazel_reapi._proto import remote_execution_pb2_grpc as re_grpc
+from protocols.bazel_reapi.action_result import action_key, decode_action_result, referenced_digests
+from protocols.bazel_reapi.common import ac_namespace, digest_function, from_proto, mapped_unary
+
+__all__ = ["INLINE_BUDGET", "ActionCacheServicer", "action_cache_handler"]
+
+INLINE_BUDGET = 1 << 20  # bytes a GetActionResult may inline (stdout, stderr, requested files) in total
+
+
+class ActionCacheServicer(re_grpc.ActionCacheServicer):
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    @mapped_unary
+    async def GetActionResult(  # noqa: N802 - gRPC method name
+        self, request: re_pb2.GetActionResultRequest, context: grpc.aio.ServicerContext
+    ) -> re_pb2.ActionResult:
+        function = digest_function(request.digest_function)
+        namespace = ac_namespace(request.instance_name)
+        digest = from_proto(request.action_digest, function)
+        record = await self._store.get_record(namespace, action_key(digest))
+        if record is None:
+            raise NotFound(f"no action result for {digest}")
+        result = decode_action_result(record.value)
+        await self._inline(request, result)
+        return result
+
+    async def _inline(self, request: re_pb2.GetActionResultRequest, result: re_pb2.ActionResult) -> None:
+        """Fill stdout_raw / stderr_raw / contents when asked, within INLINE_BUDGET (inlining is optional)."""
+        budget = INLINE_BUDGET
+        function = digest_function(request.digest_function)
+        wanted = set(request.inline_output_files)
+        targets = []
+        if request.inline_stdout and result.HasField("stdout_digest"):
+            targets.append((result.stdout_digest, result, "stdout_raw"))
+        if request.inline_stderr and result.HasField("stderr_digest"):
+            targets.append((result.stderr_digest, result, "stderr_raw"))
+        targets += [(f.digest, f, "contents") for f in result.output_files if f.path in wanted]
+        for proto_digest, message, field in targets:
+            if proto_digest.size_bytes > budget:
+                continue
+            data = await self._store.get_bytes(from_proto(proto_digest, function))
+            if data is not None:
+                setattr(message, field, data)
+                budget -= len(data)
+
+    @mapped_unary
+    async def UpdateActionResultRaw(  # noqa: N802
+        self, raw: bytes, context: grpc.aio.ServicerContext
+    ) -> re_pb2.ActionResult:
+        """UpdateActionResult registered with a bytes deserializer: a body that does not parse is
+        INVALID_ARGUMENT here (grpc's own deserializer would report INTERNAL)."""
+        request = re_pb2.UpdateActionResultRequest()
+        try:
+            request.ParseFromString(raw)
+        except DecodeError as exc:
+            raise BadRequest("request does not parse as an UpdateActionResultRequest", str(exc)) from exc
+        return await self.UpdateActionResult.__wrapped__(self, request, context)  # type: ignore[attr-defined]
+
+    @mapped_unary
+    async def UpdateActionResult(  # noqa: N802
+        self, request: re_pb2.UpdateActionResultRequest, context: grpc.aio.ServicerContext
+    ) -> re_pb2.ActionResult:
+        function = digest_function(request.digest_function)
+        namespace = ac_namespace(request.instance_name)
+        digest = from_proto(request.action_digest, function)
+        if not request.HasField("action_result"):
+            raise BadRequest("UpdateActionResult without an action_result")
+        result = request.action_result
+        refs = referenced_digests(result, function)
+        await self._store.put_record(namespace, action_key(digest), Record(result.SerializeToString(), refs))
+        return result
+
+
+def action_cache_handler(servicer: ActionCacheServicer) -> grpc.GenericRpcHandler:
+    """The ActionCache service with UpdateActionResult taking raw bytes (see UpdateActionResultRaw)."""
+    handlers = {
+        "GetActionResult": grpc.unary_unary_rpc_method_handler(
+            servicer.GetActionResult,
+            request_deserializer=re_pb2.GetActionResultRequest.FromString,
+            response_serializer=re_pb2.ActionResult.SerializeToString,
+        ),
+        "UpdateActionResult": grpc.unary_unary_rpc_method_handler(
+            servicer.UpdateActionResultRaw,
+            request_deserializer=None,
+            response_serializer=re_pb2.ActionResult.SerializeToString,
+        ),
+    }
+    return grpc.method_handlers_generic_handler("build.bazel.remote.execution.v2.ActionCache", handlers)

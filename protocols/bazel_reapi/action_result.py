@@ -1,0 +1,74 @@
+"""Pure validation of an ActionResult before it enters the action cache, and the CAS blobs it references.
+
+Shared by the gRPC ActionCache and the HTTP cache's `/ac/`. The referenced digests become `Record.refs`, so the
+store serves the entry only while every one of them exists (never a hit that points at nothing).
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import DecodeError
+
+from micd.errors import BadRequest
+from micd.store import Digest
+from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
+from protocols.bazel_reapi.common import from_proto
+
+__all__ = ["action_key", "decode_action_result", "referenced_digests"]
+
+
+def action_key(digest: Digest) -> str:
+    """The KV key of an action: function and hash (the size adds nothing; HTTP clients do not send it)."""
+    return f"{digest.function}:{digest.hex}"
+
+
+def decode_action_result(data: bytes) -> re_pb2.ActionResult:
+    """Parse bytes as an ActionResult.
+
+    Raises:
+        BadRequest: the bytes are not a valid ActionResult message.
+    """
+    result = re_pb2.ActionResult()
+    try:
+        result.ParseFromString(data)
+    except DecodeError as exc:
+        raise BadRequest("body does not parse as an ActionResult", str(exc)) from exc
+    return result
+
+
+def _path(path: str, what: str) -> None:
+    if not path or path.startswith("/") or "\x00" in path or ".." in path.split("/"):
+        raise BadRequest(f"malformed {what} path", path)
+
+
+def _optional(digest: re_pb2.Digest, function: str, refs: dict[Digest, None]) -> None:
+    if digest.hash or digest.size_bytes:
+        parsed = from_proto(digest, function)
+        if not parsed.is_empty:
+            refs[parsed] = None
+
+
+def referenced_digests(result: re_pb2.ActionResult, function: str) -> tuple[Digest, ...]:
+    """Check every path and digest of `result`; return the distinct non-empty blobs it references.
+
+    Raises:
+        BadRequest: an empty, absolute or `..` path, a missing tree digest, or a malformed digest.
+    """
+    refs: dict[Digest, None] = {}
+    for output in result.output_files:
+        _path(output.path, "output file")
+        if not output.HasField("digest"):
+            raise BadRequest("output file without a digest", output.path)
+        _optional(output.digest, function, refs)
+    for directory in result.output_directories:
+        _path(directory.path, "output directory")
+        if not directory.tree_digest.hash:
+            raise BadRequest("output directory without a tree digest", directory.path)
+        _optional(directory.tree_digest, function, refs)
+        _optional(directory.root_directory_digest, function, refs)
+    for link in (*result.output_symlinks, *result.output_file_symlinks, *result.output_directory_symlinks):
+        _path(link.path, "output symlink")
+        if not link.target:
+            raise BadRequest("output symlink without a target", link.path)
+    _optional(result.stdout_digest, function, refs)
+    _optional(result.stderr_digest, function, refs)
+    return tuple(refs)

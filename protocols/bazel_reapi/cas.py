@@ -1,0 +1,150 @@
+"""REAPI ContentAddressableStorage over the shared CAS: FindMissingBlobs (never reads bodies), BatchUpdateBlobs /
+BatchReadBlobs with a per-blob google.rpc.Status, GetTree as a stream of pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
+
+from micd.errors import BadRequest, MicError, NotFound
+from micd.store import Digest, Store
+from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
+from protocols.bazel_reapi._proto import remote_execution_pb2_grpc as re_grpc
+from protocols.bazel_reapi.common import MAX_BATCH_TOTAL_SIZE, ac_namespace, digest_function, from_proto
+from protocols.bazel_reapi.common import grpc_code, mapped_stream, mapped_unary, to_proto
+from protocols.bazel_reapi.compression import decompress_bytes
+
+__all__ = ["MAX_TREE_PAGE", "ContentAddressableStorageServicer"]
+
+MAX_TREE_PAGE = 1000
+_OK = status_pb2.Status(code=grpc.StatusCode.OK.value[0])
+
+
+def _status(exc: BaseException) -> status_pb2.Status:
+    return status_pb2.Status(code=grpc_code(exc).value[0], message=str(exc)[:1000])
+
+
+class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageServicer):
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    @mapped_unary
+    async def FindMissingBlobs(  # noqa: N802 - gRPC method name
+        self, request: re_pb2.FindMissingBlobsRequest, context: grpc.aio.ServicerContext
+    ) -> re_pb2.FindMissingBlobsResponse:
+        ac_namespace(request.instance_name)
+        function = digest_function(request.digest_function)
+        digests = [from_proto(d, function) for d in request.blob_digests]
+        missing = await self._store.find_missing(digests)
+        return re_pb2.FindMissingBlobsResponse(missing_blob_digests=[to_proto(d) for d in missing])
+
+    @mapped_unary
+    async def BatchUpdateBlobs(  # noqa: N802
+        self, request: re_pb2.BatchUpdateBlobsRequest, context: grpc.aio.ServicerContext
+    ) -> re_pb2.BatchUpdateBlobsResponse:
+        ac_namespace(request.instance_name)
+        function = digest_function(request.digest_function)
+        total = sum(len(r.data) for r in request.requests)
+        if total > MAX_BATCH_TOTAL_SIZE:
+            raise BadRequest(f"batch of {total} bytes exceeds max_batch_total_size_bytes {MAX_BATCH_TOTAL_SIZE}")
+        statuses = await asyncio.gather(*(self._update_one(r, function) for r in request.requests))
+        return re_pb2.BatchUpdateBlobsResponse(
+            responses=[
+                re_pb2.BatchUpdateBlobsResponse.Response(digest=r.digest, status=s)
+                for r, s in zip(request.requests, statuses, strict=True)
+            ]
+        )
+
+    async def _update_one(self, entry: re_pb2.BatchUpdateBlobsRequest.Request, function: str) -> status_pb2.Status:
+        try:
+            digest = from_proto(entry.digest, function)
+            if entry.compressor == re_pb2.Compressor.ZSTD:
+                data = decompress_bytes(entry.data, digest.size)
+            elif entry.compressor == re_pb2.Compressor.IDENTITY:
+                data = entry.data
+            else:
+                raise BadRequest("unsupported compressor", re_pb2.Compressor.Value.Name(entry.compressor))
+            await self._store.put_bytes(digest, data)
+        except MicError as exc:
+            return _status(exc)
+        return _OK
+
+    @mapped_unary
+    async def BatchReadBlobs(  # noqa: N802
+        self, request: re_pb2.BatchReadBlobsRequest, context: grpc.aio.ServicerContext
+    ) -> re_pb2.BatchReadBlobsResponse:
+        ac_namespace(request.instance_name)
+        function = digest_function(request.digest_function)
+        digests = [from_proto(d, function) for d in request.digests]
+        total = sum(d.size for d in digests)
+        if total > MAX_BATCH_TOTAL_SIZE:
+            raise BadRequest(f"batch of {total} bytes exceeds max_batch_total_size_bytes {MAX_BATCH_TOTAL_SIZE}")
+        found = await asyncio.gather(*(self._store.get_bytes(d) for d in digests))
+        responses = []
+        for proto, data in zip(request.digests, found, strict=True):
+            if data is None:
+                status = _status(NotFound(f"blob {proto.hash}/{proto.size_bytes} not found"))
+                responses.append(re_pb2.BatchReadBlobsResponse.Response(digest=proto, status=status))
+            else:
+                responses.append(re_pb2.BatchReadBlobsResponse.Response(digest=proto, data=data, status=_OK))
+        return re_pb2.BatchReadBlobsResponse(responses=responses)
+
+    @mapped_stream
+    async def GetTree(  # noqa: N802
+        self, request: re_pb2.GetTreeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[re_pb2.GetTreeResponse]:
+        ac_namespace(request.instance_name)
+        function = digest_function(request.digest_function)
+        root = from_proto(request.root_digest, function)
+        page_size = min(request.page_size, MAX_TREE_PAGE) if request.page_size > 0 else MAX_TREE_PAGE
+        start = _parse_page_token(request.page_token)
+        directories = await self._walk(root, function)
+        if start > len(directories):
+            raise BadRequest("page_token past the end of the tree", request.page_token)
+        while True:
+            end = min(start + page_size, len(directories))
+            token = str(end) if end < len(directories) else ""
+            yield re_pb2.GetTreeResponse(directories=directories[start:end], next_page_token=token)
+            if not token:
+                return
+            start = end
+
+    async def _walk(self, root: Digest, function: str) -> list[re_pb2.Directory]:
+        """Breadth-first, de-duplicated; missing subtrees are omitted (REAPI), a missing root is NOT_FOUND."""
+        seen = {root}
+        level = [root]
+        out: list[re_pb2.Directory] = []
+        while level:
+            blobs = await asyncio.gather(*(self._store.get_bytes(d) for d in level))
+            if not out and blobs[0] is None:
+                raise NotFound(f"tree root {root} not found")
+            next_level = []
+            for data in blobs:
+                if data is None:
+                    continue
+                directory = re_pb2.Directory()
+                try:
+                    directory.ParseFromString(data)
+                except DecodeError as exc:
+                    raise BadRequest("a tree node does not parse as a Directory", str(exc)) from exc
+                out.append(directory)
+                for child in directory.directories:
+                    digest = from_proto(child.digest, function)
+                    if digest not in seen:
+                        seen.add(digest)
+                        next_level.append(digest)
+            level = next_level
+        return out
+
+
+def _parse_page_token(token: str) -> int:
+    if not token:
+        return 0
+    if not token.isdigit() or len(token) > 9:
+        raise BadRequest("malformed page_token", token)
+    return int(token)

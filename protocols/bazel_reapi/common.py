@@ -1,0 +1,136 @@
+"""Shared pieces of the REAPI servicers: proto ↔ `Digest` conversion, the action-cache namespace of an instance,
+and the one mapping from micd errors to gRPC status codes (used for whole calls and per-blob statuses).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from micd.errors import BadRequest, FormatError, IntegrityError, MicError, NotFound, StoreFull, TierUnavailable
+from micd.errors import Unauthorized
+from micd.store import Digest
+from micd.validate import parse_digest, parse_namespace
+from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
+
+__all__ = [
+    "AC_NAMESPACE",
+    "OutOfRange",
+    "UploadBusy",
+    "GRPC_SERVER_OPTIONS",
+    "MAX_BATCH_TOTAL_SIZE",
+    "ac_namespace",
+    "digest_function",
+    "from_proto",
+    "grpc_code",
+    "mapped_stream",
+    "mapped_unary",
+    "to_proto",
+]
+
+AC_NAMESPACE = "bazel-ac"
+# Batch calls carry whole blobs in one message; keep them well under the message limit below.
+MAX_BATCH_TOTAL_SIZE = 4 << 20
+GRPC_SERVER_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_BATCH_TOTAL_SIZE + (1 << 20)),
+    ("grpc.max_send_message_length", MAX_BATCH_TOTAL_SIZE + (1 << 20)),
+)
+_FUNCTIONS = {re_pb2.DigestFunction.SHA256: "sha256", re_pb2.DigestFunction.BLAKE3: "blake3"}
+_RESERVED_SEGMENTS = frozenset(
+    {"blobs", "uploads", "actions", "actionResults", "operations", "capabilities", "compressed-blobs"}
+)
+
+
+class OutOfRange(BadRequest):
+    """A read offset or limit outside the blob (gRPC OUT_OF_RANGE, as the ByteStream spec asks)."""
+
+
+class UploadBusy(MicError):
+    """Another live Write stream feeds this upload id (gRPC ABORTED: the client retries later)."""
+
+
+def digest_function(value: int) -> str:
+    """Map a request's DigestFunction to a micd function; UNKNOWN (0) means SHA256, as old clients send it.
+
+    Raises:
+        BadRequest: a function this server does not implement.
+    """
+    if value == re_pb2.DigestFunction.UNKNOWN:
+        return "sha256"
+    try:
+        return _FUNCTIONS[value]
+    except KeyError:
+        raise BadRequest("unsupported digest function", re_pb2.DigestFunction.Value.Name(value)) from None
+
+
+def from_proto(digest: re_pb2.Digest, function: str) -> Digest:
+    """Validate an untrusted proto Digest (hash shape, size ≥ 0) and convert it."""
+    return parse_digest(function, digest.hash, digest.size_bytes)
+
+
+def to_proto(digest: Digest) -> re_pb2.Digest:
+    return re_pb2.Digest(hash=digest.hex, size_bytes=digest.size)
+
+
+def ac_namespace(instance_name: str) -> str:
+    """The KV namespace of an instance's action cache: `bazel-ac` or `bazel-ac/<instance>` (may contain `/`)."""
+    if not instance_name:
+        return AC_NAMESPACE
+    if any(part in _RESERVED_SEGMENTS for part in instance_name.split("/")):
+        raise BadRequest("instance name uses a reserved segment", instance_name)
+    return parse_namespace(f"{AC_NAMESPACE}/{instance_name}")
+
+
+def grpc_code(exc: BaseException) -> grpc.StatusCode:
+    """The single error → gRPC status mapping of this edge."""
+    if isinstance(exc, OutOfRange):
+        return grpc.StatusCode.OUT_OF_RANGE
+    if isinstance(exc, BadRequest | IntegrityError | DecodeError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, UploadBusy):
+        return grpc.StatusCode.ABORTED
+    if isinstance(exc, NotFound):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, StoreFull):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(exc, Unauthorized):
+        return grpc.StatusCode.UNAUTHENTICATED
+    if isinstance(exc, TierUnavailable):
+        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, FormatError):
+        return grpc.StatusCode.DATA_LOSS
+    return grpc.StatusCode.INTERNAL
+
+
+_Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def mapped_unary(method: _Handler) -> _Handler:
+    """Wrap a unary (or stream-in) handler so a MicError aborts the call with its mapped code."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except (MicError, DecodeError) as exc:
+            await context.abort(grpc_code(exc), str(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def mapped_stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    """Wrap a server-streaming handler so a MicError aborts the call with its mapped code."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except (MicError, DecodeError) as exc:
+            await context.abort(grpc_code(exc), str(exc))
+
+    return wrapper
