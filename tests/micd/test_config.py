@@ -1,0 +1,172 @@
+"""micd.config: precedence of every layer, source attribution, validation messages, workspace discovery."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from micd.config import ConfigError, load_config, parse_duration, parse_size
+
+
+def _env(**extra: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if k in ("HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME",
+                                                          "XDG_CONFIG_HOME")}
+    return {**base, **extra}
+
+
+@pytest.fixture
+def layout(tmp_path: Path, clean_env: Path) -> dict[str, Path]:
+    workspace = tmp_path / "ws"
+    (workspace / "sub" / "deeper").mkdir(parents=True)
+    user = Path(os.environ["XDG_CONFIG_HOME"]) / "mic" / "config.toml"
+    user.parent.mkdir(parents=True)
+    return {"ws": workspace, "cwd": workspace / "sub" / "deeper", "user": user, "toml": workspace / "mic.toml"}
+
+
+# Each row adds one layer; the highest layer present must win and be named as the source.
+PRECEDENCE = [
+    ("defaults only", set(), 256 << 20, "default"),
+    ("user config", {"user"}, 1 << 20, "{user}"),
+    ("workspace beats user", {"user", "toml"}, 2 << 20, "{toml}"),
+    ("env beats files", {"user", "toml", "env"}, 3 << 20, "env MIC_MEMORY_BUDGET"),
+    ("flag beats env", {"user", "toml", "env", "flag"}, 4 << 20, "flag --memory-budget"),
+    ("flag alone", {"flag"}, 4 << 20, "flag --memory-budget"),
+    ("env alone", {"env"}, 3 << 20, "env MIC_MEMORY_BUDGET"),
+    ("workspace alone", {"toml"}, 2 << 20, "{toml}"),
+]
+
+
+@pytest.mark.parametrize(("description", "layers", "expected", "source"), PRECEDENCE, ids=[r[0] for r in PRECEDENCE])
+def test_precedence(layout, description, layers, expected, source):
+    if "user" in layers:
+        layout["user"].write_text('[store]\nmemory_budget = "1MiB"\n')
+    if "toml" in layers:
+        layout["toml"].write_text("[store]\nmemory_budget = 2097152\n")
+    env = _env(MIC_MEMORY_BUDGET="3MiB") if "env" in layers else _env()
+    flags = {"memory_budget": "4MiB"} if "flag" in layers else {}
+    config = load_config(flags, cwd=layout["cwd"], env=env)
+    assert config.memory_budget == expected
+    assert config.source("memory_budget") == source.format(user=layout["user"], toml=layout["toml"])
+
+
+def test_layers_mix_per_key(layout):
+    layout["user"].write_text('[daemon]\nidle_timeout = "10m"\nlog_level = "debug"\n')
+    layout["toml"].write_text('[daemon]\nidle_timeout = 30\n[s3]\nbucket = "team-cache"\n')
+    config = load_config({"log_level": "error"}, cwd=layout["cwd"], env=_env(MIC_S3_PREFIX="p/q"))
+    rows = {name: (value, source) for name, value, source in config.effective()}
+    assert rows["daemon.idle_timeout"] == (30.0, str(layout["toml"]))
+    assert rows["daemon.log_level"] == ("ERROR", "flag --log-level")
+    assert rows["s3.bucket"] == ("team-cache", str(layout["toml"]))
+    assert rows["s3.prefix"] == ("p/q", "env MIC_S3_PREFIX")
+    assert rows["store.disk_hard_cap"][1] == "default"
+    assert config.s3_enabled
+    assert rows["workspace"][0] == str(layout["ws"])
+
+
+def test_s3_off_without_bucket(layout):
+    config = load_config(cwd=layout["cwd"], env=_env(MIC_S3_ENDPOINT_URL="http://127.0.0.1:9"))
+    assert not config.s3_enabled and config.s3_bucket is None
+
+
+def test_default_paths_follow_xdg(layout):
+    config = load_config(cwd=layout["cwd"], env=_env())
+    assert config.cache_dir == Path(os.environ["XDG_CACHE_HOME"]) / "mic" / "store"
+    assert config.state_dir.parent == Path(os.environ["XDG_STATE_HOME"]) / "mic" / "sessions"
+    assert config.state_dir.name == config.session
+
+
+def test_session_is_stable_per_workspace_and_distinct_across(layout, tmp_path):
+    layout["toml"].write_text("")
+    first = load_config(cwd=layout["cwd"], env=_env())
+    again = load_config(cwd=layout["ws"], env=_env())
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    other = load_config(cwd=other_dir, env=_env())
+    assert first.session == again.session and first.state_dir == again.state_dir
+    assert other.session != first.session
+    assert "derived from workspace" in first.source("session")
+
+
+def test_dot_mic_marks_the_workspace(layout):
+    (layout["ws"] / ".mic").mkdir()
+    assert load_config(cwd=layout["cwd"], env=_env()).workspace == layout["ws"]
+
+
+def test_explicit_session_and_state_dir(layout, tmp_path):
+    config = load_config(cwd=layout["cwd"], env=_env(MIC_SESSION="s-123"))
+    assert config.session == "s-123" and config.state_dir.name == "s-123"
+    config = load_config(cwd=layout["cwd"], env=_env(MIC_STATE_DIR=str(tmp_path / "st")))
+    assert config.state_dir == tmp_path / "st" and config.source("state_dir") == "env MIC_STATE_DIR"
+
+
+def test_relative_paths_resolve_against_their_file(layout):
+    layout["toml"].write_text('[store]\ndir = "cache-here"\n')
+    config = load_config(cwd=layout["cwd"], env=_env())
+    assert config.cache_dir == layout["ws"] / "cache-here"
+    config = load_config({"cache_dir": "rel"}, cwd=layout["cwd"], env=_env())
+    assert config.cache_dir == layout["cwd"] / "rel"
+
+
+def test_xdg_config_home_is_respected(layout, tmp_path):
+    elsewhere = tmp_path / "cfg"
+    (elsewhere / "mic").mkdir(parents=True)
+    (elsewhere / "mic" / "config.toml").write_text("[daemon]\ndrain_timeout = 3\n")
+    config = load_config(cwd=layout["cwd"], env=_env(XDG_CONFIG_HOME=str(elsewhere)))
+    assert config.drain_timeout == 3.0
+
+
+BAD = [
+    ("bad size in env", {}, {"MIC_MEMORY_BUDGET": "lots"}, None, "store.memory_budget (from env MIC_MEMORY_BUDGET)"),
+    ("bad duration flag", {"idle_timeout": "soon"}, {}, None, "daemon.idle_timeout (from flag --idle-timeout)"),
+    ("bad level in toml", {}, {}, '[daemon]\nlog_level = "loud"\n', "daemon.log_level (from {toml})"),
+    ("wrong type in toml", {}, {}, "[s3]\nbucket = 5\n", "s3.bucket (from {toml})"),
+    ("unknown key", {}, {}, "[store]\nmemroy_budget = 1\n", "{toml}: unknown key store.memroy_budget"),
+    ("invalid toml", {}, {}, "[store\n", "{toml}: not valid TOML"),
+    ("hard below soft", {"disk_hard_cap": "1GiB"}, {"MIC_DISK_SOFT_CAP": "2GiB"}, None,
+     "store.disk_hard_cap (from flag --disk-hard-cap) = 1073741824 is below store.disk_soft_cap "
+     "(from env MIC_DISK_SOFT_CAP)"),
+    ("endpoint not a url", {}, {"MIC_S3_ENDPOINT_URL": "localhost:9000"}, None,
+     "s3.endpoint_url (from env MIC_S3_ENDPOINT_URL) must be an http"),
+    ("bad bucket", {"s3_bucket": "No_Such"}, {}, None, "s3.bucket (from flag --s3-bucket) is not a valid bucket"),
+    ("bad session", {}, {"MIC_SESSION": "../x"}, None, "daemon.session (from env MIC_SESSION)"),
+    ("negative size", {}, {}, "[store]\ndisk_soft_cap = -1\n", "store.disk_soft_cap (from {toml})"),
+]
+
+
+@pytest.mark.parametrize(("description", "flags", "env", "toml", "message"), BAD, ids=[r[0] for r in BAD])
+def test_validation_names_key_and_source(layout, description, flags, env, toml, message):
+    if toml is not None:
+        layout["toml"].write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load_config(flags, cwd=layout["cwd"], env=_env(**env))
+    assert message.format(toml=layout["toml"]) in str(info.value)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (0, 0), (1024, 1024), ("1024", 1024), ("4KiB", 4096), ("4k", 4096), ("512MiB", 512 << 20),
+    ("10GiB", 10 << 30), ("1.5 GiB", 3 << 29), ("2T", 2 << 40), ("7B", 7),
+])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-1", "1XB", "MiB", True, -5])
+def test_parse_size_rejects(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (0, 0.0), (90, 90.0), ("90", 90.0), ("30s", 30.0), ("10m", 600.0), ("2h", 7200.0), ("1d", 86400.0),
+    ("250ms", 0.25), (1.5, 1.5),
+])
+def test_parse_duration(text, expected):
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["soon", "-3", "5 weeks", False])
+def test_parse_duration_rejects(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)

@@ -1,0 +1,231 @@
+"""protocols.cas_http over the in-memory store and small fakes: round trips, ranges, errors and their statuses."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from micd.blobs import BytesBlob
+from micd.errors import BadRequest, IntegrityError, MicError, NotFound, StoreFull, Unauthorized
+from micd.store import Digest
+from micd.tiers.memory import MemoryTier
+from protocols import cas_http
+
+
+def _url(digest: Digest) -> str:
+    return f"/cas/{digest.function}/{digest.hex}/{digest.size}"
+
+
+@pytest.fixture
+def store() -> MemoryTier:
+    return MemoryTier(budget=64 << 20, max_blob=32 << 20)
+
+
+@pytest.fixture
+async def client(aiohttp_client, store):
+    app = web.Application()
+    app.router.add_routes(cas_http.routes(store))
+    return await aiohttp_client(app)
+
+
+@pytest.mark.parametrize("function", ["sha256", "blake3"])
+async def test_put_get_head_round_trip(client, store, function):
+    data = os.urandom(3 << 20) + b"tail"
+    digest = Digest.of(data, function)
+    assert (await client.head(_url(digest))).status == 404
+    assert (await client.get(_url(digest))).status == 404
+    assert (await client.put(_url(digest), data=data)).status == 201
+    assert (await client.put(_url(digest), data=data)).status == 200  # idempotent
+    head = await client.head(_url(digest))
+    assert head.status == 200 and head.headers["Content-Length"] == str(len(data))
+    response = await client.get(_url(digest))
+    assert response.status == 200 and await response.read() == data
+    assert response.headers["Content-Type"] == "application/octet-stream"
+
+
+async def test_chunked_upload_streams(client, store):
+    parts = [os.urandom(100_000) for _ in range(20)]
+    digest = Digest.of(b"".join(parts))
+
+    async def body() -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+
+    assert (await client.put(_url(digest), data=body())).status == 201
+    assert await store.get_bytes(digest) == b"".join(parts)
+
+
+async def test_empty_blob_always_present(client):
+    digest = Digest.empty("sha256")
+    assert (await client.head(_url(digest))).status == 200
+    response = await client.get(_url(digest))
+    assert response.status == 200 and await response.read() == b""
+
+
+async def test_wrong_digest_is_rejected_and_nothing_stored(client, store):
+    data = b"the real bytes"
+    claimed = Digest("sha256", Digest.of(b"x" * len(data)).hex, len(data))  # right size, wrong hash
+    response = await client.put(_url(claimed), data=data)
+    assert response.status == 400
+    assert "does not match" in await response.text()
+    assert (await client.head(_url(claimed))).status == 404
+    assert not await store.contains(Digest.of(data))
+
+
+async def test_size_mismatch_is_rejected(client, store):
+    data = b"0123456789"
+    short = Digest("sha256", Digest.of(data).hex, 5)
+    response = await client.put(_url(short), data=data)
+    assert response.status == 400 and "Content-Length" in await response.text()
+
+    async def longer() -> AsyncIterator[bytes]:  # chunked: no Content-Length, too many bytes
+        yield data
+
+    assert (await client.put(_url(short), data=longer())).status == 400
+    assert not await store.contains(short) and not await store.contains(Digest.of(data))
+
+
+HEX = "a" * 64
+MALFORMED = [
+    ("traversal in hex", f"/cas/sha256/..%2F..%2Fetc%2Fpasswd/1"),
+    ("dot-dot hex", "/cas/sha256/%2E%2E/1"),
+    ("uppercase hex", f"/cas/sha256/{'A' * 64}/1"),
+    ("short hex", f"/cas/sha256/{'a' * 63}/1"),
+    ("long hex", f"/cas/sha256/{'a' * 65}/1"),
+    ("non-hex", f"/cas/sha256/{'g' * 64}/1"),
+    ("unknown function", f"/cas/md5/{HEX}/1"),
+    ("traversal in function", f"/cas/..%2Fsha256/{HEX}/1"),
+    ("negative size", f"/cas/sha256/{HEX}/-1"),
+    ("non-numeric size", f"/cas/sha256/{HEX}/ten"),
+    ("huge size", f"/cas/sha256/{HEX}/99999999999999999999"),
+]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT"])
+@pytest.mark.parametrize("path", [p for _, p in MALFORMED], ids=[d for d, _ in MALFORMED])
+async def test_malformed_paths_are_400(client, store, method, path):
+    response = await client.request(method, URL(path, encoded=True), data=b"x" if method == "PUT" else None)
+    assert response.status == 400
+    assert store.used == 0
+
+
+async def test_ranges(client):
+    data = bytes(range(256)) * 40
+    digest = Digest.of(data)
+    await client.put(_url(digest), data=data)
+    cases = {"bytes=0-9": data[:10], "bytes=100-": data[100:], "bytes=-16": data[-16:],
+             "bytes=5000-99999": data[5000:]}
+    for header, expected in cases.items():
+        response = await client.get(_url(digest), headers={"Range": header})
+        assert response.status == 206, header
+        assert await response.read() == expected
+        start = len(data) - len(expected) if header.startswith("bytes=-") else int(header[6:].split("-")[0])
+        assert response.headers["Content-Range"] == f"bytes {start}-{start + len(expected) - 1}/{len(data)}"
+    for bad in ("bytes=20000-", "bytes=9-3", "bytes=0-1,5-6", "items=0-1", "bytes=-"):
+        assert (await client.get(_url(digest), headers={"Range": bad})).status == 400, bad
+
+
+class _FileBlob:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = self.length = path.stat().st_size
+        self.offset = 0
+        self.closed = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        raise AssertionError("a blob with a path must be sent from the file (sendfile)")
+        yield b""  # pragma: no cover
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class _FakeStore(MemoryTier):
+    """MemoryTier with programmable failures and file-backed blobs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_put: MicError | None = None
+        self.file_blob: _FileBlob | None = None
+        self.corrupt: bool = False
+
+    async def put(self, digest, chunks):
+        if self.fail_put is not None:
+            async for _ in chunks:
+                pass
+            raise self.fail_put
+        await super().put(digest, chunks)
+
+    async def get(self, digest, offset=0, limit=None):
+        if self.file_blob is not None:
+            return self.file_blob
+        if self.corrupt:
+            return _CorruptBlob(digest.size)
+        return await super().get(digest, offset, limit)
+
+
+class _CorruptBlob(BytesBlob):
+    def __init__(self, size: int) -> None:
+        super().__init__(b"\0" * size)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield b"\0" * 1024
+        raise IntegrityError("expected", "got")
+
+
+@pytest.fixture
+async def fake(aiohttp_client):
+    store = _FakeStore()
+    app = web.Application()
+    app.router.add_routes(cas_http.routes(store))
+    return store, await aiohttp_client(app)
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    (StoreFull(used=10, needed=5, hard_cap=12), 507),
+    (IntegrityError("a", "b"), 400),
+    (BadRequest("nope"), 400),
+    (Unauthorized("no"), 401),
+    (NotFound("gone"), 404),
+    (MicError("other"), 500),
+])
+async def test_store_errors_map_to_statuses(fake, error, status):
+    store, client = fake
+    store.fail_put = error
+    data = b"payload"
+    response = await client.put(_url(Digest.of(data)), data=data)
+    assert response.status == status
+    assert len(await response.read()) < 10_000  # Bazel fails on error bodies over 10 KiB
+    assert cas_http.status_for(error) == status
+
+
+async def test_store_full_message_is_clear(fake):
+    store, client = fake
+    store.fail_put = StoreFull(used=10, needed=5, hard_cap=12)
+    response = await client.put(_url(Digest.of(b"x")), data=b"x")
+    assert "hard cap" in await response.text()
+
+
+async def test_file_blobs_are_sent_from_the_file_and_closed(fake, tmp_path):
+    store, client = fake
+    data = os.urandom(5 << 20)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    store.file_blob = _FileBlob(path)
+    response = await client.get(_url(Digest.of(data)))
+    assert response.status == 200 and await response.read() == data
+    assert store.file_blob.closed
+
+
+async def test_corruption_mid_stream_truncates_instead_of_lying(fake):
+    store, client = fake
+    store.corrupt = True
+    response = await client.get(_url(Digest("sha256", HEX, 1 << 20)))
+    assert response.status == 200  # headers were already out
+    with pytest.raises(Exception):  # noqa: B017 - any payload error: the body must not complete
+        await response.read()
