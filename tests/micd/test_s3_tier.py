@@ -1,0 +1,325 @@
+"""S3 tier against a real S3-compatible server (moto) behind a cuttable proxy: layout, integrity, request
+economy (existence cache, in-flight de-duplication), failures as TierUnavailable, bounded memory."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+import tracemalloc
+from collections import Counter
+
+import boto3
+import pytest
+import zstandard
+
+from micd.blobs import aiter_bytes
+from micd.errors import BadRequest, IntegrityError, TierUnavailable
+from micd.record import encode_record
+from micd.store import Digest, Record
+from micd.tiers.s3 import S3Tier
+from tests.fixtures.s3 import TcpProxy
+
+pytestmark = pytest.mark.timeout(120)
+
+PREFIX = "team/mic"
+
+
+@pytest.fixture
+def bucket(s3_server, s3_env):
+    return s3_server.create_bucket()
+
+
+@pytest.fixture
+def boto(s3_server):
+    return boto3.client("s3", endpoint_url=s3_server.endpoint_url)
+
+
+@pytest.fixture
+async def tier(s3_proxy, bucket):
+    tier = S3Tier(
+        bucket=bucket,
+        prefix=PREFIX,
+        endpoint_url=s3_proxy.endpoint_url,
+        max_attempts=1,
+        connect_timeout=2,
+        read_timeout=5,
+        cooldown=(0.05, 0.2),
+    )
+    await tier.open()
+    yield tier
+    await tier.close()
+
+
+def count_requests(tier: S3Tier) -> Counter:
+    """Count HTTP requests per S3 operation (every attempt, as botocore sends it)."""
+    counts: Counter = Counter()
+
+    def on_send(event_name: str, **_: object) -> None:
+        counts[event_name.rsplit(".", 1)[-1]] += 1
+
+    tier._client.meta.events.register("before-send.s3", on_send)
+    return counts
+
+
+def keys(boto, bucket) -> list[str]:
+    return sorted(o["Key"] for o in boto.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+async def read(blob) -> bytes:
+    return b"".join([chunk async for chunk in blob.chunks()])
+
+
+async def test_blob_layout_is_prefixed_sharded_zstd(tier, boto, bucket):
+    data = b"hello, cache" * 100
+    digest = Digest.of(data)
+    await tier.put_bytes(digest, data)
+    key = f"{PREFIX}/cas/sha256/{digest.hex[:2]}/{digest.hex}"
+    assert keys(boto, bucket) == [key]
+    body = boto.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert len(body) < len(data)
+    assert zstandard.ZstdDecompressor().decompress(body) == data
+
+    tier._exists.clear()
+    assert await tier.contains(digest)
+    assert await tier.get_bytes(digest) == data
+    assert await read(await tier.get(digest, 5, 7)) == data[5:12]
+    assert await read(await tier.get(digest, len(data))) == b""
+    with pytest.raises(BadRequest):
+        await tier.get(digest, len(data) + 1)
+
+
+async def test_blake3_and_empty_blobs(tier):
+    data = os.urandom(5000)
+    digest = Digest.of(data, "blake3")
+    await tier.put_bytes(digest, data)
+    tier._exists.clear()
+    assert await tier.get_bytes(digest) == data
+    empty = Digest.empty()
+    assert await tier.contains(empty)
+    assert await tier.get_bytes(empty) == b""
+    assert await tier.find_missing([empty, digest]) == []
+
+
+async def test_find_missing_keeps_order_and_duplicates(tier):
+    present = [Digest.of(f"p{i}".encode()) for i in range(3)]
+    absent = [Digest.of(f"a{i}".encode()) for i in range(3)]
+    for digest, data in zip(present, (b"p0", b"p1", b"p2"), strict=True):
+        await tier.put_bytes(digest, data)
+    tier._exists.clear()
+    query = [absent[0], present[0], absent[1], absent[0], present[2], absent[2]]
+    assert await tier.find_missing(query) == [absent[0], absent[1], absent[0], absent[2]]
+
+
+async def test_records_round_trip_under_kv_prefix(tier, boto, bucket):
+    ref = Digest.of(b"x")
+    record = Record(b"value", (ref,), (("content-type", "application/octet-stream"),))
+    await tier.put_record("bazel-ac/main/inst", "k1", record)
+    assert keys(boto, bucket) == [f"{PREFIX}/kv/bazel-ac/main/inst/k1"]
+    assert await tier.get_record("bazel-ac/main/inst", "k1") == record
+    assert await tier.get_record("bazel-ac/main/inst", "nope") is None
+    record2 = Record(b"v2")
+    await tier.put_record("bazel-ac/main/inst", "k1", record2)
+    assert await tier.get_record("bazel-ac/main/inst", "k1") == record2
+
+
+async def test_unreadable_record_is_a_miss(tier, boto, bucket, caplog):
+    boto.put_object(Bucket=bucket, Key=f"{PREFIX}/kv/ns/bad", Body=b"MICR\x01garbage")
+    assert await tier.get_record("ns", "bad") is None
+    assert "unreadable" in caplog.text
+
+
+@pytest.mark.parametrize("size", [1000, 3 << 20])
+async def test_mismatched_upload_is_rejected_and_nothing_stored(tier, boto, bucket, size):
+    data = os.urandom(size)
+    digest = Digest.of(data)
+    bad = data[:-1] + bytes([data[-1] ^ 1])
+    with pytest.raises(IntegrityError):
+        await tier.put_bytes(digest, bad)
+    with pytest.raises(IntegrityError):
+        await tier.put_bytes(digest, data + b"!")
+    with pytest.raises(IntegrityError):
+        await tier.put_bytes(digest, data[:-1])
+    assert keys(boto, bucket) == []
+    assert not tier.known(digest)
+
+
+def _corruptions(data: bytes) -> dict[str, bytes]:
+    cctx = zstandard.ZstdCompressor()
+    good = cctx.compress(data)
+    other = bytearray(data)
+    other[len(other) // 2] ^= 0xFF
+    return {
+        "not zstd": b"definitely not a zstd frame",
+        "same size, other bytes": cctx.compress(bytes(other)),
+        "truncated frame": good[: len(good) // 2],
+        "too long (bomb)": cctx.compress(data + bytes(32 << 20)),
+        "too short": cctx.compress(data[:-10]),
+    }
+
+
+@pytest.mark.parametrize("size", [4096, 3 << 20])
+@pytest.mark.parametrize("kind", list(_corruptions(b"x" * 64)))
+async def test_corrupt_object_is_a_miss_then_repaired(tier, boto, bucket, size, kind, caplog):
+    data = os.urandom(size)
+    digest = Digest.of(data)
+    key = tier.cas_key(digest)
+    boto.put_object(Bucket=bucket, Key=key, Body=_corruptions(data)[kind])
+    assert await tier.contains(digest)  # HEAD cannot see corruption ...
+    assert await tier.get(digest) is None  # ... the verified download does
+    assert "does not match its digest" in caplog.text
+    assert keys(boto, bucket) == []  # deleted so that the next upload repairs it
+    assert not await tier.contains(digest)
+    await tier.put_bytes(digest, data)
+    assert await tier.get_bytes(digest) == data
+
+
+async def test_concurrent_reads_share_one_download(tier, boto, bucket):
+    small, large = os.urandom(10_000), os.urandom(3 << 20)
+    for data in (small, large):
+        boto.put_object(Bucket=bucket, Key=tier.cas_key(Digest.of(data)), Body=zstandard.compress(data))
+    counts = count_requests(tier)
+    for data in (small, large):
+        digest = Digest.of(data)
+        blobs = await asyncio.gather(*(tier.get(digest, i, 100) for i in range(20)))
+        assert [await read(b) for b in blobs] == [data[i : i + 100] for i in range(20)]
+    assert counts["GetObject"] == 2
+    assert not tier._downloads
+    # a late reader after the download finished gets its own, correct copy
+    assert await tier.get_bytes(Digest.of(large)) == large
+    assert counts["GetObject"] == 3
+
+
+async def test_unclosed_readers_dont_break_others(tier, boto, bucket):
+    data = os.urandom(2 << 20)
+    digest = Digest.of(data)
+    boto.put_object(Bucket=bucket, Key=tier.cas_key(digest), Body=zstandard.compress(data))
+    first, second = await asyncio.gather(tier.get(digest), tier.get(digest))
+    await first.aclose()
+    assert await read(second) == data
+    view = (await tier.get(digest)).view(10, 20)
+    assert await read(view) == data[10:30]
+
+
+async def test_existence_cache_and_head_dedup(tier):
+    data = b"seen once"
+    digest = Digest.of(data)
+    await tier.put_bytes(digest, data)
+    tier._exists.clear()
+    counts = count_requests(tier)
+    assert all(await asyncio.gather(*(tier.contains(digest) for _ in range(25))))
+    assert counts["HeadObject"] == 1
+    assert await tier.contains(digest)
+    assert await tier.find_missing([digest] * 10) == []
+    assert counts["HeadObject"] == 1  # positive answers are cached
+    missing = Digest.of(b"never")
+    assert not await tier.contains(missing)
+    assert not await tier.contains(missing)
+    assert counts["HeadObject"] == 3  # negative answers are not (someone may upload it)
+    assert sum(counts.values()) == 3
+
+
+async def test_existence_cache_is_bounded(s3_proxy, bucket):
+    tier = S3Tier(bucket=bucket, endpoint_url=s3_proxy.endpoint_url, existence_cache_size=2)
+    await tier.open()
+    try:
+        for i in range(4):
+            await tier.put_bytes(Digest.of(b"%d" % i), b"%d" % i)
+        assert len(tier._exists) == 2
+        assert tier.known(Digest.of(b"3")) and not tier.known(Digest.of(b"0"))
+    finally:
+        await tier.close()
+
+
+async def test_outage_is_tier_unavailable_fast_and_recovers(tier, s3_proxy, caplog):
+    data = b"before the outage"
+    digest = Digest.of(data)
+    await tier.put_bytes(digest, data)
+    s3_proxy.cut()
+    other = Digest.of(b"other")
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="micd.tiers.s3"):
+        for call in (
+            tier.contains(other),
+            tier.find_missing([other, Digest.of(b"more")]),
+            tier.get(other),
+            tier.put_bytes(other, b"other"),
+            tier.get_record("ns", "k"),
+            tier.put_record("ns", "k", Record(b"v")),
+        ):
+            with pytest.raises(TierUnavailable):
+                await call
+    assert time.monotonic() - started < 10
+    assert tier.state == "degraded" and tier.errors >= 1
+    assert "S3 tier degraded" in caplog.text
+    assert await tier.contains(digest)  # known blobs need no request
+    s3_proxy.restore()
+    await asyncio.sleep(0.25)  # past the cool-down
+    assert await tier.get_bytes(digest) == data
+    assert tier.state == "ok"
+
+
+async def test_throttling_and_5xx_are_tier_unavailable(tier, s3_proxy):
+    s3_proxy.answer = TcpProxy.SLOW_DOWN
+    digest = Digest.of(b"throttled")
+    with pytest.raises(TierUnavailable, match="SlowDown"):
+        await tier.contains(digest)
+    await asyncio.sleep(0.1)
+    with pytest.raises(TierUnavailable):
+        await tier.get(digest)
+    assert tier.state == "degraded"
+    s3_proxy.answer = None
+    await asyncio.sleep(0.25)
+    assert not await tier.contains(digest)
+    assert tier.state == "ok"
+
+
+async def test_unopened_tier_and_bad_arguments():
+    with pytest.raises(ValueError):
+        S3Tier(bucket="")
+    with pytest.raises(ValueError):
+        S3Tier(bucket="b", part_size=1 << 20)
+    tier = S3Tier(bucket="b")
+    with pytest.raises(TierUnavailable, match="not open"):
+        await tier.contains(Digest.of(b"x"))
+
+
+async def test_large_blob_round_trips_with_bounded_memory(tier, tmp_path, boto, bucket):
+    size, chunk = 64 << 20, 1 << 20
+    path = tmp_path / "big"
+    hasher = hashlib.sha256()
+    with open(path, "wb") as file:
+        for i in range(size // chunk):
+            block = os.urandom(chunk // 2) * 2 if i % 2 else os.urandom(chunk)
+            hasher.update(block)
+            file.write(block)
+    digest = Digest("sha256", hasher.hexdigest(), size)
+
+    async def from_file():
+        with open(path, "rb") as file:
+            while block := await asyncio.to_thread(file.read, chunk):
+                yield block
+
+    counts = count_requests(tier)
+    tracemalloc.start()
+    try:
+        await tier.put(digest, from_file())
+        _, put_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        tier._exists.clear()
+        blob = await tier.get(digest)
+        check = hashlib.sha256()
+        async for block in blob.chunks():
+            check.update(block)
+        _, get_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert check.hexdigest() == digest.hex
+    assert counts["UploadPart"] >= 5 and counts["CompleteMultipartUpload"] == 1
+    assert counts["GetObject"] == 1
+    # one 8 MiB part (plus botocore's copy of it) and a few chunks in flight, never the 64 MiB blob
+    assert put_peak < 32 << 20, put_peak
+    assert get_peak < 16 << 20, get_peak
+    assert boto.head_object(Bucket=bucket, Key=tier.cas_key(digest))["ContentLength"] < size
