@@ -22,7 +22,7 @@ from aiohttp import web
 from micd.auth import TokenInterceptor, auth_middleware
 from micd.config import Config
 from micd.metrics import Metrics
-from micd.tiers.memory import MemoryTier
+from micd.tiers.disk import DiskTier
 from protocols import cas_http
 
 __all__ = [
@@ -62,29 +62,25 @@ _STARTED = web.AppKey("started", float)
 
 async def open_store(config: Config, metrics: Metrics) -> Any:
     """Open the tiers named by `config` and compose them; the caller must `close()` the result."""
-    store = _MemoryStore(MemoryTier(budget=config.memory_budget), metrics)
-    await store.start()
-    return store
+    disk = DiskTier(config.cache_dir, soft_cap=config.disk_soft_cap, hard_cap=config.disk_hard_cap)
+    await disk.open()
+    return _DiskStore(disk)
 
 
-class _MemoryStore:
-    """Interim composition (memory tier only) until the tiered store lands; same surface as TieredStore."""
+class _DiskStore:
+    """Interim composition (disk tier only) until the tiered store lands; same surface as TieredStore."""
 
-    def __init__(self, memory: MemoryTier, metrics: Metrics) -> None:
-        self.memory = memory
-        self.metrics = metrics
-
-    async def start(self) -> None:
-        return None
+    def __init__(self, disk: DiskTier) -> None:
+        self.disk = disk
 
     async def close(self, drain_timeout: float = 10.0) -> None:
-        return None
+        await self.disk.close()
 
-    def for_tool(self, tool: str) -> MemoryTier:
-        return self.memory
+    def for_tool(self, tool: str) -> DiskTier:
+        return self.disk
 
     def stats(self) -> dict[str, Any]:
-        return {"memory": {"bytes": self.memory.used, "budget": self.memory.budget}}
+        return {"disk": self.disk.stats()}
 
 
 def _activity_middleware(activity: Activity) -> Callable:

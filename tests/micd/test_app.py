@@ -1,0 +1,164 @@
+"""micd.app, in process: auth on every mounted route (enumerated, so new routes are covered), daemon endpoints,
+log separation, and the gRPC server's interceptor and message limits."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import grpc
+import pytest
+from aiohttp import web
+
+from micd.app import METRICS, Activity, create_app, create_grpc_server
+from micd.config import load_config
+from micd.metrics import Metrics
+from micd.store import Digest
+from micd.tiers.memory import MemoryTier
+
+TOKEN = "test-token-123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+_PLACEHOLDER = re.compile(r"\{(\w+)(?::((?:[^{}]|\{[^{}]*\})+))?\}")
+_CANDIDATES = ("a" * 64, "sha256", "1", "main", "x")
+
+
+class _Store:
+    """The surface the app needs from the tiered store, over a memory tier."""
+
+    def __init__(self) -> None:
+        self.memory = MemoryTier()
+        self.tools: list[str] = []
+
+    def for_tool(self, tool: str) -> MemoryTier:
+        self.tools.append(tool)
+        return self.memory
+
+    def stats(self) -> dict:
+        return {"memory": {"used_bytes": self.memory.used}, "queue": {"depth": 7}, "s3": {"state": "off"}}
+
+
+@pytest.fixture
+def config(tmp_path: Path):
+    return load_config(cwd=tmp_path, env={"HOME": str(tmp_path)})
+
+
+@pytest.fixture
+def app(config) -> web.Application:
+    return create_app(_Store(), config, token=TOKEN, metrics=Metrics(), activity=Activity())
+
+
+def _concrete_paths(app: web.Application) -> list[tuple[str, str]]:
+    """(method, path) for every route, placeholders filled with a value their pattern accepts."""
+    out = []
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource else {}
+        template = info.get("path") or info.get("formatter")
+        assert template, f"cannot enumerate route {route!r}"
+
+        def fill(match: re.Match) -> str:
+            pattern = match.group(2) or r"[^{}/]+"
+            for candidate in _CANDIDATES:
+                if re.fullmatch(pattern, candidate):
+                    return candidate
+            raise AssertionError(f"no sample value for {match.group(0)} in {template}")
+
+        path = _PLACEHOLDER.sub(fill, template)
+        if "pattern" in info:  # the filled path must reach this very route, not fall through to a 404
+            assert info["pattern"].fullmatch(path), (template, path)
+        out.append(("GET" if route.method == "*" else route.method, path))
+    return sorted(set(out))
+
+
+def test_routes_are_enumerated(app):
+    paths = _concrete_paths(app)
+    assert ("GET", "/healthz") in paths and ("GET", "/metrics") in paths and ("GET", "/stats") in paths
+    assert any(path.startswith("/cas/") for _, path in paths)
+
+
+async def test_every_endpoint_but_healthz_needs_the_token(aiohttp_client, app):
+    client = await aiohttp_client(app)
+    checked = 0
+    for method, path in _concrete_paths(app):
+        if path == "/healthz":
+            assert (await client.request(method, path)).status == 200
+            continue
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic d3Jvbmc6d3Jvbmc="}):
+            response = await client.request(method, path, headers=headers, data=b"")
+            assert response.status == 401, (method, path, headers)
+        response = await client.request(method, path, headers=AUTH, data=b"")
+        assert response.status != 401, (method, path)  # the route itself was reached
+        checked += 1
+    assert checked >= 5
+    assert (await client.get("/not/a/route")).status == 401
+
+
+async def test_metrics_in_prometheus_format(aiohttp_client, app):
+    client = await aiohttp_client(app)
+    app[METRICS].observe(tool="cas", tier="memory", event="hit", nbytes=10, seconds=0.001)
+    response = await client.get("/metrics", headers=AUTH)
+    assert response.status == 200 and response.content_type == "text/plain"
+    text = await response.text()
+    assert 'micd_requests_total{tool="cas",tier="memory",event="hit"} 1' in text
+    assert "micd_store_queue_depth 7" in text  # upload queue depth, from the store's stats
+    assert "micd_uptime_seconds" in text
+    for line in text.splitlines():
+        assert line.startswith("#") or re.fullmatch(r"[a-z_]+(\{[^}]*\})? -?[0-9.e+]+", line), line
+
+
+async def test_stats_json(aiohttp_client, app):
+    client = await aiohttp_client(app)
+    data = await (await client.get("/stats", headers=AUTH)).json()
+    assert data["store"]["queue"]["depth"] == 7
+    assert set(data) >= {"pid", "uptime_seconds", "store", "metrics"}
+
+
+async def test_generic_cas_is_mounted_for_its_own_tool(aiohttp_client, config):
+    store = _Store()
+    client = await aiohttp_client(create_app(store, config, token=TOKEN, metrics=Metrics()))
+    data = b"mounted"
+    digest = Digest.of(data)
+    assert (await client.put(f"/cas/sha256/{digest.hex}/{len(data)}", data=data, headers=AUTH)).status == 201
+    assert "cas" in store.tools
+
+
+async def test_client_errors_go_to_the_access_log_only(aiohttp_client, app, caplog):
+    client = await aiohttp_client(app)
+    with caplog.at_level(logging.INFO, logger="micd"):
+        await client.get("/stats")
+        await client.get(f"/cas/sha256/{'A' * 64}/1", headers=AUTH)
+    access = [r for r in caplog.records if r.name == "micd.access"]
+    errors = [r for r in caplog.records if r.name == "micd" and r.levelno >= logging.ERROR]
+    assert [r.getMessage().rsplit(" ", 1)[1] for r in access] == ["401", "400"]
+    assert errors == []
+
+
+async def test_activity_counts_requests_in_flight(aiohttp_client, config):
+    activity = Activity()
+    client = await aiohttp_client(create_app(_Store(), config, token=TOKEN, metrics=Metrics(), activity=activity))
+    before = activity.last
+    await client.get("/healthz")
+    assert activity.last > before and activity.in_flight == 0
+
+
+async def test_grpc_server_checks_token_and_allows_large_messages(config):
+    server = create_grpc_server(_Store(), config, token=TOKEN, activity=Activity())
+
+    async def echo(request: bytes, context) -> bytes:
+        return request
+
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            call = channel.unary_unary("/test.Echo/Echo")
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call(b"x")
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            big = b"\x5a" * (20 << 20)  # Bazel batches are ≤ 4 MiB, but others send more; we allow ≥ 16 MiB
+            assert await call(big, metadata=(("authorization", f"Bearer {TOKEN}"),)) == big
+    finally:
+        await server.stop(None)

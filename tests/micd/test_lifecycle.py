@@ -1,0 +1,269 @@
+"""The daemon as real processes: start lock, ports.json timing, token file, signals, idle timeout, crash safety.
+
+Every daemon here binds 127.0.0.1 only and is stopped by PID at the end of its test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import select
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+MIC = str(Path(sys.executable).parent / "mic")
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen
+    info: dict
+    state: Path
+    cache: Path
+
+    @property
+    def token(self) -> str:
+        return (self.state / "token").read_text().strip()
+
+    def request(self, method: str, path: str, body: bytes | None = None, token: str | None = None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.info["http_port"], timeout=30)
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        conn.close()
+        return response.status, data
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def daemon_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(MIC_STATE_DIR=str(tmp_path / "state"), MIC_CACHE_DIR=str(tmp_path / "cache"), **extra)
+    return env
+
+
+def read_line(process: subprocess.Popen, timeout: float = 30) -> str:
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    if not ready:
+        raise AssertionError("daemon printed nothing in time")
+    return process.stdout.readline().decode()
+
+
+def start_micd(tmp_path: Path, *args: str, **env: str) -> Daemon:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "micd.main", "run", "--json", *args],
+        env=daemon_env(tmp_path, **env), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    line = read_line(process)
+    assert line, f"micd exited with {process.wait()}"
+    return Daemon(process, json.loads(line), tmp_path / "state", tmp_path / "cache")
+
+
+@pytest.fixture
+def micd(tmp_path: Path) -> Iterator:
+    started: list[Daemon] = []
+
+    def start(*args: str, **env: str) -> Daemon:
+        daemon = start_micd(tmp_path, *args, **env)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
+
+
+def mic(tmp_path: Path, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([MIC, *args], env=daemon_env(tmp_path, **env), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _kill_pid(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_two_concurrent_starts_make_one_daemon(tmp_path):
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: mic(tmp_path, "daemon", "start", "--json"), range(3)))
+    try:
+        assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+        outputs = [json.loads(r.stdout) for r in results]
+        assert len({o["pid"] for o in outputs}) == 1
+        assert sorted(o["started"] for o in outputs) == [False, False, True]
+        status = mic(tmp_path, "daemon", "status", "--json")
+        assert status.returncode == 0 and json.loads(status.stdout)["pid"] == outputs[0]["pid"]
+    finally:
+        stopped = mic(tmp_path, "daemon", "stop", "--json")
+    assert json.loads(stopped.stdout) == {"stopped": True, "pid": outputs[0]["pid"]}
+    assert mic(tmp_path, "daemon", "status").returncode == 1
+    assert not (tmp_path / "state" / "ports.json").exists() and not (tmp_path / "state" / "daemon.pid").exists()
+
+
+def test_ports_json_appears_only_when_both_ports_serve(tmp_path):
+    ports = tmp_path / "state" / "ports.json"
+    process = subprocess.Popen([sys.executable, "-m", "micd.main", "run"], env=daemon_env(tmp_path), cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not ports.exists():
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.001)
+        info = json.loads(ports.read_text())  # atomic: never a partial file
+        conn = http.client.HTTPConnection("127.0.0.1", info["http_port"], timeout=5)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        socket.create_connection(("127.0.0.1", info["grpc_port"]), timeout=5).close()
+        assert info["pid"] == process.pid
+        assert int((tmp_path / "state" / "daemon.pid").read_text()) == process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    assert not ports.exists()
+
+
+def test_token_file_is_private_and_survives_restarts(micd, tmp_path):
+    first = micd()
+    token_file = first.state / "token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = first.token
+    assert first.stop() == 0
+    second = micd()
+    assert second.token == token
+    assert second.request("GET", "/stats")[0] == 200
+    assert second.request("GET", "/stats", token="wrong")[0] == 401
+    assert second.stop() == 0
+    token_file.chmod(0o644)  # a token others can read is not a secret any more: replaced at start
+    third = micd()
+    assert third.token != token and stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert third.stop() == 0
+
+
+def test_second_daemon_for_the_same_state_dir_refuses(micd, tmp_path):
+    first = micd()
+    second = subprocess.run([sys.executable, "-m", "micd.main", "run"], env=daemon_env(tmp_path), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30)
+    assert second.returncode == 3
+    assert f"already running" in second.stderr and str(first.info["pid"]) in second.stderr
+    assert first.request("GET", "/stats")[0] == 200  # the first one is untouched
+    assert first.stop() == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly(micd, sig):
+    daemon = micd()
+    assert daemon.stop(sig) == 0
+    assert not (daemon.state / "ports.json").exists() and not (daemon.state / "daemon.pid").exists()
+    assert "stopping: signal" in (daemon.state / "daemon.log").read_text()
+
+
+def test_idle_timeout_stops_the_daemon(micd):
+    daemon = micd("--idle-timeout", "1.5")
+    for _ in range(4):  # requests keep it alive past the timeout
+        time.sleep(0.5)
+        assert daemon.request("GET", "/stats")[0] == 200
+    assert daemon.process.poll() is None
+    started = time.monotonic()
+    assert daemon.process.wait(15) == 0
+    assert 1.0 <= time.monotonic() - started < 10
+    assert "stopping: idle for 1.5s" in (daemon.state / "daemon.log").read_text()
+    assert not (daemon.state / "ports.json").exists()
+
+
+def test_stale_files_after_kill_9_do_not_fool_clients(micd, tmp_path):
+    daemon = micd()
+    daemon.stop(signal.SIGKILL)
+    assert (daemon.state / "ports.json").exists()  # left behind by the crash
+    assert mic(tmp_path, "daemon", "status").returncode == 1
+    started = mic(tmp_path, "daemon", "start", "--json")
+    assert started.returncode == 0, started.stderr
+    info = json.loads(started.stdout)
+    try:
+        assert info["started"] and info["pid"] != daemon.info["pid"]
+    finally:
+        assert mic(tmp_path, "daemon", "stop").returncode == 0
+
+
+def _big_blob(mib: int) -> tuple[bytes, str]:
+    block = os.urandom(1 << 20)
+    hasher = hashlib.sha256()
+    for _ in range(mib):
+        hasher.update(block)
+    return block, hasher.hexdigest()
+
+
+def _cache_bytes(cache: Path) -> int:
+    return sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
+
+
+def test_kill_9_during_a_large_put_leaves_no_partial_blob(micd):
+    mib = 200
+    block, hex_ = _big_blob(mib)
+    daemon = micd()
+    path = f"/cas/sha256/{hex_}/{mib << 20}"
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.info["http_port"], timeout=30)
+    conn.putrequest("PUT", path)
+    conn.putheader("Authorization", f"Bearer {daemon.token}")
+    conn.putheader("Content-Length", str(mib << 20))
+    conn.endheaders()
+    for _ in range(80):  # 80 of 200 MiB, then the daemon dies mid-upload
+        conn.send(block)
+    daemon.stop(signal.SIGKILL)
+    with pytest.raises(OSError):
+        for _ in range(mib):
+            conn.send(block)
+        conn.getresponse()
+    conn.close()
+
+    restarted = micd()
+    assert restarted.request("HEAD", path)[0] == 404
+    assert restarted.request("GET", path)[0] == 404
+    assert _cache_bytes(restarted.cache) < 1 << 20  # the 80 MiB written before the crash are gone
+    # and the same upload now completes normally
+    conn = http.client.HTTPConnection("127.0.0.1", restarted.info["http_port"], timeout=60)
+    conn.putrequest("PUT", path)
+    conn.putheader("Authorization", f"Bearer {restarted.token}")
+    conn.putheader("Content-Length", str(mib << 20))
+    conn.endheaders()
+    for _ in range(mib):
+        conn.send(block)
+    assert conn.getresponse().status == 201
+    assert restarted.request("HEAD", path)[0] == 200
+    assert restarted.stop() == 0
+
+
+def test_hard_cap_rejects_with_507_and_keeps_existing_blobs(micd):
+    daemon = micd("--disk-soft-cap", "1MiB", "--disk-hard-cap", "2MiB")
+    small = [os.urandom(100_000) for _ in range(5)]
+    for data in small:
+        status, _ = daemon.request("PUT", f"/cas/sha256/{hashlib.sha256(data).hexdigest()}/{len(data)}", data)
+        assert status == 201
+    big = os.urandom(3 << 20)
+    status, body = daemon.request("PUT", f"/cas/sha256/{hashlib.sha256(big).hexdigest()}/{len(big)}", big)
+    assert status == 507 and b"hard cap" in body
+    assert daemon.request("HEAD", f"/cas/sha256/{hashlib.sha256(big).hexdigest()}/{len(big)}")[0] == 404
+    for data in small:
+        status, got = daemon.request("GET", f"/cas/sha256/{hashlib.sha256(data).hexdigest()}/{len(data)}")
+        assert status == 200 and got == data
+    assert daemon.stop() == 0
