@@ -89,7 +89,7 @@ class UploadQueue:
         self._base_delay = base_delay
         self._max_delay = max_delay
         self._fsync = fsync
-        self._on_depth = on_depth
+        self.on_depth = on_depth
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize)
         self._keys: dict[str, str] = {}  # name → key, for items queued or in flight
         self._inflight: set[str] = set()
@@ -112,8 +112,8 @@ class UploadQueue:
             self._idle.set()
         else:
             self._idle.clear()
-        if self._on_depth is not None:
-            self._on_depth(self.depth)
+        if self.on_depth is not None:
+            self.on_depth(self.depth)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self, handler: Handler) -> None:

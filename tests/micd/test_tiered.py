@@ -1,0 +1,309 @@
+"""TieredStore over memory + disk + real S3 (moto behind a cuttable proxy): read-through, write-behind,
+outages with zero lost uploads, restart replay, corrupt S3 objects, record reference checks, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import boto3
+import pytest
+import zstandard
+
+from micd.errors import StoreFull
+from micd.metrics import Metrics
+from micd.store import Digest, Record
+from micd.tiers.disk import DiskTier
+from micd.tiers.memory import MemoryTier
+from micd.tiers.s3 import S3Tier
+from micd.tiers.tiered import TieredStore
+from micd.upload_queue import UploadQueue
+
+pytestmark = pytest.mark.timeout(120)
+
+PREFIX = "tiered"
+
+
+@pytest.fixture
+def bucket(s3_server, s3_env):
+    return s3_server.create_bucket()
+
+
+@pytest.fixture
+def boto(s3_server):
+    return boto3.client("s3", endpoint_url=s3_server.endpoint_url)
+
+
+def s3_keys(boto, bucket) -> list[str]:
+    return sorted(o["Key"] for o in boto.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def make_store(root: Path, endpoint: str, bucket: str, *, maxsize: int = 1000, hard_cap: int = 1 << 30) -> TieredStore:
+    return TieredStore(
+        memory=MemoryTier(budget=32 << 20),
+        disk=DiskTier(root / "cache", soft_cap=hard_cap, hard_cap=hard_cap, verify_limit=1 << 20),
+        s3=S3Tier(
+            bucket=bucket, prefix=PREFIX, endpoint_url=endpoint, max_attempts=1, connect_timeout=2,
+            read_timeout=5, cooldown=(0.05, 0.2),
+        ),
+        queue=UploadQueue(root / "cache" / "v1" / "s3-queue", workers=4, maxsize=maxsize, base_delay=0.05, max_delay=0.2),
+        metrics=Metrics(),
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def store(tmp_path, s3_proxy, bucket):
+    made = make_store(tmp_path, s3_proxy.endpoint_url, bucket)
+    await made.start()
+    yield made
+    await made.close(drain_timeout=0)
+
+
+def count_requests(store: TieredStore) -> Counter:
+    counts: Counter = Counter()
+
+    def on_send(event_name: str, **_: object) -> None:
+        counts[event_name.rsplit(".", 1)[-1]] += 1
+
+    store.s3._client.meta.events.register("before-send.s3", on_send)
+    return counts
+
+
+def blobs(n: int, size: int = 2000, seed: int = 0) -> list[tuple[Digest, bytes]]:
+    out = []
+    for i in range(n):
+        data = (b"%d-%d|" % (seed, i)) * (size // 8)
+        out.append((Digest.of(data), data))
+    return out
+
+
+async def read(blob) -> bytes:
+    return b"".join([chunk async for chunk in blob.chunks()])
+
+
+def series(store: TieredStore) -> dict:
+    return store.metrics.snapshot()["series"]
+
+
+async def test_write_behind_uploads_blobs_and_records(store, boto, bucket):
+    items = blobs(10) + [(Digest.of(big := os.urandom(3 << 20)), big)]
+    for digest, data in items:
+        await store.put_bytes(digest, data)
+    await store.put_record("bazel-ac/main", "k1", Record(b"result", (items[0][0],)))
+    assert await store.queue.drain(20)
+    expected = sorted([store.s3.cas_key(d) for d, _ in items] + [f"{PREFIX}/kv/bazel-ac/main/k1"])
+    assert s3_keys(boto, bucket) == expected
+    stats = store.stats()
+    assert stats["upload_queue"]["depth"] == 0 and stats["upload_queue"]["uploaded"] == 12
+    assert stats["s3"]["state"] == "ok" and stats["disk"]["entries"] == 12
+    assert series(store)["upload/s3/put"]["count"] == 12
+    assert store.metrics.snapshot()["gauges"]["upload_queue_depth"] == 0
+
+
+async def test_s3_outage_mid_run_loses_nothing(tmp_path, s3_proxy, bucket, boto):
+    store = make_store(tmp_path, s3_proxy.endpoint_url, bucket, maxsize=4)  # small: exercises journal overflow
+    await store.start()
+    try:
+        before = blobs(5, seed=1)
+        for digest, data in before:
+            await store.put_bytes(digest, data)
+        assert await store.queue.drain(20)
+        s3_proxy.cut()
+        during = blobs(30, seed=2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for i, (digest, data) in enumerate(during):
+            await store.put_bytes(digest, data)
+            await store.put_record("turbo/team", f"k{i}", Record(b"meta", (digest,)))
+        for digest, data in before + during:
+            assert await store.get_bytes(digest) == data
+        assert (await store.get_record("turbo/team", "k3")).refs == (during[3][0],)
+        unknown = Digest.of(b"nowhere")
+        assert await store.find_missing([unknown, during[0][0]]) == [unknown]
+        assert await store.get(unknown) is None
+        assert loop.time() - started < 20  # never waits on S3
+        stats = store.stats()
+        assert stats["s3"]["state"] == "degraded" and stats["errors"]["s3"] > 0
+        assert stats["upload_queue"]["depth"] == 60
+        assert store.metrics.snapshot()["counters"]["s3_errors_total"] > 0
+        assert store.metrics.snapshot()["gauges"]["upload_queue_depth"] == 60
+
+        s3_proxy.restore()
+        assert await store.queue.drain(60)
+        keys = s3_keys(boto, bucket)
+        assert len(keys) == 5 + 30 + 30
+        assert set(keys) >= {store.s3.cas_key(d) for d, _ in before + during}
+        assert store.stats()["s3"]["state"] == "ok"
+    finally:
+        await store.close(drain_timeout=0)
+
+
+async def test_pending_uploads_survive_a_restart(tmp_path, s3_proxy, bucket, boto):
+    first = make_store(tmp_path, s3_proxy.endpoint_url, bucket)
+    await first.start()
+    s3_proxy.cut()
+    items = blobs(8, seed=3)
+    for digest, data in items:
+        await first.put_bytes(digest, data)
+    await first.put_record("gradle", "cachekey", Record(b"", (items[0][0],)))
+    await first.close(drain_timeout=0.2)  # S3 still down: the journal keeps all 9
+    journal = tmp_path / "cache" / "v1" / "s3-queue"
+    assert len([p for p in journal.iterdir() if "." not in p.name]) == 9
+    assert s3_keys(boto, bucket) == []
+
+    s3_proxy.restore()
+    second = make_store(tmp_path, s3_proxy.endpoint_url, bucket)
+    await second.start()
+    try:
+        assert await second.queue.drain(20)
+        assert len(s3_keys(boto, bucket)) == 9
+        assert list(journal.iterdir()) == []
+    finally:
+        await second.close()
+
+
+async def test_disk_wiped_reads_come_from_s3_and_refill(tmp_path, s3_proxy, bucket):
+    small = blobs(3, seed=4)
+    big = os.urandom(3 << 20)
+    items = [*small, (Digest.of(big), big)]
+    first = make_store(tmp_path, s3_proxy.endpoint_url, bucket)
+    await first.start()
+    for digest, data in items:
+        await first.put_bytes(digest, data)
+    await first.put_record("bazel-ac/x", "action", Record(b"ar", tuple(d for d, _ in items)))
+    await first.close(drain_timeout=20)
+    shutil.rmtree(tmp_path / "cache")
+
+    store = make_store(tmp_path, s3_proxy.endpoint_url, bucket)
+    await store.start()
+    try:
+        counts = count_requests(store)
+        record = await store.get_record("bazel-ac/x", "action")
+        assert record is not None and len(record.refs) == 4  # refs found in S3
+        assert await store.disk.get_record("bazel-ac/x", "action") == record  # and kept on disk
+        for digest, data in items:
+            assert await store.get_bytes(digest) == data
+            assert await store.disk.contains(digest)
+        assert await read(await store.get(items[-1][0], 100, 50)) == big[100:150]
+        assert series(store)["store/s3/hit"]["count"] == 5  # the record and four blobs
+        gets = counts["GetObject"]
+        for digest, data in items:  # now served locally
+            assert await store.get_bytes(digest) == data
+        assert counts["GetObject"] == gets == 5
+        assert series(store)["store/memory/hit"]["count"] >= 3
+    finally:
+        await store.close()
+
+
+async def test_corrupt_s3_object_is_a_miss_never_wrong_bytes(store, boto, bucket):
+    for size in (5000, 3 << 20):
+        data = os.urandom(size)
+        digest = Digest.of(data)
+        wrong = bytearray(data)
+        wrong[-1] ^= 1
+        boto.put_object(Bucket=bucket, Key=store.s3.cas_key(digest), Body=zstandard.compress(bytes(wrong)))
+        assert await store.find_missing([digest]) == []  # HEAD says present ...
+        assert await store.get(digest) is None  # ... the verified read says no
+        assert await store.get_bytes(digest) is None
+        assert not await store.disk.contains(digest)
+        assert store.memory._touch(digest) is None
+        await store.put_bytes(digest, data)  # a client re-upload repairs S3
+        assert await store.queue.drain(20)
+        assert zstandard.decompress(boto.get_object(Bucket=bucket, Key=store.s3.cas_key(digest))["Body"].read()) == data
+
+
+async def test_records_with_missing_refs_are_not_served(store, boto, bucket):
+    (have, have_data), (lost, _) = blobs(2, seed=5)
+    await store.put_bytes(have, have_data)
+    await store.put_record("ns", "complete", Record(b"ok", (have,)))
+    await store.put_record("ns", "dangling", Record(b"no", (have, lost)))
+    assert (await store.get_record("ns", "complete")).value == b"ok"
+    assert await store.get_record("ns", "dangling") is None
+    # A record only in S3 whose blob exists nowhere is not served and not kept locally.
+    from micd.record import encode_record
+
+    boto.put_object(Bucket=bucket, Key=f"{PREFIX}/kv/ns/remote", Body=encode_record(Record(b"r", (lost,))))
+    assert await store.get_record("ns", "remote") is None
+    assert await store.disk.get_record("ns", "remote") is None
+
+
+async def test_find_missing_asks_s3_only_for_local_misses(store):
+    local = blobs(5, seed=6)
+    for digest, data in local:
+        await store.put_bytes(digest, data)
+    assert await store.queue.drain(20)
+    store.s3._exists.clear()
+    counts = count_requests(store)
+    absent = [d for d, _ in blobs(3, seed=7)]
+    query = [d for d, _ in local] + absent
+    assert await store.find_missing(query) == absent
+    assert counts["HeadObject"] == 3
+    # S3-only blobs: the first question HEADs them, the existence cache answers the next ones.
+    shutil.rmtree(store.disk.layout.root / "v1" / "cas")
+    store.memory._blobs.clear()
+    assert await store.find_missing([d for d, _ in local]) == []
+    assert counts["HeadObject"] == 3 + 5
+    assert await store.find_missing([d for d, _ in local]) == []
+    assert counts["HeadObject"] == 8
+
+
+async def test_concurrent_s3_reads_share_one_request(store, boto, bucket):
+    data = os.urandom(2 << 20)
+    digest = Digest.of(data)
+    boto.put_object(Bucket=bucket, Key=store.s3.cas_key(digest), Body=zstandard.compress(data))
+    counts = count_requests(store)
+    results = await asyncio.gather(*(store.get_bytes(digest) for _ in range(10)))
+    assert results == [data] * 10
+    assert counts["GetObject"] == 1
+    assert await store.disk.contains(digest)
+
+
+async def test_for_tool_view_records_per_tool_metrics(store):
+    bazel = store.for_tool("bazel")
+    assert store.for_tool("bazel") is bazel
+    (digest, data), (absent, _) = blobs(2, seed=8)
+    await bazel.put_bytes(digest, data)
+    assert await bazel.get_bytes(digest) == data
+    assert await bazel.get(absent) is None
+    assert await bazel.contains(digest) and await bazel.find_missing([absent]) == [absent]
+    await bazel.put_record("bazel-ac/i", "k", Record(b"12345", (digest,)))
+    assert (await bazel.get_record("bazel-ac/i", "k")).value == b"12345"
+    assert await bazel.get_record("bazel-ac/i", "nope") is None
+    got = series(store)
+    assert got["bazel/all/put"]["count"] == 2 and got["bazel/all/put"]["bytes"] == len(data) + 5
+    assert got["bazel/all/hit"]["count"] == 2 and got["bazel/all/hit"]["bytes"] == len(data) + 5
+    assert got["bazel/all/miss"]["count"] == 2
+    assert got["bazel/disk/put"]["count"] == 2
+    assert got["bazel/memory/hit"]["count"] == 1
+    assert got["bazel/s3/miss"]["count"] >= 1
+    assert "store/all/hit" not in got
+
+
+async def test_hard_cap_is_a_clear_error_and_nothing_is_queued(tmp_path, s3_proxy, bucket):
+    store = make_store(tmp_path, s3_proxy.endpoint_url, bucket, hard_cap=64 << 10)
+    await store.start()
+    try:
+        data = os.urandom(100 << 10)
+        with pytest.raises(StoreFull, match="hard cap"):
+            await store.put_bytes(Digest.of(data), data)
+        assert store.queue.depth == 0
+    finally:
+        await store.close()
+
+
+async def test_memory_only_store_and_bad_composition():
+    store = TieredStore(memory=MemoryTier(budget=1 << 20))
+    await store.start()
+    (digest, data), (absent, _) = blobs(2, seed=9)
+    await store.put_bytes(digest, data)
+    assert await store.get_bytes(digest) == data
+    assert await store.find_missing([absent, digest]) == [absent]
+    await store.put_record("ns", "k", Record(b"v", (digest,)))
+    assert await store.get_record("ns", "k") == Record(b"v", (digest,))
+    assert set(store.stats()) == {"memory", "errors"}
+    await store.close()
+    with pytest.raises(ValueError, match="upload queue"):
+        TieredStore(memory=MemoryTier(), s3=S3Tier(bucket="b"))
