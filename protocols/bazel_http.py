@@ -1,0 +1,200 @@
+"""Bazel's HTTP remote cache (`--remote_cache=http://…`): GET/PUT/HEAD `/ac/<sha256>` and `/cas/<sha256>`,
+optionally under an instance prefix (`/<instance>/ac/<sha256>`, the instance may contain `/`).
+
+| route                         | store                                                              |
+|-------------------------------|--------------------------------------------------------------------|
+| GET/HEAD  [/inst]/ac/<hex>    | get_record(`bazel-ac[/inst]`, `sha256:<hex>`): 200 body / 404 miss  |
+| PUT       [/inst]/ac/<hex>    | body must parse as an ActionResult; refs → Record.refs; 200         |
+| GET/HEAD  [/inst]/cas/<hex>   | size via `X-Digest-SizeBytes` or the size index, then get; 404 miss |
+| PUT       [/inst]/cas/<hex>   | streamed `store.put` (hash checked while writing); 200              |
+
+The action cache is the gRPC one (`protocols.bazel_reapi`), so both transports share entries. Bazel's HTTP CAS
+paths carry no size while the core's digests do: every HTTP CAS PUT, and every action result served over HTTP,
+records `sha256:<hex>` → digest in the `bazel-cas-size` namespace (a Record whose ref is the blob itself, so it
+disappears with the blob). Quirks (protocols.md §1): Bazel never sends HEAD, treats 404 as a miss, needs
+HTTP/1.1 with Content-Length or chunked, chokes on error bodies over 10 KiB, and sends Basic auth in URL-safe
+base64 (handled by micd/auth.py). `Content-Encoding: zstd` uploads and `Accept-Encoding: zstd` downloads are
+for non-Bazel clients; a zstd CAS upload must announce `X-Digest-SizeBytes`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from micd.blobs import CHUNK
+from micd.errors import BadRequest, IntegrityError, MicError
+from micd.store import Digest, Record, Store
+from micd.validate import parse_digest, parse_size
+from protocols.bazel_reapi.action_result import action_key, decode_action_result, referenced_digests
+from protocols.bazel_reapi.common import ac_namespace
+from protocols.bazel_reapi.compression import compress_bytes, compress_stream, decompress_bytes, decompress_stream
+from protocols.cas_http import status_for
+
+__all__ = ["MAX_AC_BODY", "SIZE_NAMESPACE", "routes"]
+
+SIZE_NAMESPACE = "bazel-cas-size"
+MAX_AC_BODY = 4 << 20
+CONTENT_TYPE = "application/octet-stream"
+_INSTANCE = r"{instance:[A-Za-z0-9_][A-Za-z0-9_.+/-]*}"
+_ZSTD = re.compile(r"(^|[,\s])zstd($|[,;\s])")
+
+
+def _error(exc: MicError) -> web.Response:
+    return web.Response(status=status_for(exc), text=str(exc)[:2000] + "\n")  # Bazel: bodies ≤ 10 KiB
+
+
+def _parse_hex(request: web.Request) -> Digest:
+    """The sha256 named by the path, with size 0 as a placeholder (HTTP paths carry no size)."""
+    return parse_digest("sha256", request.match_info["hex"], 0)
+
+
+def _namespace(request: web.Request) -> str:
+    return ac_namespace(request.match_info.get("instance", ""))
+
+
+def _wants_zstd(request: web.Request) -> bool:
+    return bool(_ZSTD.search(request.headers.get("Accept-Encoding", "")))
+
+
+def _is_zstd_body(request: web.Request) -> bool:
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "zstd"):
+        raise BadRequest("unsupported Content-Encoding", encoding)
+    return encoding == "zstd"
+
+
+async def _remember_size(store: Store, digests: tuple[Digest, ...]) -> None:
+    for digest in digests:
+        if digest.function == "sha256":
+            await store.put_record(SIZE_NAMESPACE, action_key(digest), Record(b"", (digest,)))
+
+
+async def _lookup(request: web.Request, store: Store) -> Digest | None:
+    """The full digest of `/cas/<hex>`: from X-Digest-SizeBytes, or the size index (None: unknown = miss)."""
+    hex_ = _parse_hex(request).hex
+    announced = request.headers.get("X-Digest-SizeBytes")
+    if announced is not None:
+        return parse_digest("sha256", hex_, parse_size(announced))
+    record = await store.get_record(SIZE_NAMESPACE, f"sha256:{hex_}")
+    if record is None:
+        return Digest.empty() if hex_ == Digest.empty().hex else None
+    return record.refs[0]
+
+
+async def handle_get_ac(request: web.Request, store: Store) -> web.StreamResponse:
+    namespace = _namespace(request)
+    record = await store.get_record(namespace, action_key(_parse_hex(request)))
+    if record is None:
+        return web.Response(status=404)
+    await _remember_size(store, record.refs)  # the client's next GETs are /cas/<hex> without sizes
+    if request.method == "HEAD":
+        return web.Response(status=200, headers={"Content-Length": str(len(record.value))})
+    if _wants_zstd(request):
+        body = compress_bytes(record.value)
+        return web.Response(body=body, content_type=CONTENT_TYPE, headers={"Content-Encoding": "zstd"})
+    return web.Response(body=record.value, content_type=CONTENT_TYPE)
+
+
+async def handle_put_ac(request: web.Request, store: Store) -> web.StreamResponse:
+    namespace = _namespace(request)
+    key = action_key(_parse_hex(request))
+    zstd = _is_zstd_body(request)
+    if request.content_length is not None and request.content_length > MAX_AC_BODY:
+        raise BadRequest(f"action result larger than {MAX_AC_BODY} bytes", request.content_length)
+    body = await request.content.read(MAX_AC_BODY + 1)
+    if len(body) > MAX_AC_BODY:
+        raise BadRequest(f"action result larger than {MAX_AC_BODY} bytes")
+    if zstd:
+        body = decompress_bytes(body, MAX_AC_BODY)
+    result = decode_action_result(body)
+    refs = referenced_digests(result, "sha256")
+    await store.put_record(namespace, key, Record(body, refs))
+    return web.Response(status=200)
+
+
+async def handle_get_cas(request: web.Request, store: Store) -> web.StreamResponse:
+    _namespace(request)
+    digest = await _lookup(request, store)
+    blob = None if digest is None else await store.get(digest)
+    if blob is None:
+        return web.Response(status=404)
+    try:
+        if request.method == "HEAD":
+            return web.Response(status=200, headers={"Content-Length": str(blob.size)})
+        if _wants_zstd(request):
+            response = web.StreamResponse(headers={"Content-Encoding": "zstd"})
+            chunks = compress_stream(blob.chunks())
+        elif blob.path is not None:
+            return web.FileResponse(blob.path, headers={"Content-Type": CONTENT_TYPE})
+        else:
+            response = web.StreamResponse()
+            response.content_length = blob.size
+            chunks = blob.chunks()
+        response.content_type = CONTENT_TYPE
+        await response.prepare(request)
+        try:
+            async for chunk in chunks:
+                await response.write(chunk)
+        except IntegrityError:
+            # Headers are out: abort so the client sees a truncated body, never wrong bytes.
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write_eof()
+        return response
+    finally:
+        await blob.aclose()
+
+
+async def _body(request: web.Request) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_chunked(CHUNK):
+        yield chunk
+
+
+async def handle_put_cas(request: web.Request, store: Store) -> web.StreamResponse:
+    _namespace(request)
+    hex_ = _parse_hex(request).hex
+    zstd = _is_zstd_body(request)
+    announced = request.headers.get("X-Digest-SizeBytes")
+    if announced is not None:
+        size = parse_size(announced)
+    elif zstd or request.content_length is None:
+        raise BadRequest("a compressed or chunked CAS upload needs an X-Digest-SizeBytes header")
+    else:
+        size = request.content_length
+    digest = parse_digest("sha256", hex_, size)
+    if not zstd and request.content_length is not None and request.content_length != size:
+        raise IntegrityError(f"{size} bytes", f"Content-Length {request.content_length}", what="upload size")
+    if not await store.contains(digest):
+        body = _body(request)
+        await store.put(digest, decompress_stream(body, size) if zstd else body)
+    await _remember_size(store, (digest,))
+    return web.Response(status=200)
+
+
+def routes(store: Store) -> list[web.RouteDef]:
+    """The HTTP cache's routes bound to `store` (normally `tiered.for_tool("bazel")`)."""
+
+    def bind(handler):  # type: ignore[no-untyped-def]
+        async def route(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request, store)
+            except MicError as exc:
+                return _error(exc)
+
+        route.__name__ = handler.__name__
+        return route
+
+    table = []
+    for prefix in ("", "/" + _INSTANCE):
+        for kind, get, put in (("ac", handle_get_ac, handle_put_ac), ("cas", handle_get_cas, handle_put_cas)):
+            path = f"{prefix}/{kind}/{{hex}}"
+            table += [
+                web.get(path, bind(get), allow_head=False),
+                web.head(path, bind(get)),
+                web.put(path, bind(put)),
+            ]
+    return table

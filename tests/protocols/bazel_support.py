@@ -1,0 +1,84 @@
+"""Test helpers for the Bazel protocol tests: the store to run over, an in-process REAPI gRPC server, blobs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import grpc
+
+from micd.auth import TokenInterceptor
+from micd.store import Digest, Record
+from micd.tiers.memory import MemoryTier
+from protocols.bazel_reapi import GRPC_SERVER_OPTIONS, add_servicers
+from protocols.bazel_reapi._proto import bytestream_pb2_grpc as bs_grpc
+from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
+from protocols.bazel_reapi._proto import remote_execution_pb2_grpc as re_grpc
+
+try:  # the composed store enforces "a record is served only if every referenced blob exists"
+    from micd.tiers.tiered import TieredStore
+except ImportError:  # pragma: no cover - until the tiered store lands
+    TieredStore = None
+
+
+class RefCheckingMemory(MemoryTier):
+    """MemoryTier plus the tiered store's rule that a record whose refs are missing is a miss."""
+
+    async def get_record(self, namespace: str, key: str) -> Record | None:
+        record = await super().get_record(namespace, key)
+        if record is None or await self.find_missing(record.refs):
+            return None
+        return record
+
+
+def new_store():
+    if TieredStore is not None:
+        return TieredStore(memory=MemoryTier())
+    return RefCheckingMemory()
+
+
+def blob(size: int = 100, function: str = "sha256") -> tuple[bytes, Digest]:
+    data = os.urandom(size)
+    return data, Digest.of(data, function)
+
+
+def pd(digest: Digest) -> re_pb2.Digest:
+    return re_pb2.Digest(hash=digest.hex, size_bytes=digest.size)
+
+
+@dataclass
+class Reapi:
+    channel: grpc.aio.Channel
+    capabilities: re_grpc.CapabilitiesStub
+    cas: re_grpc.ContentAddressableStorageStub
+    ac: re_grpc.ActionCacheStub
+    bytestream: bs_grpc.ByteStreamStub
+    uploads: object
+    port: int
+
+
+@asynccontextmanager
+async def reapi_server(store, *, token: str | None = None) -> AsyncIterator[Reapi]:
+    """Serve `store` over REAPI on 127.0.0.1:<ephemeral>; with `token`, behind micd's TokenInterceptor."""
+    interceptors = [TokenInterceptor(token)] if token else []
+    server = grpc.aio.server(options=GRPC_SERVER_OPTIONS, interceptors=interceptors)
+    uploads = add_servicers(server, store)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=GRPC_SERVER_OPTIONS)
+    try:
+        yield Reapi(
+            channel,
+            re_grpc.CapabilitiesStub(channel),
+            re_grpc.ContentAddressableStorageStub(channel),
+            re_grpc.ActionCacheStub(channel),
+            bs_grpc.ByteStreamStub(channel),
+            uploads,
+            port,
+        )
+    finally:
+        await channel.close()
+        uploads.close()
+        await server.stop(None)

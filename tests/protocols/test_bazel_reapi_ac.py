@@ -1,0 +1,140 @@
+"""ActionCache over gRPC: namespaces per instance, validation, and hits only while every referenced blob exists."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from micd.store import Digest
+from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
+from tests.protocols.bazel_support import blob, new_store, pd, reapi_server
+
+UPDATE = "/build.bazel.remote.execution.v2.ActionCache/UpdateActionResult"
+
+
+@pytest.fixture
+async def env():
+    store = new_store()
+    async with reapi_server(store) as reapi:
+        reapi.store = store
+        yield reapi
+
+
+async def _result(store, *, stored: bool = True) -> tuple[re_pb2.ActionResult, list[tuple[bytes, Digest]]]:
+    out, dout = blob(50)
+    stdout, dstdout = blob(20)
+    tree, dtree = blob(30)
+    if stored:
+        for data, digest in ((out, dout), (stdout, dstdout), (tree, dtree)):
+            await store.put_bytes(digest, data)
+    result = re_pb2.ActionResult(
+        output_files=[re_pb2.OutputFile(path="bazel-out/x.txt", digest=pd(dout), is_executable=True),
+                      re_pb2.OutputFile(path="bazel-out/empty", digest=pd(Digest.empty()))],
+        output_directories=[re_pb2.OutputDirectory(path="bazel-out/d", tree_digest=pd(dtree))],
+        stdout_digest=pd(dstdout),
+        exit_code=0,
+    )
+    return result, [(out, dout), (stdout, dstdout), (tree, dtree)]
+
+
+def _update(digest: Digest, result: re_pb2.ActionResult, instance: str = "") -> re_pb2.UpdateActionResultRequest:
+    return re_pb2.UpdateActionResultRequest(instance_name=instance, action_digest=pd(digest), action_result=result)
+
+
+async def test_miss_is_not_found(env):
+    _, action = blob()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.ac.GetActionResult(re_pb2.GetActionResultRequest(action_digest=pd(action)))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_update_then_get_returns_the_result(env):
+    result, _ = await _result(env.store)
+    _, action = blob()
+    echoed = await env.ac.UpdateActionResult(_update(action, result))
+    assert echoed == result
+    got = await env.ac.GetActionResult(re_pb2.GetActionResultRequest(action_digest=pd(action)))
+    assert got == result
+
+
+async def test_instances_have_separate_namespaces_and_may_contain_slashes(env):
+    result, _ = await _result(env.store)
+    _, action = blob()
+    await env.ac.UpdateActionResult(_update(action, result, "main/inst"))
+    hit = await env.ac.GetActionResult(re_pb2.GetActionResultRequest(instance_name="main/inst",
+                                                                     action_digest=pd(action)))
+    assert hit == result
+    for other in ("", "main", "main/other"):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await env.ac.GetActionResult(re_pb2.GetActionResultRequest(instance_name=other,
+                                                                       action_digest=pd(action)))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_hit_only_when_every_referenced_blob_exists(env):
+    result, refs = await _result(env.store, stored=False)
+    _, action = blob()
+    await env.ac.UpdateActionResult(_update(action, result))
+    request = re_pb2.GetActionResultRequest(action_digest=pd(action))
+    for data, digest in refs:  # upload the referenced blobs one at a time: a miss until the last is there
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await env.ac.GetActionResult(request)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        await env.store.put_bytes(digest, data)
+    assert await env.ac.GetActionResult(request) == result
+
+
+async def test_inline_stdout_and_files_when_asked(env):
+    result, ((_, dout), (_, dstdout), _) = await _result(env.store)
+    _, action = blob()
+    await env.ac.UpdateActionResult(_update(action, result))
+    got = await env.ac.GetActionResult(re_pb2.GetActionResultRequest(
+        action_digest=pd(action), inline_stdout=True, inline_output_files=["bazel-out/x.txt"]))
+    assert got.stdout_raw == await env.store.get_bytes(dstdout)
+    assert got.output_files[0].contents == await env.store.get_bytes(dout)
+    plain = await env.ac.GetActionResult(re_pb2.GetActionResultRequest(action_digest=pd(action)))
+    assert plain.stdout_raw == b"" and plain.output_files[0].contents == b""
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="", digest=re_pb2.Digest())]),
+        re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="/abs", digest=re_pb2.Digest())]),
+        re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="a/../b", digest=re_pb2.Digest())]),
+        re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="a")]),
+        re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="a", digest=re_pb2.Digest(hash="xy", size_bytes=1))]),
+        re_pb2.ActionResult(output_directories=[re_pb2.OutputDirectory(path="d")]),
+        re_pb2.ActionResult(output_symlinks=[re_pb2.OutputSymlink(path="l")]),
+        re_pb2.ActionResult(stdout_digest=re_pb2.Digest(hash="ab" * 32, size_bytes=-5)),
+    ],
+    ids=["empty-path", "absolute", "dotdot", "no-digest", "bad-digest", "no-tree", "no-target", "neg-size"],
+)
+async def test_update_rejects_invalid_results(env, result):
+    _, action = blob()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.ac.UpdateActionResult(_update(action, result))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.ac.GetActionResult(re_pb2.GetActionResultRequest(action_digest=pd(action)))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_update_rejects_bytes_that_do_not_parse(env):
+    _, action = blob()
+    good = re_pb2.UpdateActionResultRequest(action_digest=pd(action)).SerializeToString()
+    raw = env.channel.unary_unary(UPDATE, request_serializer=None, response_deserializer=None)
+    garbage = good + b"\x1a\x05\xff\xff"  # field 3 (action_result) with 5 bytes announced, 2 sent
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await raw(garbage)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    missing = good  # no action_result at all
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await raw(missing)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_bad_action_digest_is_invalid(env):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.ac.GetActionResult(re_pb2.GetActionResultRequest(action_digest=re_pb2.Digest(hash="../x")))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,0 +1,243 @@
+"""ByteStream over gRPC: reads with offsets and bounded chunks, streamed and resumable writes, zstd, BLAKE3,
+instance names with `/`, and every failure the spec names."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from micd.store import Digest
+from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
+from protocols.bazel_reapi.bytestream import MAX_READ_CHUNK
+from protocols.bazel_reapi.compression import compress_bytes, decompress_bytes
+from tests.protocols.bazel_support import blob, new_store, reapi_server
+
+CHUNK = 64 << 10
+
+
+@pytest.fixture
+async def env():
+    store = new_store()
+    async with reapi_server(store) as reapi:
+        reapi.store = store
+        yield reapi
+
+
+def upload_name(digest: Digest, instance: str = "", uuid: str = "u-1", compressed: bool = False) -> str:
+    prefix = f"{instance}/" if instance else ""
+    kind = "compressed-blobs/zstd" if compressed else "blobs"
+    fn = "blake3/" if digest.function == "blake3" else ""
+    return f"{prefix}uploads/{uuid}/{kind}/{fn}{digest.hex}/{digest.size}"
+
+
+def read_name(digest: Digest, instance: str = "", compressed: bool = False) -> str:
+    return upload_name(digest, instance, compressed=compressed).replace("uploads/u-1/", "")
+
+
+def requests(name: str, data: bytes, *, offset: int = 0, finish: bool = True, chunk: int = CHUNK):
+    msgs = []
+    for i, start in enumerate(range(0, max(len(data), 1), chunk)):
+        piece = data[start : start + chunk]
+        msgs.append(bs_pb2.WriteRequest(resource_name=name if i == 0 else "", write_offset=offset + start, data=piece))
+    msgs[-1].finish_write = finish
+    return msgs
+
+
+async def read_all(env, name: str, offset: int = 0, limit: int = 0) -> tuple[bytes, list[int]]:
+    sizes, parts = [], []
+    async for resp in env.bytestream.Read(bs_pb2.ReadRequest(resource_name=name, read_offset=offset,
+                                                             read_limit=limit)):
+        sizes.append(len(resp.data))
+        parts.append(resp.data)
+    return b"".join(parts), sizes
+
+
+async def expect_code(awaitable, code: grpc.StatusCode) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await awaitable
+    assert err.value.code() == code, err.value.details()
+
+
+async def test_write_then_read_in_chunks_of_at_most_2_mib(env):
+    data, digest = blob(5 << 20)
+    resp = await env.bytestream.Write(iter(requests(upload_name(digest), data)))
+    assert resp.committed_size == digest.size
+    got, sizes = await read_all(env, read_name(digest))
+    assert got == data and max(sizes) <= MAX_READ_CHUNK and len(sizes) > 1
+
+
+async def test_read_offset_and_limit(env):
+    data, digest = blob(100_000)
+    await env.store.put_bytes(digest, data)
+    assert (await read_all(env, read_name(digest), offset=1000, limit=500))[0] == data[1000:1500]
+    assert (await read_all(env, read_name(digest), offset=99_990))[0] == data[99_990:]
+    assert (await read_all(env, read_name(digest), offset=100_000))[0] == b""
+
+
+async def test_read_failures(env):
+    data, digest = blob(1000)
+    await env.store.put_bytes(digest, data)
+    await expect_code(read_all(env, read_name(digest), offset=1001), grpc.StatusCode.OUT_OF_RANGE)
+    await expect_code(read_all(env, read_name(digest), offset=-1), grpc.StatusCode.OUT_OF_RANGE)
+    _, missing = blob()
+    await expect_code(read_all(env, read_name(missing)), grpc.StatusCode.NOT_FOUND)
+    await expect_code(read_all(env, read_name(digest, compressed=True), limit=10), grpc.StatusCode.INVALID_ARGUMENT)
+
+
+@pytest.mark.parametrize("name", [
+    "", "blobs", "blobs/abc/12", "x/blobs/" + "a" * 64, "blobs/" + "a" * 64 + "/12x",
+    "blobs/" + "a" * 64 + "/-1", "a//b/blobs/" + "a" * 64 + "/1", "../blobs/" + "a" * 64 + "/1",
+    "compressed-blobs/gzip/" + "a" * 64 + "/1", "blobs/sha256tree/" + "a" * 64 + "/1",
+    "blobs/" + "a" * 64 + "/1/extra",
+])
+async def test_malformed_read_names_are_invalid(env, name):
+    await expect_code(read_all(env, name), grpc.StatusCode.INVALID_ARGUMENT)
+
+
+@pytest.mark.parametrize("name", [
+    "blobs/" + "a" * 64 + "/1", "uploads/blobs/" + "a" * 64 + "/1", "uploads/u/objects/" + "a" * 64 + "/1",
+    "uploads/../blobs/" + "a" * 64 + "/1",
+])
+async def test_malformed_write_names_are_invalid(env, name):
+    await expect_code(env.bytestream.Write(iter([bs_pb2.WriteRequest(resource_name=name, finish_write=True)])),
+                      grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_code(env.bytestream.QueryWriteStatus(bs_pb2.QueryWriteStatusRequest(resource_name=name)),
+                      grpc.StatusCode.INVALID_ARGUMENT)
+
+
+async def test_digest_mismatch_is_invalid_and_stores_nothing(env):
+    data, digest = blob(200_000)
+    tampered = bytearray(data)
+    tampered[-1] ^= 1
+    await expect_code(env.bytestream.Write(iter(requests(upload_name(digest), bytes(tampered)))),
+                      grpc.StatusCode.INVALID_ARGUMENT)
+    assert not await env.store.contains(digest)
+
+
+@pytest.mark.parametrize("delta", [-1, +1], ids=["short", "long"])
+async def test_size_mismatch_is_invalid(env, delta):
+    data, digest = blob(1000)
+    body = data[:-1] if delta < 0 else data + b"!"
+    await expect_code(env.bytestream.Write(iter(requests(upload_name(digest), body))),
+                      grpc.StatusCode.INVALID_ARGUMENT)
+    assert not await env.store.contains(digest)
+
+
+async def test_wrong_write_offset_is_invalid(env):
+    data, digest = blob(300_000)
+    msgs = requests(upload_name(digest), data)
+    msgs[1].write_offset += 7
+    await expect_code(env.bytestream.Write(iter(msgs)), grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_code(env.bytestream.Write(iter(requests(upload_name(digest, uuid="u-2"), data, offset=5,
+                                                         chunk=len(data)))),
+                      grpc.StatusCode.INVALID_ARGUMENT)
+
+
+async def test_existing_blob_returns_early_with_full_committed_size(env):
+    data, digest = blob(500_000)
+    await env.store.put_bytes(digest, data)
+    first = requests(upload_name(digest), data)[0]
+    first.finish_write = False
+    assert (await env.bytestream.Write(iter([first]))).committed_size == digest.size
+    compressed = bs_pb2.WriteRequest(resource_name=upload_name(digest, compressed=True), data=b"\x28")
+    assert (await env.bytestream.Write(iter([compressed]))).committed_size == -1
+
+
+async def test_resumable_write_and_query_write_status(env):
+    data, digest = blob(1 << 20)
+    name = upload_name(digest, uuid="resume-me")
+    half = len(data) // 2
+    first = requests(name, data[:half], finish=False)
+    assert (await env.bytestream.Write(iter(first))).committed_size == half
+    status = await env.bytestream.QueryWriteStatus(bs_pb2.QueryWriteStatusRequest(resource_name=name))
+    assert (status.committed_size, status.complete) == (half, False)
+    # one message: a rejected stream should not race the client still sending (grpc reports INTERNAL then)
+    wrong = requests(name, data[half + 1 :], offset=half + 1, chunk=len(data))
+    await expect_code(env.bytestream.Write(iter(wrong)), grpc.StatusCode.INVALID_ARGUMENT)
+    # a resume at the wrong offset is refused without losing what was committed
+    assert (await env.bytestream.QueryWriteStatus(bs_pb2.QueryWriteStatusRequest(resource_name=name))
+            ).committed_size == half
+    rest = requests(name, data[half:], offset=half)
+    rest[0].resource_name = name
+    assert (await env.bytestream.Write(iter(rest))).committed_size == digest.size
+    status = await env.bytestream.QueryWriteStatus(bs_pb2.QueryWriteStatusRequest(resource_name=name))
+    assert (status.committed_size, status.complete) == (digest.size, True)
+    assert await env.store.get_bytes(digest) == data
+
+
+async def test_client_cancel_mid_stream_keeps_the_upload_resumable(env):
+    data, digest = blob(2 << 20)
+    name = upload_name(digest, uuid="cancelled")
+    sent = asyncio.Event()
+
+    async def gen():
+        for msg in requests(name, data[: 1 << 20], finish=False):
+            yield msg
+        sent.set()
+        await asyncio.sleep(30)  # hang until cancelled
+
+    call = env.bytestream.Write(gen())
+    await sent.wait()
+    query = bs_pb2.QueryWriteStatusRequest(resource_name=name)
+    for _ in range(100):  # the server may still be consuming the last chunks
+        if (await env.bytestream.QueryWriteStatus(query)).committed_size == 1 << 20:
+            break
+        await asyncio.sleep(0.02)
+    call.cancel()
+    assert (await env.bytestream.QueryWriteStatus(query)).committed_size == 1 << 20
+    rest = requests(name, data[1 << 20 :], offset=1 << 20)
+    for _ in range(100):  # ABORTED while the server has not yet noticed the cancelled stream: retry, as Bazel does
+        try:
+            resp = await env.bytestream.Write(iter(rest))
+            break
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.ABORTED, err.details()
+            await asyncio.sleep(0.02)
+    assert resp.committed_size == digest.size
+    assert await env.store.get_bytes(digest) == data
+
+
+async def test_compressed_write_and_read(env):
+    data = (b"compressible " * 200_000)[: 2_000_000]
+    digest = Digest.of(data)
+    packed = compress_bytes(data)
+    resp = await env.bytestream.Write(iter(requests(upload_name(digest, compressed=True), packed)))
+    assert resp.committed_size == len(packed)
+    assert await env.store.get_bytes(digest) == data
+    got, sizes = await read_all(env, read_name(digest, compressed=True))
+    assert decompress_bytes(got, len(data)) == data and max(sizes) <= MAX_READ_CHUNK
+    got, _ = await read_all(env, read_name(digest, compressed=True), offset=1_000_000)
+    assert decompress_bytes(got, len(data)) == data[1_000_000:]
+
+
+async def test_compressed_write_failures(env):
+    data = b"z" * 100_000
+    digest = Digest.of(data)
+    wrong = Digest.of(data + b"!")
+    await expect_code(env.bytestream.Write(iter(requests(upload_name(wrong, compressed=True), compress_bytes(data)))),
+                      grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_code(env.bytestream.Write(iter(requests(upload_name(digest, uuid="t", compressed=True),
+                                                         compress_bytes(data)[:-4]))),
+                      grpc.StatusCode.INVALID_ARGUMENT)
+    bomb = compress_bytes(b"\0" * (64 << 20))
+    await expect_code(env.bytestream.Write(iter(requests(upload_name(digest, uuid="b", compressed=True), bomb))),
+                      grpc.StatusCode.INVALID_ARGUMENT)
+    assert not await env.store.contains(digest)
+
+
+async def test_blake3_and_instance_with_slashes(env):
+    data, digest = blob(70_000, "blake3")
+    name = upload_name(digest, instance="main/inst")
+    assert "main/inst/uploads/u-1/blobs/blake3/" in name
+    assert (await env.bytestream.Write(iter(requests(name, data)))).committed_size == digest.size
+    assert await env.store.contains(digest)
+    assert (await read_all(env, read_name(digest, instance="main/inst")))[0] == data
+    assert (await read_all(env, read_name(digest, instance="other")))[0] == data  # the CAS is shared
+
+
+async def test_empty_blob(env):
+    empty = Digest.empty()
+    assert (await env.bytestream.Write(iter(requests(upload_name(empty), b"")))).committed_size == 0
+    assert (await read_all(env, read_name(empty)))[0] == b""

@@ -1,0 +1,218 @@
+"""Capabilities, CAS (FindMissing, Batch*, GetTree) and auth over a real grpc.aio server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from micd.store import Digest
+from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
+from protocols.bazel_reapi.common import MAX_BATCH_TOTAL_SIZE
+from protocols.bazel_reapi.compression import compress_bytes
+from tests.protocols.bazel_support import blob, new_store, pd, reapi_server
+
+OK, INVALID, NOT_FOUND = 0, grpc.StatusCode.INVALID_ARGUMENT.value[0], grpc.StatusCode.NOT_FOUND.value[0]
+
+
+@pytest.fixture
+async def env():
+    store = new_store()
+    async with reapi_server(store) as reapi:
+        reapi.store = store
+        yield reapi
+
+
+async def test_capabilities_advertise_what_bazel_checks(env):
+    caps = await env.capabilities.GetCapabilities(re_pb2.GetCapabilitiesRequest(instance_name="main/inst"))
+    cache = caps.cache_capabilities
+    assert (caps.low_api_version.major, caps.low_api_version.minor) == (2, 0)
+    assert (caps.high_api_version.major, caps.high_api_version.minor) == (2, 3)
+    assert list(cache.digest_functions) == [re_pb2.DigestFunction.SHA256, re_pb2.DigestFunction.BLAKE3]
+    assert cache.action_cache_update_capabilities.update_enabled
+    assert list(cache.supported_compressors) == [re_pb2.Compressor.ZSTD]
+    assert list(cache.supported_batch_update_compressors) == [re_pb2.Compressor.ZSTD]
+    assert cache.max_batch_total_size_bytes == MAX_BATCH_TOTAL_SIZE
+
+
+async def test_reserved_instance_segment_is_invalid(env):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.capabilities.GetCapabilities(re_pb2.GetCapabilitiesRequest(instance_name="a/blobs/b"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_find_missing_reports_absent_never_empty(env):
+    present, d1 = blob()
+    _, d2 = blob()
+    await env.store.put_bytes(d1, present)
+    req = re_pb2.FindMissingBlobsRequest(blob_digests=[pd(d1), pd(d2), pd(Digest.empty())])
+    resp = await env.cas.FindMissingBlobs(req)
+    assert [d.hash for d in resp.missing_blob_digests] == [d2.hex]
+
+
+class NoBodyReads:
+    """Forwards everything to the wrapped store but fails the test on any body read."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    async def get(self, *args, **kwargs):
+        raise AssertionError("FindMissingBlobs read a body")
+
+    get_bytes = get
+
+
+async def test_find_missing_never_reads_bodies():
+    store = new_store()
+    data, digest = blob()
+    await store.put_bytes(digest, data)
+    _, absent = blob()
+    async with reapi_server(NoBodyReads(store)) as reapi:
+        req = re_pb2.FindMissingBlobsRequest(blob_digests=[pd(digest)] * 999 + [pd(absent)])
+        resp = await reapi.cas.FindMissingBlobs(req)
+    assert [d.hash for d in resp.missing_blob_digests] == [absent.hex]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [re_pb2.Digest(hash="zz" * 32, size_bytes=1), re_pb2.Digest(hash="ab" * 32, size_bytes=-1),
+     re_pb2.Digest(hash="AB" * 32, size_bytes=1), re_pb2.Digest(hash="ab", size_bytes=1)],
+    ids=["not-hex", "negative-size", "uppercase", "short"],
+)
+async def test_find_missing_rejects_malformed_digests(env, bad):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.cas.FindMissingBlobs(re_pb2.FindMissingBlobsRequest(blob_digests=[bad]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_unsupported_digest_function_is_invalid(env):
+    req = re_pb2.FindMissingBlobsRequest(digest_function=re_pb2.DigestFunction.MD5)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.cas.FindMissingBlobs(req)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_batch_update_then_read_with_per_blob_status(env):
+    good, dgood = blob(4096)
+    bad, dbad = blob(10)
+    short, dshort = blob(10)
+    _, dmissing = blob()
+    req = re_pb2.BatchUpdateBlobsRequest(requests=[
+        re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(dgood), data=good),
+        re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(dbad), data=b"x" * 10),  # digest mismatch
+        re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(dshort), data=short[:5]),  # wrong size
+        re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(dgood), data=good, compressor=re_pb2.Compressor.BROTLI),
+    ])
+    resp = await env.cas.BatchUpdateBlobs(req)
+    assert [r.status.code for r in resp.responses] == [OK, INVALID, INVALID, INVALID]
+    assert await env.store.find_missing([dgood, dbad, dshort]) == [dbad, dshort]
+    read = await env.cas.BatchReadBlobs(re_pb2.BatchReadBlobsRequest(digests=[pd(dgood), pd(dmissing)]))
+    assert [r.status.code for r in read.responses] == [OK, NOT_FOUND]
+    assert read.responses[0].data == good and read.responses[1].data == b""
+
+
+async def test_batch_update_accepts_zstd_and_checks_the_uncompressed_digest(env):
+    data = b"abc" * 5000
+    digest = Digest.of(data)
+    ok = re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(digest), data=compress_bytes(data),
+                                                compressor=re_pb2.Compressor.ZSTD)
+    wrong = re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(Digest.of(data + b"!")), data=compress_bytes(data),
+                                                   compressor=re_pb2.Compressor.ZSTD)
+    garbage = re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(digest), data=b"not zstd",
+                                                     compressor=re_pb2.Compressor.ZSTD)
+    resp = await env.cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(requests=[ok, wrong, garbage]))
+    assert [r.status.code for r in resp.responses] == [OK, INVALID, INVALID]
+    assert await env.store.get_bytes(digest) == data
+
+
+async def test_oversized_batches_are_rejected_whole(env):
+    data, digest = blob(MAX_BATCH_TOTAL_SIZE // 2 + 1)
+    entry = re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(digest), data=data)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(requests=[entry, entry]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await env.store.find_missing([digest]) == [digest]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.cas.BatchReadBlobs(re_pb2.BatchReadBlobsRequest(digests=[pd(digest)] * 2))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_blake3_batch_roundtrip(env):
+    data, digest = blob(300, "blake3")
+    fn = re_pb2.DigestFunction.BLAKE3
+    req = re_pb2.BatchUpdateBlobsRequest(digest_function=fn, requests=[
+        re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(digest), data=data)])
+    assert (await env.cas.BatchUpdateBlobs(req)).responses[0].status.code == OK
+    assert await env.store.contains(digest)
+    sha_view = Digest("sha256", digest.hex, digest.size)
+    assert not await env.store.contains(sha_view)
+    read = await env.cas.BatchReadBlobs(re_pb2.BatchReadBlobsRequest(digest_function=fn, digests=[pd(digest)]))
+    assert read.responses[0].data == data
+
+
+async def _put_directory(store, directory: re_pb2.Directory) -> Digest:
+    data = directory.SerializeToString()
+    digest = Digest.of(data)
+    await store.put_bytes(digest, data)
+    return digest
+
+
+async def _tree(store) -> tuple[Digest, int]:
+    """root → a, b; a → c; b → c (shared); c → files only. 4 distinct directories."""
+    _, file_digest = blob(5)
+    c = await _put_directory(store, re_pb2.Directory(files=[re_pb2.FileNode(name="f", digest=pd(file_digest))]))
+    a = await _put_directory(store, re_pb2.Directory(directories=[re_pb2.DirectoryNode(name="c", digest=pd(c))]))
+    b = await _put_directory(store, re_pb2.Directory(
+        directories=[re_pb2.DirectoryNode(name="c", digest=pd(c))], files=[re_pb2.FileNode(name="g")]))
+    root = await _put_directory(store, re_pb2.Directory(directories=[
+        re_pb2.DirectoryNode(name="a", digest=pd(a)), re_pb2.DirectoryNode(name="b", digest=pd(b))]))
+    return root, 4
+
+
+async def test_get_tree_streams_pages_and_resumes_from_a_token(env):
+    root, count = await _tree(env.store)
+    pages = [p async for p in env.cas.GetTree(re_pb2.GetTreeRequest(root_digest=pd(root), page_size=3))]
+    assert [len(p.directories) for p in pages] == [3, 1]
+    assert pages[0].next_page_token and pages[-1].next_page_token == ""
+    resumed = [p async for p in env.cas.GetTree(
+        re_pb2.GetTreeRequest(root_digest=pd(root), page_size=3, page_token=pages[0].next_page_token))]
+    assert [list(p.directories) for p in resumed] == [list(pages[1].directories)]
+    whole = [p async for p in env.cas.GetTree(re_pb2.GetTreeRequest(root_digest=pd(root)))]
+    assert len(whole) == 1 and len(whole[0].directories) == count
+
+
+async def test_get_tree_failures(env):
+    _, missing = blob()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        [p async for p in env.cas.GetTree(re_pb2.GetTreeRequest(root_digest=pd(missing)))]
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    root, _ = await _tree(env.store)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        [p async for p in env.cas.GetTree(re_pb2.GetTreeRequest(root_digest=pd(root), page_token="x1"))]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    not_a_dir, digest = b"\xff\xff\xff", Digest.of(b"\xff\xff\xff")
+    await env.store.put_bytes(digest, not_a_dir)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        [p async for p in env.cas.GetTree(re_pb2.GetTreeRequest(root_digest=pd(digest)))]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("metadata", [None, (("authorization", "Bearer wrong"),)], ids=["missing", "wrong"])
+async def test_token_is_required_on_every_service(metadata):
+    store = new_store()
+    data, digest = blob()
+    async with reapi_server(store, token="s3cret") as reapi:
+        calls = [
+            reapi.capabilities.GetCapabilities(re_pb2.GetCapabilitiesRequest(), metadata=metadata),
+            reapi.cas.FindMissingBlobs(re_pb2.FindMissingBlobsRequest(), metadata=metadata),
+            reapi.ac.GetActionResult(re_pb2.GetActionResultRequest(action_digest=pd(digest)), metadata=metadata),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        ok = await reapi.cas.FindMissingBlobs(re_pb2.FindMissingBlobsRequest(blob_digests=[pd(digest)]),
+                                              metadata=(("authorization", "Bearer s3cret"),))
+        assert len(ok.missing_blob_digests) == 1
