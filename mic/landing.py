@@ -1,0 +1,175 @@
+"""Record-first, coordinator-free landing: the conditional create of `landing/<T+1>` is the only arbiter.
+
+Order (architecture.md; the original design moved the head first and could miss conflicts after a crash):
+  1. read `head`, roll forward over `landing/<p+1>`, … to the true tip T (heads may lag);
+  2. check the session's paths against every landing in (base, T]: bloom filter first, then the exact path list;
+     a landing of this very session means an earlier attempt already landed (crash recovery), not a conflict;
+  3. write blobs and tree nodes (`put_if_absent`: idempotent, invisible until referenced);
+  4. create `landing/<T+1>` with `put_if_absent` — the linearization point; on a lost race back off and go to 1;
+  5. advance `head` with compare-and-swap (best effort: readers roll forward anyway);
+  6. mark the session record landed (derived data, rebuildable from the landing record).
+A crash before 4 leaves nothing visible; after 4 the landing is complete and the next lander rolls forward.
+`kill_at` names a step after which the process SIGKILLs itself: the crash tests run the real code path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from mic.bloom import Bloom
+from mic.errors import Conflict, PreconditionFailed
+from mic.formats.btree_node import FileEntry
+from mic.formats.head import Head, encode_head
+from mic.formats.landing import Landing, encode_landing
+from mic.formats.session import Change, Session, encode_session
+from mic.objects import Project, landing_key
+from mic.session import update_session
+from mic.tree import Tree
+
+__all__ = ["KILL_POINTS", "LandResult", "land", "roll_forward"]
+
+KILL_POINTS = ("rolled-forward", "checked", "objects-written", "landing-created", "head-advanced", "session-updated")
+
+
+@dataclass(frozen=True)
+class LandResult:
+    """Where the session landed, what it produced, and what it cost."""
+
+    landing: Landing
+    previous_tree: bytes
+    objects_written: int
+    attempts: int
+    recovered: bool = False
+
+
+def _maybe_kill(kill_at: str | None, point: str) -> None:
+    if kill_at == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def roll_forward(project: Project) -> tuple[Head, str]:
+    """Return (true tip, ETag of the stored head): the head, advanced over landing records it does not cover."""
+    head, etag = await project.read_head()
+    position, tree, hlc = head.position, head.tree, head.hlc
+    while (rec := await project.landing(position + 1)) is not None:
+        position, tree, hlc = rec.position, rec.tree, rec.hlc
+    return Head(position, tree, hlc), etag
+
+
+async def _check(project: Project, session: Session, paths: frozenset[str], tip: int) -> Landing | None:
+    """Raise Conflict for landings in (base, tip] touching `paths`; return this session's own landing if any."""
+    conflict_paths: set[str] = set()
+    conflict_sessions: list[str] = []
+    records = await asyncio.gather(*(project.landing(p) for p in range(session.base + 1, tip + 1)))
+    for rec in records:
+        if rec is None:
+            continue
+        if rec.session == session.id:
+            return rec
+        if any(rec.bloom.may_contain(p) for p in paths):
+            hit = paths.intersection(rec.paths)  # confirm: the bloom filter may say yes falsely, never no
+            if hit:
+                conflict_paths |= hit
+                conflict_sessions.append(rec.session)
+    if conflict_paths:
+        shown = ", ".join(sorted(conflict_paths)[:20]) + (" …" if len(conflict_paths) > 20 else "")
+        raise Conflict(
+            f"session {session.id} conflicts with landed session(s) {', '.join(conflict_sessions)} on {shown}; "
+            "nothing was changed",
+            paths=tuple(sorted(conflict_paths)),
+            sessions=tuple(conflict_sessions),
+        )
+    return None
+
+
+async def _advance_head(project: Project, rec: Landing) -> None:
+    for _ in range(8):
+        head, etag = await project.read_head()
+        if head.position >= rec.position:
+            return  # a later lander already moved it past us
+        try:
+            await project.put_if_match("head", encode_head(Head(rec.position, rec.tree, rec.hlc)), etag)
+            return
+        except PreconditionFailed:
+            continue  # someone else moved it; re-read and try again (readers roll forward regardless)
+
+
+async def _finish_session(project: Project, session: Session, rec: Landing, changes: tuple[Change, ...]) -> None:
+    def mark(current: Session) -> Session:
+        return current.with_(status="landed", landed=rec.position, changes=changes)
+
+    try:
+        await update_session(project, session.id, mark)
+    except Exception:
+        # derived data: a missing record (e.g. an imported commit) is recreated from what the landing knows
+        if (await project.get(f"sessions/{session.id}")) is not None:
+            raise
+        await project.ensure(f"sessions/{session.id}", encode_session(mark(session)))
+
+
+async def land(
+    project: Project,
+    session: Session,
+    changes: Mapping[str, FileEntry | None],
+    kinds: Mapping[str, str],
+    write_blobs: Callable[[], Awaitable[int]],
+    *,
+    hlc: Callable[[int], int],
+    goal: str | None = None,
+    kill_at: str | None = None,
+    max_attempts: int = 64,
+) -> LandResult:
+    """Land `changes` (path → new entry, or None to delete) for `session`, record-first.
+
+    Args:
+        kinds: path → "added" | "modified" | "deleted", recorded in the session.
+        write_blobs: stores the changed files' contents, returns objects written (called once, after the check).
+        hlc: given the tip's HLC, returns the landing's stamp (after it and after every local event).
+        goal: overrides the session goal for the record.
+
+    Raises:
+        Conflict: a landing since the session's base touched one of these paths (nothing changed), or the race
+            was lost `max_attempts` times.
+    """
+    paths = frozenset(changes)
+    ordered = tuple(sorted(paths))
+    tree = Tree(project)
+    blobs_written = -1
+    for attempt in range(1, max_attempts + 1):
+        tip, _ = await roll_forward(project)
+        _maybe_kill(kill_at, "rolled-forward")
+        own = await _check(project, session, paths, tip.position)
+        _maybe_kill(kill_at, "checked")
+        if own is not None:  # an earlier, interrupted attempt of this session already landed: finish it
+            await _advance_head(project, own)
+            await _finish_session(project, session, own, tuple(Change(kinds[p], p) for p in ordered))
+            return LandResult(own, own.tree, 0, attempt, recovered=True)
+        if blobs_written < 0:
+            blobs_written = await write_blobs()
+        new_root, nodes = await tree.apply(tip.tree, changes)
+        written = blobs_written + await project.put_nodes(nodes)
+        _maybe_kill(kill_at, "objects-written")
+        rec = Landing(
+            tip.position + 1, session.base, new_root, hlc(tip.hlc), session.id, goal or session.goal, ordered,
+            Bloom.of(ordered),
+        )
+        try:
+            await project.put_if_absent(landing_key(rec.position), encode_landing(rec))
+        except PreconditionFailed:
+            await asyncio.sleep(random.uniform(0, min(0.25, 0.002 * 2 ** min(attempt, 8))))
+            continue  # another lander took T+1: roll forward and check against it too
+        _maybe_kill(kill_at, "landing-created")
+        await _advance_head(project, rec)
+        _maybe_kill(kill_at, "head-advanced")
+        await _finish_session(project, session, rec, tuple(Change(kinds[p], p) for p in ordered))
+        _maybe_kill(kill_at, "session-updated")
+        return LandResult(rec, tip.tree, written + 3, attempt)  # + landing, head, session
+    raise Conflict(
+        f"session {session.id} lost the landing race {max_attempts} times; nothing was changed, try again",
+        sessions=(session.id,),
+    )

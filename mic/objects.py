@@ -1,0 +1,164 @@
+"""One project inside an ObjectStore: its key layout, verified blob and tree-node reads, idempotent writes.
+
+Layout under `<project>/`: `head` (48 bytes), `landing/<pos:016d>`, `sessions/<id>`, `trees/<hh>/<hash>`,
+`blobs/<hh>/<hash>`. Blobs and nodes are addressed by BLAKE3 and every read recomputes it, so a corrupted object
+is an IntegrityError, never wrong content. Immutable objects (nodes, landings) are cached in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import blake3
+
+from mic.errors import BadRequest, IntegrityError, NotFound, PreconditionFailed
+from mic.formats.blob import decode_blob, encode_blob
+from mic.formats.btree_node import Node, decode_node
+from mic.formats.chunked import CHUNK_SIZE, MAGIC as MICC_MAGIC, decode_chunked, encode_chunked
+from mic.formats.head import Head, decode_head, encode_head
+from mic.formats.landing import Landing, decode_landing
+from mic.objectstore import Obj, ObjectStore
+from mic.tree import EMPTY_ROOT
+
+__all__ = ["Project", "content_hash", "landing_key", "validate_project_name"]
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def validate_project_name(name: str) -> str:
+    """Return `name` if it is a valid project name (lowercase letters, digits, `._-`, ≤ 64 characters)."""
+    if not _NAME.fullmatch(name):
+        raise BadRequest("project names are 1-64 of [a-z0-9._-], starting with a letter or digit", name)
+    return name
+
+
+def content_hash(data: bytes) -> bytes:
+    """The BLAKE3 address of a file's content."""
+    return blake3.blake3(data).digest()
+
+
+def landing_key(position: int) -> str:
+    return f"landing/{position:016d}"
+
+
+def _hashed(kind: str, h: bytes) -> str:
+    hexed = h.hex()
+    return f"{kind}/{hexed[:2]}/{hexed}"
+
+
+class Project:
+    """Typed access to one project's objects in `store`."""
+
+    def __init__(self, store: ObjectStore, name: str) -> None:
+        self.store = store
+        self.name = validate_project_name(name)
+        self._nodes: dict[bytes, Node] = {}
+        self._landings: dict[int, Landing] = {}
+
+    def key(self, key: str) -> str:
+        return f"{self.name}/{key}"
+
+    async def get(self, key: str) -> Obj | None:
+        return await self.store.get(self.key(key))
+
+    async def put_if_absent(self, key: str, data: bytes) -> str:
+        return await self.store.put_if_absent(self.key(key), data)
+
+    async def put_if_match(self, key: str, data: bytes, etag: str) -> str:
+        return await self.store.put_if_match(self.key(key), data, etag)
+
+    async def ensure(self, key: str, data: bytes) -> int:
+        """Create an immutable, content-addressed object; return 1 if this call wrote it, 0 if it was there."""
+        try:
+            await self.put_if_absent(key, data)
+        except PreconditionFailed:
+            return 0
+        return 1
+
+    # -- project lifecycle -------------------------------------------------------------------------------------
+
+    async def create(self, hlc: int) -> None:
+        """Create the project's head at position 0 (the empty tree). Raises PreconditionFailed if it exists."""
+        await self.put_if_absent("head", encode_head(Head(0, EMPTY_ROOT, hlc)))
+
+    async def read_head(self) -> tuple[Head, str]:
+        """Return (head, etag). Raises NotFound naming the command that creates the project."""
+        obj = await self.get("head")
+        if obj is None:
+            raise NotFound(
+                f"project {self.name!r} does not exist in {self.store!r}: create it with "
+                f"`mic project create {self.name}` (or point MIC_STORE_URL / --store at the store that has it)"
+            )
+        return decode_head(obj.data), obj.etag
+
+    async def landing(self, position: int) -> Landing | None:
+        """The landing record at `position`, or None if nothing landed there (yet)."""
+        if position in self._landings:
+            return self._landings[position]
+        obj = await self.get(landing_key(position))
+        if obj is None:
+            return None
+        rec = decode_landing(obj.data)
+        if rec.position != position:
+            raise IntegrityError(str(position), str(rec.position), what=f"landing record {landing_key(position)}")
+        self._landings[position] = rec
+        return rec
+
+    # -- blobs ---------------------------------------------------------------------------------------------------
+
+    async def put_content(self, data: bytes, digest: bytes | None = None) -> tuple[bytes, int]:
+        """Store a file's bytes (MICB, or MICC + MICB chunks above 4 MiB); return (hash, objects written)."""
+        h = digest or content_hash(data)
+        if len(data) <= CHUNK_SIZE:
+            return h, await self.ensure(_hashed("blobs", h), encode_blob(data))
+        chunks = [data[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE)]
+        hashes = [content_hash(c) for c in chunks]
+        written = 0
+        for chunk_hash, chunk in zip(hashes, chunks, strict=True):
+            written += await self.ensure(_hashed("blobs", chunk_hash), encode_blob(chunk))
+        return h, written + await self.ensure(_hashed("blobs", h), encode_chunked(hashes))
+
+    async def _blob_object(self, h: bytes) -> bytes:
+        obj = await self.get(_hashed("blobs", h))
+        if obj is None:
+            raise NotFound(f"blob {h.hex()} is missing from project {self.name!r}")
+        return obj.data
+
+    async def read_content(self, h: bytes) -> bytes:
+        """Return a file's bytes, verified against its BLAKE3 (IntegrityError on mismatch)."""
+        raw = await self._blob_object(h)
+        if raw[:4] == MICC_MAGIC:
+            parts = []
+            for chunk_hash in decode_chunked(raw):
+                chunk = decode_blob(await self._blob_object(chunk_hash))
+                if content_hash(chunk) != chunk_hash:
+                    raise IntegrityError(chunk_hash.hex(), content_hash(chunk).hex(), what="chunk")
+                parts.append(chunk)
+            data = b"".join(parts)
+        else:
+            data = decode_blob(raw)
+        if content_hash(data) != h:
+            raise IntegrityError(h.hex(), content_hash(data).hex(), what="blob")
+        return data
+
+    # -- tree nodes (NodeSource) ---------------------------------------------------------------------------------
+
+    async def load(self, node: bytes) -> Node:
+        cached = self._nodes.get(node)
+        if cached is not None:
+            return cached
+        obj = await self.get(_hashed("trees", node))
+        if obj is None:
+            raise NotFound(f"tree node {node.hex()} is missing from project {self.name!r}")
+        got = blake3.blake3(obj.data).digest()
+        if got != node:
+            raise IntegrityError(node.hex(), got.hex(), what="tree node")
+        decoded = decode_node(obj.data)
+        self._nodes[node] = decoded
+        return decoded
+
+    async def put_nodes(self, nodes: dict[bytes, bytes]) -> int:
+        """Write encoded tree nodes (idempotent); return how many were new."""
+        results = await asyncio.gather(*(self.ensure(_hashed("trees", h), raw) for h, raw in nodes.items()))
+        return sum(results)

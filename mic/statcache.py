@@ -1,0 +1,135 @@
+"""The workspace scan and its stat cache (`.mic/index`): `mic status` re-hashes only files whose stat changed.
+
+The index maps each path to (size, mtime_ns, inode, content hash, mode) as last seen on disk, plus the (hash,
+mode, size) the base tree holds for it (None for a file not in the base). A file whose size, mtime and inode
+match its entry is not read again. Linux file timestamps are coarse (a few ms), so a file modified within
+`RACY_NS` of being hashed is recorded with mtime -1 and re-hashed next time — the same trick as git's racy-index
+check. The index is a `marshal`led dict, written with temp + rename.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import blake3
+
+__all__ = ["IGNORED", "Index", "ScanResult", "file_mode", "hash_path", "scan"]
+
+IGNORED = frozenset({".mic", ".git"})
+RACY_NS = 100_000_000
+_VERSION = 1
+
+# entry = (size, mtime_ns, ino, cur_hash, cur_mode, base_hash | None, base_mode, base_size)
+Entry = tuple[int, int, int, bytes, int, bytes | None, int, int]
+
+
+def file_mode(st: os.stat_result) -> int:
+    """0 regular, 1 executable, 2 symlink (the FileEntry modes)."""
+    if stat.S_ISLNK(st.st_mode):
+        return 2
+    return 1 if st.st_mode & stat.S_IXUSR else 0
+
+
+def hash_path(path: Path, mode: int) -> bytes:
+    """BLAKE3 of a file's content (a symlink's content is its target)."""
+    if mode == 2:
+        return blake3.blake3(os.fsencode(os.readlink(path))).digest()
+    hasher = blake3.blake3()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            hasher.update(chunk)
+    return hasher.digest()
+
+
+@dataclass
+class Index:
+    """The stat cache; `entries` is mutated in place and saved with `save()`."""
+
+    path: Path
+    entries: dict[str, Entry] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> Index:
+        try:
+            data = marshal.loads(path.read_bytes())
+        except FileNotFoundError:
+            return cls(path)
+        except (EOFError, ValueError, TypeError):
+            return cls(path)  # a damaged cache only costs re-hashing; the base is rebuilt by `mic status`
+        if not isinstance(data, tuple) or len(data) != 2 or data[0] != _VERSION:
+            return cls(path)
+        return cls(path, data[1])
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(marshal.dumps((_VERSION, self.entries)))
+        os.replace(tmp, self.path)
+
+    def set_base(self, rel: str, full: Path, h: bytes, mode: int, size: int) -> None:
+        """Record that `rel` now holds the base content (after checkout, land or update wrote or kept it)."""
+        st = full.lstat()
+        racy = st.st_mtime_ns >= time.time_ns() - RACY_NS
+        self.entries[rel] = (st.st_size, -1 if racy else st.st_mtime_ns, st.st_ino, h, mode, h, mode, size)
+
+
+@dataclass
+class ScanResult:
+    """Workspace changes against the base: path → (kind, hash, mode, size); hash is None when deleted."""
+
+    changes: dict[str, tuple[str, bytes | None, int, int]]
+    rehashed: int
+
+
+def _walk(root: Path):
+    stack = [("", os.fspath(root))]
+    while stack:
+        prefix, directory = stack.pop()
+        with os.scandir(directory) as it:
+            for entry in it:
+                name = entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if name not in IGNORED:
+                        stack.append((prefix + name + "/", entry.path))
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                    yield prefix + name, st
+
+
+def scan(root: Path, index: Index) -> ScanResult:
+    """Compare the files under `root` with the base recorded in `index`; update the index's stat data."""
+    entries = index.entries
+    changes: dict[str, tuple[str, bytes | None, int, int]] = {}
+    seen: set[str] = set()
+    rehashed = 0
+    racy_after = time.time_ns() - RACY_NS
+    for rel, st in _walk(root):
+        seen.add(rel)
+        mode = 2 if stat.S_ISLNK(st.st_mode) else (1 if st.st_mode & stat.S_IXUSR else 0)
+        e = entries.get(rel)
+        if e is not None and e[1] == st.st_mtime_ns and e[0] == st.st_size and e[2] == st.st_ino and e[4] == mode:
+            cur = e[3]
+        else:
+            cur = hash_path(root / rel, mode)
+            rehashed += 1
+            mtime = -1 if st.st_mtime_ns >= racy_after else st.st_mtime_ns
+            base = (e[5], e[6], e[7]) if e is not None else (None, 0, 0)
+            entries[rel] = (st.st_size, mtime, st.st_ino, cur, mode, *base)
+            e = entries[rel]
+        if e[5] is None:
+            changes[rel] = ("added", cur, mode, st.st_size)
+        elif cur != e[5] or mode != e[6]:
+            changes[rel] = ("modified", cur, mode, st.st_size)
+    if len(seen) != len(entries):
+        for rel in [p for p in entries if p not in seen]:
+            if entries[rel][5] is not None:
+                changes[rel] = ("deleted", None, 0, 0)
+            else:
+                del entries[rel]  # an untracked file that went away
+                rehashed += 1
+    return ScanResult(changes, rehashed)

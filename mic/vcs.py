@@ -1,0 +1,166 @@
+"""mic's operations on a project and a workspace (the layer under the CLI): checkout, status, land, positions.
+
+Each function takes opened objects and returns data; printing belongs to the CLI. Workspace file work (scan,
+hashing, writing files) runs in `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mic.errors import BadRequest, NotFound, WorkspaceError
+from mic.formats.btree_node import FileEntry
+from mic.formats.session import Session
+from mic.landing import LandResult, land, roll_forward
+from mic.objects import Project, content_hash
+from mic.session import load_session, start_session
+from mic.statcache import ScanResult, scan
+from mic.tree import EMPTY_ROOT, Tree
+from mic.workspace import Workspace, WorkspaceState
+
+__all__ = ["LandOutcome", "checkout", "land_workspace", "resolve_position", "status", "tree_at", "sync_to"]
+
+_PARALLEL = 16
+
+
+async def tree_at(project: Project, position: int | None) -> tuple[int, bytes]:
+    """(position, root tree) at `position`, or at the true tip when None."""
+    if position is None:
+        tip, _ = await roll_forward(project)
+        return tip.position, tip.tree
+    if position == 0:
+        return 0, EMPTY_ROOT
+    rec = await project.landing(position)
+    if rec is None:
+        raise NotFound(f"nothing has landed at position {position} in project {project.name!r}")
+    return position, rec.tree
+
+
+def resolve_position(text: str | None) -> int | None:
+    """Parse `@N` (or N); None means the tip."""
+    if text is None:
+        return None
+    digits = text[1:] if text.startswith("@") else text
+    if not digits.isdigit():
+        raise BadRequest("a position is @N with N a landing number, e.g. @12", text)
+    return int(digits)
+
+
+async def sync_to(project: Project, ws: Workspace, target_tree: bytes, skip: frozenset[str] = frozenset()) -> int:
+    """Make the workspace files match `target_tree` for every path that differs from the base (except `skip`)."""
+    tree = Tree(project)
+    diffs = [d async for d in tree.diff(ws.base_tree, target_tree) if d[0] not in skip]
+    sem = asyncio.Semaphore(_PARALLEL)
+
+    async def one(path: str, new: FileEntry | None) -> None:
+        if new is None:
+            await asyncio.to_thread(ws.remove_file, path)
+            ws.index.entries.pop(path, None)
+            return
+        async with sem:
+            data = await project.read_content(new.hash)
+        full = await asyncio.to_thread(ws.write_file, path, data, new.mode)
+        ws.index.set_base(path, full, new.hash, new.mode, new.size)
+
+    await asyncio.gather(*(one(path, new) for path, _, new in diffs))
+    return len(diffs)
+
+
+async def checkout(
+    project: Project, root: Path, *, store_url: str, s3_endpoint_url: str | None, position: int | None = None
+) -> Workspace:
+    """Create a workspace at `root` holding the project at `position` (default: the tip)."""
+    pos, tree_hash = await tree_at(project, position)
+    head, _ = await project.read_head()
+    if root.exists() and any(p.name != ".mic" for p in root.iterdir()):
+        raise WorkspaceError(f"{root} exists and is not empty; check out into a new or empty directory")
+    ws = Workspace.create(
+        root, WorkspaceState(project.name, 0, EMPTY_ROOT.hex()), store_url=store_url, s3_endpoint_url=s3_endpoint_url
+    )
+    ws.clock.observe(head.hlc)
+    await sync_to(project, ws, tree_hash)
+    ws.state.base, ws.state.base_tree = pos, tree_hash.hex()
+    await asyncio.to_thread(ws.save)
+    return ws
+
+
+async def status(ws: Workspace) -> ScanResult:
+    """Scan the workspace against its base, using and refreshing the stat cache."""
+    result = await asyncio.to_thread(scan, ws.root, ws.index)
+    if result.rehashed:
+        await asyncio.to_thread(ws.index.save)
+    return result
+
+
+@dataclass(frozen=True)
+class LandOutcome:
+    result: LandResult
+    session: Session
+    synced: int
+    changes: dict[str, str]
+
+
+async def _session_for_land(project: Project, ws: Workspace, goal: str | None) -> Session:
+    if ws.state.session:
+        session, _ = await load_session(project, ws.state.session)
+        if session.status != "active":
+            raise WorkspaceError(f"session {session.id} is {session.status}; start a new one with `mic session start`")
+        return session
+    if not goal:
+        raise BadRequest("no active session: give a goal (`mic land \"why\"`) or run `mic session start \"goal\"`")
+    session = await start_session(project, goal, ws.state.base, ws.clock.tick())
+    ws.state.session = session.id
+    await asyncio.to_thread(ws.save)
+    return session
+
+
+async def land_workspace(
+    project: Project, ws: Workspace, goal: str | None, *, kill_at: str | None = None
+) -> LandOutcome:
+    """Land every change in the workspace as its active session (or a new one with `goal`)."""
+    scanned = await status(ws)
+    if not scanned.changes:
+        raise WorkspaceError("nothing to land: the workspace matches its base")
+    session = await _session_for_land(project, ws, goal)
+    changes = {
+        p: None if h is None else FileEntry(h, size, mode) for p, (kind, h, mode, size) in scanned.changes.items()
+    }
+    kinds = {p: kind for p, (kind, *_rest) in scanned.changes.items()}
+    sem = asyncio.Semaphore(_PARALLEL)
+
+    async def put_one(path: str, entry: FileEntry) -> int:
+        full = ws.file(path)
+        async with sem:
+            data = await asyncio.to_thread(_read_verified, full, entry)
+            return (await project.put_content(data, entry.hash))[1]
+
+    async def write_blobs() -> int:
+        counts = await asyncio.gather(*(put_one(p, e) for p, e in changes.items() if e is not None))
+        return sum(counts)
+
+    def stamp(tip_hlc: int) -> int:
+        ws.clock.observe(tip_hlc)
+        return ws.clock.tick()
+
+    result = await land(
+        project, session, changes, kinds, write_blobs, hlc=stamp, goal=goal, kill_at=kill_at
+    )
+    for path, entry in changes.items():
+        if entry is None:
+            ws.index.entries.pop(path, None)
+        else:
+            ws.index.set_base(path, ws.file(path), entry.hash, entry.mode, entry.size)
+    synced = await sync_to(project, ws, result.previous_tree, skip=frozenset(changes))
+    ws.state.base, ws.state.base_tree, ws.state.session = result.landing.position, result.landing.tree.hex(), None
+    await asyncio.to_thread(ws.save)
+    return LandOutcome(result, session, synced, kinds)
+
+
+def _read_verified(path: Path, entry: FileEntry) -> bytes:
+    data = os.fsencode(os.readlink(path)) if entry.mode == 2 else path.read_bytes()
+    if content_hash(data) != entry.hash:
+        raise WorkspaceError(f"{path} changed while landing; run `mic land` again")
+    return data
