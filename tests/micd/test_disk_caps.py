@@ -1,0 +1,179 @@
+"""Disk tier caps: hard cap rejects cleanly (nothing changed), soft cap evicts least recently used first."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from micd.errors import StoreFull
+from micd.store import Digest, Record
+from micd.tiers.disk import DiskTier, FilesystemFull
+from micd.tiers.disk import files as disk_files
+
+
+@pytest.fixture
+async def make_tier(tmp_path):
+    opened: list[DiskTier] = []
+
+    async def make(root: Path | None = None, **kw) -> DiskTier:
+        kw.setdefault("verify_limit", 64 << 10)
+        tier = DiskTier(root or tmp_path / "cache", **kw)
+        await tier.open()
+        opened.append(tier)
+        return tier
+
+    yield make
+    for tier in opened:
+        await tier.close()
+
+
+def blob(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+async def put_many(tier: DiskTier, count: int, size: int, first_seed: int = 0) -> list[tuple[Digest, bytes]]:
+    out = []
+    for seed in range(first_seed, first_seed + count):
+        data = blob(size, seed)
+        digest = Digest.of(data)
+        await tier.put_bytes(digest, data)
+        out.append((digest, data))
+    return out
+
+
+def temp_files(tier: DiskTier) -> list[Path]:
+    return [p for p in tier.layout.tmp.rglob("*") if p.is_file() and p.name != "lock"]
+
+
+@pytest.mark.parametrize(("soft", "hard"), [(0, 10), (10, 5), (-1, -1)])
+def test_caps_are_validated(tmp_path, soft, hard):
+    with pytest.raises(ValueError, match="soft_cap"):
+        DiskTier(tmp_path, soft_cap=soft, hard_cap=hard)
+
+
+async def test_blob_over_the_hard_cap_is_rejected_and_nothing_changes(make_tier):
+    tier = await make_tier(soft_cap=8000, hard_cap=10_000)
+    kept = await put_many(tier, 5, 1000)
+    before = tier.stats()
+    big = blob(10_001, seed=99)
+    with pytest.raises(StoreFull, match="hard cap of 10000 bytes") as info:
+        await tier.put_bytes(Digest.of(big), big)
+    assert info.value.needed == 10_001 and info.value.hard_cap == 10_000
+    assert tier.stats() == before
+    for digest, data in kept:
+        assert await tier.get_bytes(digest) == data
+    assert not await tier.contains(Digest.of(big))
+    assert temp_files(tier) == []
+
+
+async def test_in_flight_reservations_count_against_the_hard_cap(make_tier):
+    tier = await make_tier(soft_cap=10_000, hard_cap=10_000)
+    kept = await put_many(tier, 2, 1000)
+    slow_data = blob(7000, seed=50)
+    release = asyncio.Event()
+
+    async def slow_chunks():
+        yield slow_data[:100]
+        await release.wait()
+        yield slow_data[100:]
+
+    slow = asyncio.create_task(tier.put(Digest.of(slow_data), slow_chunks()))
+    await asyncio.sleep(0.05)
+    other = blob(3500, seed=51)  # fits only if the in-flight 7000 bytes did not count
+    with pytest.raises(StoreFull):
+        await tier.put_bytes(Digest.of(other), other)
+    for digest, data in kept:  # rejecting did not evict anything
+        assert await tier.get_bytes(digest) == data
+    release.set()
+    await slow
+    assert await tier.get_bytes(Digest.of(slow_data)) == slow_data
+
+
+async def test_hard_cap_makes_room_by_evicting_least_recently_used(make_tier):
+    tier = await make_tier(soft_cap=10_000, hard_cap=10_000)
+    kept = await put_many(tier, 9, 1000)
+    await tier.get_bytes(kept[0][0])  # now the most recently used
+    big = blob(2500, seed=77)
+    await tier.put_bytes(Digest.of(big), big)
+    assert tier.used_bytes <= 10_000
+    present = [not m for m in [d in await tier.find_missing([d]) for d, _ in kept]]
+    assert present[0] and not present[1] and not present[2]
+    assert await tier.get_bytes(Digest.of(big)) == big
+
+
+async def test_records_count_against_the_hard_cap(make_tier):
+    tier = await make_tier(soft_cap=100, hard_cap=100)
+    with pytest.raises(StoreFull):
+        await tier.put_record("ns", "k", Record(b"x" * 200))
+    assert await tier.get_record("ns", "k") is None
+    assert tier.used_bytes == 0
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+async def test_filesystem_full_mid_write_is_store_full_and_leaves_nothing(make_tier, monkeypatch, code):
+    tier = await make_tier(soft_cap=1 << 30, hard_cap=1 << 30)
+    kept = await put_many(tier, 2, 1000)
+    real_write = os.write
+    calls = {"n": 0}
+
+    def failing_write(fd, data):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(code, os.strerror(code))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(disk_files.os, "write", failing_write)
+    data = blob(9 << 20, seed=60)  # several write batches: the first lands, a later one fails
+    digest = Digest.of(data)
+    with pytest.raises(FilesystemFull) as info:
+        await tier.put_bytes(digest, data)
+    assert isinstance(info.value, StoreFull)
+    assert "filesystem" in str(info.value)
+    monkeypatch.undo()
+    assert temp_files(tier) == []
+    assert not tier.layout.blob_path(digest).exists()
+    assert tier.stats()["reserved_bytes"] == 0
+    for d, b in kept:
+        assert await tier.get_bytes(d) == b
+    await tier.put_bytes(digest, data)  # space is back: the same upload works
+    assert await tier.get_bytes(digest) == data
+
+
+async def test_soft_cap_evicts_least_recently_used_first(make_tier):
+    tier = await make_tier(soft_cap=10_000, hard_cap=20_000)
+    blobs = await put_many(tier, 10, 1000)  # exactly at the soft cap: nothing evicted yet
+    assert tier.evictions == 0
+    await tier.get_bytes(blobs[0][0])  # reads and existence checks count as use
+    assert await tier.find_missing([blobs[1][0]]) == []
+    await put_many(tier, 1, 1000, first_seed=100)
+    # 11,000 > 10,000: evict down to 90% (9,000), oldest first, skipping the two just used.
+    assert tier.evictions == 2 and tier.used_bytes == 9000
+    missing = await tier.find_missing([d for d, _ in blobs])
+    assert missing == [blobs[2][0], blobs[3][0]]
+    assert not tier.layout.blob_path(blobs[2][0]).exists()
+
+
+async def test_eviction_spares_a_blob_another_process_used(make_tier):
+    tier = await make_tier(soft_cap=10_000, hard_cap=20_000)
+    blobs = await put_many(tier, 10, 1000)
+    # Another daemon read blob 0: its reads bump the file's atime (ours still says "oldest").
+    path = tier.layout.blob_path(blobs[0][0])
+    future = time.time_ns() + 30 * 10**9
+    os.utime(path, ns=(future, path.stat().st_mtime_ns))
+    await put_many(tier, 1, 1000, first_seed=100)
+    missing = await tier.find_missing([d for d, _ in blobs])
+    assert missing == [blobs[1][0], blobs[2][0]]
+
+
+async def test_records_are_evicted_like_blobs(make_tier):
+    tier = await make_tier(soft_cap=5000, hard_cap=50_000)
+    await tier.put_record("ns", "old", Record(b"x" * 1500))
+    await put_many(tier, 4, 1000)
+    assert await tier.get_record("ns", "old") is None
+    assert tier.evictions >= 1

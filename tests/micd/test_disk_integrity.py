@@ -1,0 +1,218 @@
+"""Disk tier: corrupted files are never served as good bytes, and bad input fails cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from micd.errors import BadRequest, IntegrityError
+from micd.store import Digest, Record
+from micd.tiers.disk import DiskTier
+
+SMALL_LIMIT = 64 << 10
+
+
+@pytest.fixture
+async def make_tier(tmp_path):
+    opened: list[DiskTier] = []
+
+    async def make(root: Path | None = None, **kw) -> DiskTier:
+        kw.setdefault("soft_cap", 1 << 30)
+        kw.setdefault("hard_cap", 2 << 30)
+        kw.setdefault("verify_limit", SMALL_LIMIT)
+        tier = DiskTier(root or tmp_path / "cache", **kw)
+        await tier.open()
+        opened.append(tier)
+        return tier
+
+    yield make
+    for tier in opened:
+        await tier.close()
+
+
+def blob(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def flip(path: Path, position: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.seek(position)
+        byte = handle.read(1)
+        handle.seek(position)
+        handle.write(bytes([byte[0] ^ 0x40]))
+
+
+async def drain(handle) -> tuple[bytes, BaseException | None]:
+    got = bytearray()
+    try:
+        async for chunk in handle.chunks():
+            got += chunk
+    except IntegrityError as exc:
+        return bytes(got), exc
+    return bytes(got), None
+
+
+@pytest.mark.parametrize("function", ["sha256", "blake3"])
+@pytest.mark.parametrize("position", [0, 500, 999])
+async def test_small_corrupt_blob_is_a_miss_and_deleted(make_tier, function, position):
+    tier = await make_tier()
+    data = blob(1000)
+    digest = Digest.of(data, function)
+    await tier.put_bytes(digest, data)
+    path = tier.layout.blob_path(digest)
+    flip(path, position)
+    assert await tier.get(digest) is None
+    assert not path.exists()
+    assert tier.corruptions == 1
+    assert tier.entry_count == 0 and tier.used_bytes == 0
+    assert not await tier.contains(digest)
+    await tier.put_bytes(digest, data)  # the blob can be uploaded again and is good
+    assert await tier.get_bytes(digest) == data
+
+
+@pytest.mark.parametrize("damage", ["truncate", "extend"])
+async def test_small_blob_with_wrong_length_is_a_miss(make_tier, damage):
+    tier = await make_tier()
+    data = blob(1000, seed=1)
+    digest = Digest.of(data)
+    await tier.put_bytes(digest, data)
+    path = tier.layout.blob_path(digest)
+    with open(path, "r+b") as handle:
+        if damage == "truncate":
+            handle.truncate(999)
+        else:
+            handle.seek(0, 2)
+            handle.write(b"x")
+    assert await tier.get_bytes(digest) is None
+    assert not path.exists()
+    assert tier.corruptions == 1
+
+
+@pytest.mark.parametrize("position", [0, (3 << 20) // 2, (3 << 20) - 1])
+@pytest.mark.parametrize("reopen", [False, True])
+async def test_large_corrupt_blob_raises_before_a_complete_wrong_stream(make_tier, tmp_path, position, reopen):
+    tier = await make_tier()
+    data = blob(3 << 20, seed=2)
+    digest = Digest.of(data)
+    await tier.put_bytes(digest, data)
+    path = tier.layout.blob_path(digest)
+    await asyncio.sleep(0.02)  # past the filesystem's timestamp tick, so the flip changes the mtime
+    flip(path, position)  # a new mtime: even the writing process no longer trusts the file
+    if reopen:
+        await tier.close()
+        tier = await make_tier()
+    handle = await tier.get(digest)
+    assert handle is not None and handle.path is None  # never a sendfile path for an unverified file
+    got, error = await drain(handle)
+    assert isinstance(error, IntegrityError)
+    assert len(got) < len(data)  # the last chunk was withheld
+    assert not path.exists()
+    assert tier.corruptions == 1
+    assert await tier.get(digest) is None
+
+
+async def test_large_corruption_outside_the_requested_range_is_still_detected(make_tier):
+    tier = await make_tier()
+    data = blob(3 << 20, seed=3)
+    digest = Digest.of(data)
+    await tier.put_bytes(digest, data)
+    await tier.close()
+    flip(tier.layout.blob_path(digest), len(data) - 10)
+    tier = await make_tier()
+    handle = await tier.get(digest, 1000, 5000)
+    got, error = await drain(handle)
+    assert isinstance(error, IntegrityError)
+    assert got != data[1000:6000]
+
+
+async def test_large_truncated_file_is_a_miss(make_tier):
+    tier = await make_tier()
+    data = blob(3 << 20, seed=4)
+    digest = Digest.of(data)
+    await tier.put_bytes(digest, data)
+    os.truncate(tier.layout.blob_path(digest), 1 << 20)
+    assert await tier.get(digest) is None
+    assert tier.corruptions == 1
+
+
+async def test_large_blob_is_trusted_only_after_verification(make_tier):
+    tier = await make_tier()
+    data = blob(3 << 20, seed=5)
+    digest = Digest.of(data, "blake3")
+    await tier.put_bytes(digest, data)
+    first = await tier.get(digest, 10, 100)
+    assert first.path == tier.layout.blob_path(digest)  # written and hashed by this process
+    await first.aclose()
+    await tier.close()
+    tier = await make_tier()
+    handle = await tier.get(digest, 10, 100)
+    assert handle.path is None
+    assert (await drain(handle)) == (data[10:110], None)
+    again = await tier.get(digest)
+    assert again.path == tier.layout.blob_path(digest)
+    assert (await drain(again)) == (data, None)
+
+
+@pytest.mark.parametrize(
+    ("namespace", "key"),
+    [
+        ("../escape", "k"),
+        ("bazel-ac/../../x", "k"),
+        ("bazel-ac/..", "k"),
+        ("/abs", "k"),
+        ("", "k"),
+        ("ns", ".."),
+        ("ns", "."),
+        ("ns", "a/b"),
+        ("ns", "../../etc/passwd"),
+        ("ns", ""),
+        ("ns", "k\x00"),
+        ("ns\x00", "k"),
+        ("ns", "x" * 300),
+    ],
+)
+async def test_kv_traversal_and_malformed_names_are_rejected(make_tier, tmp_path, namespace, key):
+    tier = await make_tier()
+    before = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    with pytest.raises(BadRequest):
+        await tier.put_record(namespace, key, Record(b"v"))
+    with pytest.raises(BadRequest):
+        await tier.get_record(namespace, key)
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == before
+
+
+@pytest.mark.parametrize("position", [0, 10, -1])
+async def test_corrupt_record_file_is_a_miss_and_deleted(make_tier, position):
+    tier = await make_tier()
+    await tier.put_record("bazel-ac/main", "key", Record(b"value" * 10))
+    path = tier.layout.kv_path("bazel-ac/main", "key")
+    flip(path, position % path.stat().st_size)
+    assert await tier.get_record("bazel-ac/main", "key") is None
+    assert not path.exists()
+    assert tier.corruptions == 1
+
+
+async def test_record_file_for_another_name_is_not_served(make_tier):
+    tier = await make_tier()
+    await tier.put_record("ns", "a", Record(b"for a"))
+    await tier.put_record("ns", "b", Record(b"for b"))
+    os.replace(tier.layout.kv_path("ns", "a"), tier.layout.kv_path("ns", "b"))
+    assert await tier.get_record("ns", "b") is None
+    assert tier.corruptions == 1
+
+
+async def test_failed_puts_leave_no_temp_files(make_tier):
+    tier = await make_tier()
+    data = blob(10 << 20, seed=6)
+    digest = Digest.of(data)
+    with pytest.raises(IntegrityError):
+        await tier.put_bytes(digest, data[:-1] + b"\x00")
+    with pytest.raises(IntegrityError):
+        await tier.put_bytes(Digest(digest.function, digest.hex, digest.size - 5), data)
+    temp_files = [p for p in tier.layout.tmp.rglob("*") if p.is_file() and p.name != "lock"]
+    assert temp_files == []
+    assert tier.used_bytes == 0 and tier.stats()["reserved_bytes"] == 0
