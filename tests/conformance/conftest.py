@@ -17,6 +17,7 @@ import pytest
 
 from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
+from tests.fixtures.s3 import s3_conformance_backend, tiered_conformance_backend
 
 
 @dataclass
@@ -47,6 +48,8 @@ async def _disk(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest], AbstractAsyncContextManager[Backend]]] = {
     "memory": _memory,
     "disk": _disk,
+    "s3": s3_conformance_backend,
+    "tiered": tiered_conformance_backend,
 }
 
 
