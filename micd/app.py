@@ -23,7 +23,11 @@ from micd.auth import TokenInterceptor, auth_middleware
 from micd.config import Config
 from micd.metrics import Metrics
 from micd.tiers.disk import DiskTier
-from protocols import cas_http
+from micd.tiers.memory import MemoryTier
+from micd.tiers.s3 import S3Tier
+from micd.tiers.tiered import TieredStore
+from micd.upload_queue import UploadQueue
+from protocols import bazel_http, bazel_reapi, cas_http
 
 __all__ = [
     "ACTIVITY",
@@ -62,25 +66,19 @@ _STARTED = web.AppKey("started", float)
 
 async def open_store(config: Config, metrics: Metrics) -> Any:
     """Open the tiers named by `config` and compose them; the caller must `close()` the result."""
-    disk = DiskTier(config.cache_dir, soft_cap=config.disk_soft_cap, hard_cap=config.disk_hard_cap)
-    await disk.open()
-    return _DiskStore(disk)
-
-
-class _DiskStore:
-    """Interim composition (disk tier only) until the tiered store lands; same surface as TieredStore."""
-
-    def __init__(self, disk: DiskTier) -> None:
-        self.disk = disk
-
-    async def close(self, drain_timeout: float = 10.0) -> None:
-        await self.disk.close()
-
-    def for_tool(self, tool: str) -> DiskTier:
-        return self.disk
-
-    def stats(self) -> dict[str, Any]:
-        return {"disk": self.disk.stats()}
+    s3 = queue = None
+    if config.s3_enabled:
+        s3 = S3Tier(bucket=config.s3_bucket or "", prefix=config.s3_prefix, endpoint_url=config.s3_endpoint_url,
+                    region=config.s3_region)
+        # Per-session journal: a restarted daemon of this session replays what it had not uploaded yet.
+        queue = UploadQueue(config.state_dir / "uploads")
+    store = TieredStore(
+        memory=MemoryTier(budget=config.memory_budget),
+        disk=DiskTier(config.cache_dir, soft_cap=config.disk_soft_cap, hard_cap=config.disk_hard_cap),
+        s3=s3, queue=queue, metrics=metrics,
+    )
+    await store.start()
+    return store
 
 
 def _activity_middleware(activity: Activity) -> Callable:
@@ -171,6 +169,7 @@ def create_app(store: Any, config: Config, *, token: str, metrics: Metrics,
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/stats", handle_stats)
     app.router.add_routes(cas_http.routes(store.for_tool("cas")))
+    app.router.add_routes(bazel_http.routes(store.for_tool("bazel")))
     return app
 
 
@@ -184,4 +183,5 @@ def create_grpc_server(store: Any, config: Config, *, token: str,
             ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
         ],
     )
+    bazel_reapi.add_servicers(server, store.for_tool("bazel"))
     return server

@@ -42,6 +42,7 @@ from micd.auth import new_token
 from micd.config import Config
 from micd.errors import MicError
 from micd.metrics import Metrics
+from micd.toolconfig import remove_tool_configs, write_bazelrc
 
 __all__ = [
     "AlreadyRunning",
@@ -245,6 +246,8 @@ async def serve(config: Config, paths: StatePaths, *, on_ready: Callable[[dict[s
             "state_dir": str(paths.root),
             "started_at": time.time(),
         }
+        # bazelrc before ports.json: whoever sees ports.json (the readiness signal) finds the bazelrc too.
+        await asyncio.to_thread(write_bazelrc, paths.root, grpc_port=grpc_port, http_port=http_port, token=token)
         await asyncio.to_thread(write_json_atomic, paths.ports, info)
         log.info("serving http on %s and grpc on %s (pid %d)", info["http"], info["grpc"], os.getpid())
         on_ready(info)
@@ -252,6 +255,7 @@ async def serve(config: Config, paths: StatePaths, *, on_ready: Callable[[dict[s
         log.info("stopping: %s", reason)
     finally:
         _unlink(paths.ports)  # first, so no client picks up a daemon that is going away
+        remove_tool_configs(paths.root)
         if runner is not None:
             await runner.cleanup()
         if grpc_server is not None:

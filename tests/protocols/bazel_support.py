@@ -10,33 +10,17 @@ from dataclasses import dataclass
 import grpc
 
 from micd.auth import TokenInterceptor
-from micd.store import Digest, Record
+from micd.store import Digest
 from micd.tiers.memory import MemoryTier
+from micd.tiers.tiered import TieredStore
 from protocols.bazel_reapi import GRPC_SERVER_OPTIONS, add_servicers
 from protocols.bazel_reapi._proto import bytestream_pb2_grpc as bs_grpc
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi._proto import remote_execution_pb2_grpc as re_grpc
 
-try:  # the composed store enforces "a record is served only if every referenced blob exists"
-    from micd.tiers.tiered import TieredStore
-except ImportError:  # pragma: no cover - until the tiered store lands
-    TieredStore = None
-
-
-class RefCheckingMemory(MemoryTier):
-    """MemoryTier plus the tiered store's rule that a record whose refs are missing is a miss."""
-
-    async def get_record(self, namespace: str, key: str) -> Record | None:
-        record = await super().get_record(namespace, key)
-        if record is None or await self.find_missing(record.refs):
-            return None
-        return record
-
-
-def new_store():
-    if TieredStore is not None:
-        return TieredStore(memory=MemoryTier())
-    return RefCheckingMemory()
+def new_store() -> TieredStore:
+    """The composed store (it enforces "a record is served only if every referenced blob exists")."""
+    return TieredStore(memory=MemoryTier())
 
 
 def blob(size: int = 100, function: str = "sha256") -> tuple[bytes, Digest]:
