@@ -40,7 +40,8 @@ def parse_function(function: str) -> str:
 def parse_size(size: str | int) -> int:
     """Parse a blob size in bytes (0 ≤ size ≤ 1 TiB)."""
     if isinstance(size, str):
-        if not size.isdigit() or len(size) > 16:
+        # isascii: str.isdigit also accepts "١٢" (parsed as 12) and "²" (which int() rejects with ValueError).
+        if not size.isascii() or not size.isdigit() or len(size) > 16:
             raise BadRequest("malformed size", size)
         size = int(size)
     if not 0 <= size <= MAX_BLOB_SIZE:
