@@ -1,0 +1,192 @@
+"""Read-only history commands: `mic log`, `show`, `cat`, `ls`, `diff`."""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import sys
+
+import click
+
+from mic.cliutil import Env, command_options, emit, project_option
+from mic.commands_session import print_session, session_json
+from mic.errors import BadRequest, NotFound
+from mic.hlc import format_hlc
+from mic.landing import roll_forward
+from mic.objects import Project
+from mic.session import find_session
+from mic.tree import Tree
+from mic.vcs import resolve_position, status, tree_at
+
+__all__ = ["cat_cmd", "diff_cmd", "log_cmd", "ls_cmd", "show_cmd"]
+
+
+@click.command("log")
+@click.option("-n", "limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many landings.")
+@project_option
+@command_options
+async def log_cmd(env: Env, limit: int) -> None:
+    """Show the newest landings first: position, session, time, goal."""
+    project = env.project()
+    tip, _ = await roll_forward(project)
+    positions = range(tip.position, max(0, tip.position - limit), -1)
+    records = await asyncio.gather(*(project.landing(p) for p in positions))
+    rows = [{"position": r.position, "session": r.session, "goal": r.goal, "hlc": r.hlc, "time": format_hlc(r.hlc),
+             "paths": len(r.paths)} for r in records if r is not None]
+
+    def human() -> None:
+        for row in rows:
+            first = row["goal"].splitlines()[0] if row["goal"] else ""
+            click.echo(f"@{row['position']:<6} {row['session']}  {row['time']}  {row['paths']:>5} path(s)  {first}")
+        if not rows:
+            click.echo("(nothing landed yet)")
+
+    emit(env, {"project": project.name, "tip": tip.position, "landings": rows}, human)
+
+
+@click.command("show")
+@click.argument("session")
+@project_option
+@command_options
+async def show_cmd(env: Env, session: str) -> None:
+    """Show a session (id, id prefix, or @N for the session landed at N): goal, conversation, decisions, changes."""
+    project = env.project()
+    if session.startswith("@"):
+        rec = await project.landing(resolve_position(session) or 0)
+        if rec is None:
+            raise NotFound(f"nothing has landed at {session}")
+        session = rec.session
+    found = await find_session(project, session)
+    emit(env, session_json(found), lambda: print_session(found))
+
+
+def _split_path_pos(path: str | None, pos: str | None) -> tuple[str, int | None]:
+    if path is not None and path.startswith("@") and pos is None:
+        path, pos = None, path
+    return (path or "").strip("/"), resolve_position(pos)
+
+
+async def _default_position(env: Env, position: int | None) -> int | None:
+    if position is None and env.project_name is None and env.config.workspace_root is not None:
+        return env.workspace().state.base
+    return position
+
+
+@click.command("cat")
+@click.argument("path")
+@click.argument("position", required=False)
+@project_option
+@command_options
+async def cat_cmd(env: Env, path: str, position: str | None) -> None:
+    """Print the content of PATH at POSITION (@N; default: the workspace base, or the tip outside one)."""
+    rel, pos = _split_path_pos(path, position)
+    project = env.project()
+    pos, root = await tree_at(project, await _default_position(env, pos))
+    entry = await Tree(project).lookup(root, rel)
+    if entry is None:
+        raise NotFound(f"{rel} does not exist at @{pos}")
+    data = await project.read_content(entry.hash)
+    if env.as_json:
+        try:
+            text: str | None = data.decode()
+        except UnicodeDecodeError:
+            text = None
+        emit(env, {"path": rel, "position": pos, "size": entry.size, "hash": entry.hash.hex(), "text": text})
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+
+@click.command("ls")
+@click.argument("path", required=False)
+@click.argument("position", required=False)
+@click.option("-r", "--recursive", is_flag=True, help="List every file below PATH.")
+@project_option
+@command_options
+async def ls_cmd(env: Env, path: str | None, position: str | None, recursive: bool) -> None:
+    """List the files and directories under PATH at POSITION (@N)."""
+    rel, pos = _split_path_pos(path, position)
+    project = env.project()
+    pos, root = await tree_at(project, await _default_position(env, pos))
+    prefix = f"{rel}/" if rel else ""
+    rows: dict[str, dict[str, object]] = {}
+    async for key, entry in Tree(project).items(root, prefix):
+        rest = key[len(prefix):]
+        if not recursive and "/" in rest:
+            name = prefix + rest.split("/", 1)[0] + "/"
+            rows.setdefault(name, {"path": name, "type": "dir"})
+        else:
+            rows[key] = {"path": key, "type": ("file", "exec", "symlink")[entry.mode], "size": entry.size}
+    if rel and not rows:
+        exact = await Tree(project).lookup(root, rel)
+        if exact is None:
+            raise NotFound(f"{rel} does not exist at @{pos}")
+        rows[rel] = {"path": rel, "type": ("file", "exec", "symlink")[exact.mode], "size": exact.size}
+    emit(env, {"position": pos, "entries": list(rows.values())},
+         lambda: [click.echo(r["path"]) for r in rows.values()])
+
+
+def _unified(path: str, old: bytes | None, new: bytes | None, a: str, b: str) -> list[str]:
+    try:
+        old_lines = (old or b"").decode().splitlines(keepends=True)
+        new_lines = (new or b"").decode().splitlines(keepends=True)
+    except UnicodeDecodeError:
+        return [f"Binary files {a}/{path} and {b}/{path} differ\n"]
+    lines = list(difflib.unified_diff(
+        old_lines, new_lines, fromfile=f"{a}/{path}" if old is not None else "/dev/null",
+        tofile=f"{b}/{path}" if new is not None else "/dev/null",
+    ))
+    return [line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines]
+
+
+async def _workspace_side(env: Env, project: Project) -> tuple[bytes, dict[str, bytes | None]]:
+    ws = env.workspace()
+    result = await status(ws)
+    files = {p: (None if c[1] is None else ws.file(p).read_bytes()) for p, c in result.changes.items()}
+    return ws.base_tree, files
+
+
+@click.command("diff")
+@click.argument("old", required=False)
+@click.argument("new", required=False)
+@project_option
+@command_options
+async def diff_cmd(env: Env, old: str | None, new: str | None) -> None:
+    """Unified line diff from OLD (@N, default: the workspace base) to NEW (@N, default: the workspace files)."""
+    project = env.project()
+    tree = Tree(project)
+    chunks: list[dict[str, object]] = []
+    if new is None:
+        base_root, files = await _workspace_side(env, project)
+        old_pos, old_root = (None, base_root) if old is None else await tree_at(project, resolve_position(old))
+        pairs: list[tuple[str, bytes | None, bytes | None]] = []
+        changed = set(files)
+        if old is not None:
+            changed |= {p async for p, _, _ in tree.diff(old_root, base_root)}
+        for path in sorted(changed):
+            before = await tree.lookup(old_root, path)
+            if path in files:
+                after = files[path]
+            else:
+                now = await tree.lookup(base_root, path)
+                after = None if now is None else await project.read_content(now.hash)
+            pairs.append((path, None if before is None else await project.read_content(before.hash), after))
+        a, b = (old or "base"), "workspace"
+    else:
+        if old is None:
+            raise BadRequest("give OLD when giving NEW")
+        _, old_root = await tree_at(project, resolve_position(old))
+        _, new_root = await tree_at(project, resolve_position(new))
+        pairs = []
+        async for path, before, after in tree.diff(old_root, new_root):
+            pairs.append((path, None if before is None else await project.read_content(before.hash),
+                          None if after is None else await project.read_content(after.hash)))
+        a, b = old, new
+    text = []
+    for path, before, after in pairs:
+        if before == after:
+            continue
+        lines = _unified(path, before, after, a.lstrip("@") or "a", b.lstrip("@"))
+        chunks.append({"path": path, "diff": "".join(lines)})
+        text.extend(lines)
+    emit(env, {"from": a, "to": b, "files": chunks}, lambda: click.echo("".join(text), nl=False))

@@ -1,0 +1,151 @@
+"""mic's version-control commands (click). Each parses arguments, calls `mic.vcs`/`mic.landing`, and prints.
+
+Registered on the root group by `mic.cli`; the session subcommands live in `mic.commands_session` and the
+read-only history commands in `mic.commands_history`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from mic.cliutil import Env, command_options, emit
+from mic.errors import BadRequest, PreconditionFailed, WorkspaceError
+from mic.hlc import Clock
+from mic.objects import Project, validate_project_name
+from mic.tree import EMPTY_ROOT
+from mic.vcs import checkout, land_workspace, resolve_position, status
+from mic.workspace import Workspace, WorkspaceState
+
+__all__ = ["register"]
+
+_KIND_LETTER = {"added": "A", "modified": "M", "deleted": "D"}
+
+
+async def _create_project(env: Env, name: str) -> Project:
+    project = Project(env.store, validate_project_name(name))
+    try:
+        await project.create(Clock().tick())
+    except PreconditionFailed:
+        raise WorkspaceError(f"project {name!r} already exists in {env.config.store_url}") from None
+    return project
+
+
+@click.group("project")
+def project_group() -> None:
+    """Create and list projects in the store."""
+
+
+@project_group.command("create")
+@click.argument("name")
+@command_options
+async def project_create(env: Env, name: str) -> None:
+    """Create an empty project NAME in the store."""
+    await _create_project(env, name)
+    emit(env, {"project": name, "store": env.config.store_url}, f"created project {name} in {env.config.store_url}")
+
+
+@project_group.command("list")
+@command_options
+async def project_list(env: Env) -> None:
+    """List the projects in the store."""
+    names = sorted({k.split("/", 1)[0] for k in await env.store.list("") if k.endswith("/head")})
+    emit(env, {"projects": names}, "\n".join(names) if names else "(no projects)")
+
+
+def _default_project_name(root: Path) -> str:
+    name = re.sub(r"[^a-z0-9._-]+", "-", root.name.lower()).strip("-._") or "project"
+    return name[:64]
+
+
+@click.command("init")
+@click.option("--project", "name", default=None, help="Project name (default: this directory's name).")
+@command_options
+async def init(env: Env, name: str | None) -> None:
+    """Create a project and make the current directory its workspace (existing files become changes)."""
+    root = Path.cwd()
+    name = name or _default_project_name(root)
+    if env.config.workspace_root is not None:
+        raise WorkspaceError(f"{env.config.workspace_root} is already a mic workspace")
+    await _create_project(env, name)
+    Workspace.create(
+        root, WorkspaceState(name, 0, EMPTY_ROOT.hex()), store_url=env.config.store_url,
+        s3_endpoint_url=env.config.s3_endpoint_url,
+    )
+    emit(env, {"project": name, "workspace": str(root), "store": env.config.store_url},
+         f"created project {name} with its workspace in {root}\nnext: mic land \"why these files\"")
+
+
+@click.command("checkout")
+@click.argument("project_name", metavar="PROJECT")
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--at", "at", default=None, help="Position to check out (@N; default: the tip).")
+@command_options
+async def checkout_cmd(env: Env, project_name: str, directory: Path | None, at: str | None) -> None:
+    """Check PROJECT out into DIRECTORY (default: ./PROJECT)."""
+    project = project_name
+    root = (directory or Path(validate_project_name(project))).resolve()
+    ws = await checkout(
+        Project(env.store, project), root, store_url=env.config.store_url,
+        s3_endpoint_url=env.config.s3_endpoint_url, position=resolve_position(at),
+    )
+    files = len(ws.index.entries)
+    emit(env, {"project": project, "workspace": str(root), "position": ws.state.base, "files": files},
+         f"checked out {project} @{ws.state.base} ({files} files) into {root}")
+
+
+@click.command("status")
+@command_options
+async def status_cmd(env: Env) -> None:
+    """Show the workspace's changes against its base, and its active session."""
+    ws = env.workspace()
+    result = await status(ws)
+    changes = [{"path": p, "kind": c[0]} for p, c in sorted(result.changes.items())]
+    data = {"project": ws.state.project, "base": ws.state.base, "session": ws.state.session, "changes": changes}
+
+    def human() -> None:
+        click.echo(f"project {ws.state.project} @{ws.state.base}"
+                   + (f", session {ws.state.session}" if ws.state.session else ", no active session"))
+        for c in changes:
+            click.echo(f"{_KIND_LETTER[c['kind']]} {c['path']}")
+        if not changes:
+            click.echo("no changes")
+
+    emit(env, data, human)
+
+
+@click.command("land")
+@click.argument("goal", required=False)
+@command_options
+async def land_cmd(env: Env, goal: str | None) -> None:
+    """Land every workspace change as the active session (or a new one whose goal is GOAL).
+
+    A conflict with sessions landed since this workspace's base prints the paths and sessions and changes nothing.
+    """
+    if goal is not None and not goal.strip():
+        raise BadRequest("the goal must not be empty")
+    ws = env.workspace()
+    project = env.project()
+    out = await land_workspace(project, ws, goal, kill_at=env.config.debug_kill_at)
+    rec = out.result.landing
+    data = {
+        "position": rec.position, "session": rec.session, "goal": rec.goal, "paths": list(rec.paths),
+        "objects_written": out.result.objects_written, "attempts": out.result.attempts,
+        "synced_from_others": out.synced, "recovered": out.result.recovered,
+    }
+    emit(env, data, f"landed session {rec.session} at @{rec.position}: {len(rec.paths)} path(s), "
+                    f"{out.result.objects_written} object(s) written"
+                    + (f", {out.synced} path(s) updated from other sessions" if out.synced else ""))
+
+
+def register(group: click.Group) -> None:
+    """Attach every VCS command to the root `mic` group."""
+    from mic.commands_history import cat_cmd, diff_cmd, log_cmd, ls_cmd, show_cmd
+    from mic.commands_import import import_group
+    from mic.commands_session import session_group
+
+    for command in (project_group, init, checkout_cmd, status_cmd, land_cmd, session_group, log_cmd, show_cmd,
+                    cat_cmd, ls_cmd, diff_cmd, import_group):
+        group.add_command(command)
