@@ -156,8 +156,8 @@ class Config:
                 f"{where('disk_hard_cap')} = {self.disk_hard_cap} is below "
                 f"{where('disk_soft_cap')} = {self.disk_soft_cap}"
             )
-        if self.disk_hard_cap == 0:
-            raise ConfigError(f"{where('disk_hard_cap')} must be > 0")
+        if self.disk_soft_cap == 0:
+            raise ConfigError(f"{where('disk_soft_cap')} must be > 0 (the disk tier is always on)")
         if self.s3_endpoint_url and not re.match(r"https?://[^/\s]+", self.s3_endpoint_url):
             raise ConfigError(f"{where('s3_endpoint_url')} must be an http:// or https:// URL, "
                               f"got {self.s3_endpoint_url!r}")

@@ -132,6 +132,7 @@ BAD = [
     ("bad bucket", {"s3_bucket": "No_Such"}, {}, None, "s3.bucket (from flag --s3-bucket) is not a valid bucket"),
     ("bad session", {}, {"MIC_SESSION": "../x"}, None, "daemon.session (from env MIC_SESSION)"),
     ("negative size", {}, {}, "[store]\ndisk_soft_cap = -1\n", "store.disk_soft_cap (from {toml})"),
+    ("zero soft cap", {"disk_soft_cap": "0"}, {}, None, "store.disk_soft_cap (from flag --disk-soft-cap) must be > 0"),
 ]
 
 
