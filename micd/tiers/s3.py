@@ -65,8 +65,8 @@ class S3Tier:
         existence_cache_size: int = 100_000,
         part_size: int = 8 << 20,
         concurrency: int = 32,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 30.0,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 15.0,
         op_timeout: float = 120.0,
         max_attempts: int = 2,
         cooldown: tuple[float, float] = (0.5, 30.0),
@@ -288,6 +288,7 @@ class S3Tier:
             verifier.check()
         except _Missing:
             spool.close()
+            self._exists.pop(digest, None)  # deleted behind our back (e.g. a bucket lifecycle rule)
             return None
         except (IntegrityError, zstandard.ZstdError) as exc:
             spool.close()

@@ -323,3 +323,30 @@ async def test_large_blob_round_trips_with_bounded_memory(tier, tmp_path, boto, 
     assert put_peak < 32 << 20, put_peak
     assert get_peak < 16 << 20, get_peak
     assert boto.head_object(Bucket=bucket, Key=tier.cas_key(digest))["ContentLength"] < size
+
+
+async def test_hung_server_times_out_into_tier_unavailable(s3_proxy, bucket):
+    tier = S3Tier(bucket=bucket, endpoint_url=s3_proxy.endpoint_url, max_attempts=1, read_timeout=0.5)
+    await tier.open()
+    try:
+        s3_proxy.stall = True
+        started = time.monotonic()
+        with pytest.raises(TierUnavailable):
+            await tier.contains(Digest.of(b"hung"))
+        assert time.monotonic() - started < 5
+        with pytest.raises(TierUnavailable, match="cooling down"):  # no second wait while degraded
+            await tier.get(Digest.of(b"hung"))
+        assert time.monotonic() - started < 5
+    finally:
+        s3_proxy.cut()
+        await tier.close()
+
+
+async def test_object_deleted_behind_the_cache_is_forgotten(tier, boto, bucket):
+    data = b"expired by a lifecycle rule"
+    digest = Digest.of(data)
+    await tier.put_bytes(digest, data)
+    assert tier.known(digest)
+    boto.delete_object(Bucket=bucket, Key=tier.cas_key(digest))
+    assert await tier.get(digest) is None
+    assert not tier.known(digest) and not await tier.contains(digest)

@@ -41,14 +41,14 @@ def s3_keys(boto, bucket) -> list[str]:
     return sorted(o["Key"] for o in boto.list_objects_v2(Bucket=bucket).get("Contents", []))
 
 
-def make_store(root: Path, endpoint: str, bucket: str, *, maxsize: int = 1000, hard_cap: int = 1 << 30) -> TieredStore:
+def make_store(
+    root: Path, endpoint: str, bucket: str, *, maxsize: int = 1000, hard_cap: int = 1 << 30, **s3_options
+) -> TieredStore:
+    s3_options = {"max_attempts": 1, "connect_timeout": 2, "read_timeout": 5, "cooldown": (0.05, 0.2), **s3_options}
     return TieredStore(
         memory=MemoryTier(budget=32 << 20),
         disk=DiskTier(root / "cache", soft_cap=hard_cap, hard_cap=hard_cap, verify_limit=1 << 20),
-        s3=S3Tier(
-            bucket=bucket, prefix=PREFIX, endpoint_url=endpoint, max_attempts=1, connect_timeout=2,
-            read_timeout=5, cooldown=(0.05, 0.2),
-        ),
+        s3=S3Tier(bucket=bucket, prefix=PREFIX, endpoint_url=endpoint, **s3_options),
         queue=UploadQueue(root / "cache" / "v1" / "s3-queue", workers=4, maxsize=maxsize, base_delay=0.05, max_delay=0.2),
         metrics=Metrics(),
     )  # fmt: skip
@@ -307,3 +307,40 @@ async def test_memory_only_store_and_bad_composition():
     await store.close()
     with pytest.raises(ValueError, match="upload queue"):
         TieredStore(memory=MemoryTier(), s3=S3Tier(bucket="b"))
+
+
+async def test_disk_full_still_serves_from_s3(tmp_path, s3_proxy, bucket, boto):
+    data = os.urandom(3 << 20)
+    digest = Digest.of(data)
+    boto.put_object(Bucket=bucket, Key=f"{PREFIX}/cas/sha256/{digest.hex[:2]}/{digest.hex}", Body=zstandard.compress(data))
+    store = make_store(tmp_path, s3_proxy.endpoint_url, bucket, hard_cap=1 << 20)
+    await store.start()
+    try:
+        assert await read(await store.get(digest, 10, 1000)) == data[10:1010]
+        assert await store.get_bytes(digest) == data
+        assert not await store.disk.contains(digest)
+        assert store.stats()["errors"]["local"] >= 1
+    finally:
+        await store.close()
+
+
+async def test_hung_s3_does_not_hold_local_requests(tmp_path, s3_proxy, bucket):
+    store = make_store(tmp_path, s3_proxy.endpoint_url, bucket, read_timeout=0.3, connect_timeout=0.3)
+    await store.start()
+    try:
+        s3_proxy.stall = True
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        items = blobs(20, seed=10)
+        for digest, data in items:
+            await store.put_bytes(digest, data)
+            assert await store.get_bytes(digest) == data
+        assert loop.time() - started < 5  # local work never waits on the hung S3
+        assert await store.get(Digest.of(b"not here")) is None  # a miss asks S3 once, bounded by the timeout
+        assert loop.time() - started < 10
+        s3_proxy.cut()
+        s3_proxy.stall = False
+        s3_proxy.restore()
+        assert await store.queue.drain(30)
+    finally:
+        await store.close(drain_timeout=0)
