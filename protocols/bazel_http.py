@@ -14,7 +14,9 @@ records `sha256:<hex>` → digest in the `bazel-cas-size` namespace (a Record wh
 disappears with the blob). Quirks (protocols.md §1): Bazel never sends HEAD, treats 404 as a miss, needs
 HTTP/1.1 with Content-Length or chunked, chokes on error bodies over 10 KiB, and sends Basic auth in URL-safe
 base64 (handled by micd/auth.py). `Content-Encoding: zstd` uploads and `Accept-Encoding: zstd` downloads are
-for non-Bazel clients; a zstd CAS upload must announce `X-Digest-SizeBytes`.
+for non-Bazel clients. aiohttp's request parser already decodes gzip/deflate/br/zstd request bodies (bounded,
+streaming; zstd through backports.zstd), so handlers read plain bytes; an encoded CAS upload must announce the
+blob's size in `X-Digest-SizeBytes`, since Content-Length is then the encoded size.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import re
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from micd.blobs import CHUNK
 from micd.errors import BadRequest, IntegrityError, MicError
@@ -30,7 +34,7 @@ from micd.store import Digest, Record, Store
 from micd.validate import parse_digest, parse_size
 from protocols.bazel_reapi.action_result import action_key, decode_action_result, referenced_digests
 from protocols.bazel_reapi.common import ac_namespace
-from protocols.bazel_reapi.compression import compress_bytes, compress_stream, decompress_bytes, decompress_stream
+from protocols.bazel_reapi.compression import compress_bytes, compress_stream
 from protocols.cas_http import status_for
 
 __all__ = ["MAX_AC_BODY", "SIZE_NAMESPACE", "routes"]
@@ -39,6 +43,7 @@ SIZE_NAMESPACE = "bazel-cas-size"
 MAX_AC_BODY = 4 << 20
 CONTENT_TYPE = "application/octet-stream"
 _INSTANCE = r"{instance:[A-Za-z0-9_][A-Za-z0-9_.+/-]*}"
+_DECODED_BY_AIOHTTP = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
 _ZSTD = re.compile(r"(^|[,\s])zstd($|[,;\s])")
 
 
@@ -59,11 +64,12 @@ def _wants_zstd(request: web.Request) -> bool:
     return bool(_ZSTD.search(request.headers.get("Accept-Encoding", "")))
 
 
-def _is_zstd_body(request: web.Request) -> bool:
+def _is_encoded(request: web.Request) -> bool:
+    """True if the body arrived encoded (aiohttp has decoded it); other encodings are refused."""
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("identity", "zstd"):
+    if encoding not in _DECODED_BY_AIOHTTP:
         raise BadRequest("unsupported Content-Encoding", encoding)
-    return encoding == "zstd"
+    return encoding != "identity"
 
 
 async def _remember_size(store: Store, digests: tuple[Digest, ...]) -> None:
@@ -101,14 +107,16 @@ async def handle_get_ac(request: web.Request, store: Store) -> web.StreamRespons
 async def handle_put_ac(request: web.Request, store: Store) -> web.StreamResponse:
     namespace = _namespace(request)
     key = action_key(_parse_hex(request))
-    zstd = _is_zstd_body(request)
+    _is_encoded(request)
     if request.content_length is not None and request.content_length > MAX_AC_BODY:
         raise BadRequest(f"action result larger than {MAX_AC_BODY} bytes", request.content_length)
-    body = await request.content.read(MAX_AC_BODY + 1)
-    if len(body) > MAX_AC_BODY:
-        raise BadRequest(f"action result larger than {MAX_AC_BODY} bytes")
-    if zstd:
-        body = decompress_bytes(body, MAX_AC_BODY)
+    parts, size = [], 0
+    async for chunk in _body(request):
+        size += len(chunk)
+        if size > MAX_AC_BODY:
+            raise BadRequest(f"action result larger than {MAX_AC_BODY} bytes")
+        parts.append(chunk)
+    body = b"".join(parts)
     result = decode_action_result(body)
     refs = referenced_digests(result, "sha256")
     await store.put_record(namespace, key, Record(body, refs))
@@ -150,27 +158,32 @@ async def handle_get_cas(request: web.Request, store: Store) -> web.StreamRespon
 
 
 async def _body(request: web.Request) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_chunked(CHUNK):
-        yield chunk
+    try:
+        async for chunk in request.content.iter_chunked(CHUNK):
+            yield chunk
+    except (HttpProcessingError, RequestPayloadError) as exc:  # e.g. not decodable as its Content-Encoding
+        raise BadRequest("malformed request body", str(exc).strip()[:200]) from exc
 
 
 async def handle_put_cas(request: web.Request, store: Store) -> web.StreamResponse:
     _namespace(request)
     hex_ = _parse_hex(request).hex
-    zstd = _is_zstd_body(request)
+    encoded = _is_encoded(request)
     announced = request.headers.get("X-Digest-SizeBytes")
     if announced is not None:
         size = parse_size(announced)
-    elif zstd or request.content_length is None:
-        raise BadRequest("a compressed or chunked CAS upload needs an X-Digest-SizeBytes header")
+    elif encoded or request.content_length is None:
+        raise BadRequest("an encoded or chunked CAS upload needs an X-Digest-SizeBytes header")
     else:
         size = request.content_length
     digest = parse_digest("sha256", hex_, size)
-    if not zstd and request.content_length is not None and request.content_length != size:
+    if not encoded and request.content_length is not None and request.content_length != size:
         raise IntegrityError(f"{size} bytes", f"Content-Length {request.content_length}", what="upload size")
-    if not await store.contains(digest):
-        body = _body(request)
-        await store.put(digest, decompress_stream(body, size) if zstd else body)
+    if await store.contains(digest):
+        async for _ in _body(request):  # drain, so the keep-alive connection stays usable
+            pass
+    else:
+        await store.put(digest, _body(request))
     await _remember_size(store, (digest,))
     return web.Response(status=200)
 
@@ -183,7 +196,10 @@ def routes(store: Store) -> list[web.RouteDef]:
             try:
                 return await handler(request, store)
             except MicError as exc:
-                return _error(exc)
+                response = _error(exc)
+                if request.method == "PUT":
+                    response.force_close()  # the rest of the body may be unread or undecodable
+                return response
 
         route.__name__ = handler.__name__
         return route

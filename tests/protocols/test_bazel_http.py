@@ -1,0 +1,162 @@
+"""Bazel's HTTP cache through the daemon's app (auth middleware included), with the aiohttp test client."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+
+import pytest
+
+from micd.app import Activity, create_app
+from micd.config import load_config
+from micd.metrics import Metrics
+from micd.store import Digest, Record
+from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
+from protocols.bazel_reapi.action_result import action_key
+from protocols.bazel_reapi.common import ac_namespace
+from protocols.bazel_reapi.compression import compress_bytes, decompress_bytes
+from tests.protocols.bazel_support import new_store, pd
+
+TOKEN = "a>>>?tok"  # base64 of "u:<token>" differs between the standard and URL-safe alphabets
+STD = {"Authorization": "Basic " + base64.b64encode(f"u:{TOKEN}".encode()).decode()}
+URLSAFE = {"Authorization": "Basic " + base64.urlsafe_b64encode(f"u:{TOKEN}".encode()).decode().rstrip("=")}
+assert STD != URLSAFE
+
+
+@pytest.fixture
+async def env(aiohttp_client, tmp_path):
+    store = new_store()
+    config = load_config(cwd=tmp_path, env={"HOME": str(tmp_path)})
+    app = create_app(store, config, token=TOKEN, metrics=Metrics(), activity=Activity())
+    client = await aiohttp_client(app)
+    client.store = store
+    return client
+
+
+def _blob(size: int = 1000) -> tuple[bytes, str]:
+    data = os.urandom(size)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _result(*outputs: tuple[bytes, str]) -> bytes:
+    files = [re_pb2.OutputFile(path=f"out/{i}", digest=re_pb2.Digest(hash=h, size_bytes=len(d)))
+             for i, (d, h) in enumerate(outputs)]
+    return re_pb2.ActionResult(output_files=files, exit_code=0).SerializeToString()
+
+
+async def test_cas_put_get_head_with_both_basic_alphabets(env):
+    data, hex_ = _blob()
+    resp = await env.put(f"/cas/{hex_}", data=data, headers=STD)
+    assert resp.status == 200
+    resp = await env.get(f"/cas/{hex_}", headers={**URLSAFE, "Accept-Encoding": "gzip"})  # as Bazel sends
+    assert resp.status == 200 and await resp.read() == data
+    assert resp.headers["Content-Length"] == str(len(data)) and resp.version == (1, 1)
+    resp = await env.head(f"/cas/{hex_}", headers=STD)
+    assert resp.status == 200 and resp.headers["Content-Length"] == str(len(data))
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Basic " + base64.b64encode(b"u:nope").decode()},
+                                     {"Authorization": "Bearer nope"}], ids=["missing", "wrong-basic", "wrong-bearer"])
+async def test_token_required(env, headers):
+    data, hex_ = _blob()
+    for method, path in (("PUT", f"/cas/{hex_}"), ("GET", f"/cas/{hex_}"), ("PUT", f"/ac/{hex_}"),
+                         ("GET", f"/main/inst/ac/{hex_}"), ("HEAD", f"/ac/{hex_}")):
+        resp = await env.request(method, path, data=data if method == "PUT" else None, headers=headers)
+        assert resp.status == 401, (method, path)
+    assert not await env.store.contains(Digest("sha256", hex_, len(data)))
+
+
+async def test_cas_misses_and_digest_mismatch(env):
+    data, hex_ = _blob()
+    assert (await env.get(f"/cas/{hex_}", headers=STD)).status == 404
+    resp = await env.put(f"/cas/{hex_}", data=data + b"!", headers=STD)
+    assert resp.status == 400 and len(await resp.read()) < 10_000
+    assert not await env.store.contains(Digest("sha256", hex_, len(data)))
+    assert not await env.store.contains(Digest("sha256", hex_, len(data) + 1))
+    assert (await env.get(f"/cas/{hex_}", headers=STD)).status == 404
+
+
+@pytest.mark.parametrize("path", ["/cas/XYZ", "/ac/" + "A" * 64, "/cas/" + "a" * 63, "/a/blobs/ac/" + "a" * 64])
+async def test_malformed_paths_are_400(env, path):
+    assert (await env.put(path, data=b"x", headers=STD)).status == 400
+    assert (await env.get(path, headers=STD)).status == 400
+
+
+async def test_ac_rejects_non_action_results(env):
+    _, key = _blob()
+    resp = await env.put(f"/ac/{key}", data=b"\xff\xff\xff", headers=STD)
+    assert resp.status == 400
+    assert (await env.get(f"/ac/{key}", headers=STD)).status == 404
+
+
+async def test_ac_hit_only_when_referenced_blobs_exist(env):
+    out, out_hex = _blob()
+    _, key = _blob()
+    body = _result((out, out_hex))
+    assert (await env.put(f"/ac/{key}", data=body, headers=STD)).status == 200
+    assert (await env.get(f"/ac/{key}", headers=STD)).status == 404  # out is not in the CAS yet
+    assert (await env.put(f"/cas/{out_hex}", data=out, headers=STD)).status == 200
+    resp = await env.get(f"/ac/{key}", headers=STD)
+    assert resp.status == 200 and await resp.read() == body
+
+
+async def test_instance_prefix_is_its_own_namespace_shared_with_grpc(env):
+    out, out_hex = _blob()
+    _, key = _blob()
+    await env.put(f"/cas/{out_hex}", data=out, headers=STD)
+    body = _result((out, out_hex))
+    assert (await env.put(f"/main/inst/ac/{key}", data=body, headers=STD)).status == 200
+    assert (await env.get(f"/main/inst/ac/{key}", headers=STD)).status == 200
+    assert (await env.get(f"/ac/{key}", headers=STD)).status == 404
+    assert (await env.get(f"/main/ac/{key}", headers=STD)).status == 404
+    record = await env.store.get_record(ac_namespace("main/inst"), action_key(Digest("sha256", key, 0)))
+    assert record is not None and record.value == body
+    # the CAS is shared: the blob is reachable under any prefix
+    assert await (await env.get(f"/main/inst/cas/{out_hex}", headers=STD)).read() == out
+
+
+async def test_results_uploaded_over_grpc_are_served_with_their_blobs(env):
+    """A blob stored without its size being known to HTTP becomes readable once an AC hit names it."""
+    out, out_hex = _blob()
+    digest = Digest("sha256", out_hex, len(out))
+    await env.store.put_bytes(digest, out)
+    assert (await env.get(f"/cas/{out_hex}", headers=STD)).status == 404  # HTTP paths carry no size
+    assert (await env.get(f"/cas/{out_hex}", headers={**STD, "X-Digest-SizeBytes": str(len(out))})).status == 200
+    _, key = _blob()
+    result = re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="o", digest=pd(digest))])
+    await env.store.put_record("bazel-ac", f"sha256:{key}", Record(result.SerializeToString(), (digest,)))
+    assert (await env.get(f"/ac/{key}", headers=STD)).status == 200
+    assert await (await env.get(f"/cas/{out_hex}", headers=STD)).read() == out
+
+
+async def test_zstd_encodings(env):
+    data = b"squeeze me " * 10_000
+    hex_ = hashlib.sha256(data).hexdigest()
+    packed = compress_bytes(data)
+    zstd = {**STD, "Content-Encoding": "zstd"}
+    assert (await env.put(f"/cas/{hex_}", data=packed, headers=zstd)).status == 400  # no X-Digest-SizeBytes
+    resp = await env.put(f"/cas/{hex_}", data=packed, headers={**zstd, "X-Digest-SizeBytes": str(len(data))})
+    assert resp.status == 200
+    resp = await env.get(f"/cas/{hex_}", headers={**STD, "Accept-Encoding": "zstd"}, auto_decompress=False)
+    assert resp.headers["Content-Encoding"] == "zstd"
+    assert decompress_bytes(await resp.read(), len(data)) == data
+    resp = await env.get(f"/cas/{hex_}", headers={**STD, "Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in resp.headers and await resp.read() == data
+    bad = {**zstd, "X-Digest-SizeBytes": str(len(data))}
+    _, other = _blob()
+    assert (await env.put(f"/cas/{other}", data=b"not zstd at all", headers=bad)).status == 400
+    assert not await env.store.contains(Digest("sha256", other, len(data)))
+    _, key = _blob()
+    body = _result((data, hex_))
+    assert (await env.put(f"/ac/{key}", data=compress_bytes(body), headers=zstd)).status == 200
+    resp = await env.get(f"/ac/{key}", headers={**STD, "Accept-Encoding": "zstd"}, auto_decompress=False)
+    assert decompress_bytes(await resp.read(), 1 << 20) == body
+    assert (await env.put(f"/ac/{key}", data=body, headers={**STD, "Content-Encoding": "x-foo"})).status == 400
+
+
+async def test_existing_blob_put_is_accepted_again(env):
+    data, hex_ = _blob(300_000)
+    for _ in range(2):  # Bazel's HTTP client re-PUTs every blob on every build
+        assert (await env.put(f"/cas/{hex_}", data=data, headers=STD)).status == 200
+    assert await (await env.get(f"/cas/{hex_}", headers=STD)).read() == data
