@@ -1,11 +1,11 @@
 """Write-behind upload queue: bounded, N workers, capped exponential backoff, journaled across restarts.
 
-A client write must never wait for (or fail because of) a slow remote, and an accepted write must never be lost
-on its way there. So each item is first made durable as one small journal file, then queued in memory; when
-the in-memory queue is full the journal alone keeps the item and a refill pass picks it up later. The handler
-raising `TierUnavailable` means "try again later" (backoff, doubling up to `max_delay`); any other exception
-means the item can never succeed (the source is gone or corrupt): it is logged and dropped. A journal file is
-removed only after its handler succeeded; on start every journal file is replayed.
+A client write must never wait for (or fail because of) a slow remote, and an accepted write must never be
+lost on its way there. So each item is first made durable as one small journal file, then queued in memory;
+when the in-memory queue is full the journal alone keeps the item and a refill pass picks it up later. The
+handler raising `TierUnavailable` means "try again later" (backoff, doubling up to `max_delay`); any other
+exception means the item can never succeed (the source is gone or corrupt): it is logged and dropped. A
+journal file is removed only after its handler succeeded; on start every journal file is replayed.
 
 Journal file `<journal_dir>/<sha256(key)[:40]>` (a `.tmp` sibling while it is written; `.bad` once found
 unreadable, kept for inspection):
@@ -44,6 +44,7 @@ Handler = Callable[[str], Awaitable[None]]
 
 
 def encode_entry(key: str) -> bytes:
+    """Serialize a journal entry for `key` (1..65535 UTF-8 bytes)."""
     raw = key.encode()
     if not raw or len(raw) > 0xFFFF:
         raise ValueError(f"upload queue key must be 1..65535 bytes, got {len(raw)}")
@@ -60,7 +61,9 @@ def decode_entry(data: bytes) -> str:
     if version != VERSION:
         raise FormatError("upload journal", "unsupported version", offset=4, expected=VERSION, got=version)
     if len(data) != _HEAD.size + length:
-        raise FormatError("upload journal", "bad length", offset=5, expected=_HEAD.size + length, got=len(data))
+        raise FormatError(
+            "upload journal", "bad length", offset=5, expected=_HEAD.size + length, got=len(data)
+        )
     try:
         return data[_HEAD.size :].decode()
     except UnicodeDecodeError as exc:
@@ -95,8 +98,8 @@ class UploadQueue:
         self._inflight: set[str] = set()
         self._again: set[str] = set()  # resubmitted while in flight: run once more
         self._overflow = 0  # journaled items not held in memory
-        self._tasks: list[asyncio.Task] = []
-        self._refill: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._refill: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._handler: Handler | None = None
         self.uploaded = 0
@@ -123,7 +126,9 @@ class UploadQueue:
         if self._overflow:
             log.info("upload queue: replaying %d pending uploads from %s", self._overflow, self.journal_dir)
         self._changed()
-        self._tasks = [asyncio.create_task(self._worker(), name=f"upload-{i}") for i in range(self._workers_n)]
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"upload-{i}") for i in range(self._workers_n)
+        ]
         self._maybe_refill()
 
     def _prepare_dir(self) -> int:
@@ -142,7 +147,11 @@ class UploadQueue:
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
         except TimeoutError:
-            log.warning("upload queue: %d uploads still pending after %.1f s; they stay journaled", self.depth, timeout)
+            log.warning(
+                "upload queue: %d uploads still pending after %.1f s; they stay journaled",
+                self.depth,
+                timeout,
+            )
             return False
         return True
 
@@ -281,7 +290,12 @@ class UploadQueue:
                 except FileNotFoundError:
                     continue
                 except FormatError as exc:
-                    log.error("upload journal entry %s is unreadable (%s); kept as %s.bad", entry.path, exc, entry.name)
+                    log.error(
+                        "upload journal entry %s is unreadable (%s); kept as %s.bad",
+                        entry.path,
+                        exc,
+                        entry.name,
+                    )
                     os.replace(entry.path, entry.path + ".bad")
                     continue
             unknown.append(entry.name)

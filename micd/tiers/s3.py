@@ -4,8 +4,8 @@ Keys are `<prefix>/cas/<function>/<hh>/<hex>` (a zstd frame of the blob) and `<p
 (an encoded `micd.record` record). Why it looks the way it does:
 
 - **Never wrong data.** Every download is decompressed and hashed while it streams into a spool (memory for
-  small blobs, an anonymous temp file for large ones) and is handed out only after the digest matched. A corrupt
-  object is a miss, and it is deleted so the next upload repairs it.
+  small blobs, an anonymous temp file for large ones) and is handed out only after the digest matched. A
+  corrupt object is a miss, and it is deleted so the next upload repairs it.
 - **Failures are contained.** Every S3 error (refused, timeout, 5xx, throttling) is logged here and raised as
   `TierUnavailable`; a miss (404) is `None`/`False`. After a failure a short, growing cool-down answers
   `TierUnavailable` at once, so a dead endpoint never adds a timeout to every client request.
@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import os
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
+from typing import IO, Any
 
 import aioboto3
 import aiohttp
@@ -104,7 +106,7 @@ class S3Tier:
         self._heads: dict[Digest, asyncio.Task[bool]] = {}
         self._downloads: dict[Digest, SpoolEntry] = {}
         self._stack: contextlib.AsyncExitStack | None = None
-        self._client = None
+        self._client: Any = None
         self._cooldown = 0.0
         self._down_until = 0.0
         self.errors = 0
@@ -120,18 +122,20 @@ class S3Tier:
         )
 
     async def close(self) -> None:
+        """Cancel in-flight requests and close the client."""
         for task in [*self._heads.values(), *(entry.task for entry in self._downloads.values())]:
             task.cancel()
         if self._stack is not None:
             await self._stack.aclose()
-        self._stack = self._client = None
+        self._stack, self._client = None, None
 
     @property
     def state(self) -> str:
-        """"ok" while the last S3 call succeeded, "degraded" after a failure (until one succeeds)."""
+        """Health: "ok" while the last S3 call succeeded, "degraded" after a failure (until one succeeds)."""
         return "degraded" if self._cooldown else "ok"
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
+        """Health, error count and cache sizes for `mic stats`."""
         return {
             "state": self.state,
             "errors": self.errors,
@@ -141,13 +145,15 @@ class S3Tier:
         }
 
     def known(self, digest: Digest) -> bool:
-        """True if the blob is known to be in S3 without asking S3 (existence cache)."""
+        """Tell from the existence cache alone (no request) whether the blob is in S3."""
         return digest.is_empty or digest in self._exists
 
     def cas_key(self, digest: Digest) -> str:
+        """Object key of a blob: `<prefix>/cas/<function>/<hh>/<hex>`."""
         return f"{self._base}cas/{digest.function}/{digest.hex[:2]}/{digest.hex}"
 
     def kv_key(self, namespace: str, key: str) -> str:
+        """Object key of a record: `<prefix>/kv/<namespace>/<key>`."""
         return f"{self._base}kv/{namespace}/{key}"
 
     def _remember(self, digest: Digest) -> None:
@@ -205,9 +211,12 @@ class S3Tier:
         if task is None:
             task = asyncio.ensure_future(self._head(digest))
             self._heads[digest] = task
-            task.add_done_callback(lambda t, d=digest: self._heads.pop(d, None) and None)
+            task.add_done_callback(functools.partial(self._head_done, digest))
             task.add_done_callback(_retrieve)
         return await asyncio.shield(task)
+
+    def _head_done(self, digest: Digest, _: object) -> None:
+        self._heads.pop(digest, None)
 
     async def _head(self, digest: Digest) -> bool:
         key = self.cas_key(digest)
@@ -239,7 +248,9 @@ class S3Tier:
         return [d for d in digests if d in missing]
 
     # -- CAS: reads --------------------------------------------------------------------------------
-    async def get(self, digest: Digest, offset: int = 0, limit: int | None = None) -> BytesBlob | SpoolBlob | None:
+    async def get(
+        self, digest: Digest, offset: int = 0, limit: int | None = None
+    ) -> BytesBlob | SpoolBlob | None:
         """Download, decompress and verify (once for concurrent readers), then serve the range.
 
         Returns None on a miss or a corrupt object. Raises TierUnavailable, or BadRequest past the end.
@@ -251,26 +262,31 @@ class S3Tier:
         if entry is None:
             entry = SpoolEntry(asyncio.ensure_future(self._download(digest)), digest.size)
             self._downloads[digest] = entry
-            entry.task.add_done_callback(lambda t, d=digest, e=entry: self._download_done(d, e))
+            entry.task.add_done_callback(functools.partial(self._download_done, digest, entry))
         return await entry.open(offset, limit)
 
-    def _download_done(self, digest: Digest, entry: SpoolEntry) -> None:
+    def _download_done(self, digest: Digest, entry: SpoolEntry, _: object) -> None:
         if self._downloads.get(digest) is entry:
             del self._downloads[digest]
         entry.finished()
 
     async def get_bytes(self, digest: Digest) -> bytes | None:
+        """Whole verified blob in memory, or None (small blobs only)."""
         blob = await self.get(digest)
         if blob is None:
             return None
         return b"".join([chunk async for chunk in blob.chunks()])
 
-    async def _download(self, digest: Digest) -> bytes | io.BufferedRandom | None:
+    async def _download(self, digest: Digest) -> bytes | IO[bytes] | None:
         key = self.cas_key(digest)
         small = digest.size <= _INLINE
-        spool = io.BytesIO() if small else await asyncio.to_thread(tempfile.TemporaryFile, dir=self._spool_dir)
+        spool = io.BytesIO() if small else await asyncio.to_thread(_temp_file, self._spool_dir)
         verifier = Verifier(digest)
-        writer = zstandard.ZstdDecompressor().stream_writer(_Sink(spool, verifier), write_size=CHUNK, closefd=False)
+        writer = zstandard.ZstdDecompressor().stream_writer(
+            _Sink(spool, verifier),  # type: ignore[arg-type]  # a write()-only sink is all it needs
+            write_size=CHUNK,
+            closefd=False,
+        )
         try:
             async with self._guard("GET", key):
                 response = await self._client.get_object(Bucket=self.bucket, Key=key)
@@ -299,12 +315,12 @@ class S3Tier:
             raise
         self._remember(digest)
         if small:
-            return spool.getvalue()
+            return spool.getvalue() if isinstance(spool, io.BytesIO) else b""
         await asyncio.to_thread(spool.flush)
         return spool
 
     async def _quarantine(self, digest: Digest, exc: Exception) -> None:
-        """A corrupt object is never served; delete it so that the next upload of this digest repairs it."""
+        """Delete a corrupt object (never served) so that the next upload of this digest repairs it."""
         key = self.cas_key(digest)
         log.error("S3 object %s does not match its digest (%s); deleting it", key, exc)
         self._exists.pop(digest, None)
@@ -321,7 +337,7 @@ class S3Tier:
         Raises IntegrityError on a mismatch and TierUnavailable when S3 fails.
         """
         small = digest.size <= _INLINE
-        spool = io.BytesIO() if small else await asyncio.to_thread(tempfile.TemporaryFile, dir=self._spool_dir)
+        spool = io.BytesIO() if small else await asyncio.to_thread(_temp_file, self._spool_dir)
         try:
             verifier = Verifier(digest)
             compressor = zstandard.ZstdCompressor(level=self._level)
@@ -338,12 +354,17 @@ class S3Tier:
         self._remember(digest)
 
     async def put_bytes(self, digest: Digest, data: bytes) -> None:
+        """`put` for a blob already in memory."""
         await self.put(digest, aiter_bytes(data))
 
-    async def _upload(self, key: str, spool: io.BytesIO | io.BufferedRandom, small: bool) -> None:
+    async def _upload(self, key: str, spool: IO[bytes], small: bool) -> None:
         size = spool.tell()
         if size <= self.part_size:
-            body = spool.getvalue() if small else await asyncio.to_thread(os.pread, spool.fileno(), size, 0)
+            body = (
+                spool.getvalue()
+                if isinstance(spool, io.BytesIO)
+                else await asyncio.to_thread(os.pread, spool.fileno(), size, 0)
+            )
             async with self._guard("PUT", key):
                 await self._client.put_object(Bucket=self.bucket, Key=key, Body=body)
             return
@@ -373,7 +394,7 @@ class S3Tier:
 
     # -- KV ----------------------------------------------------------------------------------------
     async def get_record(self, namespace: str, key: str) -> Record | None:
-        """The stored record (raw: the tiered store checks its references), None if absent or unreadable."""
+        """Return the stored record (raw: the tiered store checks its refs), None if absent or unreadable."""
         s3_key = self.kv_key(namespace, key)
         try:
             async with self._guard("GET", s3_key):
@@ -394,6 +415,7 @@ class S3Tier:
             return None
 
     async def put_record(self, namespace: str, key: str, record: Record) -> None:
+        """Store or replace the record object."""
         s3_key = self.kv_key(namespace, key)
         async with self._guard("PUT", s3_key):
             await self._client.put_object(Bucket=self.bucket, Key=s3_key, Body=encode_record(record))
@@ -405,7 +427,7 @@ class SpoolEntry:
     The temp file is closed when the download is done and the last reader let go.
     """
 
-    def __init__(self, task: asyncio.Task, size: int) -> None:
+    def __init__(self, task: asyncio.Task[bytes | IO[bytes] | None], size: int) -> None:
         self.task = task
         self.size = size
         self.refs = 0
@@ -444,7 +466,7 @@ class SpoolBlob:
 
     path: Path | None = None
 
-    def __init__(self, entry: SpoolEntry, file: io.BufferedRandom, offset: int, limit: int | None) -> None:
+    def __init__(self, entry: SpoolEntry, file: IO[bytes], offset: int, limit: int | None) -> None:
         self.size = entry.size
         self.offset = offset
         self.length = clamp_range(self.size, offset, limit)
@@ -461,18 +483,22 @@ class SpoolBlob:
         return SpoolBlob(self._entry, self._file, offset, limit)
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        """Yield the range in ≤ 1 MiB chunks read from the spool; closes the handle at the end."""
         try:
             pos, end = self.offset, self.offset + self.length
             while pos < end:
                 data = await asyncio.to_thread(os.pread, self._file.fileno(), min(CHUNK, end - pos), pos)
                 if not data:
-                    raise IntegrityError(f"{self.size} bytes", f"spool ended at {pos}", what="S3 download spool")
+                    raise IntegrityError(
+                        f"{self.size} bytes", f"spool ended at {pos}", what="S3 download spool"
+                    )
                 pos += len(data)
                 yield data
         finally:
             await self.aclose()
 
     async def aclose(self) -> None:
+        """Release this handle; the spool closes with its last handle."""
         if self._open:
             self._open = False
             self._entry.release()
@@ -481,7 +507,7 @@ class SpoolBlob:
 class _Sink:
     """Write target of the streaming decompressor: verifies each output chunk before spooling it."""
 
-    def __init__(self, spool: io.BytesIO | io.BufferedRandom, verifier: Verifier) -> None:
+    def __init__(self, spool: IO[bytes], verifier: Verifier) -> None:
         self._spool = spool
         self._verifier = verifier
 
@@ -490,16 +516,20 @@ class _Sink:
         return self._spool.write(data)
 
 
-def _compress_chunk(verifier: Verifier, writer, chunk: bytes) -> None:
+def _compress_chunk(verifier: Verifier, writer: Any, chunk: bytes) -> None:
     verifier.update(chunk)
     writer.write(chunk)
 
 
-async def _maybe_thread(inline: bool, fn, *args):
+async def _maybe_thread(inline: bool, fn: Callable[..., Any], *args: Any) -> Any:
     """Run small CPU work inline (a thread hop costs more than it), large work in a thread."""
     return fn(*args) if inline else await asyncio.to_thread(fn, *args)
 
 
-def _retrieve(task: asyncio.Future) -> None:
+def _temp_file(directory: Path | None) -> IO[bytes]:
+    return tempfile.TemporaryFile(dir=directory)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()

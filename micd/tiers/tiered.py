@@ -2,8 +2,8 @@
 
 Reads go down the tiers and fill the ones above on the way back (S3 → disk → memory for small blobs); the
 bytes that fill a tier were verified by the tier they came from. Writes land on disk (memory when there is no
-disk) and reach S3 later through the journaled `UploadQueue` (write-behind), so a slow or dead S3 never slows or
-fails a client request: every `TierUnavailable` is counted (`s3_errors_total`), logged by the S3 tier, and
+disk) and reach S3 later through the journaled `UploadQueue` (write-behind), so a slow or dead S3 never slows
+or fails a client request: every `TierUnavailable` is counted (`s3_errors_total`), logged by the S3 tier, and
 degrades to the local tiers. `find_missing` asks S3 only about what no local tier has. A record is served only
 when every blob it references exists in some tier.
 
@@ -22,6 +22,7 @@ from micd.blobs import BytesBlob, Verifier, aiter_bytes
 from micd.errors import MicError, TierUnavailable
 from micd.metrics import Metrics
 from micd.store import Blob, Digest, Record, Store
+from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
 from micd.tiers.s3 import S3Tier, SpoolBlob
 from micd.upload_queue import UploadQueue
@@ -41,7 +42,7 @@ class TieredStore:
         self,
         *,
         memory: MemoryTier,
-        disk: Any = None,
+        disk: DiskTier | None = None,
         s3: S3Tier | None = None,
         queue: UploadQueue | None = None,
         metrics: Metrics | None = None,
@@ -54,7 +55,7 @@ class TieredStore:
         self.s3 = s3
         self.queue = queue
         self.metrics = metrics or Metrics()
-        self._local = disk if disk is not None else memory
+        self._local: DiskTier | MemoryTier = disk if disk is not None else memory
         self._fill_limit = min(memory_fill_limit, memory.max_blob)
         self._views: dict[str, _ToolView] = {}
         self.s3_errors = 0
@@ -83,7 +84,7 @@ class TieredStore:
             await self.disk.close()
 
     def for_tool(self, tool: str) -> Store:
-        """A view that records per-tool hits, misses, bytes and latency (tier "all") and delegates the rest."""
+        """Return a view recording per-tool hits, misses, bytes, latency (tier "all"), delegating the rest."""
         view = self._views.get(tool)
         if view is None:
             view = self._views[tool] = _ToolView(self, tool)
@@ -92,11 +93,19 @@ class TieredStore:
     def stats(self) -> dict[str, Any]:
         """Per-tier bytes and entries, upload queue depth, S3 state and error counts (for `mic stats`)."""
         out: dict[str, Any] = {
-            "memory": {"bytes": self.memory.used, "entries": len(self.memory._blobs), "budget": self.memory.budget},
+            "memory": {
+                "bytes": self.memory.used,
+                "entries": len(self.memory._blobs),
+                "budget": self.memory.budget,
+            },
             "errors": {"s3": self.s3_errors, "local": self.local_errors},
         }
         if self.disk is not None:
-            out["disk"] = {"bytes": self.disk.used_bytes, "entries": self.disk.entry_count, **self.disk.stats()}
+            out["disk"] = {
+                "bytes": self.disk.used_bytes,
+                "entries": self.disk.entry_count,
+                **self.disk.stats(),
+            }
         if self.s3 is not None:
             out["s3"] = {k: v for k, v in self.s3.stats().items() if v is not None}
         if self.queue is not None:
@@ -132,6 +141,7 @@ class TieredStore:
 
     # -- CAS ---------------------------------------------------------------------------------------
     async def contains(self, digest: Digest, *, tool: str = _DIRECT) -> bool:
+        """Tell whether some tier has the blob (S3 asked only on a local miss)."""
         return not await self.find_missing([digest], tool=tool)
 
     async def find_missing(self, digests: Iterable[Digest], *, tool: str = _DIRECT) -> list[Digest]:
@@ -146,7 +156,9 @@ class TieredStore:
                 self._s3_failed(tool, "find_missing", exc)
         return missing
 
-    async def get(self, digest: Digest, offset: int = 0, limit: int | None = None, *, tool: str = _DIRECT) -> Blob | None:
+    async def get(
+        self, digest: Digest, offset: int = 0, limit: int | None = None, *, tool: str = _DIRECT
+    ) -> Blob | None:
         """Memory, then disk, then S3; a hit below fills the tiers above. None on a miss everywhere."""
         if digest.is_empty:
             return BytesBlob(b"", offset, limit)
@@ -176,15 +188,18 @@ class TieredStore:
         return await self._fill_from_s3(digest, remote, offset, limit)
 
     async def _get_disk(self, digest: Digest, offset: int, limit: int | None) -> Blob | None:
+        disk = self._disk()
         if digest.size > self._fill_limit:
-            return await self.disk.get(digest, offset, limit)
-        data = await self.disk.get_bytes(digest)
+            return await disk.get(digest, offset, limit)
+        data = await disk.get_bytes(digest)
         if data is None:
             return None
         self.memory.insert(digest, data)
         return BytesBlob(data, offset, limit)
 
-    async def _fill_from_s3(self, digest: Digest, remote: BytesBlob | SpoolBlob, offset: int, limit: int | None) -> Blob:
+    async def _fill_from_s3(
+        self, digest: Digest, remote: BytesBlob | SpoolBlob, offset: int, limit: int | None
+    ) -> Blob:
         """Copy a verified S3 download to disk (and memory when small), then serve the range."""
         if isinstance(remote, BytesBlob):
             data = await remote.read_all()
@@ -204,7 +219,7 @@ class TieredStore:
 
     async def _fill_disk(self, digest: Digest, chunks: AsyncIterator[bytes]) -> bool:
         try:
-            await self.disk.put(digest, chunks)
+            await self._disk().put(digest, chunks)
         except (MicError, OSError) as exc:  # hard cap, disk full: serve from the download instead
             self.local_errors += 1
             log.warning("could not keep %s from S3 on disk: %s", digest, exc)
@@ -212,6 +227,7 @@ class TieredStore:
         return True
 
     async def get_bytes(self, digest: Digest, *, tool: str = _DIRECT) -> bytes | None:
+        """Whole blob in memory, or None (small blobs only)."""
         blob = await self.get(digest, tool=tool)
         if blob is None:
             return None
@@ -220,7 +236,7 @@ class TieredStore:
         return b"".join([chunk async for chunk in blob.chunks()])
 
     async def put(self, digest: Digest, chunks: AsyncIterator[bytes], *, tool: str = _DIRECT) -> None:
-        """Verified write to the local tier, then a journaled upload to S3."""
+        """Write to the local tier (verified), then journal the upload to S3."""
         started = time.perf_counter()
         if digest.is_empty:
             verifier = Verifier(digest)
@@ -233,6 +249,7 @@ class TieredStore:
         await self._after_put(digest)
 
     async def put_bytes(self, digest: Digest, data: bytes, *, tool: str = _DIRECT) -> None:
+        """`put` for a blob already in memory; small blobs are kept in memory too."""
         started = time.perf_counter()
         await self._local.put_bytes(digest, data)  # verifies
         if digest.is_empty:
@@ -248,7 +265,7 @@ class TieredStore:
 
     # -- KV ----------------------------------------------------------------------------------------
     async def get_record(self, namespace: str, key: str, *, tool: str = _DIRECT) -> Record | None:
-        """The record from disk (or memory), else from S3 (then kept locally); None unless all refs exist."""
+        """Return the record from disk (or memory), else S3 (kept locally); None unless all refs exist."""
         started = time.perf_counter()
         tier = "disk" if self.disk is not None else "memory"
         record = await self._local.get_record(namespace, key)
@@ -311,15 +328,25 @@ class TieredStore:
         if nbytes is not None:
             self._event("upload", "s3", "put", nbytes, started)
 
+    def _disk(self) -> DiskTier:
+        if self.disk is None:
+            raise RuntimeError("disk operation without a disk tier")
+        return self.disk
+
+    def _remote(self) -> S3Tier:
+        if self.s3 is None:
+            raise RuntimeError("upload without an S3 tier")
+        return self.s3
+
     async def _upload_blob(self, digest: Digest) -> int | None:
-        if await self.s3.contains(digest):
+        if await self._remote().contains(digest):
             return None
         blob = await self._local.get(digest)
         if blob is None:
             log.warning("%s left the local tiers before its S3 upload; not uploaded", digest)
             return None
         try:
-            await self.s3.put(digest, blob.chunks())
+            await self._remote().put(digest, blob.chunks())
         finally:
             await blob.aclose()
         return digest.size
@@ -329,7 +356,7 @@ class TieredStore:
         if record is None:
             log.warning("record %s/%s left the local tier before its S3 upload; not uploaded", namespace, key)
             return None
-        await self.s3.put_record(namespace, key, record)
+        await self._remote().put_record(namespace, key, record)
         return len(record.value)
 
 

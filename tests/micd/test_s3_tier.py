@@ -15,9 +15,7 @@ import boto3
 import pytest
 import zstandard
 
-from micd.blobs import aiter_bytes
 from micd.errors import BadRequest, IntegrityError, TierUnavailable
-from micd.record import encode_record
 from micd.store import Digest, Record
 from micd.tiers.s3 import S3Tier
 from tests.fixtures.s3 import TcpProxy

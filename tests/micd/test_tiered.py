@@ -44,12 +44,20 @@ def s3_keys(boto, bucket) -> list[str]:
 def make_store(
     root: Path, endpoint: str, bucket: str, *, maxsize: int = 1000, hard_cap: int = 1 << 30, **s3_options
 ) -> TieredStore:
-    s3_options = {"max_attempts": 1, "connect_timeout": 2, "read_timeout": 5, "cooldown": (0.05, 0.2), **s3_options}
+    s3_options = {
+        "max_attempts": 1,
+        "connect_timeout": 2,
+        "read_timeout": 5,
+        "cooldown": (0.05, 0.2),
+        **s3_options,
+    }
     return TieredStore(
         memory=MemoryTier(budget=32 << 20),
         disk=DiskTier(root / "cache", soft_cap=hard_cap, hard_cap=hard_cap, verify_limit=1 << 20),
         s3=S3Tier(bucket=bucket, prefix=PREFIX, endpoint_url=endpoint, **s3_options),
-        queue=UploadQueue(root / "cache" / "v1" / "s3-queue", workers=4, maxsize=maxsize, base_delay=0.05, max_delay=0.2),
+        queue=UploadQueue(
+            root / "cache" / "v1" / "s3-queue", workers=4, maxsize=maxsize, base_delay=0.05, max_delay=0.2
+        ),
         metrics=Metrics(),
     )  # fmt: skip
 
@@ -104,7 +112,9 @@ async def test_write_behind_uploads_blobs_and_records(store, boto, bucket):
 
 
 async def test_s3_outage_mid_run_loses_nothing(tmp_path, s3_proxy, bucket, boto):
-    store = make_store(tmp_path, s3_proxy.endpoint_url, bucket, maxsize=4)  # small: exercises journal overflow
+    store = make_store(
+        tmp_path, s3_proxy.endpoint_url, bucket, maxsize=4
+    )  # small: exercises journal overflow
     await store.start()
     try:
         before = blobs(5, seed=1)
@@ -212,7 +222,10 @@ async def test_corrupt_s3_object_is_a_miss_never_wrong_bytes(store, boto, bucket
         assert store.memory._touch(digest) is None
         await store.put_bytes(digest, data)  # a client re-upload repairs S3
         assert await store.queue.drain(20)
-        assert zstandard.decompress(boto.get_object(Bucket=bucket, Key=store.s3.cas_key(digest))["Body"].read()) == data
+        assert (
+            zstandard.decompress(boto.get_object(Bucket=bucket, Key=store.s3.cas_key(digest))["Body"].read())
+            == data
+        )
 
 
 async def test_records_with_missing_refs_are_not_served(store, boto, bucket):
@@ -312,7 +325,9 @@ async def test_memory_only_store_and_bad_composition():
 async def test_disk_full_still_serves_from_s3(tmp_path, s3_proxy, bucket, boto):
     data = os.urandom(3 << 20)
     digest = Digest.of(data)
-    boto.put_object(Bucket=bucket, Key=f"{PREFIX}/cas/sha256/{digest.hex[:2]}/{digest.hex}", Body=zstandard.compress(data))
+    boto.put_object(
+        Bucket=bucket, Key=f"{PREFIX}/cas/sha256/{digest.hex[:2]}/{digest.hex}", Body=zstandard.compress(data)
+    )
     store = make_store(tmp_path, s3_proxy.endpoint_url, bucket, hard_cap=1 << 20)
     await store.start()
     try:
