@@ -17,15 +17,55 @@ import pytest
 from mic.errors import PreconditionFailed
 from mic.objectstore import open_store
 
-__all__ = ["store_url"]
+__all__ = ["s3_atomic", "store_url"]
+
+
+@pytest.fixture(scope="session")
+def s3_atomic_server():
+    """A moto server with atomic conditional writes (see serial_moto.py), for race tests."""
+    from tests.fixtures.s3 import S3Server
+
+    server = S3Server()
+    server.start = lambda: _start_serial(server)  # type: ignore[method-assign]
+    server.start()
+    yield server
+    server.stop()
+
+
+def _start_serial(server) -> None:
+    import socket
+    import subprocess
+    from pathlib import Path
+
+    from tests.fixtures.s3 import AWS_ENV
+
+    server.process = subprocess.Popen(
+        [sys.executable, "-m", "tests.conformance.serial_moto", str(server.port)],
+        cwd=Path(__file__).resolve().parents[2], env={**os.environ, **AWS_ENV},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("serial moto server did not start")
+
+
+@pytest.fixture
+def s3_atomic(s3_atomic_server, s3_env):
+    """(endpoint, fresh bucket) on the atomic server."""
+    return s3_atomic_server.endpoint_url, s3_atomic_server.create_bucket()
 
 
 @pytest.fixture(params=["local", "s3"])
 def store_url(request, tmp_path):
-    """(url, endpoint) for a fresh, empty store of each kind."""
+    """(url, endpoint) for a fresh, empty store of each kind (S3: moto with atomic conditional writes)."""
     if request.param == "local":
         return f"file://{tmp_path / 'store'}", None
-    endpoint, bucket = request.getfixturevalue("s3_bucket")
+    endpoint, bucket = request.getfixturevalue("s3_atomic")
     return f"s3://{bucket}/p-{uuid.uuid4().hex[:6]}", endpoint
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from mic.errors import BadRequest, PreconditionFailed
 from mic.objectstore import open_store
-from tests.conformance.objectstore_fixtures import store_url  # noqa: F401  (fixture)
+from tests.conformance.objectstore_fixtures import s3_atomic, s3_atomic_server, store_url  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 
