@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import blake3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,6 +39,14 @@ def test_snapshot_random_bytes_raise_only_format_error(data):
         pass
 
 
+def resum(body: bytes) -> bytes:
+    """Re-checksum a hand-edited snapshot, so the check under test is the one that fires."""
+    return body + blake3.blake3(body).digest()
+
+
+GOOD = index.encode_snapshot([("sha256/" + "ab" * 32 + ".5", Entry(5, 7)), ("kv/" + "cd" * 32, Entry(9, 8))])
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
@@ -45,14 +54,22 @@ def test_snapshot_random_bytes_raise_only_format_error(data):
         (lambda b: b[:4] + b"\x02" + b[5:], "unsupported version"),
         (lambda b: b[:5] + b"\x01" + b[6:], "reserved"),
         (lambda b: b[:-1], "length"),
-        (lambda b: b[:20] + bytes([b[20] ^ 1]) + b[21:], "checksum"),
+        (lambda b: b[:8] + b"\x03" + b[9:], "length"),
+        (lambda b: b[:30] + bytes([b[30] ^ 1]) + b[31:], "checksum"),
+        (lambda b: b[:-40] + bytes([b[-40] ^ 1]) + b[-39:], "checksum"),
         (lambda b: b[:10], "truncated"),
+        (lambda b: resum(b[:30] + b"\xff" + b[31:-32]), "not ASCII"),
+        (lambda b: resum(b[:30] + b"\n" + b[31:-32]), "key count"),
     ],
 )
 def test_snapshot_damage_is_detected(mutate, message):
-    good = index.encode_snapshot([("sha256/" + "ab" * 32 + ".5", Entry(5, 7))])
+    assert len(index.decode_snapshot(GOOD)) == 2
     with pytest.raises(FormatError, match=message):
-        index.decode_snapshot(mutate(good))
+        index.decode_snapshot(mutate(GOOD))
+
+
+def test_empty_snapshot_round_trips():
+    assert index.decode_snapshot(index.encode_snapshot([])) == []
 
 
 @given(st.text(max_size=40), st.text(max_size=40), st.binary(max_size=100))

@@ -60,3 +60,10 @@ def test_low_water_is_below_the_soft_cap():
     assert low_water(1000) == 900
     assert low_water(1) == 1
     assert low_water(10 << 30) < 10 << 30
+
+
+def test_given_total_is_trusted_and_recount_fixes_it():
+    lru = Lru([("a", (1, 1)), ("b", (2, 2))], used=3)
+    assert lru.used == 3
+    lru.used = 99
+    assert lru.recount() == 3 and lru.used == 3

@@ -6,26 +6,33 @@ snapshot. So after a crash the index cannot lie about what exists: a snapshot en
 dropped, and a file the snapshot does not know (written since, or by another process) joins as most
 recently used. Without a valid snapshot every file is stat'ed once for its atime (slow path, then saved).
 
-Snapshot byte layout (all integers big-endian), `MAGIC` `MICI`, `VERSION` 1:
+Snapshot byte layout (all integers little-endian, so the columns load with one `array.frombytes`),
+`MAGIC` `MICI`, `VERSION` 1:
 
-| offset     | width  | field                                                                        |
-|------------|--------|------------------------------------------------------------------------------|
-| 0          | 4      | magic `MICI`                                                                 |
-| 4          | 1      | version (1)                                                                  |
-| 5          | 3      | reserved, zero                                                               |
-| 8          | 8      | u64 entry count N                                                            |
-| 16         | N × 49 | entries, least recently used first: u8 kind (1 sha256 blob, 2 blake3 blob, |
-|            |        | 3 KV record), 32-byte hash, u64 size, u64 last access (ns since the epoch)   |
-| 16 + 49N   | 32     | blake3 of every preceding byte                                               |
+| offset        | width | field                                                                      |
+|---------------|-------|----------------------------------------------------------------------------|
+| 0             | 4     | magic `MICI`                                                               |
+| 4             | 1     | version (1)                                                                |
+| 5             | 3     | reserved, zero                                                             |
+| 8             | 8     | u64 entry count N                                                          |
+| 16            | 8     | u64 key block length K                                                     |
+| 24            | K     | the N index keys (`layout.py`), ASCII, joined by "\n", least recent first  |
+| 24 + K        | 8N    | u64 size of each entry, same order                                         |
+| 24 + K + 8N   | 8N    | u64 last access of each entry, ns since the epoch, same order              |
+| 24 + K + 16N  | 32    | blake3 of every preceding byte                                             |
 
-Invariants: the file is exactly 48 + 49N bytes; kinds are 1–3; the checksum matches. Any violation is a
-`FormatError` and the snapshot is ignored (rebuilt from the files), never trusted in part.
+Columnar so that decoding is a handful of C-level calls rather than a Python loop per entry: reopening with
+100k entries must take well under 0.5 s. Invariants: exact total length, zero reserved bytes, ASCII keys, N
+keys, checksum. A violation is a `FormatError` and the snapshot is ignored (rebuilt from the files), never
+trusted in part. Keys are not parsed here: a key is used only if a file of that very name is listed on open.
 """
 
 from __future__ import annotations
 
+import array
 import os
 import struct
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -50,73 +57,109 @@ __all__ = [
 MAGIC = b"MICI"
 VERSION = 1
 _FORMAT = "disk index snapshot"
-_HEAD = struct.Struct(">4sB3sQ")
-_ENTRY = struct.Struct(">B32sQQ")
+_HEAD = struct.Struct("<4sB3sQQ")
 _SUM = 32
-_KINDS = {"sha256": 1, "blake3": 2, KV: 3}
-_KIND_NAMES = {v: k for k, v in _KINDS.items()}
 
 
-def encode_snapshot(entries: Iterable[tuple[str, Entry]]) -> bytes:
-    """Serialize index entries (given oldest first)."""
-    body = bytearray()
-    count = 0
-    for key, entry in entries:
-        kind, _, name = key.partition("/")
-        hex_ = name.partition(".")[0]
-        body += _ENTRY.pack(_KINDS[kind], bytes.fromhex(hex_), entry.size, entry.atime_ns)
-        count += 1
-    data = _HEAD.pack(MAGIC, VERSION, b"\0\0\0", count) + body
-    return bytes(data) + blake3.blake3(data).digest()
+def _u64_column(values: list[int]) -> bytes:
+    column = array.array("Q", values)
+    if sys.byteorder == "big":
+        column.byteswap()
+    return column.tobytes()
 
 
-def decode_snapshot(data: bytes) -> list[tuple[str, Entry]]:
-    """Parse a snapshot into (key, Entry) pairs, oldest first; FormatError on any malformed input."""
+def _read_u64_column(data: memoryview) -> list[int]:
+    column = array.array("Q")
+    column.frombytes(data)
+    if sys.byteorder == "big":
+        column.byteswap()
+    return column.tolist()
+
+
+def encode_snapshot(entries: Iterable[tuple[str, tuple[int, int]]]) -> bytes:
+    """Serialize index entries (key, (size, atime_ns)), given least recently used first."""
+    keys: list[str] = []
+    sizes: list[int] = []
+    atimes: list[int] = []
+    for key, (size, atime) in entries:
+        keys.append(key)
+        sizes.append(size)
+        atimes.append(atime)
+    key_block = "\n".join(keys).encode("ascii")
+    data = b"".join(
+        [_HEAD.pack(MAGIC, VERSION, b"\0\0\0", len(keys), len(key_block)), key_block,
+         _u64_column(sizes), _u64_column(atimes)]
+    )  # fmt: skip
+    return data + blake3.blake3(data).digest()
+
+
+def decode_snapshot(data: bytes) -> list[tuple[str, tuple[int, int]]]:
+    """Parse a snapshot into (key, (size, atime_ns)), least recent first; FormatError if malformed."""
+    keys, sizes, atimes = _decode_columns(data)
+    return list(zip(keys, zip(sizes, atimes, strict=True), strict=True))
+
+
+def _decode_columns(data: bytes) -> tuple[list[str], list[int], list[int]]:
     if len(data) < _HEAD.size + _SUM:
         raise FormatError(_FORMAT, "truncated", offset=0, expected=_HEAD.size + _SUM, got=len(data))
-    magic, version, reserved, count = _HEAD.unpack_from(data)
+    magic, version, reserved, count, key_len = _HEAD.unpack_from(data)
     if magic != MAGIC:
         raise FormatError(_FORMAT, "bad magic", offset=0, expected=MAGIC, got=magic)
     if version != VERSION:
         raise FormatError(_FORMAT, "unsupported version", offset=4, expected=VERSION, got=version)
     if reserved != b"\0\0\0":
         raise FormatError(_FORMAT, "reserved bytes not zero", offset=5, got=reserved)
-    expected_len = _HEAD.size + count * _ENTRY.size + _SUM
+    expected_len = _HEAD.size + key_len + 16 * count + _SUM
     if len(data) != expected_len:
-        raise FormatError(_FORMAT, "length does not match entry count", expected=expected_len, got=len(data))
+        raise FormatError(_FORMAT, "length does not match the header", expected=expected_len, got=len(data))
     body_end = expected_len - _SUM
-    got_sum = bytes(data[body_end:])
-    if blake3.blake3(data[:body_end]).digest() != got_sum:
+    if blake3.blake3(memoryview(data)[:body_end]).digest() != data[body_end:]:
         raise FormatError(_FORMAT, "checksum mismatch", offset=body_end)
-    out: list[tuple[str, Entry]] = []
-    view = memoryview(data)[_HEAD.size : body_end]
-    for i, (kind, raw, size, atime) in enumerate(_ENTRY.iter_unpack(view)):
-        name = _KIND_NAMES.get(kind)
-        if name is None:
-            raise FormatError(_FORMAT, "unknown entry kind", offset=_HEAD.size + i * _ENTRY.size, got=kind)
-        key = f"{KV}/{raw.hex()}" if kind == 3 else f"{name}/{raw.hex()}.{size}"
-        out.append((key, Entry(size, atime)))
-    return out
+    view = memoryview(data)
+    cols = _HEAD.size + key_len
+    try:
+        keys = bytes(view[_HEAD.size : cols]).decode("ascii").split("\n") if count else []
+    except UnicodeDecodeError as exc:
+        raise FormatError(_FORMAT, "keys are not ASCII", offset=_HEAD.size + exc.start) from exc
+    if len(keys) != count:
+        raise FormatError(_FORMAT, "key count does not match the header", offset=_HEAD.size, expected=count,
+                          got=len(keys))  # fmt: skip
+    sizes = _read_u64_column(view[cols : cols + 8 * count])
+    atimes = _read_u64_column(view[cols + 8 * count : body_end])
+    return keys, sizes, atimes
 
 
-def _scan(layout: Layout) -> dict[str, int | None]:
-    """Every index key present on disk → its size from the name (None for KV records: unknown)."""
-    found: dict[str, int | None] = {}
+def _scan(layout: Layout) -> set[str]:
+    """Every index key whose file is listed on disk (names not checked: see `_parse_new`)."""
+    found: set[str] = set()
     for prefix, directory in layout.shard_dirs():
         try:
             names = os.listdir(directory)
         except FileNotFoundError:
             continue
-        if prefix == f"{KV}/":
-            for name in names:
-                if len(name) == 64:
-                    found[prefix + name] = None
-            continue
-        for name in names:
-            size = parse_blob_name(name)
-            if size is not None:
-                found[prefix + name] = size
+        found.update([prefix + name for name in names])
     return found
+
+
+def _valid_name(key: str) -> bool:
+    kind, _, name = key.partition("/")
+    return len(name) == 64 if kind == KV else parse_blob_name(name) is not None
+
+
+def _parse_new(layout: Layout, key: str, atime_ns: int | None = None) -> Entry | None:
+    """Entry for a listed file the snapshot did not know: CAS size from the name, KV size from a stat.
+
+    `atime_ns` None means "take the file's atime" (one stat even for CAS); otherwise that time is used.
+    """
+    if not _valid_name(key):
+        return None
+    kind, _, name = key.partition("/")
+    if kind != KV and atime_ns is not None:
+        return Entry(int(name.partition(".")[2]), atime_ns)
+    stat_entry = _stat_entry(layout, key)
+    if stat_entry is None or kind == KV:
+        return stat_entry
+    return Entry(int(name.partition(".")[2]), stat_entry.atime_ns)
 
 
 def _stat_entry(layout: Layout, key: str) -> Entry | None:
@@ -127,10 +170,10 @@ def _stat_entry(layout: Layout, key: str) -> Entry | None:
     return Entry(st.st_size, st.st_atime_ns)
 
 
-def read_snapshot(layout: Layout) -> list[tuple[str, Entry]] | None:
-    """The snapshot's entries, or None if it is missing or invalid (blocking)."""
+def read_snapshot(layout: Layout) -> tuple[list[str], list[int], list[int]] | None:
+    """The snapshot's columns (keys, sizes, atimes), or None if it is missing or invalid (blocking)."""
     try:
-        return decode_snapshot(layout.snapshot.read_bytes())
+        return _decode_columns(layout.snapshot.read_bytes())
     except (FileNotFoundError, FormatError):
         return None
 
@@ -139,45 +182,38 @@ def load_index(layout: Layout) -> tuple[Lru, bool]:
     """Rebuild the LRU from the snapshot and the files (blocking). Returns (lru, snapshot_was_valid)."""
     snapshot = read_snapshot(layout)
     on_disk = _scan(layout)
-    now = time.time_ns()
     if snapshot is None:
-        stated = [(key, _stat_entry(layout, key)) for key in on_disk]
+        stated = [(key, _parse_new(layout, key)) for key in on_disk]
         ordered = sorted(((k, e) for k, e in stated if e is not None), key=lambda item: item[1].atime_ns)
         return Lru(ordered), False
-    merged: list[tuple[str, Entry]] = []
-    for key, entry in snapshot:
-        if key in on_disk:
-            size = on_disk.pop(key)
-            merged.append((key, entry if size is None else Entry(size, entry.atime_ns)))
-    for key, size in on_disk.items():  # new since the snapshot: most recently used, as far as we know
-        if size is None:
-            stat_entry = _stat_entry(layout, key)
-            if stat_entry is not None:
-                merged.append((key, Entry(stat_entry.size, max(stat_entry.atime_ns, now))))
-        else:
-            merged.append((key, Entry(size, now)))
-    return Lru(merged), True
+    keys, sizes, atimes = snapshot
+    lru = Lru(zip(keys, zip(sizes, atimes, strict=True), strict=True), used=sum(sizes))
+    if len(lru) != len(keys):  # duplicate keys: only the last counts
+        lru.recount()
+    known = set(keys)
+    for key in known - on_disk:  # deleted since the snapshot (evicted elsewhere, or before a crash)
+        lru.remove(key)
+    now = time.time_ns()
+    for key in sorted(on_disk - known):  # written since: most recently used, as far as we know
+        entry = _parse_new(layout, key, now)
+        if entry is not None:
+            lru.add(key, entry.size, entry.atime_ns)
+    return lru, True
 
 
 def scan_changes(layout: Layout, known: set[str]) -> tuple[dict[str, Entry], set[str]]:
     """Files that appeared (written by other processes) and keys in `known` whose file is gone (blocking)."""
     on_disk = _scan(layout)
-    gone = {key for key in known if key not in on_disk}
-    now = time.time_ns()
     new: dict[str, Entry] = {}
-    for key, size in on_disk.items():
-        if key in known:
-            continue
-        if size is None:
-            stat_entry = _stat_entry(layout, key)
-            if stat_entry is not None:
-                new[key] = Entry(stat_entry.size, now)
-        else:
-            new[key] = Entry(size, now)
-    return new, gone
+    now = time.time_ns()
+    for key in on_disk - known:
+        entry = _parse_new(layout, key, now)
+        if entry is not None:
+            new[key] = entry
+    return new, known - on_disk
 
 
-def save_snapshot(layout: Layout, entries: Iterable[tuple[str, Entry]], tmp_dir: Path) -> None:
+def save_snapshot(layout: Layout, entries: Iterable[tuple[str, tuple[int, int]]], tmp_dir: Path) -> None:
     """Write the snapshot atomically (temp in `tmp_dir`, fsync, rename); blocking."""
     data = encode_snapshot(entries)
     tmp = tmp_dir / f"snapshot.{os.getpid()}.{time.monotonic_ns()}"

@@ -22,10 +22,19 @@ class Entry(NamedTuple):
 class Lru:
     """Ordered map key → Entry, least recently used first, with a running byte total."""
 
-    def __init__(self, entries: Iterable[tuple[str, Entry]] = ()) -> None:
-        """Build from (key, entry) pairs already in LRU order (oldest first); later duplicates win."""
-        self._entries: OrderedDict[str, Entry] = OrderedDict(entries)
-        self.used = sum(entry.size for entry in self._entries.values())
+    def __init__(self, entries: Iterable[tuple[str, tuple[int, int]]] = (), *, used: int | None = None) -> None:
+        """Build from (key, (size, atime_ns)) pairs in LRU order (oldest first); later duplicates win.
+
+        `used` may pass the size total when the caller already has it (reopen speed); see `recount`.
+        """
+        # Values are plain tuples: building 100k NamedTuples costs more than the rest of a reopen.
+        self._entries: OrderedDict[str, tuple[int, int]] = OrderedDict(entries)
+        self.used = self.recount() if used is None else used
+
+    def recount(self) -> int:
+        """The byte total recomputed from the entries (also stored as `used`)."""
+        self.used = sum([entry[0] for entry in self._entries.values()])
+        return self.used
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -34,13 +43,14 @@ class Lru:
         return key in self._entries
 
     def get(self, key: str) -> Entry | None:
-        return self._entries.get(key)
+        entry = self._entries.get(key)
+        return None if entry is None else Entry(*entry)
 
     def keys(self) -> list[str]:
         """A copy of the keys, oldest first."""
         return list(self._entries)
 
-    def items(self) -> Iterator[tuple[str, Entry]]:
+    def items(self) -> Iterator[tuple[str, tuple[int, int]]]:
         """Entries oldest first (a snapshot-safe copy is the caller's job if it mutates meanwhile)."""
         return iter(self._entries.items())
 
@@ -48,8 +58,8 @@ class Lru:
         """Insert or refresh `key` as most recently used; True if it was new."""
         old = self._entries.pop(key, None)
         if old is not None:
-            self.used -= old.size
-        self._entries[key] = Entry(size, atime_ns)
+            self.used -= old[0]
+        self._entries[key] = (size, atime_ns)
         self.used += size
         return old is None
 
@@ -58,16 +68,17 @@ class Lru:
         entry = self._entries.get(key)
         if entry is None:
             return False
-        self._entries[key] = Entry(entry.size, max(atime_ns, entry.atime_ns))
+        self._entries[key] = (entry[0], max(atime_ns, entry[1]))
         self._entries.move_to_end(key)
         return True
 
     def remove(self, key: str) -> Entry | None:
         """Forget `key`; returns its entry, or None if it was unknown."""
         entry = self._entries.pop(key, None)
-        if entry is not None:
-            self.used -= entry.size
-        return entry
+        if entry is None:
+            return None
+        self.used -= entry[0]
+        return Entry(*entry)
 
     def victims(self, target: int, *, skip: frozenset[str] | set[str] = frozenset()) -> list[tuple[str, Entry]]:
         """Oldest entries whose removal brings `used` to ≤ `target`, oldest first, skipping `skip`.
@@ -81,8 +92,8 @@ class Lru:
         for key, entry in self._entries.items():
             if key in skip:
                 continue
-            out.append((key, entry))
-            excess -= entry.size
+            out.append((key, Entry(*entry)))
+            excess -= entry[0]
             if excess <= 0:
                 break
         return out

@@ -1,0 +1,137 @@
+"""Disk tier benchmark: index reopen time with N entries, and PUT/GET throughput of one large blob.
+
+    python bench/disk_index.py [--entries 100000] [--blob-mib 1024] [--repeat 3] [--dir /path/on/target/fs]
+
+Reopen: the store is filled with N real small blobs (files named by their true digest, written directly so
+filling takes seconds, not N fsyncs), opened once without a snapshot (the stat-every-file slow path, which
+then writes the snapshot), then reopened `--repeat` times. GET is measured twice: "trusted" (the process
+that wrote the blob re-reads it: no hash) and "verified" (a fresh instance hashes while streaming). PUT is
+verified ingest: hash while writing, fsync, rename. Prints medians; not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from micd.store import Digest
+from micd.tiers.disk import DiskTier
+from micd.tiers.disk.layout import Layout
+
+CHUNK = 1 << 20
+BLOCK = 64 << 20
+
+
+def fill(root: Path, entries: int) -> None:
+    layout = Layout(root)
+    layout.make_dirs()
+    for i in range(entries):
+        data = i.to_bytes(8, "big") * 16
+        digest = Digest("sha256", hashlib.sha256(data).hexdigest(), len(data))
+        with open(layout.blob_path(digest), "wb") as handle:
+            handle.write(data)
+
+
+async def time_open(root: Path) -> tuple[float, int]:
+    tier = DiskTier(root, soft_cap=1 << 40, hard_cap=1 << 41)
+    start = time.perf_counter()
+    await tier.open()
+    elapsed = time.perf_counter() - start
+    count = tier.entry_count
+    await tier.close()
+    return elapsed, count
+
+
+async def bench_reopen(base: Path, entries: int, repeat: int) -> None:
+    root = base / "index"
+    start = time.perf_counter()
+    await asyncio.to_thread(fill, root, entries)
+    print(f"filled {entries} blobs in {time.perf_counter() - start:.1f} s")
+    slow, count = await time_open(root)
+    print(f"open without snapshot (stat each file): {slow:.3f} s, {count} entries")
+    times = [(await time_open(root))[0] for _ in range(repeat)]
+    print(f"reopen with snapshot: median {statistics.median(times):.3f} s over {repeat} (all: "
+          + ", ".join(f"{t:.3f}" for t in times) + ")")
+
+
+def big_blob(mib: int) -> tuple[bytes, Digest]:
+    block = os.urandom(min(BLOCK, mib << 20))
+    hasher = hashlib.sha256()
+    size = mib << 20
+    for pos in range(0, size, len(block)):
+        hasher.update(block[: min(len(block), size - pos)])
+    return block, Digest("sha256", hasher.hexdigest(), size)
+
+
+async def chunks(block: bytes, size: int) -> AsyncIterator[bytes]:
+    view = memoryview(block)
+    for pos in range(0, size, CHUNK):
+        start = pos % len(block)
+        yield bytes(view[start : start + min(CHUNK, size - pos)])
+
+
+async def read_all(tier: DiskTier, digest: Digest) -> tuple[float, bool]:
+    handle = await tier.get(digest)
+    start = time.perf_counter()
+    total = 0
+    async for chunk in handle.chunks():
+        total += len(chunk)
+    assert total == digest.size
+    return time.perf_counter() - start, handle.path is not None
+
+
+async def bench_blob(base: Path, mib: int, repeat: int) -> None:
+    block, digest = big_blob(mib)
+    puts, trusted, verified = [], [], []
+    for i in range(repeat):
+        root = base / f"blob{i}"
+        tier = DiskTier(root, soft_cap=1 << 40, hard_cap=1 << 41)
+        await tier.open()
+        start = time.perf_counter()
+        await tier.put(digest, chunks(block, digest.size))
+        puts.append(time.perf_counter() - start)
+        seconds, was_trusted = await read_all(tier, digest)
+        assert was_trusted
+        trusted.append(seconds)
+        await tier.close()
+        fresh = DiskTier(root, soft_cap=1 << 40, hard_cap=1 << 41)
+        await fresh.open()
+        seconds, was_trusted = await read_all(fresh, digest)
+        assert not was_trusted
+        verified.append(seconds)
+        await fresh.close()
+        shutil.rmtree(root)
+    for name, times in (("PUT (hash+write+fsync)", puts), ("GET trusted", trusted), ("GET verified", verified)):
+        med = statistics.median(times)
+        print(f"{name:24s} {mib} MiB: median {med:.3f} s = {digest.size / med / 1e9:.2f} GB/s over {repeat}")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--blob-mib", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=None, help="parent directory (default: system temp)")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="mic-disk-bench-", dir=args.dir))
+    try:
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, dir {base}")
+        if args.entries:
+            await bench_reopen(base, args.entries, args.repeat)
+        if args.blob_mib:
+            await bench_blob(base, args.blob_mib, args.repeat)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
