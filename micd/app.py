@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from micd.auth import TokenInterceptor, auth_middleware
+from micd.auth import OPEN_PATHS, TokenInterceptor, auth_middleware
 from micd.config import Config
 from micd.metrics import Metrics
 from micd.tiers.disk import DiskTier
@@ -84,6 +84,8 @@ async def open_store(config: Config, metrics: Metrics) -> Any:
 def _activity_middleware(activity: Activity) -> Callable:
     @web.middleware
     async def track(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        if request.path in OPEN_PATHS:  # readiness probes (`mic daemon status`) do not keep the daemon alive
+            return await handler(request)
         activity.in_flight += 1
         activity.touch()
         try:

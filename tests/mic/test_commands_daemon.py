@@ -117,3 +117,26 @@ def test_stats_table_and_json_from_a_running_daemon(micd, tmp_path, monkeypatch)
     assert any(line.startswith("cas") for line in table.splitlines()[1:])
     assert "store:" in table and "disk.used_bytes" in table
     assert daemon.stop() == 0
+
+
+def test_daemon_run_prints_endpoints_and_stops_on_sigterm(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from tests.micd.test_lifecycle import daemon_env, read_line
+
+    process = subprocess.Popen([str(Path(sys.executable).parent / "mic"), "daemon", "run"], cwd=tmp_path,
+                               env=daemon_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               bufsize=0)  # unbuffered: read_line selects on the pipe itself
+    try:
+        lines = [read_line(process) for _ in range(5)]
+        assert lines[0].startswith("micd pid ")
+        assert lines[1].split()[0] == "http" and lines[1].split()[1].startswith("http://127.0.0.1:")
+        assert lines[2].split()[0] == "grpc" and lines[2].split()[1].startswith("grpc://127.0.0.1:")
+        assert str(tmp_path / "state" / "token") in lines[3]
+        ports = json.loads((tmp_path / "state" / "ports.json").read_text())
+        assert ports["http"] == lines[1].split()[1] and ports["pid"] == process.pid  # exec'd: same process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0

@@ -138,7 +138,11 @@ async def test_activity_counts_requests_in_flight(aiohttp_client, config):
     client = await aiohttp_client(create_app(_Store(), config, token=TOKEN, metrics=Metrics(), activity=activity))
     before = activity.last
     await client.get("/healthz")
+    assert activity.last == before  # a readiness probe is not activity
+    await client.get("/stats", headers=AUTH)
     assert activity.last > before and activity.in_flight == 0
+    await client.get("/stats")  # even a rejected request shows someone is using the daemon
+    assert activity.in_flight == 0
 
 
 async def test_grpc_server_checks_token_and_allows_large_messages(config):
