@@ -95,7 +95,7 @@ class S3Tier:
         self._config = Config(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},  # attempts, not retries
             max_pool_connections=concurrency,
             s3={"addressing_style": "path"} if endpoint_url else None,
             request_checksum_calculation="when_required",
@@ -169,8 +169,11 @@ class S3Tier:
         """Run one S3 call: 404 → `_Missing`, any other failure → logged, cool-down, `TierUnavailable`."""
         if self._client is None:
             raise TierUnavailable("S3 tier is not open")
-        if self._cooldown and time.monotonic() < self._down_until:
-            raise TierUnavailable(f"S3 unavailable (cooling down after: {self.last_error})")
+        if self._cooldown:
+            now = time.monotonic()
+            if now < self._down_until:
+                raise TierUnavailable(f"S3 unavailable (cooling down after: {self.last_error})")
+            self._down_until = now + self._cooldown  # this call probes; the others keep failing fast
         try:
             async with asyncio.timeout(self._op_timeout):
                 yield

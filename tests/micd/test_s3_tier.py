@@ -348,3 +348,17 @@ async def test_object_deleted_behind_the_cache_is_forgotten(tier, boto, bucket):
     boto.delete_object(Bucket=bucket, Key=tier.cas_key(digest))
     assert await tier.get(digest) is None
     assert not tier.known(digest) and not await tier.contains(digest)
+
+
+async def test_one_probe_at_a_time_while_degraded(tier, s3_proxy):
+    s3_proxy.cut()
+    with pytest.raises(TierUnavailable):
+        await tier.contains(Digest.of(b"first"))
+    await asyncio.sleep(0.1)  # cool-down (0.05 s) over
+    counts = count_requests(tier)
+    results = await asyncio.gather(
+        *(tier.contains(Digest.of(b"%d" % i)) for i in range(20)), return_exceptions=True
+    )
+    assert all(isinstance(r, TierUnavailable) for r in results)
+    assert counts["HeadObject"] == 1  # only the probe reached for the network
+    s3_proxy.restore()
