@@ -77,6 +77,16 @@ class Index:
         self.entries[rel] = (st.st_size, -1 if racy else st.st_mtime_ns, st.st_ino, h, mode, h, mode, size)
 
 
+    def set_base_unverified(self, rel: str, base: tuple[bytes, int, int] | None) -> None:
+        """Record `rel`'s base (hash, mode, size) without vouching for the file: the next scan re-hashes it."""
+        e = self.entries.get(rel)
+        if base is None and (e is None or e[5] is None):
+            return
+        size, ino, cur, mode = (e[0], e[2], e[3], e[4]) if e is not None else (-1, -1, b"", 0)
+        b_hash, b_mode, b_size = base if base is not None else (None, 0, 0)
+        self.entries[rel] = (size, -1, ino, cur, mode, b_hash, b_mode, b_size)
+
+
 @dataclass
 class ScanResult:
     """Workspace changes against the base: path → (kind, hash, mode, size); hash is None when deleted."""

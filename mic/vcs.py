@@ -106,7 +106,7 @@ class LandOutcome:
 async def _session_for_land(project: Project, ws: Workspace, goal: str | None) -> Session:
     if ws.state.session:
         session, _ = await load_session(project, ws.state.session)
-        if session.status != "active":
+        if session.status == "abandoned":
             raise WorkspaceError(f"session {session.id} is {session.status}; start a new one with `mic session start`")
         return session
     if not goal:
@@ -148,8 +148,12 @@ async def land_workspace(
     result = await land(
         project, session, changes, kinds, write_blobs, hlc=stamp, goal=goal, kill_at=kill_at
     )
+    landed_tree = Tree(project)
     for path, entry in changes.items():
-        if entry is None:
+        if result.recovered:  # an earlier run landed; the files may have moved on since: re-check them
+            now = await landed_tree.lookup(result.landing.tree, path)
+            ws.index.set_base_unverified(path, None if now is None else (now.hash, now.mode, now.size))
+        elif entry is None:
             ws.index.entries.pop(path, None)
         else:
             ws.index.set_base(path, ws.file(path), entry.hash, entry.mode, entry.size)
