@@ -7,8 +7,11 @@ handler raising `TierUnavailable` means "try again later" (backoff, doubling up 
 exception means the item can never succeed (the source is gone or corrupt): it is logged and dropped. A
 journal file is removed only after its handler succeeded; on start every journal file is replayed.
 
-Journal file `<journal_dir>/<sha256(key)[:40]>` (a `.tmp` sibling while it is written; `.bad` once found
-unreadable, kept for inspection):
+Several daemons may share one journal directory (the disk root is shared by a user's sessions): items are
+idempotent, so the worst case is a duplicate upload, and whoever starts next replays what a dead one left.
+
+Journal file `<journal_dir>/<sha256(key)[:40]>` (`<name>.<pid>.<random>.tmp` while it is written, removed
+by a later start once older than an hour; `<name>.bad` once found unreadable, kept for inspection):
 
 | offset | width | field                           |
 |--------|-------|---------------------------------|
@@ -27,6 +30,7 @@ import logging
 import os
 import random
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -133,10 +137,15 @@ class UploadQueue:
 
     def _prepare_dir(self) -> int:
         self.journal_dir.mkdir(parents=True, exist_ok=True)
+        stale_before = time.time() - 3600
         pending = 0
         for entry in os.scandir(self.journal_dir):
             if entry.name.endswith(".tmp"):
-                os.unlink(entry.path)  # a write interrupted by a crash: its submit never returned
+                # A write interrupted by a crash (its submit never returned), unless another live daemon
+                # sharing this directory is writing it right now: only old ones are removed.
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.stat().st_mtime < stale_before:
+                        os.unlink(entry.path)
             elif "." not in entry.name:
                 pending += 1
         return pending
@@ -189,7 +198,7 @@ class UploadQueue:
         path = self.journal_dir / name
         if path.exists():
             return True
-        tmp = path.with_suffix(".tmp")
+        tmp = self.journal_dir / f"{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         with open(tmp, "wb") as file:
             file.write(data)
             if self._fsync:

@@ -183,13 +183,15 @@ async def test_corrupt_journal_entry_is_set_aside(tmp_path, caplog):
     journal.mkdir()
     (journal / ("0" * 40)).write_bytes(b"garbage")
     (journal / ("1" * 40)).write_bytes(encode_entry("cas/good"))
-    (journal / ("2" * 40 + ".tmp")).write_bytes(b"half written")
+    (journal / ("2" * 40 + ".1.ab.tmp")).write_bytes(b"half written by a crashed daemon")
+    os.utime(journal / ("2" * 40 + ".1.ab.tmp"), (0, 0))
+    (journal / ("3" * 40 + ".2.cd.tmp")).write_bytes(b"being written by a live daemon")
     queue = UploadQueue(journal, workers=1)
     handler = Recorder()
     await queue.start(handler)
     assert await queue.drain(5)
     assert handler.done == ["cas/good"]
-    assert sorted(os.listdir(journal)) == ["0" * 40 + ".bad"]
+    assert sorted(os.listdir(journal)) == ["0" * 40 + ".bad", "3" * 40 + ".2.cd.tmp"]
     assert "unreadable" in caplog.text
     await queue.close()
 
@@ -215,3 +217,21 @@ def test_entry_round_trip_and_bad_keys():
         encode_entry("")
     with pytest.raises(ValueError):
         UploadQueue("unused", workers=0)
+
+
+async def test_two_queues_sharing_a_journal_lose_nothing(tmp_path):
+    """Two daemons on one disk root: every item is handled at least once, and the journal ends empty."""
+    journal = tmp_path / "q"
+    first, second = UploadQueue(journal, workers=2), UploadQueue(journal, workers=2)
+    one, two = Recorder(), Recorder()
+    one.gate.clear()
+    await first.start(one)
+    for i in range(10):
+        await first.submit(f"cas/{i}")
+    await first.close()  # a daemon that died with work pending
+    await second.start(two)
+    await second.submit("cas/new")
+    assert await second.drain(5)
+    assert sorted(two.done) == sorted([f"cas/{i}" for i in range(10)] + ["cas/new"])
+    assert journal_files(journal) == []
+    await second.close()
