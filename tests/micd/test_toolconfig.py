@@ -13,7 +13,7 @@ def test_bazelrc_names_the_daemon_and_token(tmp_path):
     path = write_bazelrc(tmp_path, grpc_port=1234, http_port=5678, token="tok-en_1")
     text = path.read_text()
     assert "build --remote_cache=grpc://127.0.0.1:1234\n" in text
-    assert "build --remote_header=Authorization=Bearer tok-en_1\n" in text
+    assert 'build "--remote_header=Authorization=Bearer tok-en_1"\n' in text
     assert "build:mic-http --remote_cache=http://127.0.0.1:5678\n" in text
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     write_bazelrc(tmp_path, grpc_port=1, http_port=2, token="t")
