@@ -59,8 +59,11 @@ async def bench_reopen(base: Path, entries: int, repeat: int) -> None:
     slow, count = await time_open(root)
     print(f"open without snapshot (stat each file): {slow:.3f} s, {count} entries")
     times = [(await time_open(root))[0] for _ in range(repeat)]
-    print(f"reopen with snapshot: median {statistics.median(times):.3f} s over {repeat} (all: "
-          + ", ".join(f"{t:.3f}" for t in times) + ")")
+    print(
+        f"reopen with snapshot: median {statistics.median(times):.3f} s over {repeat} (all: "
+        + ", ".join(f"{t:.3f}" for t in times)
+        + ")"
+    )
 
 
 def big_blob(mib: int) -> tuple[bytes, Digest]:
@@ -110,7 +113,8 @@ async def bench_blob(base: Path, mib: int, repeat: int) -> None:
         verified.append(seconds)
         await fresh.close()
         shutil.rmtree(root)
-    for name, times in (("PUT (hash+write+fsync)", puts), ("GET trusted", trusted), ("GET verified", verified)):
+    rows = (("PUT (hash+write+fsync)", puts), ("GET trusted", trusted), ("GET verified", verified))
+    for name, times in rows:
         med = statistics.median(times)
         print(f"{name:24s} {mib} MiB: median {med:.3f} s = {digest.size / med / 1e9:.2f} GB/s over {repeat}")
 

@@ -12,15 +12,16 @@ from hypothesis import strategies as st
 
 from micd.errors import FormatError
 from micd.store import Digest, Record
-from micd.tiers.disk import DiskTier, index
-from micd.tiers.disk import kvfile
+from micd.tiers.disk import DiskTier, index, kvfile
 from micd.tiers.disk.lru import Entry
 
 KEYS = st.one_of(
-    st.tuples(st.sampled_from(["sha256", "blake3"]), st.binary(min_size=32, max_size=32), st.integers(0, 2**40)).map(
-        lambda t: (f"{t[0]}/{t[1].hex()}.{t[2]}", t[2])
+    st.tuples(
+        st.sampled_from(["sha256", "blake3"]), st.binary(min_size=32, max_size=32), st.integers(0, 2**40)
+    ).map(lambda t: (f"{t[0]}/{t[1].hex()}.{t[2]}", t[2])),
+    st.tuples(st.binary(min_size=32, max_size=32), st.integers(0, 2**20)).map(
+        lambda t: (f"kv/{t[0].hex()}", t[1])
     ),
-    st.tuples(st.binary(min_size=32, max_size=32), st.integers(0, 2**20)).map(lambda t: (f"kv/{t[0].hex()}", t[1])),
 )
 
 

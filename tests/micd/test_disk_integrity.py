@@ -94,7 +94,9 @@ async def test_small_blob_with_wrong_length_is_a_miss(make_tier, damage):
 
 @pytest.mark.parametrize("position", [0, (3 << 20) // 2, (3 << 20) - 1])
 @pytest.mark.parametrize("reopen", [False, True])
-async def test_large_corrupt_blob_raises_before_a_complete_wrong_stream(make_tier, tmp_path, position, reopen):
+async def test_large_corrupt_blob_raises_before_a_complete_wrong_stream(
+    make_tier, tmp_path, position, reopen
+):
     tier = await make_tier()
     data = blob(3 << 20, seed=2)
     digest = Digest.of(data)

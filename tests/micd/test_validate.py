@@ -76,7 +76,16 @@ def test_parse_digest_rejects(function, hex_, size, message):
 
 @pytest.mark.parametrize(
     "namespace",
-    ["bazel-ac", "bazel-ac/main", "bazel-ac/main/inst", "oci/library/Alpine_3.19", "nix/x+y", "a", "gradle/x.y", "a.b-c_d/E"],
+    [
+        "bazel-ac",
+        "bazel-ac/main",
+        "bazel-ac/main/inst",
+        "oci/library/Alpine_3.19",
+        "nix/x+y",
+        "a",
+        "gradle/x.y",
+        "a.b-c_d/E",
+    ],
 )
 def test_parse_namespace_accepts(namespace):
     assert parse_namespace(namespace) == namespace

@@ -78,7 +78,7 @@ class FileBlob:
             await asyncio.to_thread(self._read, pos, min(end, pos + _BATCH), False)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """Yield the range in chunks of at most 1 MiB; IntegrityError instead of the last one on corruption."""
+        """Yield the range in chunks ≤ 1 MiB; IntegrityError instead of the last chunk on corruption."""
         end = self.offset + self.length
         try:
             if self._hasher is None:

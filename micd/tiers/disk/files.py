@@ -24,12 +24,27 @@ from pathlib import Path
 from typing import NamedTuple
 
 from micd.blobs import Verifier
+from micd.store import Digest, new_hasher
 
-__all__ = ["FULL_ERRNOS", "Sig", "TempArea", "TempWriter", "clean_dead_temp", "unlink_if_same"]
+__all__ = [
+    "FULL_ERRNOS",
+    "Sig",
+    "TempArea",
+    "TempWriter",
+    "bump_atime",
+    "clean_dead_temp",
+    "exists_all",
+    "open_large",
+    "read_file",
+    "read_small",
+    "unlink_if_same",
+]
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _LOCK = "lock"
 _STRAY_AGE_NS = 60 * 10**9
+TOUCH_EVERY_NS = 60 * 10**9
+"""Reads rewrite a file's atime at most this often: a hint for other processes' eviction, not a log."""
 
 
 class Sig(NamedTuple):
@@ -41,6 +56,7 @@ class Sig(NamedTuple):
 
     @classmethod
     def of(cls, st: os.stat_result) -> Sig:
+        """The signature of a stat result."""
         return cls(st.st_ino, st.st_size, st.st_mtime_ns)
 
 
@@ -91,7 +107,7 @@ def clean_dead_temp(tmp_root: Path) -> int:
 
 
 class TempArea:
-    """This instance's temp directory, locked for as long as the instance is open."""
+    """The temp directory of one DiskTier instance, locked for as long as the instance is open."""
 
     def __init__(self, tmp_root: Path) -> None:
         name = f"{os.getpid()}-{secrets.token_hex(6)}"
@@ -104,6 +120,7 @@ class TempArea:
         os.rename(staging, self.path)
 
     def release(self) -> None:
+        """Remove the directory and drop the lock (idempotent)."""
         if self._fd is None:
             return
         shutil.rmtree(self.path, ignore_errors=True)
@@ -168,3 +185,56 @@ def unlink_if_same(path: Path, ino: int) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def read_small(path: Path, digest: Digest) -> tuple[os.stat_result, bytes, bool] | None:
+    """Open, read whole and hash a small blob; None if absent. Also bumps a stale atime (blocking)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        data = os.pread(fd, digest.size + 1, 0) if st.st_size == digest.size else b""
+        hasher = new_hasher(digest.function)
+        hasher.update(data)
+        ok = len(data) == digest.size and hasher.hexdigest() == digest.hex
+        if ok:
+            bump_atime(fd, st)
+        return st, data, ok
+    finally:
+        os.close(fd)
+
+
+def open_large(path: Path) -> tuple[int, os.stat_result] | None:
+    """Open a blob file for streaming: (fd, stat), or None if absent. Bumps a stale atime (blocking)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        bump_atime(fd, st)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def bump_atime(fd: int, st: os.stat_result) -> None:
+    """Record a read in the file's atime (mtime kept: it is part of `Sig`), at most once a minute."""
+    now = time.time_ns()
+    if now - st.st_atime_ns > TOUCH_EVERY_NS:
+        with contextlib.suppress(OSError):  # only a hint for other processes' eviction; keep mtime intact
+            os.utime(fd, ns=(now, st.st_mtime_ns))
+
+
+def exists_all(paths: list[Path]) -> list[bool]:
+    """One stat per path, no body read: what `find_missing` needs."""
+    return [os.path.exists(path) for path in paths]
+
+
+def read_file(path: Path) -> tuple[bytes, int]:
+    """A whole small file (a KV record) and its inode."""
+    with open(path, "rb") as handle:
+        return handle.read(), os.fstat(handle.fileno()).st_ino

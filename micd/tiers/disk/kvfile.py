@@ -14,7 +14,7 @@ Byte layout (integers big-endian), `MAGIC` `MICK`, `VERSION` 1:
 | 9             | N     | namespace, UTF-8                                        |
 | 9 + N         | K     | key, UTF-8                                              |
 | 9 + N + K     | R     | the record, as `micd.record.encode_record` wrote it     |
-| end − 32      | 32    | blake3 of every preceding byte                          |
+| end - 32      | 32    | blake3 of every preceding byte                          |
 
 Invariants: at least 41 bytes; N + K fit before the checksum; checksum matches. Violations raise FormatError.
 """
@@ -55,7 +55,9 @@ def decode_kv_file(data: bytes) -> tuple[str, str, bytes]:
     body_end = len(data) - _SUM
     names_end = _HEAD.size + ns_len + key_len
     if names_end > body_end:
-        raise FormatError(_FORMAT, "names overrun the file", offset=_HEAD.size, expected=body_end, got=names_end)
+        raise FormatError(
+            _FORMAT, "names overrun the file", offset=_HEAD.size, expected=body_end, got=names_end
+        )
     if blake3.blake3(data[:body_end]).digest() != data[body_end:]:
         raise FormatError(_FORMAT, "checksum mismatch", offset=body_end)
     try:

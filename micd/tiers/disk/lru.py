@@ -22,7 +22,9 @@ class Entry(NamedTuple):
 class Lru:
     """Ordered map key → Entry, least recently used first, with a running byte total."""
 
-    def __init__(self, entries: Iterable[tuple[str, tuple[int, int]]] = (), *, used: int | None = None) -> None:
+    def __init__(
+        self, entries: Iterable[tuple[str, tuple[int, int]]] = (), *, used: int | None = None
+    ) -> None:
         """Build from (key, (size, atime_ns)) pairs in LRU order (oldest first); later duplicates win.
 
         `used` may pass the size total when the caller already has it (reopen speed); see `recount`.
@@ -80,7 +82,9 @@ class Lru:
         self.used -= entry[0]
         return Entry(*entry)
 
-    def victims(self, target: int, *, skip: frozenset[str] | set[str] = frozenset()) -> list[tuple[str, Entry]]:
+    def victims(
+        self, target: int, *, skip: frozenset[str] | set[str] = frozenset()
+    ) -> list[tuple[str, Entry]]:
         """Oldest entries whose removal brings `used` to ≤ `target`, oldest first, skipping `skip`.
 
         Nothing is removed: the caller checks each victim on disk and then calls `remove` or `touch`.

@@ -18,7 +18,6 @@ the file's atime at most once a minute so other processes' eviction sees the use
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -27,7 +26,7 @@ from pathlib import Path
 from micd.blobs import BytesBlob, Verifier, aiter_bytes, clamp_range
 from micd.errors import FormatError, StoreFull
 from micd.record import decode_record, encode_record
-from micd.store import Digest, Record, new_hasher
+from micd.store import Digest, Record
 from micd.tiers.disk import evict, files, index
 from micd.tiers.disk.blob import FileBlob
 from micd.tiers.disk.kvfile import decode_kv_file, encode_kv_file
@@ -37,7 +36,6 @@ from micd.tiers.disk.lru import Lru
 __all__ = ["DiskTier", "FilesystemFull"]
 
 _WRITE_BATCH = 4 << 20  # bytes gathered before one worker-thread write: bounded memory, few thread hops
-_TOUCH_EVERY_NS = 60 * 10**9
 _SNAPSHOT_EVERY_NS = 300 * 10**9
 _SNAPSHOT_AFTER_CHANGES = 10_000
 _RESCAN_EVERY_NS = 60 * 10**9
@@ -48,47 +46,10 @@ class FilesystemFull(StoreFull):
 
     def __init__(self, root: Path, used: int, needed: int, hard_cap: int, reason: str) -> None:
         super().__init__(used, needed, hard_cap)
-        self.args = (f"cache store full: the filesystem holding {root} refused a {needed}-byte write ({reason})",)
-
-
-def _read_small(path: Path, digest: Digest) -> tuple[os.stat_result, bytes, bool] | None:
-    """Open, read whole and hash a small blob; None if absent. Also bumps a stale atime (blocking)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        st = os.fstat(fd)
-        data = os.pread(fd, digest.size + 1, 0) if st.st_size == digest.size else b""
-        hasher = new_hasher(digest.function)
-        hasher.update(data)
-        ok = len(data) == digest.size and hasher.hexdigest() == digest.hex
-        if ok:
-            _bump_atime(fd, st)
-        return st, data, ok
-    finally:
-        os.close(fd)
-
-
-def _open_large(path: Path) -> tuple[int, os.stat_result] | None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    st = os.fstat(fd)
-    _bump_atime(fd, st)
-    return fd, st
-
-
-def _bump_atime(fd: int, st: os.stat_result) -> None:
-    now = time.time_ns()
-    if now - st.st_atime_ns > _TOUCH_EVERY_NS:
-        with contextlib.suppress(OSError):  # only a hint for other processes' eviction; keep mtime intact
-            os.utime(fd, ns=(now, st.st_mtime_ns))
-
-
-def _exists(paths: list[Path]) -> list[bool]:
-    return [os.path.exists(path) for path in paths]
+        self.args = (
+            f"cache store full: the filesystem holding {root} refused a {needed}-byte write ({reason})"
+            " (free space on that filesystem or lower store.disk_hard_cap)",
+        )
 
 
 class DiskTier:
@@ -143,13 +104,16 @@ class DiskTier:
 
     @property
     def used_bytes(self) -> int:
+        """Bytes of published blobs and records this process knows of (see `refresh`)."""
         return self._lru.used
 
     @property
     def entry_count(self) -> int:
+        """Number of blobs and records this process knows of."""
         return len(self._lru)
 
     def stats(self) -> dict[str, int]:
+        """Gauges and counters for `mic stats` and /metrics."""
         return {
             "used_bytes": self.used_bytes,
             "reserved_bytes": self._reserved,
@@ -168,11 +132,13 @@ class DiskTier:
 
     # -- CAS reads ---------------------------------------------------------------------------------
     async def contains(self, digest: Digest) -> bool:
+        """True if the blob's file exists now (one stat)."""
         return not await self.find_missing([digest])
 
     async def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
+        """Absent digests in input order: one stat each, no body read; present ones count as used."""
         wanted = [d for d in digests if not d.is_empty]
-        present = await asyncio.to_thread(_exists, [self.layout.blob_path(d) for d in wanted])
+        present = await asyncio.to_thread(files.exists_all, [self.layout.blob_path(d) for d in wanted])
         now = time.time_ns()
         missing = []
         for digest, here in zip(wanted, present, strict=True):
@@ -185,13 +151,16 @@ class DiskTier:
                 missing.append(digest)
         return missing
 
-    async def get(self, digest: Digest, offset: int = 0, limit: int | None = None) -> BytesBlob | FileBlob | None:
+    async def get(
+        self, digest: Digest, offset: int = 0, limit: int | None = None
+    ) -> BytesBlob | FileBlob | None:
+        """Open a verified range of the blob, or None (absent, or found corrupt and deleted)."""
         if digest.is_empty:
             return BytesBlob(b"", offset, limit)
         key, path = blob_key(digest), self.layout.blob_path(digest)
         if digest.size <= self.verify_limit:
             clamp_range(digest.size, offset, limit)
-            result = await asyncio.to_thread(_read_small, path, digest)
+            result = await asyncio.to_thread(files.read_small, path, digest)
             if result is None:
                 self._forget(key)
                 return None
@@ -202,7 +171,7 @@ class DiskTier:
             self._seen(key, digest.size)
             return BytesBlob(data, offset, limit)
         length = clamp_range(digest.size, offset, limit)
-        opened = await asyncio.to_thread(_open_large, path)
+        opened = await asyncio.to_thread(files.open_large, path)
         if opened is None:
             self._forget(key)
             return None
@@ -227,6 +196,7 @@ class DiskTier:
         )  # fmt: skip
 
     async def get_bytes(self, digest: Digest) -> bytes | None:
+        """The whole blob in memory (small blobs only), or None."""
         blob = await self.get(digest)
         if blob is None:
             return None
@@ -236,8 +206,14 @@ class DiskTier:
 
     # -- CAS writes --------------------------------------------------------------------------------
     async def put(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
+        """Stream to a temp file while hashing; publish by rename only if digest and size match.
+
+        Raises:
+            IntegrityError: the bytes do not match `digest` (nothing stored, temp file removed).
+            StoreFull: no room under the hard cap, or the filesystem is full (`FilesystemFull`).
+        """
         key, path = blob_key(digest), self.layout.blob_path(digest)
-        if digest.is_empty or (await asyncio.to_thread(_exists, [path]))[0]:
+        if digest.is_empty or (await asyncio.to_thread(files.exists_all, [path]))[0]:
             await self._drain_verify(digest, chunks)  # idempotent, but wrong bytes are still an error
             if not digest.is_empty:
                 self._seen(key, digest.size)
@@ -260,7 +236,7 @@ class DiskTier:
                 sig = await asyncio.to_thread(writer.publish, path)
             except OSError as exc:
                 if exc.errno in files.FULL_ERRNOS:
-                    raise FilesystemFull(self.layout.root, self.used_bytes, digest.size, self.hard_cap, exc.strerror) from exc
+                    raise self._fs_full(digest.size, exc) from exc
                 raise
             finally:
                 await asyncio.to_thread(writer.abort)
@@ -271,6 +247,7 @@ class DiskTier:
         await self._after_write()
 
     async def put_bytes(self, digest: Digest, data: bytes) -> None:
+        """`put` for bytes already in memory."""
         await self.put(digest, aiter_bytes(data))
 
     async def _drain_verify(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
@@ -284,10 +261,11 @@ class DiskTier:
 
     # -- KV ----------------------------------------------------------------------------------------
     async def get_record(self, namespace: str, key: str) -> Record | None:
+        """The raw record (refs not checked here), or None; a damaged file is deleted and is a miss."""
         check_kv_name(namespace, key)
         path, ikey = self.layout.kv_path(namespace, key), kv_key(namespace, key)
         try:
-            data, ino = await asyncio.to_thread(_read_file, path)
+            data, ino = await asyncio.to_thread(files.read_file, path)
         except FileNotFoundError:
             self._forget(ikey)
             return None
@@ -303,6 +281,7 @@ class DiskTier:
         return record
 
     async def put_record(self, namespace: str, key: str, record: Record) -> None:
+        """Store or replace the record atomically. BadRequest for unsafe names, StoreFull at the cap."""
         check_kv_name(namespace, key)
         data = encode_kv_file(namespace, key, encode_record(record))
         await self._reserve(len(data))
@@ -313,7 +292,7 @@ class DiskTier:
                 await asyncio.to_thread(writer.publish, self.layout.kv_path(namespace, key))
             except OSError as exc:
                 if exc.errno in files.FULL_ERRNOS:
-                    raise FilesystemFull(self.layout.root, self.used_bytes, len(data), self.hard_cap, exc.strerror) from exc
+                    raise self._fs_full(len(data), exc) from exc
                 raise
             finally:
                 await asyncio.to_thread(writer.abort)
@@ -394,9 +373,13 @@ class DiskTier:
                     freed += entry.size
         return freed
 
+    def _fs_full(self, needed: int, exc: OSError) -> FilesystemFull:
+        return FilesystemFull(self.layout.root, self.used_bytes, needed, self.hard_cap, exc.strerror or "")
+
     def _maybe_snapshot(self) -> None:
         due = time.monotonic_ns() - self._snapshot_at > _SNAPSHOT_EVERY_NS
-        if self._snapshot_task is None and self._changes and (due or self._changes >= _SNAPSHOT_AFTER_CHANGES):
+        many = self._changes >= _SNAPSHOT_AFTER_CHANGES
+        if self._snapshot_task is None and self._changes and (due or many):
             self._snapshot_task = asyncio.create_task(self._save_snapshot())
 
     async def _save_snapshot(self) -> None:
@@ -407,8 +390,3 @@ class DiskTier:
             await asyncio.to_thread(index.save_snapshot, self.layout, entries, self._temp_area().path)
         finally:
             self._snapshot_task = None
-
-
-def _read_file(path: Path) -> tuple[bytes, int]:
-    with open(path, "rb") as handle:
-        return handle.read(), os.fstat(handle.fileno()).st_ino
