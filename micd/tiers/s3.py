@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 _INLINE = 1 << 20  # blobs up to this size are spooled in memory, larger ones in a temp file
 _MAX_RECORD = 64 << 20
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+_READS = {"HEAD", "GET", "DELETE"}
 
 
 class _Missing(Exception):
@@ -166,7 +167,8 @@ class S3Tier:
 
     @contextlib.asynccontextmanager
     async def _guard(self, op: str, key: str) -> AsyncIterator[None]:
-        """Run one S3 call: 404 → `_Missing`, any other failure → logged, cool-down, `TierUnavailable`."""
+        """Run one S3 call: a missing key → `_Missing` (reads only), any other failure → logged, cool-down,
+        `TierUnavailable`. A missing bucket is a failure, never a miss: uploads must not vanish into it."""
         if self._client is None:
             raise TierUnavailable("S3 tier is not open")
         if self._cooldown:
@@ -180,7 +182,11 @@ class S3Tier:
         except ClientError as exc:
             error = exc.response.get("Error", {})
             status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-            if status == "404" or error.get("Code") in _MISSING_CODES:
+            if (
+                op in _READS
+                and error.get("Code") != "NoSuchBucket"
+                and (status == "404" or error.get("Code") in _MISSING_CODES)
+            ):
                 self._succeeded()
                 raise _Missing from exc
             self._failed(op, key, exc)

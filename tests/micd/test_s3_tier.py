@@ -362,3 +362,23 @@ async def test_one_probe_at_a_time_while_degraded(tier, s3_proxy):
     assert all(isinstance(r, TierUnavailable) for r in results)
     assert counts["HeadObject"] == 1  # only the probe reached for the network
     s3_proxy.restore()
+
+
+async def test_missing_bucket_is_a_failure_not_a_miss(s3_proxy, s3_env, caplog):
+    tier = S3Tier(
+        bucket="no-such-bucket-here", endpoint_url=s3_proxy.endpoint_url, max_attempts=1, cooldown=(0.05, 0.1)
+    )
+    await tier.open()
+    try:
+        data = b"must not vanish"
+        with pytest.raises(TierUnavailable, match="NoSuchBucket"):
+            await tier.put_bytes(Digest.of(data), data)
+        await asyncio.sleep(0.15)  # past the cool-down
+        with pytest.raises(TierUnavailable, match="NoSuchBucket"):
+            await tier.put_record("ns", "k", Record(b"v"))
+        await asyncio.sleep(0.15)
+        with pytest.raises(TierUnavailable, match="NoSuchBucket"):
+            await tier.get(Digest.of(data))
+        assert tier.state == "degraded" and "NoSuchBucket" in caplog.text
+    finally:
+        await tier.close()
