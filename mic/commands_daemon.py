@@ -20,8 +20,9 @@ __all__ = ["format_bytes", "register", "stats_rows"]
 
 def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for key in reversed(client.KEYS):
-        command = click.option(key.flag, key.attr, default=None, metavar="VALUE",
-                               help=f"{key.help} [{key.name}, env {key.env}]")(command)
+        command = click.option(
+            key.flag, key.attr, default=None, metavar="VALUE", help=f"{key.help} [{key.name}, env {key.env}]"
+        )(command)
     return command
 
 
@@ -42,6 +43,7 @@ def _emit(data: dict[str, Any], as_json: bool, text: str) -> None:
 
 
 def format_bytes(n: float) -> str:
+    """Human-readable binary size, e.g. 3.0 MiB."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -50,8 +52,10 @@ def format_bytes(n: float) -> str:
 
 
 def _describe(info: client.DaemonInfo) -> str:
-    return (f"micd running, pid {info.pid}, up {info.uptime:.0f}s\n  http  {info.http}\n  grpc  {info.grpc}\n"
-            f"  token {info.as_dict()['token_file']}\n  state {info.state_dir}")
+    return (
+        f"micd running, pid {info.pid}, up {info.uptime:.0f}s\n  http  {info.http}\n  grpc  {info.grpc}\n"
+        f"  token {info.as_dict()['token_file']}\n  state {info.state_dir}"
+    )
 
 
 def stats_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
@@ -59,8 +63,19 @@ def stats_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for name, series in stats.get("metrics", {}).get("series", {}).items():
         tool, tier, event = name.split("/", 2)
-        row = rows.setdefault((tool, tier), {"tool": tool, "tier": tier, "hits": 0, "misses": 0,
-                                             "hit_bytes": 0, "put_bytes": 0, "puts": 0, "errors": 0})
+        row = rows.setdefault(
+            (tool, tier),
+            {
+                "tool": tool,
+                "tier": tier,
+                "hits": 0,
+                "misses": 0,
+                "hit_bytes": 0,
+                "put_bytes": 0,
+                "puts": 0,
+                "errors": 0,
+            },
+        )
         if event == "hit":
             row["hits"] += series["count"]
             row["hit_bytes"] += series["bytes"]
@@ -92,17 +107,36 @@ def _stats_table(stats: dict[str, Any]) -> str:
     table = [header]
     for row in stats_rows(stats):
         ratio = "-" if row["hit_ratio"] is None else f"{row['hit_ratio']:.1%}"
-        table.append((row["tool"], row["tier"], str(row["hits"]), str(row["misses"]), ratio,
-                      format_bytes(row["hit_bytes"]), str(row["puts"]), format_bytes(row["put_bytes"]),
-                      str(row["errors"])))
+        table.append(
+            (
+                row["tool"],
+                row["tier"],
+                str(row["hits"]),
+                str(row["misses"]),
+                ratio,
+                format_bytes(row["hit_bytes"]),
+                str(row["puts"]),
+                format_bytes(row["put_bytes"]),
+                str(row["errors"]),
+            )
+        )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
-             for r in table]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i < 2 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in table
+    ]
     if len(table) == 1:
         lines.append("(no requests yet)")
     lines += ["", f"uptime {stats.get('uptime_seconds', 0):.0f}s, pid {stats.get('pid')}", "store:"]
     for key, value in _flatten(stats.get("store", {})):
-        shown = format_bytes(value) if isinstance(value, int) and key.endswith(("bytes", "used", "size")) else value
+        shown = (
+            format_bytes(value)
+            if isinstance(value, int) and key.endswith(("bytes", "used", "size"))
+            else value
+        )
         lines.append(f"  {key:<32} {shown}")
     return "\n".join(lines)
 
@@ -158,8 +192,11 @@ def register(group: click.Group) -> None:
         config = _load(params)
         info = client.find_running(config)
         if info is None:
-            _emit({"running": False, "state_dir": str(config.state_dir)}, as_json,
-                  f"micd not running (state dir {config.state_dir})")
+            _emit(
+                {"running": False, "state_dir": str(config.state_dir)},
+                as_json,
+                f"micd not running (state dir {config.state_dir})",
+            )
             sys.exit(1)
         _emit({"running": True, **info.as_dict()}, as_json, _describe(info))
 

@@ -4,8 +4,8 @@ This is the only module that imports `protocols`. To add a protocol, add one lin
 an HTTP protocol contributes `routes(store)` in `create_app`, a gRPC one `add_servicers(server, store)` in
 `create_grpc_server`. Each gets `store.for_tool(<name>)` so metrics are kept per tool.
 
-Daemon endpoints of its own: `/healthz` (open, for readiness probes), `/metrics` (Prometheus text) and `/stats`
-(JSON for `mic stats`). Client-caused 4xx go to the `micd.access` logger, server errors to `micd`.
+Daemon endpoints of its own: `/healthz` (open, for readiness probes), `/metrics` (Prometheus text) and
+`/stats` (JSON for `mic stats`). Client-caused 4xx go to the `micd.access` logger, server errors to `micd`.
 """
 
 from __future__ import annotations
@@ -52,9 +52,11 @@ class Activity:
         self.in_flight = 0
 
     def touch(self) -> None:
+        """Record activity now."""
         self.last = time.monotonic()
 
     def idle_for(self) -> float:
+        """Seconds since the last request ended; 0 while any request is in flight."""
         return 0.0 if self.in_flight else time.monotonic() - self.last
 
 
@@ -68,14 +70,20 @@ async def open_store(config: Config, metrics: Metrics) -> Any:
     """Open the tiers named by `config` and compose them; the caller must `close()` the result."""
     s3 = queue = None
     if config.s3_enabled:
-        s3 = S3Tier(bucket=config.s3_bucket or "", prefix=config.s3_prefix, endpoint_url=config.s3_endpoint_url,
-                    region=config.s3_region)
+        s3 = S3Tier(
+            bucket=config.s3_bucket or "",
+            prefix=config.s3_prefix,
+            endpoint_url=config.s3_endpoint_url,
+            region=config.s3_region,
+        )
         # Per-session journal: a restarted daemon of this session replays what it had not uploaded yet.
         queue = UploadQueue(config.state_dir / "uploads")
     store = TieredStore(
         memory=MemoryTier(budget=config.memory_budget),
         disk=DiskTier(config.cache_dir, soft_cap=config.disk_soft_cap, hard_cap=config.disk_hard_cap),
-        s3=s3, queue=queue, metrics=metrics,
+        s3=s3,
+        queue=queue,
+        metrics=metrics,
     )
     await store.start()
     return store
@@ -98,7 +106,9 @@ def _activity_middleware(activity: Activity) -> Callable:
 
 
 @web.middleware
-async def _log_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+async def _log_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+):
     """Client errors (4xx) to the access log, server errors to the daemon log; nothing else is logged."""
     try:
         response = await handler(request)
@@ -142,22 +152,29 @@ async def handle_metrics(request: web.Request) -> web.Response:
     for name, value in _numeric_leaves(request.app[STORE].stats(), "store").items():  # type: ignore[attr-defined]
         metrics.set_gauge(name, value)
     metrics.set_gauge("uptime_seconds", round(time.monotonic() - request.app[_STARTED], 3))
-    return web.Response(text=metrics.render_prometheus(), content_type="text/plain", charset="utf-8",
-                        headers={"X-Prometheus-Format": "0.0.4"})
+    return web.Response(
+        text=metrics.render_prometheus(),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Prometheus-Format": "0.0.4"},
+    )
 
 
 async def handle_stats(request: web.Request) -> web.Response:
-    return web.json_response({
-        "pid": os.getpid(),
-        "uptime_seconds": round(time.monotonic() - request.app[_STARTED], 3),
-        "store": request.app[STORE].stats(),  # type: ignore[attr-defined]
-        "metrics": request.app[METRICS].snapshot(),
-    })
+    return web.json_response(
+        {
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.monotonic() - request.app[_STARTED], 3),
+            "store": request.app[STORE].stats(),  # type: ignore[attr-defined]
+            "metrics": request.app[METRICS].snapshot(),
+        }
+    )
 
 
-def create_app(store: Any, config: Config, *, token: str, metrics: Metrics,
-               activity: Activity | None = None) -> web.Application:
-    """The HTTP application: auth on everything but /healthz, daemon endpoints, then each protocol's routes."""
+def create_app(
+    store: Any, config: Config, *, token: str, metrics: Metrics, activity: Activity | None = None
+) -> web.Application:
+    """Build the HTTP application: auth on all but /healthz, daemon endpoints, then each protocol's routes."""
     activity = activity or Activity()
     app = web.Application(
         middlewares=[_activity_middleware(activity), _log_middleware, auth_middleware(token)],
@@ -175,9 +192,10 @@ def create_app(store: Any, config: Config, *, token: str, metrics: Metrics,
     return app
 
 
-def create_grpc_server(store: Any, config: Config, *, token: str,
-                       activity: Activity | None = None) -> grpc.aio.Server:
-    """The gRPC server (not yet bound or started): token interceptor and each gRPC protocol's servicers."""
+def create_grpc_server(
+    store: Any, config: Config, *, token: str, activity: Activity | None = None
+) -> grpc.aio.Server:
+    """Build the gRPC server (not yet bound or started): token interceptor and each protocol's servicers."""
     server = grpc.aio.server(
         interceptors=[TokenInterceptor(token, on_call=activity.touch if activity else None)],
         options=[

@@ -27,7 +27,7 @@ _CHALLENGE = 'Bearer realm="micd", Basic realm="micd"'
 
 
 def new_token() -> str:
-    """A fresh random session token (URL-safe, 43 characters, 256 bits)."""
+    """Return a fresh random session token (URL-safe, 43 characters, 256 bits)."""
     return secrets.token_urlsafe(32)
 
 
@@ -36,18 +36,22 @@ def _decode_basic(payload: str) -> str | None:
     padded = payload + "=" * (-len(payload) % 4)
     for decode in (base64.b64decode, base64.urlsafe_b64decode):
         try:
-            raw = decode(padded.encode("ascii"), validate=True) if decode is base64.b64decode else decode(padded)
+            raw = (
+                decode(padded.encode("ascii"), validate=True)
+                if decode is base64.b64decode
+                else decode(padded)
+            )
             text = raw.decode("utf-8")
         except (binascii.Error, ValueError, UnicodeError):
             continue
-        user, sep, password = text.partition(":")
+        _user, sep, password = text.partition(":")
         if sep:
             return password
     return None
 
 
 def token_matches(authorization_header: str | None, token: str) -> bool:
-    """True if the Authorization header value carries `token` (Bearer, or Basic with token as password).
+    """Check that an Authorization header value carries `token` (Bearer, or Basic with it as password).
 
     Comparison is constant-time. An empty token never matches.
     """
@@ -66,7 +70,7 @@ def token_matches(authorization_header: str | None, token: str) -> bool:
 
 
 def auth_middleware(token: str, open_paths: frozenset[str] = OPEN_PATHS) -> Callable:
-    """aiohttp middleware: 401 with a challenge unless the request carries the session token.
+    """Aiohttp middleware: 401 with a challenge unless the request carries the session token.
 
     It also guards unknown paths, so an unauthenticated caller cannot probe which routes exist.
     """
@@ -85,7 +89,7 @@ def auth_middleware(token: str, open_paths: frozenset[str] = OPEN_PATHS) -> Call
 
 
 def _deny_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming shape as `handler` that aborts with UNAUTHENTICATED."""
+    """Return a handler of the same streaming shape as `handler` that aborts with UNAUTHENTICATED."""
 
     async def deny(request_or_iterator: object, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong session token")
@@ -125,6 +129,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        """Pass the call to its handler if the token matches, else to one that aborts."""
         if self._on_call is not None:
             self._on_call()
         handler = await continuation(handler_call_details)

@@ -59,12 +59,19 @@ class DaemonInfo:
 
     @property
     def uptime(self) -> float:
+        """Seconds since the daemon wrote ports.json."""
         return max(0.0, time.time() - self.started_at)
 
     def as_dict(self) -> dict[str, Any]:
+        """Plain data for `--json` output."""
         return {
-            "pid": self.pid, "http": self.http, "grpc": self.grpc, "http_port": self.http_port,
-            "grpc_port": self.grpc_port, "uptime_seconds": round(self.uptime, 1), "state_dir": str(self.state_dir),
+            "pid": self.pid,
+            "http": self.http,
+            "grpc": self.grpc,
+            "http_port": self.http_port,
+            "grpc_port": self.grpc_port,
+            "uptime_seconds": round(self.uptime, 1),
+            "state_dir": str(self.state_dir),
             "token_file": str(StatePaths(self.state_dir).token),
         }
 
@@ -84,8 +91,13 @@ def _read_ports(paths: StatePaths) -> DaemonInfo | None:
     try:
         data = json.loads(paths.ports.read_text())
         return DaemonInfo(
-            pid=int(data["pid"]), http=data["http"], grpc=data["grpc"], http_port=int(data["http_port"]),
-            grpc_port=int(data["grpc_port"]), started_at=float(data["started_at"]), state_dir=paths.root,
+            pid=int(data["pid"]),
+            http=data["http"],
+            grpc=data["grpc"],
+            http_port=int(data["http_port"]),
+            grpc_port=int(data["grpc_port"]),
+            started_at=float(data["started_at"]),
+            state_dir=paths.root,
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -107,7 +119,7 @@ def _healthy(info: DaemonInfo, timeout: float = 2.0) -> bool:
 
 
 def find_running(config: Config) -> DaemonInfo | None:
-    """The daemon serving `config.state_dir`, if its ports.json is there, its pid lives and /healthz answers."""
+    """Find the daemon serving `config.state_dir`: ports.json present, its pid alive, /healthz answering."""
     info = _read_ports(StatePaths(config.state_dir))
     if info is None or not _alive(info.pid) or not _healthy(info):
         return None
@@ -119,7 +131,9 @@ def fetch_json(config: Config, path: str, timeout: float = 10.0) -> dict[str, An
     info = find_running(config)
     if info is None:
         raise DaemonError(f"no daemon is running for {config.state_dir} (start one with `mic daemon start`)")
-    request = urllib.request.Request(f"{info.http}{path}", headers={"Authorization": f"Bearer {read_token(config)}"})
+    request = urllib.request.Request(
+        f"{info.http}{path}", headers={"Authorization": f"Bearer {read_token(config)}"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
@@ -139,7 +153,7 @@ def _flag_args(flags: Mapping[str, object]) -> list[str]:
 
 
 def run_foreground(flags: Mapping[str, object], *, as_json: bool) -> None:
-    """Replace this process with `micd run` (foreground; prints endpoints; signals go straight to the daemon)."""
+    """Replace this process with `micd run` (foreground, prints endpoints, signals reach the daemon)."""
     args = [sys.executable, "-m", "micd.main", "run", *(["--json"] if as_json else []), *_flag_args(flags)]
     sys.stdout.flush()
     sys.stderr.flush()
@@ -153,7 +167,9 @@ def _log_tail(paths: StatePaths, lines: int = 15) -> str:
         return "(no daemon.log)"
 
 
-def start_daemon(config: Config, flags: Mapping[str, object], *, timeout: float = 30.0) -> tuple[DaemonInfo, bool]:
+def start_daemon(
+    config: Config, flags: Mapping[str, object], *, timeout: float = 30.0
+) -> tuple[DaemonInfo, bool]:
     """Start a detached daemon unless one runs; returns (info, started_now).
 
     Concurrent callers serialise on `start.lock`, so exactly one daemon results and the others report it.
@@ -168,7 +184,12 @@ def start_daemon(config: Config, flags: Mapping[str, object], *, timeout: float 
         command = [sys.executable, "-m", "micd.main", "run", "--detached", *_flag_args(pinned)]
         with open(paths.log, "ab") as log:
             child = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -177,10 +198,13 @@ def start_daemon(config: Config, flags: Mapping[str, object], *, timeout: float 
                 return info, info.pid == child.pid
             code = child.poll()
             if code is not None and code != EXIT_ALREADY_RUNNING:
-                raise DaemonError(f"micd exited with status {code} while starting; daemon.log says:\n"
-                                  f"{_log_tail(paths)}")
+                raise DaemonError(
+                    f"micd exited with status {code} while starting; daemon.log says:\n{_log_tail(paths)}"
+                )
             time.sleep(0.02)
-        raise DaemonError(f"micd did not become ready within {timeout:g}s; daemon.log says:\n{_log_tail(paths)}")
+        raise DaemonError(
+            f"micd did not become ready within {timeout:g}s; daemon.log says:\n{_log_tail(paths)}"
+        )
 
 
 def stop_daemon(config: Config, *, timeout: float = 60.0) -> int | None:

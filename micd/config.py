@@ -1,8 +1,8 @@
 """micd configuration: one frozen dataclass, one loader, one `validate()`.
 
-Precedence, highest first: CLI flags > `MIC_*` environment variables > workspace `mic.toml` (found by walking up
-from the working directory) > user config `$XDG_CONFIG_HOME/mic/config.toml` > defaults. Every effective value
-remembers where it came from, so `mic config show` and validation errors can name the source.
+Precedence, highest first: CLI flags > `MIC_*` environment variables > workspace `mic.toml` (found by walking
+up from the working directory) > user config `$XDG_CONFIG_HOME/mic/config.toml` > defaults. Every effective
+value remembers where it came from, so `mic config show` and validation errors can name the source.
 
 TOML layout (all keys optional)::
 
@@ -27,7 +27,16 @@ from typing import Any
 
 from micd.errors import MicError
 
-__all__ = ["KEYS", "Config", "ConfigError", "Key", "find_workspace", "load_config", "parse_duration", "parse_size"]
+__all__ = [
+    "KEYS",
+    "Config",
+    "ConfigError",
+    "Key",
+    "find_workspace",
+    "load_config",
+    "parse_duration",
+    "parse_size",
+]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*", re.IGNORECASE)
@@ -95,22 +104,47 @@ class Key:
 
     @property
     def flag(self) -> str:
+        """The command-line option, e.g. `--memory-budget`."""
         return "--" + self.attr.replace("_", "-")
 
 
 KEYS: tuple[Key, ...] = (
     Key("store.dir", "cache_dir", "MIC_CACHE_DIR", _parse_str, "shared disk cache root", is_path=True),
     Key("store.memory_budget", "memory_budget", "MIC_MEMORY_BUDGET", parse_size, "memory tier size"),
-    Key("store.disk_soft_cap", "disk_soft_cap", "MIC_DISK_SOFT_CAP", parse_size, "disk size that starts eviction"),
-    Key("store.disk_hard_cap", "disk_hard_cap", "MIC_DISK_HARD_CAP", parse_size, "disk size that rejects writes"),
+    Key(
+        "store.disk_soft_cap",
+        "disk_soft_cap",
+        "MIC_DISK_SOFT_CAP",
+        parse_size,
+        "disk size that starts eviction",
+    ),
+    Key(
+        "store.disk_hard_cap",
+        "disk_hard_cap",
+        "MIC_DISK_HARD_CAP",
+        parse_size,
+        "disk size that rejects writes",
+    ),
     Key("s3.bucket", "s3_bucket", "MIC_S3_BUCKET", _parse_str, "S3 bucket (S3 tier off when unset)"),
     Key("s3.prefix", "s3_prefix", "MIC_S3_PREFIX", _parse_str, "key prefix inside the bucket"),
-    Key("s3.endpoint_url", "s3_endpoint_url", "MIC_S3_ENDPOINT_URL", _parse_str, "S3-compatible endpoint URL"),
+    Key(
+        "s3.endpoint_url", "s3_endpoint_url", "MIC_S3_ENDPOINT_URL", _parse_str, "S3-compatible endpoint URL"
+    ),
     Key("s3.region", "s3_region", "MIC_S3_REGION", _parse_str, "S3 region"),
-    Key("daemon.state_dir", "state_dir", "MIC_STATE_DIR", _parse_str, "this daemon's state dir", is_path=True),
+    Key(
+        "daemon.state_dir", "state_dir", "MIC_STATE_DIR", _parse_str, "this daemon's state dir", is_path=True
+    ),
     Key("daemon.session", "session", "MIC_SESSION", _parse_str, "session id (default: one per workspace)"),
-    Key("daemon.idle_timeout", "idle_timeout", "MIC_IDLE_TIMEOUT", parse_duration, "stop after idle (0 = never)"),
-    Key("daemon.drain_timeout", "drain_timeout", "MIC_DRAIN_TIMEOUT", parse_duration, "S3 drain bound at stop"),
+    Key(
+        "daemon.idle_timeout",
+        "idle_timeout",
+        "MIC_IDLE_TIMEOUT",
+        parse_duration,
+        "stop after idle (0 = never)",
+    ),
+    Key(
+        "daemon.drain_timeout", "drain_timeout", "MIC_DRAIN_TIMEOUT", parse_duration, "S3 drain bound at stop"
+    ),
     Key("daemon.log_level", "log_level", "MIC_LOG_LEVEL", _parse_level, "daemon log level"),
 )
 _BY_NAME = {key.name: key for key in KEYS}
@@ -140,9 +174,11 @@ class Config:
 
     @property
     def s3_enabled(self) -> bool:
+        """S3 is on exactly when a bucket is configured."""
         return bool(self.s3_bucket)
 
     def source(self, attr: str) -> str:
+        """Where the value of `attr` came from ("default", "env MIC_…", a file, "flag --…")."""
         return self.sources.get(attr, "default")
 
     def validate(self) -> Config:
@@ -159,9 +195,12 @@ class Config:
         if self.disk_soft_cap == 0:
             raise ConfigError(f"{where('disk_soft_cap')} must be > 0 (the disk tier is always on)")
         if self.s3_endpoint_url and not re.match(r"https?://[^/\s]+", self.s3_endpoint_url):
-            raise ConfigError(f"{where('s3_endpoint_url')} must be an http:// or https:// URL, "
-                              f"got {self.s3_endpoint_url!r}")
-        if self.s3_bucket is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", self.s3_bucket):
+            raise ConfigError(
+                f"{where('s3_endpoint_url')} must be an http:// or https:// URL, got {self.s3_endpoint_url!r}"
+            )
+        if self.s3_bucket is not None and not re.fullmatch(
+            r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", self.s3_bucket
+        ):
             raise ConfigError(f"{where('s3_bucket')} is not a valid bucket name: {self.s3_bucket!r}")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", self.session):
             raise ConfigError(f"{where('session')} must be letters, digits, '_', '.', '-': {self.session!r}")
@@ -222,12 +261,13 @@ def load_config(
     """Build the effective, validated Config.
 
     Args:
-        flags: values given on the command line, keyed by attribute (`memory_budget`); None values are ignored.
+        flags: command-line values keyed by attribute (`memory_budget`); None values are ignored.
         cwd: where to start looking for the workspace `mic.toml` (default: the process cwd).
         env: the environment (default: `os.environ`).
 
     Raises:
         ConfigError: a value does not parse or keys contradict each other; the message names key and source.
+
     """
     env = os.environ if env is None else env
     cwd = (cwd or Path.cwd()).resolve()
@@ -242,7 +282,9 @@ def load_config(
     if workspace_toml is not None:
         layers.append(_read_toml(workspace_toml))
     layers.append({k.name: (env[k.env], f"env {k.env}") for k in KEYS if env.get(k.env, "") != ""})
-    layers.append({_BY_ATTR[a].name: (v, f"flag {_BY_ATTR[a].flag}") for a, v in (flags or {}).items() if v is not None})
+    layers.append(
+        {_BY_ATTR[a].name: (v, f"flag {_BY_ATTR[a].flag}") for a, v in (flags or {}).items() if v is not None}
+    )
 
     values: dict[str, object] = {}
     sources: dict[str, str] = {"workspace": "found from cwd" if workspace != cwd or workspace_toml else "cwd"}

@@ -2,12 +2,12 @@
 
 State dir layout (see architecture.md; one per session, or per workspace when no session is active):
 
-    daemon.lock   flock'ed exclusively for the daemon's whole life: a second daemon for the session cannot start,
-                  and a client that can take the lock knows the daemon is gone (no pid-reuse guessing)
+    daemon.lock   flock'ed exclusively for the daemon's whole life, so a second daemon for the session
+                  cannot start (it exits with status 3, "already running")
     start.lock    flock'ed by `mic daemon start` while it checks and spawns, so two starts make one daemon
     daemon.pid    the pid, written once the life lock is held
-    ports.json    {"pid", "http_port", "grpc_port", …} written atomically (temp + fsync + rename) only after both
-                  listeners answer a probe; removed first at shutdown
+    ports.json    {"pid", "http_port", "grpc_port", …} written atomically (temp + fsync + rename) only after
+                  both listeners answer a probe; removed first at shutdown
     token         the session token, mode 0600, kept across restarts so configured clients keep working
     daemon.log    info and errors;  access.log: client-caused 4xx only
 
@@ -75,40 +75,48 @@ class StatePaths:
 
     @property
     def lock(self) -> Path:
+        """Held by the daemon for its whole life."""
         return self.root / "daemon.lock"
 
     @property
     def start_lock(self) -> Path:
+        """Held by `mic daemon start` while it checks and spawns."""
         return self.root / "start.lock"
 
     @property
     def pid(self) -> Path:
+        """The daemon's pid."""
         return self.root / "daemon.pid"
 
     @property
     def ports(self) -> Path:
+        """Endpoints, written once serving."""
         return self.root / "ports.json"
 
     @property
     def token(self) -> Path:
+        """The session token (0600)."""
         return self.root / "token"
 
     @property
     def log(self) -> Path:
+        """The daemon log."""
         return self.root / "daemon.log"
 
     @property
     def access_log(self) -> Path:
+        """Client-caused 4xx only."""
         return self.root / "access.log"
 
     def ensure(self) -> StatePaths:
+        """Create the state dir (mode 0700) if needed."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         return self
 
 
 @contextlib.contextmanager
 def hold_lock(path: Path, *, blocking: bool) -> Iterator[bool]:
-    """flock `path` exclusively; yields whether it was acquired (always True when blocking)."""
+    """Flock `path` exclusively; yields whether it was acquired (always True when blocking)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
@@ -143,7 +151,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def load_or_create_token(path: Path) -> str:
-    """The session token: reused if the file is private and non-empty, otherwise created with mode 0600."""
+    """Return the session token: reused if its file is private and non-empty, else created with mode 0600."""
     try:
         info = path.stat()
         token = path.read_text().strip()
@@ -168,7 +176,7 @@ def _unlink(path: Path) -> None:
 
 
 def configure_logging(paths: StatePaths, level: str, *, echo: bool) -> None:
-    """daemon.log for the daemon, access.log for client errors; `echo` also logs to stderr (foreground run)."""
+    """Log to daemon.log, client errors to access.log; `echo` also logs to stderr (foreground run)."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger("micd")
     root.setLevel(level)
@@ -247,7 +255,9 @@ async def serve(config: Config, paths: StatePaths, *, on_ready: Callable[[dict[s
             "started_at": time.time(),
         }
         # bazelrc before ports.json: whoever sees ports.json (the readiness signal) finds the bazelrc too.
-        await asyncio.to_thread(write_bazelrc, paths.root, grpc_port=grpc_port, http_port=http_port, token=token)
+        await asyncio.to_thread(
+            write_bazelrc, paths.root, grpc_port=grpc_port, http_port=http_port, token=token
+        )
         await asyncio.to_thread(write_json_atomic, paths.ports, info)
         log.info("serving http on %s and grpc on %s (pid %d)", info["http"], info["grpc"], os.getpid())
         on_ready(info)
@@ -270,6 +280,7 @@ def run_daemon(config: Config, *, echo: bool, on_ready: Callable[[dict[str, Any]
 
     Raises:
         AlreadyRunning: another daemon serves this state dir.
+
     """
     paths = StatePaths(config.state_dir).ensure()
     with hold_lock(paths.lock, blocking=False) as acquired:
@@ -294,7 +305,7 @@ def _read_pid(path: Path) -> int | None:
 
 
 def is_alive(pid: int) -> bool:
-    """True if a process with `pid` exists (zombies included)."""
+    """Tell whether a process with `pid` exists (zombies included)."""
     try:
         os.kill(pid, 0)
     except OSError as exc:

@@ -25,13 +25,14 @@ EXIT_ALREADY_RUNNING = 3  # mirrored in micd.client: the starter waits for the d
 def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add one `--<key>` option per configuration key (the highest-precedence layer)."""
     for key in reversed(KEYS):
-        command = click.option(key.flag, key.attr, default=None, metavar="VALUE",
-                               help=f"{key.help} [{key.name}, env {key.env}]")(command)
+        command = click.option(
+            key.flag, key.attr, default=None, metavar="VALUE", help=f"{key.help} [{key.name}, env {key.env}]"
+        )(command)
     return command
 
 
 def flags_from(params: dict[str, Any]) -> dict[str, Any]:
-    """The configuration flags the user actually gave."""
+    """Return the configuration flags the user actually gave."""
     attrs = {key.attr for key in KEYS}
     return {name: value for name, value in params.items() if name in attrs and value is not None}
 
@@ -74,7 +75,9 @@ def main() -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON line.")
-@click.option("--detached", is_flag=True, hidden=True, help="Started by `mic daemon start`: log to file only.")
+@click.option(
+    "--detached", is_flag=True, hidden=True, help="Started by `mic daemon start`: log to file only."
+)
 @config_options
 def run(as_json: bool, detached: bool, **params: Any) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT or the idle timeout."""

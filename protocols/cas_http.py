@@ -2,17 +2,17 @@
 
 Routes (all need the session token; see micd/auth.py):
 
-    PUT  /cas/{function}/{hex}/{size}   body = the blob (Content-Length or chunked). 201 stored, 200 already there.
-    GET  /cas/{function}/{hex}/{size}   200 with the blob, 206 for a `Range: bytes=…` request, 404 on a miss.
-    HEAD /cas/{function}/{hex}/{size}   200 with Content-Length if present, 404 otherwise (never reads the body).
+    PUT  /cas/{function}/{hex}/{size}  body = the blob (Content-Length or chunked); 201 stored, 200 was there
+    GET  /cas/{function}/{hex}/{size}  200 with the blob, 206 for `Range: bytes=…`, 404 on a miss
+    HEAD /cas/{function}/{hex}/{size}  200 with Content-Length if present, else 404 (never reads the body)
 
 `function` is `sha256` or `blake3`, `hex` the lowercase 64-hex hash, `size` decimal bytes. The size is in the
 path because the core's digests carry it (as REAPI resource names do); it also keeps these four-segment paths
 disjoint from Bazel's `/cas/<hex>` and `/<instance>/cas/<hex>`. Segments are matched loosely and then checked
 by `micd.validate.parse_digest`, so a traversal such as `..%2F` or a malformed hash is a 400, not a 404.
 
-Bodies stream both ways: PUT feeds `request.content.iter_chunked` to `store.put` (which hashes while writing and
-publishes only on a match); GET uses sendfile when the blob is a verified file, else bounded chunks.
+Bodies stream both ways: PUT feeds `request.content.iter_chunked` to `store.put` (which hashes while writing
+and publishes only on a match); GET uses sendfile when the blob is a verified file, else bounded chunks.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 def status_for(exc: MicError) -> int:
-    """The one mapping from core errors to HTTP status codes for this endpoint."""
+    """Map a core error to this endpoint's HTTP status (the one mapping)."""
     if isinstance(exc, BadRequest | IntegrityError):
         return 400
     if isinstance(exc, StoreFull):
@@ -85,7 +85,9 @@ async def handle_head_blob(request: web.Request, store: Store) -> web.StreamResp
     digest = parse_digest_path(request)
     if not await store.contains(digest):
         return web.Response(status=404)
-    return web.Response(status=200, headers={"Content-Length": str(digest.size), "Content-Type": CONTENT_TYPE})
+    return web.Response(
+        status=200, headers={"Content-Length": str(digest.size), "Content-Type": CONTENT_TYPE}
+    )
 
 
 async def handle_get_blob(request: web.Request, store: Store) -> web.StreamResponse:
@@ -143,7 +145,7 @@ async def handle_put_blob(request: web.Request, store: Store) -> web.StreamRespo
 
 
 def routes(store: Store) -> list[web.RouteDef]:
-    """The endpoint's routes, bound to `store` (normally `tiered.for_tool("cas")`)."""
+    """Return the endpoint's routes bound to `store` (normally `tiered.for_tool("cas")`)."""
 
     def bind(handler):  # type: ignore[no-untyped-def]
         async def route(request: web.Request) -> web.StreamResponse:

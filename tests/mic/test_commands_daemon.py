@@ -1,5 +1,7 @@
-"""`mic config show`, `mic stats`, `mic daemon status` as a user sees them (CliRunner in process, the daemon as
-a real process)."""
+"""`mic config show`, `mic stats`, `mic daemon …` as a user sees them.
+
+CliRunner in process; the daemon is a real process.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +21,16 @@ SNAPSHOT = {
     "pid": 42,
     "uptime_seconds": 12.0,
     "store": {"disk": {"used_bytes": 3 << 20, "entries": 4}, "queue": {"depth": 2}, "s3": {"state": "up"}},
-    "metrics": {"series": {
-        "bazel/disk/hit": {"count": 3, "bytes": 3000, "seconds": 0.1},
-        "bazel/disk/miss": {"count": 1, "bytes": 0, "seconds": 0.0},
-        "bazel/memory/hit": {"count": 6, "bytes": 600, "seconds": 0.0},
-        "cas/all/put": {"count": 2, "bytes": 2048, "seconds": 0.0},
-    }, "gauges": {}, "counters": {}},
+    "metrics": {
+        "series": {
+            "bazel/disk/hit": {"count": 3, "bytes": 3000, "seconds": 0.1},
+            "bazel/disk/miss": {"count": 1, "bytes": 0, "seconds": 0.0},
+            "bazel/memory/hit": {"count": 6, "bytes": 600, "seconds": 0.0},
+            "cas/all/put": {"count": 2, "bytes": 2048, "seconds": 0.0},
+        },
+        "gauges": {},
+        "counters": {},
+    },
 }
 
 
@@ -84,8 +90,10 @@ def test_stats_rows_and_ratio():
     assert rows[("cas", "all")]["hit_ratio"] is None and rows[("cas", "all")]["put_bytes"] == 2048
 
 
-@pytest.mark.parametrize(("n", "text"), [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (3 << 20, "3.0 MiB"),
-                                         (5 << 40, "5.0 TiB")])
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (3 << 20, "3.0 MiB"), (5 << 40, "5.0 TiB")],
+)
 def test_format_bytes(n, text):
     assert format_bytes(n) == text
 
@@ -97,7 +105,9 @@ def test_stats_table_and_json_from_a_running_daemon(micd, tmp_path, monkeypatch)
     assert daemon.request("PUT", path, data)[0] == 201
     assert daemon.request("GET", path)[0] == 200
     missing = b"never stored"
-    assert daemon.request("GET", f"/cas/sha256/{hashlib.sha256(missing).hexdigest()}/{len(missing)}")[0] == 404
+    assert (
+        daemon.request("GET", f"/cas/sha256/{hashlib.sha256(missing).hexdigest()}/{len(missing)}")[0] == 404
+    )
     monkeypatch.setenv("MIC_STATE_DIR", str(daemon.state))
     monkeypatch.chdir(tmp_path)
 
@@ -126,9 +136,14 @@ def test_daemon_run_prints_endpoints_and_stops_on_sigterm(tmp_path):
 
     from tests.micd.test_lifecycle import daemon_env, read_line
 
-    process = subprocess.Popen([str(Path(sys.executable).parent / "mic"), "daemon", "run"], cwd=tmp_path,
-                               env=daemon_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               bufsize=0)  # unbuffered: read_line selects on the pipe itself
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mic"), "daemon", "run"],
+        cwd=tmp_path,
+        env=daemon_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        bufsize=0,
+    )  # unbuffered: read_line selects on the pipe itself
     try:
         lines = [read_line(process) for _ in range(5)]
         assert lines[0].startswith("micd pid ")

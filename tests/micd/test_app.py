@@ -1,5 +1,8 @@
-"""micd.app, in process: auth on every mounted route (enumerated, so new routes are covered), daemon endpoints,
-log separation, and the gRPC server's interceptor and message limits."""
+"""micd.app, in process: auth on every route, daemon endpoints, logs, gRPC.
+
+Routes are enumerated from the router, so new endpoints are covered automatically. Also: log
+separation, and the gRPC server's interceptor and message limits.
+"""
 
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ def _concrete_paths(app: web.Application) -> list[tuple[str, str]]:
         template = info.get("path") or info.get("formatter")
         assert template, f"cannot enumerate route {route!r}"
 
-        def fill(match: re.Match) -> str:
+        def fill(match: re.Match, template: str = template) -> str:
             pattern = match.group(2) or r"[^{}/]+"
             for candidate in _CANDIDATES:
                 if re.fullmatch(pattern, candidate):
@@ -135,7 +138,9 @@ async def test_client_errors_go_to_the_access_log_only(aiohttp_client, app, capl
 
 async def test_activity_counts_requests_in_flight(aiohttp_client, config):
     activity = Activity()
-    client = await aiohttp_client(create_app(_Store(), config, token=TOKEN, metrics=Metrics(), activity=activity))
+    client = await aiohttp_client(
+        create_app(_Store(), config, token=TOKEN, metrics=Metrics(), activity=activity)
+    )
     before = activity.last
     await client.get("/healthz")
     assert activity.last == before  # a readiness probe is not activity
@@ -151,8 +156,13 @@ async def test_grpc_server_checks_token_and_allows_large_messages(config):
     async def echo(request: bytes, context) -> bytes:
         return request
 
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+            ),
+        )
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

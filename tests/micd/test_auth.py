@@ -1,4 +1,4 @@
-"""micd.auth: the pure token check (every accepted and rejected form), the aiohttp middleware, the gRPC interceptor."""
+"""micd.auth: the pure token check (every accepted and rejected form), middleware, gRPC interceptor."""
 
 from __future__ import annotations
 
@@ -86,7 +86,9 @@ async def test_middleware(aiohttp_client):
         assert "Bearer" in response.headers["WWW-Authenticate"]
         assert (await client.get(path, headers={"Authorization": "Bearer wrong"})).status == 401
     assert (await client.get("/secret", headers={"Authorization": f"Bearer {TOKEN}"})).status == 200
-    assert (await client.get("/secret", headers={"Authorization": _basic("x", TOKEN, urlsafe=True)})).status == 200
+    assert (
+        await client.get("/secret", headers={"Authorization": _basic("x", TOKEN, urlsafe=True)})
+    ).status == 200
     assert (await client.get("/no/such/route", headers={"Authorization": f"Bearer {TOKEN}"})).status == 404
 
 
@@ -108,12 +110,15 @@ async def grpc_echo():
         async for request in requests:
             yield request
 
-    handler = grpc.method_handlers_generic_handler("test.Echo", {
-        "Unary": grpc.unary_unary_rpc_method_handler(unary),
-        "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
-        "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
-        "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
-    })
+    handler = grpc.method_handlers_generic_handler(
+        "test.Echo",
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+            "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+            "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+        },
+    )
     calls: list[int] = []
     server = grpc.aio.server(interceptors=[TokenInterceptor(TOKEN, on_call=lambda: calls.append(1))])
     server.add_generic_rpc_handlers((handler,))
@@ -128,21 +133,33 @@ async def grpc_echo():
 async def _call_all(channel, metadata):
     results = []
     results.append(await channel.unary_unary("/test.Echo/Unary")(b"x", metadata=metadata))
-    results.append([r async for r in channel.unary_stream("/test.Echo/ServerStream")(b"y", metadata=metadata)])
-    results.append(await channel.stream_unary("/test.Echo/ClientStream")(iter([b"a", b"b"]), metadata=metadata))
-    results.append([r async for r in channel.stream_stream("/test.Echo/Bidi")(iter([b"c"]), metadata=metadata)])
+    results.append(
+        [r async for r in channel.unary_stream("/test.Echo/ServerStream")(b"y", metadata=metadata)]
+    )
+    results.append(
+        await channel.stream_unary("/test.Echo/ClientStream")(iter([b"a", b"b"]), metadata=metadata)
+    )
+    results.append(
+        [r async for r in channel.stream_stream("/test.Echo/Bidi")(iter([b"c"]), metadata=metadata)]
+    )
     return results
 
 
 async def test_grpc_interceptor_allows_token(grpc_echo):
     channel, calls = grpc_echo
-    for metadata in ((("authorization", f"Bearer {TOKEN}"),), (("authorization", _basic("u", TOKEN, urlsafe=True)),)):
+    for metadata in (
+        (("authorization", f"Bearer {TOKEN}"),),
+        (("authorization", _basic("u", TOKEN, urlsafe=True)),),
+    ):
         assert await _call_all(channel, metadata) == [b"echo:x", [b"y", b"y"], b"ab", [b"c"]]
     assert len(calls) == 8
 
 
-@pytest.mark.parametrize("metadata", [None, (("authorization", "Bearer wrong"),), (("x-other", TOKEN),)],
-                         ids=["missing", "wrong", "other header"])
+@pytest.mark.parametrize(
+    "metadata",
+    [None, (("authorization", "Bearer wrong"),), (("x-other", TOKEN),)],
+    ids=["missing", "wrong", "other header"],
+)
 @pytest.mark.parametrize("method", ["Unary", "ServerStream", "ClientStream", "Bidi", "NoSuchMethod"])
 async def test_grpc_interceptor_rejects(grpc_echo, metadata, method):
     channel, _ = grpc_echo

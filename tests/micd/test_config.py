@@ -11,8 +11,11 @@ from micd.config import ConfigError, load_config, parse_duration, parse_size
 
 
 def _env(**extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if k in ("HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME",
-                                                          "XDG_CONFIG_HOME")}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k in ("HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME")
+    }
     return {**base, **extra}
 
 
@@ -22,7 +25,12 @@ def layout(tmp_path: Path, clean_env: Path) -> dict[str, Path]:
     (workspace / "sub" / "deeper").mkdir(parents=True)
     user = Path(os.environ["XDG_CONFIG_HOME"]) / "mic" / "config.toml"
     user.parent.mkdir(parents=True)
-    return {"ws": workspace, "cwd": workspace / "sub" / "deeper", "user": user, "toml": workspace / "mic.toml"}
+    return {
+        "ws": workspace,
+        "cwd": workspace / "sub" / "deeper",
+        "user": user,
+        "toml": workspace / "mic.toml",
+    }
 
 
 # Each row adds one layer; the highest layer present must win and be named as the source.
@@ -38,7 +46,9 @@ PRECEDENCE = [
 ]
 
 
-@pytest.mark.parametrize(("description", "layers", "expected", "source"), PRECEDENCE, ids=[r[0] for r in PRECEDENCE])
+@pytest.mark.parametrize(
+    ("description", "layers", "expected", "source"), PRECEDENCE, ids=[r[0] for r in PRECEDENCE]
+)
 def test_precedence(layout, description, layers, expected, source):
     if "user" in layers:
         layout["user"].write_text('[store]\nmemory_budget = "1MiB"\n')
@@ -118,21 +128,55 @@ def test_xdg_config_home_is_respected(layout, tmp_path):
 
 
 BAD = [
-    ("bad size in env", {}, {"MIC_MEMORY_BUDGET": "lots"}, None, "store.memory_budget (from env MIC_MEMORY_BUDGET)"),
-    ("bad duration flag", {"idle_timeout": "soon"}, {}, None, "daemon.idle_timeout (from flag --idle-timeout)"),
+    (
+        "bad size in env",
+        {},
+        {"MIC_MEMORY_BUDGET": "lots"},
+        None,
+        "store.memory_budget (from env MIC_MEMORY_BUDGET)",
+    ),
+    (
+        "bad duration flag",
+        {"idle_timeout": "soon"},
+        {},
+        None,
+        "daemon.idle_timeout (from flag --idle-timeout)",
+    ),
     ("bad level in toml", {}, {}, '[daemon]\nlog_level = "loud"\n', "daemon.log_level (from {toml})"),
     ("wrong type in toml", {}, {}, "[s3]\nbucket = 5\n", "s3.bucket (from {toml})"),
     ("unknown key", {}, {}, "[store]\nmemroy_budget = 1\n", "{toml}: unknown key store.memroy_budget"),
     ("invalid toml", {}, {}, "[store\n", "{toml}: not valid TOML"),
-    ("hard below soft", {"disk_hard_cap": "1GiB"}, {"MIC_DISK_SOFT_CAP": "2GiB"}, None,
-     "store.disk_hard_cap (from flag --disk-hard-cap) = 1073741824 is below store.disk_soft_cap "
-     "(from env MIC_DISK_SOFT_CAP)"),
-    ("endpoint not a url", {}, {"MIC_S3_ENDPOINT_URL": "localhost:9000"}, None,
-     "s3.endpoint_url (from env MIC_S3_ENDPOINT_URL) must be an http"),
-    ("bad bucket", {"s3_bucket": "No_Such"}, {}, None, "s3.bucket (from flag --s3-bucket) is not a valid bucket"),
+    (
+        "hard below soft",
+        {"disk_hard_cap": "1GiB"},
+        {"MIC_DISK_SOFT_CAP": "2GiB"},
+        None,
+        "store.disk_hard_cap (from flag --disk-hard-cap) = 1073741824 is below store.disk_soft_cap "
+        "(from env MIC_DISK_SOFT_CAP)",
+    ),
+    (
+        "endpoint not a url",
+        {},
+        {"MIC_S3_ENDPOINT_URL": "localhost:9000"},
+        None,
+        "s3.endpoint_url (from env MIC_S3_ENDPOINT_URL) must be an http",
+    ),
+    (
+        "bad bucket",
+        {"s3_bucket": "No_Such"},
+        {},
+        None,
+        "s3.bucket (from flag --s3-bucket) is not a valid bucket",
+    ),
     ("bad session", {}, {"MIC_SESSION": "../x"}, None, "daemon.session (from env MIC_SESSION)"),
     ("negative size", {}, {}, "[store]\ndisk_soft_cap = -1\n", "store.disk_soft_cap (from {toml})"),
-    ("zero soft cap", {"disk_soft_cap": "0"}, {}, None, "store.disk_soft_cap (from flag --disk-soft-cap) must be > 0"),
+    (
+        "zero soft cap",
+        {"disk_soft_cap": "0"},
+        {},
+        None,
+        "store.disk_soft_cap (from flag --disk-soft-cap) must be > 0",
+    ),
 ]
 
 
@@ -145,10 +189,21 @@ def test_validation_names_key_and_source(layout, description, flags, env, toml, 
     assert message.format(toml=layout["toml"]) in str(info.value)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    (0, 0), (1024, 1024), ("1024", 1024), ("4KiB", 4096), ("4k", 4096), ("512MiB", 512 << 20),
-    ("10GiB", 10 << 30), ("1.5 GiB", 3 << 29), ("2T", 2 << 40), ("7B", 7),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (0, 0),
+        (1024, 1024),
+        ("1024", 1024),
+        ("4KiB", 4096),
+        ("4k", 4096),
+        ("512MiB", 512 << 20),
+        ("10GiB", 10 << 30),
+        ("1.5 GiB", 3 << 29),
+        ("2T", 2 << 40),
+        ("7B", 7),
+    ],
+)
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
 
@@ -159,10 +214,20 @@ def test_parse_size_rejects(text):
         parse_size(text)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    (0, 0.0), (90, 90.0), ("90", 90.0), ("30s", 30.0), ("10m", 600.0), ("2h", 7200.0), ("1d", 86400.0),
-    ("250ms", 0.25), (1.5, 1.5),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (0, 0.0),
+        (90, 90.0),
+        ("90", 90.0),
+        ("30s", 30.0),
+        ("10m", 600.0),
+        ("2h", 7200.0),
+        ("1d", 86400.0),
+        ("250ms", 0.25),
+        (1.5, 1.5),
+    ],
+)
 def test_parse_duration(text, expected):
     assert parse_duration(text) == expected
 

@@ -1,4 +1,4 @@
-"""The daemon as real processes: start lock, ports.json timing, token file, signals, idle timeout, crash safety.
+"""The daemon as real processes: start lock, ports.json timing, token, signals, idle timeout, crash safety.
 
 Every daemon here binds 127.0.0.1 only and is stopped by PID at the end of its test.
 """
@@ -69,7 +69,10 @@ def read_line(process: subprocess.Popen, timeout: float = 30) -> str:
 def start_micd(tmp_path: Path, *args: str, **env: str) -> Daemon:
     process = subprocess.Popen(
         [sys.executable, "-m", "micd.main", "run", "--json", *args],
-        env=daemon_env(tmp_path, **env), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        env=daemon_env(tmp_path, **env),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     line = read_line(process)
     assert line, f"micd exited with {process.wait()}"
@@ -93,8 +96,14 @@ def micd(tmp_path: Path) -> Iterator:
 
 
 def mic(tmp_path: Path, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([MIC, *args], env=daemon_env(tmp_path, **env), cwd=tmp_path, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [MIC, *args],
+        env=daemon_env(tmp_path, **env),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _kill_pid(pid: int) -> None:
@@ -118,13 +127,20 @@ def test_two_concurrent_starts_make_one_daemon(tmp_path):
         stopped = mic(tmp_path, "daemon", "stop", "--json")
     assert json.loads(stopped.stdout) == {"stopped": True, "pid": outputs[0]["pid"]}
     assert mic(tmp_path, "daemon", "status").returncode == 1
-    assert not (tmp_path / "state" / "ports.json").exists() and not (tmp_path / "state" / "daemon.pid").exists()
+    assert (
+        not (tmp_path / "state" / "ports.json").exists() and not (tmp_path / "state" / "daemon.pid").exists()
+    )
 
 
 def test_ports_json_appears_only_when_both_ports_serve(tmp_path):
     ports = tmp_path / "state" / "ports.json"
-    process = subprocess.Popen([sys.executable, "-m", "micd.main", "run"], env=daemon_env(tmp_path), cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "micd.main", "run"],
+        env=daemon_env(tmp_path),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while not ports.exists():
@@ -162,10 +178,16 @@ def test_token_file_is_private_and_survives_restarts(micd, tmp_path):
 
 def test_second_daemon_for_the_same_state_dir_refuses(micd, tmp_path):
     first = micd()
-    second = subprocess.run([sys.executable, "-m", "micd.main", "run"], env=daemon_env(tmp_path), cwd=tmp_path,
-                            capture_output=True, text=True, timeout=30)
+    second = subprocess.run(
+        [sys.executable, "-m", "micd.main", "run"],
+        env=daemon_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert second.returncode == 3
-    assert f"already running" in second.stderr and str(first.info["pid"]) in second.stderr
+    assert "already running" in second.stderr and str(first.info["pid"]) in second.stderr
     assert first.request("GET", "/stats")[0] == 200  # the first one is untouched
     assert first.stop() == 0
 
@@ -272,8 +294,13 @@ def test_hard_cap_rejects_with_507_and_keeps_existing_blobs(micd):
 def _s3_keys(endpoint_url: str, bucket: str) -> set[str]:
     import boto3
 
-    client = boto3.client("s3", endpoint_url=endpoint_url, aws_access_key_id="testing",
-                          aws_secret_access_key="testing", region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return {obj["Key"] for page in pages for obj in page.get("Contents", [])}
 

@@ -1,4 +1,4 @@
-"""protocols.cas_http over the in-memory store and small fakes: round trips, ranges, errors and their statuses."""
+"""protocols.cas_http over the memory store and small fakes: round trips, ranges, errors and statuses."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ async def test_size_mismatch_is_rejected(client, store):
 
 HEX = "a" * 64
 MALFORMED = [
-    ("traversal in hex", f"/cas/sha256/..%2F..%2Fetc%2Fpasswd/1"),
+    ("traversal in hex", "/cas/sha256/..%2F..%2Fetc%2Fpasswd/1"),
     ("dot-dot hex", "/cas/sha256/%2E%2E/1"),
     ("uppercase hex", f"/cas/sha256/{'A' * 64}/1"),
     ("short hex", f"/cas/sha256/{'a' * 63}/1"),
@@ -118,8 +118,12 @@ async def test_ranges(client):
     data = bytes(range(256)) * 40
     digest = Digest.of(data)
     await client.put(_url(digest), data=data)
-    cases = {"bytes=0-9": data[:10], "bytes=100-": data[100:], "bytes=-16": data[-16:],
-             "bytes=5000-99999": data[5000:]}
+    cases = {
+        "bytes=0-9": data[:10],
+        "bytes=100-": data[100:],
+        "bytes=-16": data[-16:],
+        "bytes=5000-99999": data[5000:],
+    }
     for header, expected in cases.items():
         response = await client.get(_url(digest), headers={"Range": header})
         assert response.status == 206, header
@@ -186,14 +190,17 @@ async def fake(aiohttp_client):
     return store, await aiohttp_client(app)
 
 
-@pytest.mark.parametrize(("error", "status"), [
-    (StoreFull(used=10, needed=5, hard_cap=12), 507),
-    (IntegrityError("a", "b"), 400),
-    (BadRequest("nope"), 400),
-    (Unauthorized("no"), 401),
-    (NotFound("gone"), 404),
-    (MicError("other"), 500),
-])
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (StoreFull(used=10, needed=5, hard_cap=12), 507),
+        (IntegrityError("a", "b"), 400),
+        (BadRequest("nope"), 400),
+        (Unauthorized("no"), 401),
+        (NotFound("gone"), 404),
+        (MicError("other"), 500),
+    ],
+)
 async def test_store_errors_map_to_statuses(fake, error, status):
     store, client = fake
     store.fail_put = error
