@@ -284,21 +284,29 @@ async def test_unopened_tier_and_bad_arguments():
         await tier.contains(Digest.of(b"x"))
 
 
-async def test_large_blob_round_trips_with_bounded_memory(tier, tmp_path, boto, bucket):
-    size, chunk = 64 << 20, 1 << 20
-    path = tmp_path / "big"
+def write_big_file(path, size: int, chunk: int) -> Digest:
+    """Half random, half repetitive: compressible enough to test zstd, large enough for multipart."""
     hasher = hashlib.sha256()
     with open(path, "wb") as file:
         for i in range(size // chunk):
             block = os.urandom(chunk // 2) * 2 if i % 2 else os.urandom(chunk)
             hasher.update(block)
             file.write(block)
-    digest = Digest("sha256", hasher.hexdigest(), size)
+    return Digest("sha256", hasher.hexdigest(), size)
+
+
+async def test_large_blob_round_trips_with_bounded_memory(tier, tmp_path, boto, bucket):
+    size, chunk = 64 << 20, 1 << 20
+    path = tmp_path / "big"
+    digest = await asyncio.to_thread(write_big_file, path, size, chunk)
 
     async def from_file():
-        with open(path, "rb") as file:
+        file = await asyncio.to_thread(open, path, "rb")
+        try:
             while block := await asyncio.to_thread(file.read, chunk):
                 yield block
+        finally:
+            file.close()
 
     counts = count_requests(tier)
     tracemalloc.start()
