@@ -177,3 +177,27 @@ async def test_records_are_evicted_like_blobs(make_tier):
     await put_many(tier, 4, 1000)
     assert await tier.get_record("ns", "old") is None
     assert tier.evictions >= 1
+
+
+async def test_a_blob_above_the_soft_cap_is_not_evicted_as_it_lands(make_tier):
+    tier = await make_tier(soft_cap=1000, hard_cap=5000)
+    old = await put_many(tier, 2, 400)
+    big = blob(1500, seed=88)
+    await tier.put_bytes(Digest.of(big), big)
+    assert await tier.get_bytes(Digest.of(big)) == big
+    assert await tier.find_missing([d for d, _ in old]) == [d for d, _ in old]
+    assert tier.used_bytes == 1500
+
+
+async def test_writes_of_other_processes_count_after_a_rescan(make_tier, monkeypatch):
+    from micd.tiers.disk import store as disk_store
+
+    first = await make_tier(soft_cap=4000, hard_cap=4000)
+    second = await make_tier(soft_cap=4000, hard_cap=4000)
+    await put_many(first, 3, 1000)
+    monkeypatch.setattr(disk_store, "_RESCAN_EVERY_NS", 0)  # as if a minute had passed
+    data = blob(1500, seed=90)
+    await second.put_bytes(Digest.of(data), data)
+    # `second` saw first's 3000 bytes before reserving, so it evicted the oldest to stay under the cap.
+    assert second.used_bytes <= 4000
+    assert second.evictions >= 1

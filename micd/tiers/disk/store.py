@@ -6,8 +6,10 @@ is a miss. The index carries sizes for the caps and last-access order for LRU ev
 
 Caps: a write reserves `digest.size` before its first byte. If used + reserved + size would pass the hard cap,
 least recently used entries are evicted to make room, but only when that can succeed; otherwise `StoreFull`
-is raised before anything changes. The hard cap is thus never exceeded by this process's writes. After each
-write, usage above the soft cap is evicted down to 90% of it. A real ENOSPC/EDQUOT is `StoreFull` too.
+is raised before anything changes. After each write, usage above the soft cap is evicted down to 90% of it.
+A real ENOSPC/EDQUOT is `StoreFull` too. Usage is this process's view: other daemons' writes are counted
+when we meet their files and on a rescan (at most once a minute, before a write), so several daemons
+writing at once may overshoot the caps by what they wrote since their last rescan.
 
 Reads: blobs up to `verify_limit` are read whole and verified before any byte is served (mismatch: the file
 is deleted, counted, and the read is a miss). Larger blobs stream through `FileBlob`, which verifies while
@@ -244,7 +246,7 @@ class DiskTier:
             self._reserved -= digest.size
         self._lru.add(key, digest.size, time.time_ns())
         self._verified[key] = sig
-        await self._after_write()
+        await self._after_write(key)
 
     async def put_bytes(self, digest: Digest, data: bytes) -> None:
         """`put` for bytes already in memory."""
@@ -299,7 +301,7 @@ class DiskTier:
         finally:
             self._reserved -= len(data)
         self._lru.add(kv_key(namespace, key), len(data), time.time_ns())
-        await self._after_write()
+        await self._after_write(kv_key(namespace, key))
 
     # -- index upkeep, caps and eviction -----------------------------------------------------------
     def _seen(self, key: str, size: int) -> None:
@@ -320,6 +322,8 @@ class DiskTier:
 
     async def _reserve(self, size: int) -> None:
         """Reserve `size` bytes under the hard cap, evicting LRU entries if (and only if) that makes room."""
+        if time.monotonic_ns() - self._scanned_at > _RESCAN_EVERY_NS:
+            await self.refresh()  # our byte count misses other processes' writes until we look
         if self._lru.used + self._reserved + size > self.hard_cap:
             if self._reserved + size > self.hard_cap:
                 raise StoreFull(self._lru.used + self._reserved, size, self.hard_cap)
@@ -329,11 +333,12 @@ class DiskTier:
                 raise StoreFull(self._lru.used + self._reserved, size, self.hard_cap)
         self._reserved += size
 
-    async def _after_write(self) -> None:
+    async def _after_write(self, written: str) -> None:
         self._changes += 1
         if self._lru.used > self.soft_cap and not self._evict_lock.locked():
             async with self._evict_lock:
-                await self._evict_to(evict.low_water(self.soft_cap))
+                # Never the entry just written: a blob above the soft cap would vanish as it lands.
+                await self._evict_to(evict.low_water(self.soft_cap), skip={written})
         self._maybe_snapshot()
 
     async def evict(self, target: int | None = None) -> int:
@@ -352,12 +357,10 @@ class DiskTier:
                 self._lru.add(key, entry.size, entry.atime_ns)
                 self._changes += 1
 
-    async def _evict_to(self, target: int) -> int:
-        if time.monotonic_ns() - self._scanned_at > _RESCAN_EVERY_NS:
-            await self.refresh()  # our byte count misses other processes' writes until we look
+    async def _evict_to(self, target: int, skip: frozenset[str] | set[str] = frozenset()) -> int:
         freed = 0
         for _ in range(16):  # bounded: each round deletes, forgets or re-ranks every victim it looks at
-            victims = self._lru.victims(max(target, 0))
+            victims = self._lru.victims(max(target, 0), skip=skip)
             if not victims:
                 break
             for key, outcome, atime in await asyncio.to_thread(evict.check_and_unlink, self.layout, victims):
