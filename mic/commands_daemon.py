@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from micd import client
+import micd.client as client
 
 __all__ = ["format_bytes", "register", "stats_rows"]
 
