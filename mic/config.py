@@ -54,7 +54,7 @@ class MicConfig:
                 f"vcs.store_url = {self.store_url!r} (from {self.sources.get('store_url')}) names no bucket: "
                 "use s3://BUCKET/optional/prefix"
             )
-        if parsed.scheme == "file" and not parsed.path.startswith("/"):
+        if parsed.scheme == "file" and (parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/")):
             raise ConfigError(
                 f"vcs.store_url = {self.store_url!r} (from {self.sources.get('store_url')}) must be an absolute "
                 "file:///path"

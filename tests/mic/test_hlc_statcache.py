@@ -1,0 +1,71 @@
+"""HLC monotonicity under clock skew, and the stat cache: unchanged files are never re-hashed."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from mic.hlc import Clock, format_hlc, pack, unpack
+from mic.statcache import RACY_NS, Index, scan
+
+
+def test_hlc_is_monotonic_when_the_wall_clock_goes_back():
+    wall = [1000]
+    clock = Clock(wall_ms=lambda: wall[0])
+    a = clock.tick()
+    wall[0] = 500  # skew: the clock jumps back
+    b = clock.tick()
+    assert b > a and unpack(b) == (1000, 1)
+    clock.observe(pack(5000, 7))  # a remote landing far ahead
+    c = clock.tick()
+    assert c > pack(5000, 7)
+    wall[0] = 6000
+    assert unpack(clock.tick()) == (6000, 0)
+    assert format_hlc(pack(0, 3)) == "1970-01-01 00:00:00.000Z+3"
+
+
+def test_hlc_logical_overflow_borrows_a_millisecond():
+    clock = Clock(pack(10, 0xFFFF), wall_ms=lambda: 10)
+    assert unpack(clock.tick()) == (11, 0)
+
+
+def _age(path, seconds=5):
+    old = time.time() - seconds
+    os.utime(path, (old, old))
+
+
+def test_scan_rehashes_only_changed_files(tmp_path):
+    for i in range(50):
+        (tmp_path / f"f{i}").write_text(f"content {i}")
+        _age(tmp_path / f"f{i}")
+    (tmp_path / ".mic").mkdir()
+    (tmp_path / ".mic" / "ignored").write_text("x")
+    index = Index(tmp_path / ".mic" / "index")
+    first = scan(tmp_path, index)
+    assert first.rehashed == 50 and set(first.changes) == {f"f{i}" for i in range(50)}
+    for rel, e in list(index.entries.items()):  # make every file part of the base
+        index.entries[rel] = (*e[:5], e[3], e[4], e[0])
+    index.save()
+    index = Index.load(tmp_path / ".mic" / "index")
+    second = scan(tmp_path, index)
+    assert second.rehashed == 0 and second.changes == {}
+    (tmp_path / "f3").write_text("content X")  # same size, new content
+    _age(tmp_path / "f3", 2)
+    (tmp_path / "f4").unlink()
+    os.chmod(tmp_path / "f5", 0o755)
+    third = scan(tmp_path, index)
+    assert {p: c[0] for p, c in third.changes.items()} == {"f3": "modified", "f4": "deleted", "f5": "modified"}
+    assert third.rehashed == 2  # f3 and f5 (mode change); f4 needs no hashing
+
+
+def test_recently_modified_file_is_not_trusted(tmp_path):
+    (tmp_path / "f").write_text("a")
+    index = Index(tmp_path / "index")
+    scan(tmp_path, index)
+    assert index.entries["f"][1] == -1  # within RACY_NS of the scan: re-hashed next time
+    assert RACY_NS <= 1_000_000_000
+
+
+def test_damaged_index_only_costs_rehashing(tmp_path):
+    (tmp_path / "index").write_bytes(b"\x00garbage")
+    assert Index.load(tmp_path / "index").entries == {}
