@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -134,14 +135,13 @@ async def handle_healthz(request: web.Request) -> web.Response:
 
 
 def _numeric_leaves(data: dict[str, Any], prefix: str) -> dict[str, float]:
+    """Flatten numeric leaves of nested stats into gauge names, e.g. store_upload_queue_depth."""
     out: dict[str, float] = {}
     for key, value in data.items():
-        name = f"{prefix}_{key}"
+        name = re.sub(r"[^a-zA-Z0-9_]", "_", f"{prefix}_{key}")
         if isinstance(value, dict):
             out.update(_numeric_leaves(value, name))
-        elif isinstance(value, bool):
-            out[name] = float(value)
-        elif isinstance(value, int | float):
+        elif isinstance(value, int | float):  # bool included: 0/1
             out[name] = float(value)
     return out
 

@@ -38,7 +38,11 @@ class _Store:
         return self.memory
 
     def stats(self) -> dict:
-        return {"memory": {"used_bytes": self.memory.used}, "queue": {"depth": 7}, "s3": {"state": "off"}}
+        return {
+            "memory": {"used_bytes": self.memory.used},
+            "queue": {"depth": 7},
+            "s3": {"state": "off", "up": False, "error-count": 2},
+        }
 
 
 @pytest.fixture
@@ -104,9 +108,12 @@ async def test_metrics_in_prometheus_format(aiohttp_client, app):
     text = await response.text()
     assert 'micd_requests_total{tool="cas",tier="memory",event="hit"} 1' in text
     assert "micd_store_queue_depth 7" in text  # upload queue depth, from the store's stats
+    assert "micd_store_s3_up 0.0" in text and "micd_store_s3_error_count 2.0" in text  # names sanitized
     assert "micd_uptime_seconds" in text
     for line in text.splitlines():
-        assert line.startswith("#") or re.fullmatch(r"[a-z_]+(\{[^}]*\})? -?[0-9.e+]+", line), line
+        assert line.startswith("#") or re.fullmatch(
+            r"[a-zA-Z_][a-zA-Z0-9_]*(\{[^}]*\})? -?[0-9.e+]+", line
+        ), line
 
 
 async def test_stats_json(aiohttp_client, app):
