@@ -75,6 +75,22 @@ def big_blob(mib: int) -> tuple[bytes, Digest]:
     return block, Digest("sha256", hasher.hexdigest(), size)
 
 
+def raw_write(base: Path, block: bytes, mib: int) -> float:
+    path = base / "raw"
+    size = mib << 20
+    start = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for pos in range(0, size, CHUNK):
+            start_in_block = pos % len(block)
+            os.write(fd, block[start_in_block : start_in_block + min(CHUNK, size - pos)])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return size / (time.perf_counter() - start) / 1e9
+
+
 async def chunks(block: bytes, size: int) -> AsyncIterator[bytes]:
     view = memoryview(block)
     for pos in range(0, size, CHUNK):
@@ -114,6 +130,8 @@ async def bench_blob(base: Path, mib: int, repeat: int) -> None:
         await fresh.close()
         shutil.rmtree(root)
     rows = (("PUT (hash+write+fsync)", puts), ("GET trusted", trusted), ("GET verified", verified))
+    raw = await asyncio.to_thread(raw_write, base, block, mib)
+    print(f"{'baseline write+fsync':24s} {mib} MiB: {raw:.2f} GB/s (plain os.write + fsync, same bytes)")
     for name, times in rows:
         med = statistics.median(times)
         print(f"{name:24s} {mib} MiB: median {med:.3f} s = {digest.size / med / 1e9:.2f} GB/s over {repeat}")

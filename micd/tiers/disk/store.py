@@ -41,6 +41,7 @@ _WRITE_BATCH = 4 << 20  # bytes gathered before one worker-thread write: bounded
 _SNAPSHOT_EVERY_NS = 300 * 10**9
 _SNAPSHOT_AFTER_CHANGES = 10_000
 _RESCAN_EVERY_NS = 60 * 10**9
+_PARALLEL_MIN = 1 << 20
 
 
 class FilesystemFull(StoreFull):
@@ -52,6 +53,24 @@ class FilesystemFull(StoreFull):
             f"cache store full: the filesystem holding {root} refused a {needed}-byte write ({reason})"
             " (free space on that filesystem or lower store.disk_hard_cap)",
         )
+
+
+async def _hash_and_write(
+    writer: files.TempWriter, batch: list[bytes], nbytes: int, verifier: Verifier
+) -> None:
+    """Hash and write one batch; big batches in two threads at once (both release the GIL), so ingest
+    costs max(hash, write) rather than their sum. Excess bytes a bad upload writes die with the temp file."""
+    if nbytes < _PARALLEL_MIN:
+        await asyncio.to_thread(writer.write, batch, verifier)
+        return
+    await asyncio.gather(
+        asyncio.to_thread(_hash_all, verifier, batch), asyncio.to_thread(writer.write, batch, None)
+    )
+
+
+def _hash_all(verifier: Verifier, batch: list[bytes]) -> None:
+    for chunk in batch:
+        verifier.update(chunk)
 
 
 class DiskTier:
@@ -231,9 +250,9 @@ class DiskTier:
                     batch.append(chunk)
                     pending += len(chunk)
                     if pending >= _WRITE_BATCH:
-                        await asyncio.to_thread(writer.write, batch, verifier)
+                        await _hash_and_write(writer, batch, pending, verifier)
                         batch, pending = [], 0
-                await asyncio.to_thread(writer.write, batch, verifier)
+                await _hash_and_write(writer, batch, pending, verifier)
                 verifier.check()
                 sig = await asyncio.to_thread(writer.publish, path)
             except OSError as exc:
