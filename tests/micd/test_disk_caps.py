@@ -84,7 +84,11 @@ async def test_in_flight_reservations_count_against_the_hard_cap(make_tier):
         yield slow_data[100:]
 
     slow = asyncio.create_task(tier.put(Digest.of(slow_data), slow_chunks()))
-    await asyncio.sleep(0.05)
+    for _ in range(1000):  # until the slow upload holds its reservation (bounded: 10 s)
+        if tier.stats()["reserved_bytes"] == 7000:
+            break
+        await asyncio.sleep(0.01)
+    assert tier.stats()["reserved_bytes"] == 7000
     other = blob(3500, seed=51)  # fits only if the in-flight 7000 bytes did not count
     with pytest.raises(StoreFull):
         await tier.put_bytes(Digest.of(other), other)
