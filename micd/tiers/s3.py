@@ -106,6 +106,7 @@ class S3Tier:
         self._exists_max = existence_cache_size
         self._heads: dict[Digest, asyncio.Task[bool]] = {}
         self._downloads: dict[Digest, SpoolEntry] = {}
+        self._uploads: dict[Digest, asyncio.Future[None]] = {}
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
         self._cooldown = 0.0
@@ -124,7 +125,8 @@ class S3Tier:
 
     async def close(self) -> None:
         """Cancel in-flight requests and close the client."""
-        for task in [*self._heads.values(), *(entry.task for entry in self._downloads.values())]:
+        pending: list[asyncio.Future[Any]] = [*self._heads.values(), *self._uploads.values()]
+        for task in pending + [entry.task for entry in self._downloads.values()]:
             task.cancel()
         if self._stack is not None:
             await self._stack.aclose()
@@ -142,7 +144,7 @@ class S3Tier:
             "errors": self.errors,
             "last_error": self.last_error,
             "existence_cache": len(self._exists),
-            "inflight": len(self._heads) + len(self._downloads),
+            "inflight": len(self._heads) + len(self._downloads) + len(self._uploads),
         }
 
     def known(self, digest: Digest) -> bool:
@@ -347,6 +349,7 @@ class S3Tier:
         """
         small = digest.size <= _INLINE
         spool = io.BytesIO() if small else await asyncio.to_thread(_temp_file, self._spool_dir)
+        task = None
         try:
             verifier = Verifier(digest)
             compressor = zstandard.ZstdCompressor(level=self._level)
@@ -357,10 +360,27 @@ class S3Tier:
             await _maybe_thread(small, writer.flush, zstandard.FLUSH_FRAME)
             if digest.is_empty or self.known(digest):
                 return
-            await self._upload(self.cas_key(digest), spool, small)
+            # Concurrent puts of one digest (each verified above) share one upload.
+            if digest not in self._uploads:
+                task = asyncio.ensure_future(self._upload_owned(self.cas_key(digest), spool, small))
+                self._uploads[digest] = task
+                task.add_done_callback(functools.partial(self._upload_done, digest))
+            pending = self._uploads[digest]
+        finally:
+            if task is None:
+                spool.close()  # otherwise the upload task owns it
+        await asyncio.shield(pending)
+
+    def _upload_done(self, digest: Digest, task: asyncio.Future[None]) -> None:
+        self._uploads.pop(digest, None)
+        if not task.cancelled() and task.exception() is None:
+            self._remember(digest)
+
+    async def _upload_owned(self, key: str, spool: IO[bytes], small: bool) -> None:
+        try:
+            await self._upload(key, spool, small)
         finally:
             spool.close()
-        self._remember(digest)
 
     async def put_bytes(self, digest: Digest, data: bytes) -> None:
         """`put` for a blob already in memory."""

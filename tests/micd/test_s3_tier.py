@@ -390,3 +390,20 @@ async def test_missing_bucket_is_a_failure_not_a_miss(s3_proxy, s3_env, caplog):
         assert tier.state == "degraded" and "NoSuchBucket" in caplog.text
     finally:
         await tier.close()
+
+
+@pytest.mark.parametrize("size", [1000, 3 << 20])
+async def test_concurrent_puts_share_one_upload(tier, size):
+    data = os.urandom(size)
+    digest = Digest.of(data)
+    counts = count_requests(tier)
+    bad = data[:-1] + bytes([data[-1] ^ 1])
+    results = await asyncio.gather(
+        *(tier.put_bytes(digest, bad if i == 3 else data) for i in range(8)), return_exceptions=True
+    )
+    assert [type(r) for r in results].count(IntegrityError) == 1  # each put still checks its own bytes
+    assert results.count(None) == 7
+    assert counts["PutObject"] == 1
+    assert not tier._uploads and tier.known(digest)
+    tier._exists.clear()
+    assert await tier.get_bytes(digest) == data
