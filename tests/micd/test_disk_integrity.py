@@ -218,3 +218,15 @@ async def test_failed_puts_leave_no_temp_files(make_tier):
     temp_files = [p for p in tier.layout.tmp.rglob("*") if p.is_file() and p.name != "lock"]
     assert temp_files == []
     assert tier.used_bytes == 0 and tier.stats()["reserved_bytes"] == 0
+
+
+async def test_get_bytes_of_a_corrupt_large_blob_is_a_miss(make_tier):
+    tier = await make_tier()
+    data = blob(3 << 20, seed=7)
+    digest = Digest.of(data)
+    await tier.put_bytes(digest, data)
+    await tier.close()
+    flip(tier.layout.blob_path(digest), 12345)
+    tier = await make_tier()
+    assert await tier.get_bytes(digest) is None
+    assert tier.corruptions == 1 and not tier.layout.blob_path(digest).exists()

@@ -67,3 +67,10 @@ def test_given_total_is_trusted_and_recount_fixes_it():
     assert lru.used == 3
     lru.used = 99
     assert lru.recount() == 3 and lru.used == 3
+
+
+def test_resize_keeps_recency():
+    lru = make()
+    assert lru.resize("a", 15)
+    assert lru.used == 65 and lru.keys() == ["a", "b", "c"] and lru.get("a") == Entry(15, 1)
+    assert not lru.resize("zz", 1)

@@ -59,6 +59,7 @@ VERSION = 1
 _FORMAT = "disk index snapshot"
 _HEAD = struct.Struct("<4sB3sQQ")
 _SUM = 32
+_KV_PREFIX = f"{KV}/"
 
 
 def _u64_column(values: list[int]) -> bytes:
@@ -201,16 +202,26 @@ def load_index(layout: Layout) -> tuple[Lru, bool]:
     return lru, True
 
 
-def scan_changes(layout: Layout, known: set[str]) -> tuple[dict[str, Entry], set[str]]:
-    """Files that appeared (written by other processes) and keys in `known` whose file is gone (blocking)."""
+def scan_changes(layout: Layout, known: dict[str, int]) -> tuple[dict[str, Entry], set[str], dict[str, int]]:
+    """Compare the files with `known` (key → size) (blocking).
+
+    Returns files that appeared (written by other processes), known keys whose file is gone, and KV records
+    whose size changed (replaced by another process; blob sizes are in their names and never change).
+    """
     on_disk = _scan(layout)
     new: dict[str, Entry] = {}
     now = time.time_ns()
-    for key in on_disk - known:
+    for key in on_disk - known.keys():
         entry = _parse_new(layout, key, now)
         if entry is not None:
             new[key] = entry
-    return new, known - on_disk
+    resized: dict[str, int] = {}
+    for key, size in known.items():
+        if key.startswith(_KV_PREFIX) and key in on_disk:
+            entry = _stat_entry(layout, key)
+            if entry is not None and entry.size != size:
+                resized[key] = entry.size
+    return new, known.keys() - on_disk, resized
 
 
 def save_snapshot(layout: Layout, entries: Iterable[tuple[str, tuple[int, int]]], tmp_dir: Path) -> None:

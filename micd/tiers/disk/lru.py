@@ -74,6 +74,15 @@ class Lru:
         self._entries.move_to_end(key)
         return True
 
+    def resize(self, key: str, size: int) -> bool:
+        """Correct the size of `key` in place (its recency unchanged); False if unknown."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return False
+        self.used += size - entry[0]
+        self._entries[key] = (size, entry[1])
+        return True
+
     def remove(self, key: str) -> Entry | None:
         """Forget `key`; returns its entry, or None if it was unknown."""
         entry = self._entries.pop(key, None)

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 from micd.blobs import BytesBlob, Verifier, aiter_bytes, clamp_range
-from micd.errors import FormatError, StoreFull
+from micd.errors import FormatError, IntegrityError, StoreFull
 from micd.record import decode_record, encode_record
 from micd.store import Digest, Record
 from micd.tiers.disk import evict, files, index
@@ -223,7 +223,10 @@ class DiskTier:
             return None
         if isinstance(blob, BytesBlob):
             return await blob.read_all()
-        return b"".join([chunk async for chunk in blob.chunks()])
+        try:
+            return b"".join([chunk async for chunk in blob.chunks()])
+        except IntegrityError:
+            return None  # nothing was served yet, so a detected corruption is a plain miss here
 
     # -- CAS writes --------------------------------------------------------------------------------
     async def put(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
@@ -298,7 +301,9 @@ class DiskTier:
         except FormatError:
             await self._discard_corrupt(ikey, path, ino)
             return None
-        self._seen(ikey, len(data))
+        self._lru.add(
+            ikey, len(data), time.time_ns()
+        )  # also corrects the size if another process replaced it
         return record
 
     async def put_record(self, namespace: str, key: str, record: Record) -> None:
@@ -368,9 +373,12 @@ class DiskTier:
     async def refresh(self) -> None:
         """Reconcile the index with the files: count other processes' writes, drop what they evicted."""
         self._scanned_at = time.monotonic_ns()
-        new, gone = await asyncio.to_thread(index.scan_changes, self.layout, set(self._lru.keys()))
+        known = {key: size for key, (size, _) in self._lru.items()}
+        new, gone, resized = await asyncio.to_thread(index.scan_changes, self.layout, known)
         for key in gone:
             self._forget(key)
+        for key, size in resized.items():
+            self._lru.resize(key, size)
         for key, entry in new.items():
             if key not in self._lru:
                 self._lru.add(key, entry.size, entry.atime_ns)
