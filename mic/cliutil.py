@@ -6,24 +6,27 @@ exit codes in exactly one place (`_exit_code`): 1 generic, 2 bad input, 3 confli
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mic.config import MicConfig, load_config
 from mic.errors import BadRequest, ConfigError, Conflict, MicError, NotFound, StoreUnavailable
-from mic.objects import Project
-from mic.objectstore import ObjectStore, open_store
 from mic.workspace import Workspace
 
+if TYPE_CHECKING:
+    from mic.objects import Project
+    from mic.objectstore import ObjectStore
+
 __all__ = ["Env", "command_options", "emit", "fail"]
+
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect (start-up time matters for `mic status`)
 
 
 @dataclass
@@ -38,6 +41,8 @@ class Env:
     @property
     def store(self) -> ObjectStore:
         if self._store is None:
+            from mic.objectstore import open_store
+
             self._store = open_store(self.config.store_url, s3_endpoint_url=self.config.s3_endpoint_url)
         return self._store
 
@@ -46,6 +51,8 @@ class Env:
 
     def project(self, name: str | None = None) -> Project:
         """The project named on the command line, else the workspace's."""
+        from mic.objects import Project
+
         name = name or self.project_name
         if name is None:
             name = self.workspace().state.project
@@ -88,7 +95,7 @@ def emit(env: Env, data: Any, human: Callable[[], None] | str | None = None) -> 
         click.echo(human)
 
 
-def command_options(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+def command_options(fn: Callable[..., Coroutine[Any, Any, None] | None]) -> Callable[..., None]:
     """Add --json/--store/--s3-endpoint-url/--project, build the Env, run the async body, map errors."""
 
     @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -102,10 +109,21 @@ def command_options(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..
             fail(as_json, exc)
             return
         env = Env(config, as_json, kwargs.pop("project", None))
+        if not fn.__code__.co_flags & _CO_COROUTINE:  # store-free commands skip the event loop entirely
+            try:
+                fn(env, *args, **kwargs)
+            except MicError as exc:
+                fail(as_json, exc)
+            return
+
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
 
         async def body() -> None:
+            # store I/O is fsync-bound, not CPU-bound: more threads than cores keeps the disk queue full
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
             try:
-                await fn(env, *args, **kwargs)
+                await fn(env, *args, **kwargs)  # type: ignore[misc]
             finally:
                 await env.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,11 +13,12 @@ from mic.cliutil import Env, command_options, emit, project_option
 from mic.commands_session import print_session, session_json
 from mic.errors import BadRequest, NotFound
 from mic.hlc import format_hlc
-from mic.landing import roll_forward
-from mic.objects import Project
-from mic.session import find_session
-from mic.tree import Tree
-from mic.vcs import resolve_position, status, tree_at
+
+if TYPE_CHECKING:
+    from mic.objects import Project
+
+# The store-side modules (landing, tree, objects → zstd) are imported inside the commands, keeping the CLI's
+# start-up cheap for commands that never touch them.
 
 __all__ = ["cat_cmd", "diff_cmd", "log_cmd", "ls_cmd", "show_cmd"]
 
@@ -27,6 +29,8 @@ __all__ = ["cat_cmd", "diff_cmd", "log_cmd", "ls_cmd", "show_cmd"]
 @command_options
 async def log_cmd(env: Env, limit: int) -> None:
     """Show the newest landings first: position, session, time, goal."""
+    from mic.landing import roll_forward
+
     project = env.project()
     tip, _ = await roll_forward(project)
     positions = range(tip.position, max(0, tip.position - limit), -1)
@@ -50,6 +54,9 @@ async def log_cmd(env: Env, limit: int) -> None:
 @command_options
 async def show_cmd(env: Env, session: str) -> None:
     """Show a session (id, id prefix, or @N for the session landed at N): goal, conversation, decisions, changes."""
+    from mic.session import find_session
+    from mic.vcs import resolve_position
+
     project = env.project()
     if session.startswith("@"):
         rec = await project.landing(resolve_position(session) or 0)
@@ -61,6 +68,8 @@ async def show_cmd(env: Env, session: str) -> None:
 
 
 def _split_path_pos(path: str | None, pos: str | None) -> tuple[str, int | None]:
+    from mic.vcs import resolve_position
+
     if path is not None and path.startswith("@") and pos is None:
         path, pos = None, path
     return (path or "").strip("/"), resolve_position(pos)
@@ -79,6 +88,9 @@ async def _default_position(env: Env, position: int | None) -> int | None:
 @command_options
 async def cat_cmd(env: Env, path: str, position: str | None) -> None:
     """Print the content of PATH at POSITION (@N; default: the workspace base, or the tip outside one)."""
+    from mic.tree import Tree
+    from mic.vcs import tree_at
+
     rel, pos = _split_path_pos(path, position)
     project = env.project()
     pos, root = await tree_at(project, await _default_position(env, pos))
@@ -105,6 +117,9 @@ async def cat_cmd(env: Env, path: str, position: str | None) -> None:
 @command_options
 async def ls_cmd(env: Env, path: str | None, position: str | None, recursive: bool) -> None:
     """List the files and directories under PATH at POSITION (@N)."""
+    from mic.tree import Tree
+    from mic.vcs import tree_at
+
     rel, pos = _split_path_pos(path, position)
     project = env.project()
     pos, root = await tree_at(project, await _default_position(env, pos))
@@ -140,6 +155,8 @@ def _unified(path: str, old: bytes | None, new: bytes | None, a: str, b: str) ->
 
 
 async def _workspace_side(env: Env, project: Project) -> tuple[bytes, dict[str, bytes | None]]:
+    from mic.vcs import status
+
     ws = env.workspace()
     result = await status(ws)
     files = {p: (None if c[1] is None else ws.file(p).read_bytes()) for p, c in result.changes.items()}
@@ -153,12 +170,15 @@ async def _workspace_side(env: Env, project: Project) -> tuple[bytes, dict[str, 
 @command_options
 async def diff_cmd(env: Env, old: str | None, new: str | None) -> None:
     """Unified line diff from OLD (@N, default: the workspace base) to NEW (@N, default: the workspace files)."""
+    from mic.tree import Tree
+    from mic.vcs import resolve_position, tree_at
+
     project = env.project()
     tree = Tree(project)
     chunks: list[dict[str, object]] = []
     if new is None:
         base_root, files = await _workspace_side(env, project)
-        old_pos, old_root = (None, base_root) if old is None else await tree_at(project, resolve_position(old))
+        _old_pos, old_root = (None, base_root) if old is None else await tree_at(project, resolve_position(old))
         pairs: list[tuple[str, bytes | None, bytes | None]] = []
         changed = set(files)
         if old is not None:

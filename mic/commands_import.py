@@ -9,7 +9,6 @@ import click
 
 from mic.cliutil import Env, command_options, emit, project_option
 from mic.errors import BadRequest
-from mic.gitimport import GitCommit, import_git, read_history
 from mic.hlc import Clock
 
 __all__ = ["import_group"]
@@ -27,6 +26,8 @@ def import_group() -> None:
 @command_options
 async def import_git_cmd(env: Env, repo: Path, rev: str) -> None:
     """Import REPO's first-parent history into the project: each commit lands as a session (goal = message)."""
+    from mic.gitimport import GitCommit, import_git, read_history
+
     project = env.project()
     await project.read_head()  # fail early, with the standard message, if the project does not exist
     if not (repo / ".git").exists() and not (repo / "HEAD").exists():

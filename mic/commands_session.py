@@ -8,7 +8,6 @@ from mic.cliutil import Env, command_options, emit, project_option
 from mic.errors import BadRequest, WorkspaceError
 from mic.formats.session import Decision, Message, Session
 from mic.hlc import format_hlc
-from mic.session import list_sessions, load_session, start_session, update_session
 from mic.workspace import Workspace
 
 __all__ = ["session_group", "session_json"]
@@ -66,6 +65,8 @@ async def start(env: Env, goal: str) -> None:
     """Start a session with GOAL in this workspace."""
     if not goal.strip():
         raise BadRequest("the goal must not be empty")
+    from mic.session import start_session
+
     ws = env.workspace()
     if ws.state.session:
         raise WorkspaceError(f"session {ws.state.session} is already active: land or abandon it first")
@@ -79,6 +80,8 @@ async def start(env: Env, goal: str) -> None:
 @command_options
 async def status(env: Env) -> None:
     """Show the active session."""
+    from mic.session import load_session
+
     ws = env.workspace()
     session, _ = await load_session(env.project(), _active(ws))
     emit(env, session_json(session), lambda: print_session(session))
@@ -89,6 +92,8 @@ async def status(env: Env) -> None:
 @command_options
 async def list_cmd(env: Env) -> None:
     """List the project's sessions (active, landed, abandoned)."""
+    from mic.session import list_sessions
+
     sessions = await list_sessions(env.project())
 
     def human() -> None:
@@ -106,6 +111,8 @@ async def list_cmd(env: Env) -> None:
 @command_options
 async def note(env: Env, message: str, role: str) -> None:
     """Add MESSAGE to the active session's conversation."""
+    from mic.session import update_session
+
     ws = env.workspace()
     stamp = ws.clock.tick()
     session = await update_session(
@@ -124,6 +131,8 @@ async def decide(env: Env, what: str, why: str, alternatives: tuple[str, ...]) -
     """Record a decision WHAT, why it was taken, and the alternatives considered."""
     if not what.strip() or not why.strip():
         raise BadRequest("a decision needs a non-empty WHAT and --why")
+    from mic.session import update_session
+
     ws = env.workspace()
     stamp = ws.clock.tick()
     session = await update_session(
@@ -138,6 +147,8 @@ async def decide(env: Env, what: str, why: str, alternatives: tuple[str, ...]) -
 @command_options
 async def abandon(env: Env) -> None:
     """Abandon the active session (workspace files are left as they are)."""
+    from mic.session import update_session
+
     ws = env.workspace()
 
     def mark(s: Session) -> Session:

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from mic.cliutil import Env, command_options, emit
-from mic.errors import BadRequest, PreconditionFailed, WorkspaceError
-from mic.hlc import Clock
-from mic.objects import Project, validate_project_name
-from mic.tree import EMPTY_ROOT
-from mic.vcs import checkout, land_workspace, resolve_position, status
+from mic.errors import BadRequest, WorkspaceError
 from mic.workspace import Workspace, WorkspaceState
+
+if TYPE_CHECKING:
+    from mic.objects import Project
+
+# Heavy modules (objects, tree, landing, zstd) are imported inside the commands that need them, so that
+# `mic status`, which only scans the workspace, starts fast.
 
 __all__ = ["register"]
 
@@ -25,6 +28,10 @@ _KIND_LETTER = {"added": "A", "modified": "M", "deleted": "D"}
 
 
 async def _create_project(env: Env, name: str) -> Project:
+    from mic.errors import PreconditionFailed
+    from mic.hlc import Clock
+    from mic.objects import Project, validate_project_name
+
     project = Project(env.store, validate_project_name(name))
     try:
         await project.create(Clock().tick())
@@ -65,6 +72,8 @@ def _default_project_name(root: Path) -> str:
 @command_options
 async def init(env: Env, name: str | None) -> None:
     """Create a project and make the current directory its workspace (existing files become changes)."""
+    from mic.tree import EMPTY_ROOT
+
     root = Path.cwd()
     name = name or _default_project_name(root)
     if env.config.workspace_root is not None:
@@ -85,6 +94,9 @@ async def init(env: Env, name: str | None) -> None:
 @command_options
 async def checkout_cmd(env: Env, project_name: str, directory: Path | None, at: str | None) -> None:
     """Check PROJECT out into DIRECTORY (default: ./PROJECT)."""
+    from mic.objects import Project, validate_project_name
+    from mic.vcs import checkout, resolve_position
+
     project = project_name
     root = (directory or Path(validate_project_name(project))).resolve()
     ws = await checkout(
@@ -98,10 +110,14 @@ async def checkout_cmd(env: Env, project_name: str, directory: Path | None, at: 
 
 @click.command("status")
 @command_options
-async def status_cmd(env: Env) -> None:
+def status_cmd(env: Env) -> None:
     """Show the workspace's changes against its base, and its active session."""
+    from mic.statcache import scan
+
     ws = env.workspace()
-    result = await status(ws)
+    result = scan(ws.root, ws.index)
+    if result.rehashed:
+        ws.index.save()
     changes = [{"path": p, "kind": c[0]} for p, c in sorted(result.changes.items())]
     data = {"project": ws.state.project, "base": ws.state.base, "session": ws.state.session, "changes": changes}
 
@@ -124,6 +140,8 @@ async def land_cmd(env: Env, goal: str | None) -> None:
 
     A conflict with sessions landed since this workspace's base prints the paths and sessions and changes nothing.
     """
+    from mic.vcs import land_workspace
+
     if goal is not None and not goal.strip():
         raise BadRequest("the goal must not be empty")
     ws = env.workspace()

@@ -152,6 +152,8 @@ async def land(
         if blobs_written < 0:
             blobs_written = await write_blobs()
         new_root, nodes = await tree.apply(tip.tree, changes)
+        if await project.landing(tip.position + 1) is not None:
+            continue  # already lost this round: re-check against the new landing before paying for writes
         written = blobs_written + await project.put_nodes(nodes)
         _maybe_kill(kill_at, "objects-written")
         rec = Landing(
@@ -161,7 +163,9 @@ async def land(
         try:
             await project.put_if_absent(landing_key(rec.position), encode_landing(rec))
         except PreconditionFailed:
-            await asyncio.sleep(random.uniform(0, min(0.25, 0.002 * 2 ** min(attempt, 8))))
+            # full jitter, growing with the losses seen: spreads contending landers out instead of retrying
+            # in lockstep (every lost round costs the loser its tree-node writes)
+            await asyncio.sleep(random.uniform(0, min(0.2, 0.004 * 2 ** min(attempt, 6))))
             continue  # another lander took T+1: roll forward and check against it too
         _maybe_kill(kill_at, "landing-created")
         await _advance_head(project, rec)

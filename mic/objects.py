@@ -15,7 +15,8 @@ import blake3
 from mic.errors import BadRequest, IntegrityError, NotFound, PreconditionFailed
 from mic.formats.blob import decode_blob, encode_blob
 from mic.formats.btree_node import Node, decode_node
-from mic.formats.chunked import CHUNK_SIZE, MAGIC as MICC_MAGIC, decode_chunked, encode_chunked
+from mic.formats.chunked import CHUNK_SIZE, decode_chunked, encode_chunked
+from mic.formats.chunked import MAGIC as MICC_MAGIC
 from mic.formats.head import Head, decode_head, encode_head
 from mic.formats.landing import Landing, decode_landing
 from mic.objectstore import Obj, ObjectStore

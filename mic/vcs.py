@@ -21,7 +21,7 @@ from mic.statcache import ScanResult, scan
 from mic.tree import EMPTY_ROOT, Tree
 from mic.workspace import Workspace, WorkspaceState
 
-__all__ = ["LandOutcome", "checkout", "land_workspace", "resolve_position", "status", "tree_at", "sync_to"]
+__all__ = ["LandOutcome", "checkout", "land_workspace", "resolve_position", "status", "sync_to", "tree_at"]
 
 _PARALLEL = 16
 
@@ -43,7 +43,7 @@ def resolve_position(text: str | None) -> int | None:
     """Parse `@N` (or N); None means the tip."""
     if text is None:
         return None
-    digits = text[1:] if text.startswith("@") else text
+    digits = text.removeprefix("@")
     if not digits.isdigit():
         raise BadRequest("a position is @N with N a landing number, e.g. @12", text)
     return int(digits)

@@ -12,6 +12,7 @@ Invariant: the frame decompresses to exactly `size` bytes (checked; a bomb canno
 from __future__ import annotations
 
 import struct
+import threading
 
 import zstandard
 
@@ -25,13 +26,27 @@ MAGIC = b"MICB"
 VERSION = 1
 MAX_SIZE = 0xFFFFFFFF
 _HEADER = struct.Struct("<4sBI")
+_local = threading.local()  # zstd contexts are costly to create and not thread-safe: one per thread
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    cache = _local.__dict__.setdefault("compressors", {})
+    if level not in cache:
+        cache[level] = zstandard.ZstdCompressor(level=level)
+    return cache[level]
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    if not hasattr(_local, "decompressor"):
+        _local.decompressor = zstandard.ZstdDecompressor()
+    return _local.decompressor
 
 
 def encode_blob(data: bytes, *, level: int = 3) -> bytes:
     """Encode `data` (at most 4 GiB; callers chunk above 4 MiB) as a MICB object."""
     if len(data) > MAX_SIZE:
         raise ValueError(f"MICB holds at most {MAX_SIZE} bytes, got {len(data)}")
-    return _HEADER.pack(MAGIC, VERSION, len(data)) + zstandard.ZstdCompressor(level=level).compress(data)
+    return _HEADER.pack(MAGIC, VERSION, len(data)) + _compressor(level).compress(data)
 
 
 def decode_blob(raw: bytes | memoryview) -> bytes:
@@ -45,7 +60,7 @@ def decode_blob(raw: bytes | memoryview) -> bytes:
         raise FormatError("MICB", "truncated header", offset=0, expected=_HEADER.size, got=len(raw))
     _, _, size = _HEADER.unpack_from(raw)
     try:
-        out = zstandard.ZstdDecompressor().decompress(bytes(raw[_HEADER.size :]), max_output_size=size)
+        out = _decompressor().decompress(bytes(raw[_HEADER.size :]), max_output_size=size)
     except zstandard.ZstdError as exc:
         raise FormatError("MICB", f"corrupt zstd frame: {exc}", offset=_HEADER.size) from exc
     if len(out) != size:

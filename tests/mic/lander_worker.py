@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 from mic.config import load_config
@@ -28,7 +27,7 @@ async def _main(root: Path, goal: str, go: Path) -> dict[str, object]:
     try:
         await project.read_head()  # connect before the start line
         while not go.exists():
-            time.sleep(0.002)
+            await asyncio.sleep(0.002)
         try:
             out = await land_workspace(project, ws, goal)
         except Conflict as exc:
