@@ -40,7 +40,8 @@ async def log_cmd(env: Env, limit: int) -> None:
 
     def human() -> None:
         for row in rows:
-            first = row["goal"].splitlines()[0] if row["goal"] else ""
+            goal = str(row["goal"])
+            first = goal.splitlines()[0] if goal else ""
             click.echo(f"@{row['position']:<6} {row['session']}  {row['time']}  {row['paths']:>5} path(s)  {first}")
         if not rows:
             click.echo("(nothing landed yet)")
@@ -137,8 +138,7 @@ async def ls_cmd(env: Env, path: str | None, position: str | None, recursive: bo
         if exact is None:
             raise NotFound(f"{rel} does not exist at @{pos}")
         rows[rel] = {"path": rel, "type": ("file", "exec", "symlink")[exact.mode], "size": exact.size}
-    emit(env, {"position": pos, "entries": list(rows.values())},
-         lambda: [click.echo(r["path"]) for r in rows.values()])
+    emit(env, {"position": pos, "entries": list(rows.values())}, "\n".join(str(r["path"]) for r in rows.values()))
 
 
 def _unified(path: str, old: bytes | None, new: bytes | None, a: str, b: str) -> list[str]:
@@ -184,13 +184,14 @@ async def diff_cmd(env: Env, old: str | None, new: str | None) -> None:
         if old is not None:
             changed |= {p async for p, _, _ in tree.diff(old_root, base_root)}
         for path in sorted(changed):
-            before = await tree.lookup(old_root, path)
+            before_entry = await tree.lookup(old_root, path)
+            after: bytes | None
             if path in files:
                 after = files[path]
             else:
                 now = await tree.lookup(base_root, path)
                 after = None if now is None else await project.read_content(now.hash)
-            pairs.append((path, None if before is None else await project.read_content(before.hash), after))
+            pairs.append((path, None if before_entry is None else await project.read_content(before_entry.hash), after))
         a, b = (old or "base"), "workspace"
     else:
         if old is None:
@@ -198,9 +199,9 @@ async def diff_cmd(env: Env, old: str | None, new: str | None) -> None:
         _, old_root = await tree_at(project, resolve_position(old))
         _, new_root = await tree_at(project, resolve_position(new))
         pairs = []
-        async for path, before, after in tree.diff(old_root, new_root):
-            pairs.append((path, None if before is None else await project.read_content(before.hash),
-                          None if after is None else await project.read_content(after.hash)))
+        async for path, old_entry, new_entry in tree.diff(old_root, new_root):
+            pairs.append((path, None if old_entry is None else await project.read_content(old_entry.hash),
+                          None if new_entry is None else await project.read_content(new_entry.hash)))
         a, b = old, new
     text = []
     for path, before, after in pairs:

@@ -8,6 +8,7 @@ landing), so an event caused by a landing is always stamped after it, whatever t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 __all__ = ["Clock", "format_hlc", "pack", "unpack"]
@@ -36,7 +37,7 @@ def format_hlc(stamp: int) -> str:
 class Clock:
     """A hybrid logical clock; `last` can be persisted and restored to stay monotonic across processes."""
 
-    def __init__(self, last: int = 0, *, wall_ms=lambda: time.time_ns() // 1_000_000) -> None:
+    def __init__(self, last: int = 0, *, wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
         self.last = last
         self._wall_ms = wall_ms
 

@@ -13,6 +13,7 @@ import marshal
 import os
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,7 +96,7 @@ class ScanResult:
     rehashed: int
 
 
-def _walk(root: Path):
+def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
     stack = [("", os.fspath(root))]
     while stack:
         prefix, directory = stack.pop()

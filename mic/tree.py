@@ -17,7 +17,7 @@ import asyncio
 from bisect import bisect_right
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import blake3
 
@@ -27,6 +27,8 @@ __all__ = ["EMPTY_ROOT", "EMPTY_TREE_BYTES", "FANOUT", "NodeSource", "Tree", "no
 
 FANOUT = 64
 EMPTY_TREE_BYTES = encode_node(Node(0, (), ()))
+_T = TypeVar("_T")
+_Change = tuple[str, FileEntry | None]
 
 
 def node_hash(raw: bytes) -> bytes:
@@ -42,12 +44,13 @@ class NodeSource(Protocol):
         """Return the decoded node with this hash (verified), raising NotFound/IntegrityError otherwise."""
 
 
-def _split(items: list, limit: int = FANOUT) -> list[list]:
+def _split(items: list[_T], limit: int = FANOUT) -> list[list[_T]]:
     if len(items) <= limit:
         return [items]
     parts = -(-len(items) // limit)
     size, extra = divmod(len(items), parts)
-    out, at = [], 0
+    out: list[list[_T]] = []
+    at = 0
     for i in range(parts):
         n = size + (1 if i < extra else 0)
         out.append(items[at : at + n])
@@ -58,7 +61,7 @@ def _split(items: list, limit: int = FANOUT) -> list[list]:
 def _count(node: Node) -> int:
     if node.level == 0:
         return len(node.keys)
-    return sum(ref.count for ref in node.values)  # type: ignore[union-attr]
+    return sum(ref.count for ref in node.values if isinstance(ref, ChildRef))
 
 
 class Tree:
@@ -112,18 +115,18 @@ class Tree:
         Both sides are walked as queues of subtree references and entries; equal subtree hashes at the front of
         both queues are skipped without loading them, which makes the walk proportional to the change.
         """
-        qa: deque = deque([("ref", "", old)])
-        qb: deque = deque([("ref", "", new)])
+        qa: deque[tuple[str, str, Any]] = deque([("ref", "", old)])
+        qb: deque[tuple[str, str, Any]] = deque([("ref", "", new)])
         levels: dict[bytes, int] = {}
 
-        async def expand(q: deque) -> None:
+        async def expand(q: deque[tuple[str, str, Any]]) -> None:
             _, _, h = q.popleft()
             node = await self.load(h)
             levels[h] = node.level
             if node.level == 0:
                 q.extendleft(reversed([("entry", k, v) for k, v in zip(node.keys, node.values, strict=True)]))
             else:
-                refs = [("ref", k, v.hash) for k, v in zip(node.keys, node.values, strict=True)]
+                refs = [("ref", k, v.hash) for k, v in zip(node.keys, node.values, strict=True)]  # type: ignore[attr-defined]
                 for ref in refs:
                     levels[ref[2]] = node.level - 1
                 q.extendleft(reversed(refs))
@@ -175,7 +178,7 @@ class Tree:
             nodes = [Node(nodes[0].level + 1, tuple(r.first_key for r in part), tuple(part)) for part in _split(refs)]
         top = nodes[0]
         while top.level > 0 and len(top.keys) == 1:  # a root with one child adds height for nothing
-            child_hash = top.values[0].hash  # type: ignore[union-attr]
+            child_hash = top.values[0].hash
             top = await self._load_new(child_hash, out)
         raw = encode_node(top)
         new_root = node_hash(raw)
@@ -194,9 +197,9 @@ class Tree:
         out[h] = raw
         return ChildRef(node.keys[0], h, _count(node))
 
-    async def _apply(self, node: Node, changes: list, out: dict[bytes, bytes]) -> list[Node]:
+    async def _apply(self, node: Node, changes: list[_Change], out: dict[bytes, bytes]) -> list[Node]:
         if node.level == 0:
-            merged = dict(zip(node.keys, node.values, strict=True))
+            merged: dict[str, FileEntry] = dict(zip(node.keys, node.values, strict=True))  # type: ignore[arg-type]
             for key, entry in changes:
                 if entry is None:
                     merged.pop(key, None)
@@ -206,10 +209,10 @@ class Tree:
             if not items:
                 return []
             return [Node(0, tuple(k for k, _ in part), tuple(v for _, v in part)) for part in _split(items)]
-        groups: dict[int, list] = {}
+        groups: dict[int, list[_Change]] = {}
         for key, entry in changes:
             groups.setdefault(max(0, bisect_right(node.keys, key) - 1), []).append((key, entry))
-        loaded = await asyncio.gather(*(self.load(node.values[i].hash) for i in groups))  # type: ignore[union-attr]
+        loaded = await asyncio.gather(*(self.load(node.values[i].hash) for i in groups))
         refs: list[ChildRef] = []
         children = dict(zip(groups, loaded, strict=True))
         for i, ref in enumerate(node.values):

@@ -33,13 +33,15 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     cache = _local.__dict__.setdefault("compressors", {})
     if level not in cache:
         cache[level] = zstandard.ZstdCompressor(level=level)
-    return cache[level]
+    compressor: zstandard.ZstdCompressor = cache[level]
+    return compressor
 
 
 def _decompressor() -> zstandard.ZstdDecompressor:
     if not hasattr(_local, "decompressor"):
         _local.decompressor = zstandard.ZstdDecompressor()
-    return _local.decompressor
+    decompressor: zstandard.ZstdDecompressor = _local.decompressor
+    return decompressor
 
 
 def encode_blob(data: bytes, *, level: int = 3) -> bytes:

@@ -77,8 +77,10 @@ def encode_node(node: Node) -> bytes:
         w.str16(key)
         if isinstance(value, FileEntry):
             w.u8(value.mode).raw(value.hash).u64(value.size)
-        else:
+        elif isinstance(value, ChildRef):
             w.raw(value.hash).u64(value.count)
+        else:
+            raise TypeError(f"node values must be FileEntry or ChildRef, got {type(value).__name__}")
     return w.getvalue()
 
 
@@ -95,7 +97,7 @@ def decode_node(raw: bytes | memoryview) -> Node:
     if level > 0 and count == 0:
         raise FormatError("MICN", "empty internal node", offset=6, expected=">= 1 entry", got=0)
     keys: list[str] = []
-    values: list = []
+    values: list[FileEntry | ChildRef] = []
     for _ in range(count):
         at = r.pos
         key = r.str16("key")
@@ -113,4 +115,4 @@ def decode_node(raw: bytes | memoryview) -> Node:
                 raise FormatError("MICN", "child with no files", offset=r.pos - 8, expected=">= 1", got=0)
             values.append(ChildRef(key, child, files))
     r.end()
-    return Node(level, tuple(keys), tuple(values))
+    return Node(level, tuple(keys), tuple(values))  # type: ignore[arg-type]
