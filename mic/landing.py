@@ -61,21 +61,41 @@ async def roll_forward(project: Project) -> tuple[Head, str]:
     return Head(position, tree, hlc), etag
 
 
+def _dirs(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _nesting_clashes(ours: frozenset[str], our_dirs: set[str], theirs: tuple[str, ...]) -> set[str]:
+    """Our paths that are a directory of one of theirs, or inside one of theirs (file `a` vs file `a/b`)."""
+    clashes = set()
+    for q in theirs:
+        if q in our_dirs:
+            clashes |= {p for p in ours if p.startswith(q + "/")}
+        clashes |= {d for d in _dirs(q) if d in ours}
+    return clashes
+
+
 async def _check(project: Project, session: Session, paths: frozenset[str], tip: int) -> Landing | None:
     """Raise Conflict for landings in (base, tip] touching `paths`; return this session's own landing if any."""
     conflict_paths: set[str] = set()
     conflict_sessions: list[str] = []
+    our_dirs: set[str] | None = None
     records = await asyncio.gather(*(project.landing(p) for p in range(session.base + 1, tip + 1)))
     for rec in records:
         if rec is None:
             continue
         if rec.session == session.id:
             return rec
+        hit: set[str] = set()
         if any(rec.bloom.may_contain(p) for p in paths):
             hit = paths.intersection(rec.paths)  # confirm: the bloom filter may say yes falsely, never no
-            if hit:
-                conflict_paths |= hit
-                conflict_sessions.append(rec.session)
+        if our_dirs is None:
+            our_dirs = {d for p in paths for d in _dirs(p)}
+        hit |= _nesting_clashes(paths, our_dirs, rec.paths)
+        if hit:
+            conflict_paths |= hit
+            conflict_sessions.append(rec.session)
     if conflict_paths:
         shown = ", ".join(sorted(conflict_paths)[:20]) + (" …" if len(conflict_paths) > 20 else "")
         raise Conflict(

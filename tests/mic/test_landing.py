@@ -111,3 +111,15 @@ async def test_corrupted_tree_node_is_an_integrity_error(project, store_url):  #
     with pytest.raises(IntegrityError):
         await Tree(fresh).lookup(tip.tree, "a")
     await fresh.store.close()
+
+
+async def test_file_and_directory_clash_is_a_conflict(project):
+    await _land(project, {"seed": b"s"})
+    await _land(project, {"a": b"file a"}, base=1)
+    with pytest.raises(Conflict) as info:
+        await _land(project, {"a/b": b"inside a", "c": b"c"}, base=1)
+    assert info.value.paths == ("a/b",)
+    await _land(project, {"d/e/f": b"deep"}, base=1)
+    with pytest.raises(Conflict) as info:
+        await _land(project, {"d": b"now a file"}, base=1)
+    assert info.value.paths == ("d",)
