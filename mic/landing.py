@@ -89,7 +89,7 @@ async def _check(project: Project, session: Session, paths: frozenset[str], tip:
             return rec
         hit: set[str] = set()
         if any(rec.bloom.may_contain(p) for p in paths):
-            hit = paths.intersection(rec.paths)  # confirm: the bloom filter may say yes falsely, never no
+            hit = set(paths.intersection(rec.paths))  # confirm: the bloom filter may say yes falsely, never no
         if our_dirs is None:
             our_dirs = {d for p in paths for d in _dirs(p)}
         hit |= _nesting_clashes(paths, our_dirs, rec.paths)
