@@ -10,7 +10,7 @@ optionally under an instance prefix (`/<instance>/ac/<sha256>`, the instance may
 
 The action cache is the gRPC one (`protocols.bazel_reapi`), so both transports share entries. Bazel's HTTP CAS
 paths carry no size while the core's digests do: every HTTP CAS PUT, and every action result served over HTTP,
-records `sha256:<hex>` → digest in the `bazel-cas-size` namespace (a Record whose ref is the blob itself, so it
+records `sha256:<hex>` → digest in the `bazel-cas-size` namespace (a Record whose ref is the blob, so it
 disappears with the blob). Quirks (protocols.md §1): Bazel never sends HEAD, treats 404 as a miss, needs
 HTTP/1.1 with Content-Length or chunked, chokes on error bodies over 10 KiB, and sends Basic auth in URL-safe
 base64 (handled by micd/auth.py). `Content-Encoding: zstd` uploads and `Accept-Encoding: zstd` downloads are

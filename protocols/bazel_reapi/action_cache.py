@@ -24,7 +24,7 @@ class ActionCacheServicer(re_grpc.ActionCacheServicer):
         self._store = store
 
     @mapped_unary
-    async def GetActionResult(  # noqa: N802 - gRPC method name
+    async def GetActionResult(
         self, request: re_pb2.GetActionResultRequest, context: grpc.aio.ServicerContext
     ) -> re_pb2.ActionResult:
         function = digest_function(request.digest_function)
@@ -57,7 +57,7 @@ class ActionCacheServicer(re_grpc.ActionCacheServicer):
                 budget -= len(data)
 
     @mapped_unary
-    async def UpdateActionResultRaw(  # noqa: N802
+    async def UpdateActionResultRaw(
         self, raw: bytes, context: grpc.aio.ServicerContext
     ) -> re_pb2.ActionResult:
         """UpdateActionResult registered with a bytes deserializer: a body that does not parse is
@@ -70,7 +70,7 @@ class ActionCacheServicer(re_grpc.ActionCacheServicer):
         return await self.UpdateActionResult.__wrapped__(self, request, context)  # type: ignore[attr-defined]
 
     @mapped_unary
-    async def UpdateActionResult(  # noqa: N802
+    async def UpdateActionResult(
         self, request: re_pb2.UpdateActionResultRequest, context: grpc.aio.ServicerContext
     ) -> re_pb2.ActionResult:
         function = digest_function(request.digest_function)

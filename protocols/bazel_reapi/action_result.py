@@ -1,6 +1,6 @@
 """Pure validation of an ActionResult before it enters the action cache, and the CAS blobs it references.
 
-Shared by the gRPC ActionCache and the HTTP cache's `/ac/`. The referenced digests become `Record.refs`, so the
+Shared by the gRPC ActionCache and the HTTP cache's `/ac/`. Referenced digests become `Record.refs`, so the
 store serves the entry only while every one of them exists (never a hit that points at nothing).
 """
 

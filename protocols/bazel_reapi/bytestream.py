@@ -37,7 +37,7 @@ class ByteStreamServicer(bs_grpc.ByteStreamServicer):
         self.uploads = uploads or Uploads(store)
 
     @mapped_stream
-    async def Read(  # noqa: N802 - gRPC method name
+    async def Read(
         self, request: bs_pb2.ReadRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bs_pb2.ReadResponse]:
         name = parse_read_name(request.resource_name)
@@ -46,7 +46,9 @@ class ByteStreamServicer(bs_grpc.ByteStreamServicer):
         if name.compressor and request.read_limit:
             raise BadRequest("read_limit must be 0 for compressed-blobs", request.read_limit)
         if request.read_offset > name.digest.size:
-            raise OutOfRange(f"read_offset past the end of the {name.digest.size}-byte blob", request.read_offset)
+            raise OutOfRange(
+                f"read_offset past the end of the {name.digest.size}-byte blob", request.read_offset
+            )
         blob = await self._store.get(name.digest, request.read_offset, request.read_limit or None)
         if blob is None:
             raise NotFound(f"blob {name.digest} not found")
@@ -61,7 +63,7 @@ class ByteStreamServicer(bs_grpc.ByteStreamServicer):
             await blob.aclose()
 
     @mapped_unary
-    async def Write(  # noqa: N802
+    async def Write(
         self, request_iterator: AsyncIterator[bs_pb2.WriteRequest], context: grpc.aio.ServicerContext
     ) -> bs_pb2.WriteResponse:
         requests = aiter(request_iterator)
@@ -108,17 +110,21 @@ class ByteStreamServicer(bs_grpc.ByteStreamServicer):
                     decompressor.finish()
                 await upload.finish()
                 self.uploads.done(upload)
-                return bs_pb2.WriteResponse(committed_size=expected_offset if name.compressor else upload.committed)
+                return bs_pb2.WriteResponse(
+                    committed_size=expected_offset if name.compressor else upload.committed
+                )
             request = await anext(requests, None)
         # Half-closed without finish_write: report progress; a later Write may resume from here.
         return bs_pb2.WriteResponse(committed_size=upload.committed)
 
     @mapped_unary
-    async def QueryWriteStatus(  # noqa: N802
+    async def QueryWriteStatus(
         self, request: bs_pb2.QueryWriteStatusRequest, context: grpc.aio.ServicerContext
     ) -> bs_pb2.QueryWriteStatusResponse:
         name = parse_write_name(request.resource_name)
         if await self._store.contains(name.digest):
             return bs_pb2.QueryWriteStatusResponse(committed_size=name.digest.size, complete=True)
         upload = self.uploads.get(name)
-        return bs_pb2.QueryWriteStatusResponse(committed_size=upload.committed if upload else 0, complete=False)
+        return bs_pb2.QueryWriteStatusResponse(
+            committed_size=upload.committed if upload else 0, complete=False
+        )

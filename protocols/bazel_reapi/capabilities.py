@@ -39,7 +39,7 @@ class CapabilitiesServicer(re_grpc.CapabilitiesServicer):
         self._capabilities = server_capabilities()
 
     @mapped_unary
-    async def GetCapabilities(  # noqa: N802 - gRPC method name
+    async def GetCapabilities(
         self, request: re_pb2.GetCapabilitiesRequest, context: grpc.aio.ServicerContext
     ) -> re_pb2.ServerCapabilities:
         ac_namespace(request.instance_name)

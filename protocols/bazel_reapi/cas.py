@@ -1,11 +1,12 @@
-"""REAPI ContentAddressableStorage over the shared CAS: FindMissingBlobs (never reads bodies), BatchUpdateBlobs /
+"""REAPI ContentAddressableStorage (shared CAS): FindMissingBlobs (never reads bodies), BatchUpdateBlobs /
 BatchReadBlobs with a per-blob google.rpc.Status, GetTree as a stream of pages.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -15,13 +16,23 @@ from micd.errors import BadRequest, MicError, NotFound
 from micd.store import Digest, Store
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi._proto import remote_execution_pb2_grpc as re_grpc
-from protocols.bazel_reapi.common import MAX_BATCH_TOTAL_SIZE, ac_namespace, digest_function, from_proto
-from protocols.bazel_reapi.common import grpc_code, mapped_stream, mapped_unary, to_proto
+from protocols.bazel_reapi.common import (
+    MAX_BATCH_TOTAL_SIZE,
+    ac_namespace,
+    digest_function,
+    from_proto,
+    from_protos,
+    grpc_code,
+    mapped_stream,
+    mapped_unary,
+    to_proto,
+)
 from protocols.bazel_reapi.compression import decompress_bytes
 
 __all__ = ["MAX_TREE_PAGE", "ContentAddressableStorageServicer"]
 
 MAX_TREE_PAGE = 1000
+_T = TypeVar("_T")
 _OK = status_pb2.Status(code=grpc.StatusCode.OK.value[0])
 
 
@@ -34,25 +45,27 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
         self._store = store
 
     @mapped_unary
-    async def FindMissingBlobs(  # noqa: N802 - gRPC method name
+    async def FindMissingBlobs(
         self, request: re_pb2.FindMissingBlobsRequest, context: grpc.aio.ServicerContext
     ) -> re_pb2.FindMissingBlobsResponse:
         ac_namespace(request.instance_name)
         function = digest_function(request.digest_function)
-        digests = [from_proto(d, function) for d in request.blob_digests]
+        digests = from_protos(request.blob_digests, function)
         missing = await self._store.find_missing(digests)
         return re_pb2.FindMissingBlobsResponse(missing_blob_digests=[to_proto(d) for d in missing])
 
     @mapped_unary
-    async def BatchUpdateBlobs(  # noqa: N802
+    async def BatchUpdateBlobs(
         self, request: re_pb2.BatchUpdateBlobsRequest, context: grpc.aio.ServicerContext
     ) -> re_pb2.BatchUpdateBlobsResponse:
         ac_namespace(request.instance_name)
         function = digest_function(request.digest_function)
         total = sum(len(r.data) for r in request.requests)
         if total > MAX_BATCH_TOTAL_SIZE:
-            raise BadRequest(f"batch of {total} bytes exceeds max_batch_total_size_bytes {MAX_BATCH_TOTAL_SIZE}")
-        statuses = await asyncio.gather(*(self._update_one(r, function) for r in request.requests))
+            raise BadRequest(
+                f"batch of {total} bytes exceeds max_batch_total_size_bytes {MAX_BATCH_TOTAL_SIZE}"
+            )
+        statuses = await _all(self._update_one(r, function) for r in request.requests)
         return re_pb2.BatchUpdateBlobsResponse(
             responses=[
                 re_pb2.BatchUpdateBlobsResponse.Response(digest=r.digest, status=s)
@@ -60,7 +73,9 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
             ]
         )
 
-    async def _update_one(self, entry: re_pb2.BatchUpdateBlobsRequest.Request, function: str) -> status_pb2.Status:
+    async def _update_one(
+        self, entry: re_pb2.BatchUpdateBlobsRequest.Request, function: str
+    ) -> status_pb2.Status:
         try:
             digest = from_proto(entry.digest, function)
             if entry.compressor == re_pb2.Compressor.ZSTD:
@@ -75,16 +90,18 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
         return _OK
 
     @mapped_unary
-    async def BatchReadBlobs(  # noqa: N802
+    async def BatchReadBlobs(
         self, request: re_pb2.BatchReadBlobsRequest, context: grpc.aio.ServicerContext
     ) -> re_pb2.BatchReadBlobsResponse:
         ac_namespace(request.instance_name)
         function = digest_function(request.digest_function)
-        digests = [from_proto(d, function) for d in request.digests]
+        digests = from_protos(request.digests, function)
         total = sum(d.size for d in digests)
         if total > MAX_BATCH_TOTAL_SIZE:
-            raise BadRequest(f"batch of {total} bytes exceeds max_batch_total_size_bytes {MAX_BATCH_TOTAL_SIZE}")
-        found = await asyncio.gather(*(self._store.get_bytes(d) for d in digests))
+            raise BadRequest(
+                f"batch of {total} bytes exceeds max_batch_total_size_bytes {MAX_BATCH_TOTAL_SIZE}"
+            )
+        found = await _all(self._store.get_bytes(d) for d in digests)
         responses = []
         for proto, data in zip(request.digests, found, strict=True):
             if data is None:
@@ -95,7 +112,7 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
         return re_pb2.BatchReadBlobsResponse(responses=responses)
 
     @mapped_stream
-    async def GetTree(  # noqa: N802
+    async def GetTree(
         self, request: re_pb2.GetTreeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[re_pb2.GetTreeResponse]:
         ac_namespace(request.instance_name)
@@ -140,6 +157,14 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
                         next_level.append(digest)
             level = next_level
         return out
+
+
+async def _all(calls: Iterable[Coroutine[Any, Any, _T]]) -> list[_T]:
+    """Await the calls concurrently (disk-tier I/O overlaps); a single call skips the task machinery."""
+    pending = list(calls)
+    if len(pending) == 1:
+        return [await pending[0]]
+    return list(await asyncio.gather(*pending))
 
 
 def _parse_page_token(token: str) -> int:

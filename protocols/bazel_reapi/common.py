@@ -1,31 +1,42 @@
-"""Shared pieces of the REAPI servicers: proto ↔ `Digest` conversion, the action-cache namespace of an instance,
+"""Shared pieces of the REAPI servicers: proto ↔ `Digest` conversion, the action-cache namespace of an
+instance,
 and the one mapping from micd errors to gRPC status codes (used for whole calls and per-blob statuses).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from micd.errors import BadRequest, FormatError, IntegrityError, MicError, NotFound, StoreFull, TierUnavailable
-from micd.errors import Unauthorized
+from micd.errors import (
+    BadRequest,
+    FormatError,
+    IntegrityError,
+    MicError,
+    NotFound,
+    StoreFull,
+    TierUnavailable,
+    Unauthorized,
+)
 from micd.store import Digest
-from micd.validate import parse_digest, parse_namespace
+from micd.validate import MAX_BLOB_SIZE, parse_digest, parse_function, parse_namespace
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 
 __all__ = [
     "AC_NAMESPACE",
-    "OutOfRange",
-    "UploadBusy",
     "GRPC_SERVER_OPTIONS",
     "MAX_BATCH_TOTAL_SIZE",
+    "OutOfRange",
+    "UploadBusy",
     "ac_namespace",
     "digest_function",
     "from_proto",
+    "from_protos",
     "grpc_code",
     "mapped_stream",
     "mapped_unary",
@@ -39,7 +50,7 @@ GRPC_SERVER_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_BATCH_TOTAL_SIZE + (1 << 20)),
     ("grpc.max_send_message_length", MAX_BATCH_TOTAL_SIZE + (1 << 20)),
 )
-_FUNCTIONS = {re_pb2.DigestFunction.SHA256: "sha256", re_pb2.DigestFunction.BLAKE3: "blake3"}
+_FUNCTIONS: dict[int, str] = {re_pb2.DigestFunction.SHA256: "sha256", re_pb2.DigestFunction.BLAKE3: "blake3"}
 _RESERVED_SEGMENTS = frozenset(
     {"blobs", "uploads", "actions", "actionResults", "operations", "capabilities", "compressed-blobs"}
 )
@@ -72,12 +83,33 @@ def from_proto(digest: re_pb2.Digest, function: str) -> Digest:
     return parse_digest(function, digest.hash, digest.size_bytes)
 
 
+_HEX_RUN = re.compile(r"(?:[0-9a-f]{64})*")
+
+
+def from_protos(digests: Iterable[re_pb2.Digest], function: str) -> list[Digest]:
+    """`from_proto` for many digests: one regex pass over all hashes (FindMissingBlobs sends thousands).
+
+    Raises:
+        BadRequest: naming the first malformed digest.
+    """
+    function = parse_function(function)
+    hashes = [d.hash for d in digests]
+    sizes = [d.size_bytes for d in digests]
+    if (
+        all(len(h) == 64 for h in hashes)
+        and _HEX_RUN.fullmatch("".join(hashes))
+        and (not sizes or (min(sizes) >= 0 and max(sizes) <= MAX_BLOB_SIZE))
+    ):
+        return [Digest(function, h, s) for h, s in zip(hashes, sizes, strict=True)]
+    return [from_proto(d, function) for d in digests]  # slow path: raises the precise error
+
+
 def to_proto(digest: Digest) -> re_pb2.Digest:
     return re_pb2.Digest(hash=digest.hex, size_bytes=digest.size)
 
 
 def ac_namespace(instance_name: str) -> str:
-    """The KV namespace of an instance's action cache: `bazel-ac` or `bazel-ac/<instance>` (may contain `/`)."""
+    """The KV namespace of an instance's action cache: `bazel-ac` or `bazel-ac/<instance>` (`/` allowed)."""
     if not instance_name:
         return AC_NAMESPACE
     if any(part in _RESERVED_SEGMENTS for part in instance_name.split("/")):

@@ -1,4 +1,4 @@
-"""zstd for `compressed-blobs/zstd/` resources, compressed batch entries and the HTTP cache's Content-Encoding.
+"""zstd for `compressed-blobs/zstd/` resources, compressed batch entries and HTTP Content-Encoding.
 
 Decompression is bounded: input is fed in small slices and the output counted against the announced
 uncompressed size, so a zstd bomb (an RLE block turns 4 bytes into 128 KiB) costs at most ~32 MiB beyond it.
@@ -47,7 +47,9 @@ class Decompressor:
                 raise BadRequest("malformed zstd data", str(exc)) from exc
             self.produced += len(piece)
             if self.produced > self.limit:
-                raise IntegrityError(f"{self.limit} bytes", f"more than {self.limit} bytes", what="zstd body size")
+                raise IntegrityError(
+                    f"{self.limit} bytes", f"more than {self.limit} bytes", what="zstd body size"
+                )
             if piece:
                 out.append(piece)
             if self._obj.eof:

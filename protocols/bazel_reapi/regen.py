@@ -1,6 +1,7 @@
 """Regenerate the committed gRPC/protobuf code in `_proto/` from the `.proto` sources beside it.
 
-Run from anywhere: `python -m protocols.bazel_reapi.regen` (needs grpcio-tools 1.85.1, the version the committed
+Run from anywhere: `python -m protocols.bazel_reapi.regen` (needs grpcio-tools 1.85.1, the version the
+committed
 output was made with). The `.proto` files are compiled with the repository root as include path, so the
 generated imports are already `protocols.bazel_reapi._proto.…` and no top-level `build` package exists.
 `google/rpc/status.proto` comes from googleapis-common-protos, `google/protobuf/*` from grpcio-tools.

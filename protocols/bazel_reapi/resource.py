@@ -45,7 +45,9 @@ def _instance(parts: list[str], end: int, name: str) -> str:
     return instance
 
 
-def _blob_tail(parts: list[str], start: int, name: str, *, allow_metadata: bool) -> tuple[str | None, Digest, int]:
+def _blob_tail(
+    parts: list[str], start: int, name: str, *, allow_metadata: bool
+) -> tuple[str | None, Digest, int]:
     """Parse `blobs/...` or `compressed-blobs/<c>/...` at `start`; return (compressor, digest, next index)."""
     pos = start + 1
     compressor = None

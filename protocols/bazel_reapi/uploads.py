@@ -1,6 +1,6 @@
 """Resumable ByteStream uploads: each upload is one `store.put` task fed through a small bounded queue.
 
-Why a live task rather than a spool file: the bytes stream straight into the store (hashed once, written once),
+Why a live task rather than a spool file: bytes stream straight into the store (hashed once, written once),
 and when the client's stream breaks the task simply waits for more chunks, so a later Write with
 `write_offset == committed_size` resumes where the first stopped. A paused upload is kept at most `max_age`
 seconds and at most `max_paused` of them exist; past either bound the oldest is cancelled and the store
@@ -111,7 +111,9 @@ class Uploads:
             upload = Upload(self._store, name)
             self._uploads[self._key(name)] = upload
         elif write_offset != upload.committed:
-            raise BadRequest(f"write_offset does not match the committed size {upload.committed}", write_offset)
+            raise BadRequest(
+                f"write_offset does not match the committed size {upload.committed}", write_offset
+            )
         upload.attached = True
         return upload
 

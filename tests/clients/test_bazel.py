@@ -1,4 +1,5 @@
-"""Real Bazel 4.2.3 (Debian bazel-bootstrap) against a real `micd run` subprocess: cold builds upload, and after
+"""Real Bazel 4.2.3 (Debian bazel-bootstrap) against a real `micd run` subprocess: cold builds upload, and
+after
 `bazel clean --expunge` the rebuild is ≥ 95% remote cache hits (counted from --execution_log_json_file), over
 gRPC and over HTTP, across a daemon restart, from S3 with the disk tier wiped, and with an instance name
 containing `/`. The workspace is tests/clients/bazel_ws (genrules, sh_binary + sh_test, cc_binary).
@@ -34,20 +35,32 @@ class Daemon:
     def __init__(self, state_dir: Path, cache_dir: Path, env: dict[str, str] | None = None) -> None:
         self.state_dir = state_dir
         self.cache_dir = cache_dir
-        self.env = {**os.environ, "MIC_STATE_DIR": str(state_dir), "MIC_CACHE_DIR": str(cache_dir),
-                    "MIC_IDLE_TIMEOUT": "0", **(env or {})}
+        self.env = {
+            **os.environ,
+            "MIC_STATE_DIR": str(state_dir),
+            "MIC_CACHE_DIR": str(cache_dir),
+            "MIC_IDLE_TIMEOUT": "0",
+            **(env or {}),
+        }
         self.process: subprocess.Popen | None = None
         self.ports: dict = {}
 
     def start(self) -> Daemon:
         ports = self.state_dir / "ports.json"
-        self.process = subprocess.Popen([sys.executable, "-m", "micd.main", "run", "--json"], env=self.env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "micd.main", "run", "--json"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 30
         while not ports.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"micd did not start: {self.process.stderr.read() if self.process.stderr else ''}")
+                raise RuntimeError(
+                    f"micd did not start: {self.process.stderr.read() if self.process.stderr else ''}"
+                )
             time.sleep(0.05)
         self.ports = json.loads(ports.read_text())
         return self
@@ -64,7 +77,9 @@ class Daemon:
 
     def stats(self) -> dict:
         token = (self.state_dir / "token").read_text().strip()
-        request = urllib.request.Request(f"{self.ports['http']}/stats", headers={"Authorization": f"Bearer {token}"})
+        request = urllib.request.Request(
+            f"{self.ports['http']}/stats", headers={"Authorization": f"Bearer {token}"}
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
@@ -82,12 +97,18 @@ class Bazel:
         self.runs = 0
 
     def _startup(self) -> list[str]:
-        return [self.exe, f"--output_user_root={self.root}", "--host_jvm_args=-Xmx512m",
-                "--nohome_rc", f"--bazelrc={self.bazelrc}"]
+        return [
+            self.exe,
+            f"--output_user_root={self.root}",
+            "--host_jvm_args=-Xmx512m",
+            "--nohome_rc",
+            f"--bazelrc={self.bazelrc}",
+        ]
 
     def run(self, *args: str) -> subprocess.CompletedProcess:
-        result = subprocess.run([*self._startup(), *args], cwd=self.workspace, capture_output=True, text=True,
-                                timeout=600)
+        result = subprocess.run(
+            [*self._startup(), *args], cwd=self.workspace, capture_output=True, text=True, timeout=600
+        )
         assert result.returncode == 0, f"bazel {' '.join(args)} failed:\n{result.stderr[-4000:]}"
         return result
 
@@ -95,9 +116,13 @@ class Bazel:
         """`bazel test //...`; returns (remote cache hits, spawns) from the execution log."""
         self.runs += 1
         log = self.logs / f"exec-{self.runs}.json"
-        overrides = [f"--override_repository={name}={FIXTURE / 'overrides' / name}"
-                     for name in ("rules_cc", "rules_java", "remote_coverage_tools")]
-        self.run("test", "--spawn_strategy=local", f"--execution_log_json_file={log}", *overrides, *flags, "//...")
+        overrides = [
+            f"--override_repository={name}={FIXTURE / 'overrides' / name}"
+            for name in ("rules_cc", "rules_java", "remote_coverage_tools")
+        ]
+        self.run(
+            "test", "--spawn_strategy=local", f"--execution_log_json_file={log}", *overrides, *flags, "//..."
+        )
         spawns = _read_log(log)
         return sum(1 for s in spawns if s.get("remoteCacheHit")), len(spawns)
 
@@ -106,7 +131,9 @@ class Bazel:
 
     def shutdown(self) -> None:
         if self.root.exists():
-            subprocess.run([*self._startup(), "shutdown"], cwd=self.workspace, capture_output=True, timeout=120)
+            subprocess.run(
+                [*self._startup(), "shutdown"], cwd=self.workspace, capture_output=True, timeout=120
+            )
 
 
 def _read_log(path: Path) -> list[dict]:
@@ -186,8 +213,12 @@ def test_hits_survive_a_daemon_restart(env):
 
 def test_hits_from_s3_with_the_disk_tier_wiped(env, s3_bucket):
     endpoint, bucket = s3_bucket
-    s3 = {"MIC_S3_BUCKET": bucket, "MIC_S3_ENDPOINT_URL": endpoint, "MIC_S3_REGION": "us-east-1",
-          "MIC_DRAIN_TIMEOUT": "120"}
+    s3 = {
+        "MIC_S3_BUCKET": bucket,
+        "MIC_S3_ENDPOINT_URL": endpoint,
+        "MIC_S3_REGION": "us-east-1",
+        "MIC_DRAIN_TIMEOUT": "120",
+    }
     first = env("cache-1", s3)
     hits, spawns = env.bazel.build()
     assert hits == 0 and spawns >= 8

@@ -32,4 +32,5 @@ def test_tokens_that_would_break_the_file_are_refused(token):
 
 def test_instance_name_line():
     assert "build --remote_instance_name=main/inst\n" in bazelrc_text(
-        grpc_port=1, http_port=2, token="t", instance_name="main/inst")
+        grpc_port=1, http_port=2, token="t", instance_name="main/inst"
+    )

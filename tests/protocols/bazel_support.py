@@ -1,4 +1,4 @@
-"""Test helpers for the Bazel protocol tests: the store to run over, an in-process REAPI gRPC server, blobs."""
+"""Helpers for the Bazel protocol tests: the store to run over, an in-process REAPI gRPC server, blobs."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from protocols.bazel_reapi import GRPC_SERVER_OPTIONS, add_servicers
 from protocols.bazel_reapi._proto import bytestream_pb2_grpc as bs_grpc
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi._proto import remote_execution_pb2_grpc as re_grpc
+
 
 def new_store() -> TieredStore:
     """The composed store (it enforces "a record is served only if every referenced blob exists")."""

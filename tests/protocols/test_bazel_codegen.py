@@ -15,7 +15,9 @@ def test_regenerating_reproduces_the_committed_files(tmp_path):
         for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
     )
     for name, data in generated.items():
-        assert (regen.PROTO_DIR / name).read_bytes() == data, f"{name} differs: run python -m protocols.bazel_reapi.regen"
+        assert (regen.PROTO_DIR / name).read_bytes() == data, (
+            f"{name} differs: run python -m protocols.bazel_reapi.regen"
+        )
 
 
 def test_no_top_level_build_package_is_generated(tmp_path):

@@ -40,8 +40,10 @@ def _blob(size: int = 1000) -> tuple[bytes, str]:
 
 
 def _result(*outputs: tuple[bytes, str]) -> bytes:
-    files = [re_pb2.OutputFile(path=f"out/{i}", digest=re_pb2.Digest(hash=h, size_bytes=len(d)))
-             for i, (d, h) in enumerate(outputs)]
+    files = [
+        re_pb2.OutputFile(path=f"out/{i}", digest=re_pb2.Digest(hash=h, size_bytes=len(d)))
+        for i, (d, h) in enumerate(outputs)
+    ]
     return re_pb2.ActionResult(output_files=files, exit_code=0).SerializeToString()
 
 
@@ -56,12 +58,24 @@ async def test_cas_put_get_head_with_both_basic_alphabets(env):
     assert resp.status == 200 and resp.headers["Content-Length"] == str(len(data))
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Basic " + base64.b64encode(b"u:nope").decode()},
-                                     {"Authorization": "Bearer nope"}], ids=["missing", "wrong-basic", "wrong-bearer"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Basic " + base64.b64encode(b"u:nope").decode()},
+        {"Authorization": "Bearer nope"},
+    ],
+    ids=["missing", "wrong-basic", "wrong-bearer"],
+)
 async def test_token_required(env, headers):
     data, hex_ = _blob()
-    for method, path in (("PUT", f"/cas/{hex_}"), ("GET", f"/cas/{hex_}"), ("PUT", f"/ac/{hex_}"),
-                         ("GET", f"/main/inst/ac/{hex_}"), ("HEAD", f"/ac/{hex_}")):
+    for method, path in (
+        ("PUT", f"/cas/{hex_}"),
+        ("GET", f"/cas/{hex_}"),
+        ("PUT", f"/ac/{hex_}"),
+        ("GET", f"/main/inst/ac/{hex_}"),
+        ("HEAD", f"/ac/{hex_}"),
+    ):
         resp = await env.request(method, path, data=data if method == "PUT" else None, headers=headers)
         assert resp.status == 401, (method, path)
     assert not await env.store.contains(Digest("sha256", hex_, len(data)))
@@ -77,7 +91,9 @@ async def test_cas_misses_and_digest_mismatch(env):
     assert (await env.get(f"/cas/{hex_}", headers=STD)).status == 404
 
 
-@pytest.mark.parametrize("path", ["/cas/XYZ", "/ac/" + "A" * 64, "/cas/" + "a" * 63, "/a/blobs/ac/" + "a" * 64])
+@pytest.mark.parametrize(
+    "path", ["/cas/XYZ", "/ac/" + "A" * 64, "/cas/" + "a" * 63, "/a/blobs/ac/" + "a" * 64]
+)
 async def test_malformed_paths_are_400(env, path):
     assert (await env.put(path, data=b"x", headers=STD)).status == 400
     assert (await env.get(path, headers=STD)).status == 400
@@ -122,7 +138,9 @@ async def test_results_uploaded_over_grpc_are_served_with_their_blobs(env):
     digest = Digest("sha256", out_hex, len(out))
     await env.store.put_bytes(digest, out)
     assert (await env.get(f"/cas/{out_hex}", headers=STD)).status == 404  # HTTP paths carry no size
-    assert (await env.get(f"/cas/{out_hex}", headers={**STD, "X-Digest-SizeBytes": str(len(out))})).status == 200
+    assert (
+        await env.get(f"/cas/{out_hex}", headers={**STD, "X-Digest-SizeBytes": str(len(out))})
+    ).status == 200
     _, key = _blob()
     result = re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="o", digest=pd(digest))])
     await env.store.put_record("bazel-ac", f"sha256:{key}", Record(result.SerializeToString(), (digest,)))
@@ -152,7 +170,9 @@ async def test_zstd_encodings(env):
     assert (await env.put(f"/ac/{key}", data=compress_bytes(body), headers=zstd)).status == 200
     resp = await env.get(f"/ac/{key}", headers={**STD, "Accept-Encoding": "zstd"}, auto_decompress=False)
     assert decompress_bytes(await resp.read(), 1 << 20) == body
-    assert (await env.put(f"/ac/{key}", data=body, headers={**STD, "Content-Encoding": "x-foo"})).status == 400
+    assert (
+        await env.put(f"/ac/{key}", data=body, headers={**STD, "Content-Encoding": "x-foo"})
+    ).status == 400
 
 
 async def test_existing_blob_put_is_accepted_again(env):

@@ -1,4 +1,4 @@
-"""ActionCache over gRPC: namespaces per instance, validation, and hits only while every referenced blob exists."""
+"""ActionCache over gRPC: per-instance namespaces, validation, hits only while all referenced blobs exist."""
 
 from __future__ import annotations
 
@@ -28,8 +28,10 @@ async def _result(store, *, stored: bool = True) -> tuple[re_pb2.ActionResult, l
         for data, digest in ((out, dout), (stdout, dstdout), (tree, dtree)):
             await store.put_bytes(digest, data)
     result = re_pb2.ActionResult(
-        output_files=[re_pb2.OutputFile(path="bazel-out/x.txt", digest=pd(dout), is_executable=True),
-                      re_pb2.OutputFile(path="bazel-out/empty", digest=pd(Digest.empty()))],
+        output_files=[
+            re_pb2.OutputFile(path="bazel-out/x.txt", digest=pd(dout), is_executable=True),
+            re_pb2.OutputFile(path="bazel-out/empty", digest=pd(Digest.empty())),
+        ],
         output_directories=[re_pb2.OutputDirectory(path="bazel-out/d", tree_digest=pd(dtree))],
         stdout_digest=pd(dstdout),
         exit_code=0,
@@ -37,8 +39,12 @@ async def _result(store, *, stored: bool = True) -> tuple[re_pb2.ActionResult, l
     return result, [(out, dout), (stdout, dstdout), (tree, dtree)]
 
 
-def _update(digest: Digest, result: re_pb2.ActionResult, instance: str = "") -> re_pb2.UpdateActionResultRequest:
-    return re_pb2.UpdateActionResultRequest(instance_name=instance, action_digest=pd(digest), action_result=result)
+def _update(
+    digest: Digest, result: re_pb2.ActionResult, instance: str = ""
+) -> re_pb2.UpdateActionResultRequest:
+    return re_pb2.UpdateActionResultRequest(
+        instance_name=instance, action_digest=pd(digest), action_result=result
+    )
 
 
 async def test_miss_is_not_found(env):
@@ -61,13 +67,15 @@ async def test_instances_have_separate_namespaces_and_may_contain_slashes(env):
     result, _ = await _result(env.store)
     _, action = blob()
     await env.ac.UpdateActionResult(_update(action, result, "main/inst"))
-    hit = await env.ac.GetActionResult(re_pb2.GetActionResultRequest(instance_name="main/inst",
-                                                                     action_digest=pd(action)))
+    hit = await env.ac.GetActionResult(
+        re_pb2.GetActionResultRequest(instance_name="main/inst", action_digest=pd(action))
+    )
     assert hit == result
     for other in ("", "main", "main/other"):
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await env.ac.GetActionResult(re_pb2.GetActionResultRequest(instance_name=other,
-                                                                       action_digest=pd(action)))
+            await env.ac.GetActionResult(
+                re_pb2.GetActionResultRequest(instance_name=other, action_digest=pd(action))
+            )
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -88,8 +96,11 @@ async def test_inline_stdout_and_files_when_asked(env):
     result, ((_, dout), (_, dstdout), _) = await _result(env.store)
     _, action = blob()
     await env.ac.UpdateActionResult(_update(action, result))
-    got = await env.ac.GetActionResult(re_pb2.GetActionResultRequest(
-        action_digest=pd(action), inline_stdout=True, inline_output_files=["bazel-out/x.txt"]))
+    got = await env.ac.GetActionResult(
+        re_pb2.GetActionResultRequest(
+            action_digest=pd(action), inline_stdout=True, inline_output_files=["bazel-out/x.txt"]
+        )
+    )
     assert got.stdout_raw == await env.store.get_bytes(dstdout)
     assert got.output_files[0].contents == await env.store.get_bytes(dout)
     plain = await env.ac.GetActionResult(re_pb2.GetActionResultRequest(action_digest=pd(action)))
@@ -103,7 +114,9 @@ async def test_inline_stdout_and_files_when_asked(env):
         re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="/abs", digest=re_pb2.Digest())]),
         re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="a/../b", digest=re_pb2.Digest())]),
         re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="a")]),
-        re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="a", digest=re_pb2.Digest(hash="xy", size_bytes=1))]),
+        re_pb2.ActionResult(
+            output_files=[re_pb2.OutputFile(path="a", digest=re_pb2.Digest(hash="xy", size_bytes=1))]
+        ),
         re_pb2.ActionResult(output_directories=[re_pb2.OutputDirectory(path="d")]),
         re_pb2.ActionResult(output_symlinks=[re_pb2.OutputSymlink(path="l")]),
         re_pb2.ActionResult(stdout_digest=re_pb2.Digest(hash="ab" * 32, size_bytes=-5)),

@@ -40,15 +40,18 @@ def requests(name: str, data: bytes, *, offset: int = 0, finish: bool = True, ch
     msgs = []
     for i, start in enumerate(range(0, max(len(data), 1), chunk)):
         piece = data[start : start + chunk]
-        msgs.append(bs_pb2.WriteRequest(resource_name=name if i == 0 else "", write_offset=offset + start, data=piece))
+        msgs.append(
+            bs_pb2.WriteRequest(resource_name=name if i == 0 else "", write_offset=offset + start, data=piece)
+        )
     msgs[-1].finish_write = finish
     return msgs
 
 
 async def read_all(env, name: str, offset: int = 0, limit: int = 0) -> tuple[bytes, list[int]]:
     sizes, parts = [], []
-    async for resp in env.bytestream.Read(bs_pb2.ReadRequest(resource_name=name, read_offset=offset,
-                                                             read_limit=limit)):
+    async for resp in env.bytestream.Read(
+        bs_pb2.ReadRequest(resource_name=name, read_offset=offset, read_limit=limit)
+    ):
         sizes.append(len(resp.data))
         parts.append(resp.data)
     return b"".join(parts), sizes
@@ -83,36 +86,59 @@ async def test_read_failures(env):
     await expect_code(read_all(env, read_name(digest), offset=-1), grpc.StatusCode.OUT_OF_RANGE)
     _, missing = blob()
     await expect_code(read_all(env, read_name(missing)), grpc.StatusCode.NOT_FOUND)
-    await expect_code(read_all(env, read_name(digest, compressed=True), limit=10), grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_code(
+        read_all(env, read_name(digest, compressed=True), limit=10), grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
-@pytest.mark.parametrize("name", [
-    "", "blobs", "blobs/abc/12", "x/blobs/" + "a" * 64, "blobs/" + "a" * 64 + "/12x",
-    "blobs/" + "a" * 64 + "/-1", "a//b/blobs/" + "a" * 64 + "/1", "../blobs/" + "a" * 64 + "/1",
-    "compressed-blobs/gzip/" + "a" * 64 + "/1", "blobs/sha256tree/" + "a" * 64 + "/1",
-    "blobs/" + "a" * 64 + "/1/extra",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "blobs",
+        "blobs/abc/12",
+        "x/blobs/" + "a" * 64,
+        "blobs/" + "a" * 64 + "/12x",
+        "blobs/" + "a" * 64 + "/-1",
+        "a//b/blobs/" + "a" * 64 + "/1",
+        "../blobs/" + "a" * 64 + "/1",
+        "compressed-blobs/gzip/" + "a" * 64 + "/1",
+        "blobs/sha256tree/" + "a" * 64 + "/1",
+        "blobs/" + "a" * 64 + "/1/extra",
+    ],
+)
 async def test_malformed_read_names_are_invalid(env, name):
     await expect_code(read_all(env, name), grpc.StatusCode.INVALID_ARGUMENT)
 
 
-@pytest.mark.parametrize("name", [
-    "blobs/" + "a" * 64 + "/1", "uploads/blobs/" + "a" * 64 + "/1", "uploads/u/objects/" + "a" * 64 + "/1",
-    "uploads/../blobs/" + "a" * 64 + "/1",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "blobs/" + "a" * 64 + "/1",
+        "uploads/blobs/" + "a" * 64 + "/1",
+        "uploads/u/objects/" + "a" * 64 + "/1",
+        "uploads/../blobs/" + "a" * 64 + "/1",
+    ],
+)
 async def test_malformed_write_names_are_invalid(env, name):
-    await expect_code(env.bytestream.Write(iter([bs_pb2.WriteRequest(resource_name=name, finish_write=True)])),
-                      grpc.StatusCode.INVALID_ARGUMENT)
-    await expect_code(env.bytestream.QueryWriteStatus(bs_pb2.QueryWriteStatusRequest(resource_name=name)),
-                      grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_code(
+        env.bytestream.Write(iter([bs_pb2.WriteRequest(resource_name=name, finish_write=True)])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    await expect_code(
+        env.bytestream.QueryWriteStatus(bs_pb2.QueryWriteStatusRequest(resource_name=name)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
 
 
 async def test_digest_mismatch_is_invalid_and_stores_nothing(env):
     data, digest = blob(200_000)
     tampered = bytearray(data)
     tampered[-1] ^= 1
-    await expect_code(env.bytestream.Write(iter(requests(upload_name(digest), bytes(tampered)))),
-                      grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_code(
+        env.bytestream.Write(iter(requests(upload_name(digest), bytes(tampered)))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
     assert not await env.store.contains(digest)
 
 
@@ -120,8 +146,9 @@ async def test_digest_mismatch_is_invalid_and_stores_nothing(env):
 async def test_size_mismatch_is_invalid(env, delta):
     data, digest = blob(1000)
     body = data[:-1] if delta < 0 else data + b"!"
-    await expect_code(env.bytestream.Write(iter(requests(upload_name(digest), body))),
-                      grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_code(
+        env.bytestream.Write(iter(requests(upload_name(digest), body))), grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert not await env.store.contains(digest)
 
 
@@ -130,9 +157,12 @@ async def test_wrong_write_offset_is_invalid(env):
     msgs = requests(upload_name(digest), data)
     msgs[1].write_offset += 7
     await expect_code(env.bytestream.Write(iter(msgs)), grpc.StatusCode.INVALID_ARGUMENT)
-    await expect_code(env.bytestream.Write(iter(requests(upload_name(digest, uuid="u-2"), data, offset=5,
-                                                         chunk=len(data)))),
-                      grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_code(
+        env.bytestream.Write(
+            iter(requests(upload_name(digest, uuid="u-2"), data, offset=5, chunk=len(data)))
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
 
 
 async def test_existing_blob_returns_early_with_full_committed_size(env):
@@ -157,8 +187,9 @@ async def test_resumable_write_and_query_write_status(env):
     wrong = requests(name, data[half + 1 :], offset=half + 1, chunk=len(data))
     await expect_code(env.bytestream.Write(iter(wrong)), grpc.StatusCode.INVALID_ARGUMENT)
     # a resume at the wrong offset is refused without losing what was committed
-    assert (await env.bytestream.QueryWriteStatus(bs_pb2.QueryWriteStatusRequest(resource_name=name))
-            ).committed_size == half
+    assert (
+        await env.bytestream.QueryWriteStatus(bs_pb2.QueryWriteStatusRequest(resource_name=name))
+    ).committed_size == half
     rest = requests(name, data[half:], offset=half)
     rest[0].resource_name = name
     assert (await env.bytestream.Write(iter(rest))).committed_size == digest.size
@@ -188,7 +219,9 @@ async def test_client_cancel_mid_stream_keeps_the_upload_resumable(env):
     call.cancel()
     assert (await env.bytestream.QueryWriteStatus(query)).committed_size == 1 << 20
     rest = requests(name, data[1 << 20 :], offset=1 << 20)
-    for _ in range(100):  # ABORTED while the server has not yet noticed the cancelled stream: retry, as Bazel does
+    for _ in range(
+        100
+    ):  # ABORTED while the server has not yet noticed the cancelled stream: retry, as Bazel does
         try:
             resp = await env.bytestream.Write(iter(rest))
             break
@@ -200,7 +233,7 @@ async def test_client_cancel_mid_stream_keeps_the_upload_resumable(env):
 
 
 async def test_compressed_write_and_read(env):
-    data = (b"compressible " * 200_000)[: 2_000_000]
+    data = (b"compressible " * 200_000)[:2_000_000]
     digest = Digest.of(data)
     packed = compress_bytes(data)
     resp = await env.bytestream.Write(iter(requests(upload_name(digest, compressed=True), packed)))
@@ -216,14 +249,21 @@ async def test_compressed_write_failures(env):
     data = b"z" * 100_000
     digest = Digest.of(data)
     wrong = Digest.of(data + b"!")
-    await expect_code(env.bytestream.Write(iter(requests(upload_name(wrong, compressed=True), compress_bytes(data)))),
-                      grpc.StatusCode.INVALID_ARGUMENT)
-    await expect_code(env.bytestream.Write(iter(requests(upload_name(digest, uuid="t", compressed=True),
-                                                         compress_bytes(data)[:-4]))),
-                      grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_code(
+        env.bytestream.Write(iter(requests(upload_name(wrong, compressed=True), compress_bytes(data)))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    await expect_code(
+        env.bytestream.Write(
+            iter(requests(upload_name(digest, uuid="t", compressed=True), compress_bytes(data)[:-4]))
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
     bomb = compress_bytes(b"\0" * (64 << 20))
-    await expect_code(env.bytestream.Write(iter(requests(upload_name(digest, uuid="b", compressed=True), bomb))),
-                      grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_code(
+        env.bytestream.Write(iter(requests(upload_name(digest, uuid="b", compressed=True), bomb))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
     assert not await env.store.contains(digest)
 
 

@@ -77,8 +77,12 @@ async def test_find_missing_never_reads_bodies():
 
 @pytest.mark.parametrize(
     "bad",
-    [re_pb2.Digest(hash="zz" * 32, size_bytes=1), re_pb2.Digest(hash="ab" * 32, size_bytes=-1),
-     re_pb2.Digest(hash="AB" * 32, size_bytes=1), re_pb2.Digest(hash="ab", size_bytes=1)],
+    [
+        re_pb2.Digest(hash="zz" * 32, size_bytes=1),
+        re_pb2.Digest(hash="ab" * 32, size_bytes=-1),
+        re_pb2.Digest(hash="AB" * 32, size_bytes=1),
+        re_pb2.Digest(hash="ab", size_bytes=1),
+    ],
     ids=["not-hex", "negative-size", "uppercase", "short"],
 )
 async def test_find_missing_rejects_malformed_digests(env, bad):
@@ -96,15 +100,19 @@ async def test_unsupported_digest_function_is_invalid(env):
 
 async def test_batch_update_then_read_with_per_blob_status(env):
     good, dgood = blob(4096)
-    bad, dbad = blob(10)
+    _, dbad = blob(10)
     short, dshort = blob(10)
     _, dmissing = blob()
-    req = re_pb2.BatchUpdateBlobsRequest(requests=[
-        re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(dgood), data=good),
-        re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(dbad), data=b"x" * 10),  # digest mismatch
-        re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(dshort), data=short[:5]),  # wrong size
-        re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(dgood), data=good, compressor=re_pb2.Compressor.BROTLI),
-    ])
+    req = re_pb2.BatchUpdateBlobsRequest(
+        requests=[
+            re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(dgood), data=good),
+            re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(dbad), data=b"x" * 10),  # digest mismatch
+            re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(dshort), data=short[:5]),  # wrong size
+            re_pb2.BatchUpdateBlobsRequest.Request(
+                digest=pd(dgood), data=good, compressor=re_pb2.Compressor.BROTLI
+            ),
+        ]
+    )
     resp = await env.cas.BatchUpdateBlobs(req)
     assert [r.status.code for r in resp.responses] == [OK, INVALID, INVALID, INVALID]
     assert await env.store.find_missing([dgood, dbad, dshort]) == [dbad, dshort]
@@ -116,12 +124,15 @@ async def test_batch_update_then_read_with_per_blob_status(env):
 async def test_batch_update_accepts_zstd_and_checks_the_uncompressed_digest(env):
     data = b"abc" * 5000
     digest = Digest.of(data)
-    ok = re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(digest), data=compress_bytes(data),
-                                                compressor=re_pb2.Compressor.ZSTD)
-    wrong = re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(Digest.of(data + b"!")), data=compress_bytes(data),
-                                                   compressor=re_pb2.Compressor.ZSTD)
-    garbage = re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(digest), data=b"not zstd",
-                                                     compressor=re_pb2.Compressor.ZSTD)
+    ok = re_pb2.BatchUpdateBlobsRequest.Request(
+        digest=pd(digest), data=compress_bytes(data), compressor=re_pb2.Compressor.ZSTD
+    )
+    wrong = re_pb2.BatchUpdateBlobsRequest.Request(
+        digest=pd(Digest.of(data + b"!")), data=compress_bytes(data), compressor=re_pb2.Compressor.ZSTD
+    )
+    garbage = re_pb2.BatchUpdateBlobsRequest.Request(
+        digest=pd(digest), data=b"not zstd", compressor=re_pb2.Compressor.ZSTD
+    )
     resp = await env.cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(requests=[ok, wrong, garbage]))
     assert [r.status.code for r in resp.responses] == [OK, INVALID, INVALID]
     assert await env.store.get_bytes(digest) == data
@@ -142,13 +153,16 @@ async def test_oversized_batches_are_rejected_whole(env):
 async def test_blake3_batch_roundtrip(env):
     data, digest = blob(300, "blake3")
     fn = re_pb2.DigestFunction.BLAKE3
-    req = re_pb2.BatchUpdateBlobsRequest(digest_function=fn, requests=[
-        re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(digest), data=data)])
+    req = re_pb2.BatchUpdateBlobsRequest(
+        digest_function=fn, requests=[re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(digest), data=data)]
+    )
     assert (await env.cas.BatchUpdateBlobs(req)).responses[0].status.code == OK
     assert await env.store.contains(digest)
     sha_view = Digest("sha256", digest.hex, digest.size)
     assert not await env.store.contains(sha_view)
-    read = await env.cas.BatchReadBlobs(re_pb2.BatchReadBlobsRequest(digest_function=fn, digests=[pd(digest)]))
+    read = await env.cas.BatchReadBlobs(
+        re_pb2.BatchReadBlobsRequest(digest_function=fn, digests=[pd(digest)])
+    )
     assert read.responses[0].data == data
 
 
@@ -162,12 +176,27 @@ async def _put_directory(store, directory: re_pb2.Directory) -> Digest:
 async def _tree(store) -> tuple[Digest, int]:
     """root → a, b; a → c; b → c (shared); c → files only. 4 distinct directories."""
     _, file_digest = blob(5)
-    c = await _put_directory(store, re_pb2.Directory(files=[re_pb2.FileNode(name="f", digest=pd(file_digest))]))
-    a = await _put_directory(store, re_pb2.Directory(directories=[re_pb2.DirectoryNode(name="c", digest=pd(c))]))
-    b = await _put_directory(store, re_pb2.Directory(
-        directories=[re_pb2.DirectoryNode(name="c", digest=pd(c))], files=[re_pb2.FileNode(name="g")]))
-    root = await _put_directory(store, re_pb2.Directory(directories=[
-        re_pb2.DirectoryNode(name="a", digest=pd(a)), re_pb2.DirectoryNode(name="b", digest=pd(b))]))
+    c = await _put_directory(
+        store, re_pb2.Directory(files=[re_pb2.FileNode(name="f", digest=pd(file_digest))])
+    )
+    a = await _put_directory(
+        store, re_pb2.Directory(directories=[re_pb2.DirectoryNode(name="c", digest=pd(c))])
+    )
+    b = await _put_directory(
+        store,
+        re_pb2.Directory(
+            directories=[re_pb2.DirectoryNode(name="c", digest=pd(c))], files=[re_pb2.FileNode(name="g")]
+        ),
+    )
+    root = await _put_directory(
+        store,
+        re_pb2.Directory(
+            directories=[
+                re_pb2.DirectoryNode(name="a", digest=pd(a)),
+                re_pb2.DirectoryNode(name="b", digest=pd(b)),
+            ]
+        ),
+    )
     return root, 4
 
 
@@ -176,8 +205,12 @@ async def test_get_tree_streams_pages_and_resumes_from_a_token(env):
     pages = [p async for p in env.cas.GetTree(re_pb2.GetTreeRequest(root_digest=pd(root), page_size=3))]
     assert [len(p.directories) for p in pages] == [3, 1]
     assert pages[0].next_page_token and pages[-1].next_page_token == ""
-    resumed = [p async for p in env.cas.GetTree(
-        re_pb2.GetTreeRequest(root_digest=pd(root), page_size=3, page_token=pages[0].next_page_token))]
+    resumed = [
+        p
+        async for p in env.cas.GetTree(
+            re_pb2.GetTreeRequest(root_digest=pd(root), page_size=3, page_token=pages[0].next_page_token)
+        )
+    ]
     assert [list(p.directories) for p in resumed] == [list(pages[1].directories)]
     whole = [p async for p in env.cas.GetTree(re_pb2.GetTreeRequest(root_digest=pd(root)))]
     assert len(whole) == 1 and len(whole[0].directories) == count
@@ -202,17 +235,21 @@ async def test_get_tree_failures(env):
 @pytest.mark.parametrize("metadata", [None, (("authorization", "Bearer wrong"),)], ids=["missing", "wrong"])
 async def test_token_is_required_on_every_service(metadata):
     store = new_store()
-    data, digest = blob()
+    _, digest = blob()
     async with reapi_server(store, token="s3cret") as reapi:
         calls = [
             reapi.capabilities.GetCapabilities(re_pb2.GetCapabilitiesRequest(), metadata=metadata),
             reapi.cas.FindMissingBlobs(re_pb2.FindMissingBlobsRequest(), metadata=metadata),
-            reapi.ac.GetActionResult(re_pb2.GetActionResultRequest(action_digest=pd(digest)), metadata=metadata),
+            reapi.ac.GetActionResult(
+                re_pb2.GetActionResultRequest(action_digest=pd(digest)), metadata=metadata
+            ),
         ]
         for call in calls:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await call
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        ok = await reapi.cas.FindMissingBlobs(re_pb2.FindMissingBlobsRequest(blob_digests=[pd(digest)]),
-                                              metadata=(("authorization", "Bearer s3cret"),))
+        ok = await reapi.cas.FindMissingBlobs(
+            re_pb2.FindMissingBlobsRequest(blob_digests=[pd(digest)]),
+            metadata=(("authorization", "Bearer s3cret"),),
+        )
         assert len(ok.missing_blob_digests) == 1

@@ -22,8 +22,13 @@ H = "ab" * 32
 )
 def test_read_names(name, instance, function, size, compressor):
     parsed = parse_read_name(name)
-    assert (parsed.instance, parsed.digest.function, parsed.digest.hex, parsed.digest.size, parsed.compressor) == (
-        instance, function, H, size, compressor)
+    assert (
+        parsed.instance,
+        parsed.digest.function,
+        parsed.digest.hex,
+        parsed.digest.size,
+        parsed.compressor,
+    ) == (instance, function, H, size, compressor)
     assert parsed.upload_id is None
 
 
@@ -38,14 +43,32 @@ def test_read_names(name, instance, function, size, compressor):
 def test_write_names(name, instance, uuid, compressor):
     parsed = parse_write_name(name)
     assert (parsed.instance, parsed.upload_id, parsed.compressor, parsed.digest.size) == (
-        instance, uuid, compressor, 5)
+        instance,
+        uuid,
+        compressor,
+        5,
+    )
 
 
 @pytest.mark.parametrize(
     "name",
-    ["", "/" * 5000, f"blob/{H}/1", f"blobs/{H}", f"blobs/{H}/1/x", f"blobs/{H.upper()}/1", f"blobs/{H}/+1",
-     f"blobs/md5/{H}/1", f"compressed-blobs/{H}/1", f"compressed-blobs/brotli/{H}/1", f"/blobs/{H}/1",
-     f"../blobs/{H}/1", f"a/uploads/b/blobs/{H}/1", f"actions/blobs/{H}/1", f"blobs/gitsha1/{H}/1"],
+    [
+        "",
+        "/" * 5000,
+        f"blob/{H}/1",
+        f"blobs/{H}",
+        f"blobs/{H}/1/x",
+        f"blobs/{H.upper()}/1",
+        f"blobs/{H}/+1",
+        f"blobs/md5/{H}/1",
+        f"compressed-blobs/{H}/1",
+        f"compressed-blobs/brotli/{H}/1",
+        f"/blobs/{H}/1",
+        f"../blobs/{H}/1",
+        f"a/uploads/b/blobs/{H}/1",
+        f"actions/blobs/{H}/1",
+        f"blobs/gitsha1/{H}/1",
+    ],
 )
 def test_rejected_read_names(name):
     with pytest.raises(BadRequest):
@@ -54,8 +77,15 @@ def test_rejected_read_names(name):
 
 @pytest.mark.parametrize(
     "name",
-    [f"blobs/{H}/1", f"uploads/blobs/{H}/1", f"uploads/u/{H}/1", f"uploads/../blobs/{H}/1",
-     f"uploads/u/blobs/{H}/x", f"inst/uploads/u/compressed-blobs/lz4/{H}/1", "uploads/u/blobs"],
+    [
+        f"blobs/{H}/1",
+        f"uploads/blobs/{H}/1",
+        f"uploads/u/{H}/1",
+        f"uploads/../blobs/{H}/1",
+        f"uploads/u/blobs/{H}/x",
+        f"inst/uploads/u/compressed-blobs/lz4/{H}/1",
+        "uploads/u/blobs",
+    ],
 )
 def test_rejected_write_names(name):
     with pytest.raises(BadRequest):
