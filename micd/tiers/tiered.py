@@ -7,6 +7,9 @@ or fails a client request: every `TierUnavailable` is counted (`s3_errors_total`
 degrades to the local tiers. `find_missing` asks S3 only about what no local tier has. A record is served only
 when every blob it references exists in some tier.
 
+Without a disk tier, writes land in memory only, so a blob larger than the memory tier's `max_blob` (or one
+evicted before its upload) never reaches S3: the memory tier would not keep it either; give S3 a disk tier.
+
 This module owns the tiers' lifecycle: `start()` opens disk and S3 and replays the upload journal; `close()`
 drains the queue for up to `drain_timeout` seconds (what is left stays journaled) and closes the tiers.
 """
@@ -32,7 +35,8 @@ __all__ = ["TieredStore"]
 
 log = logging.getLogger(__name__)
 
-_DIRECT = "store"  # the tool label of calls made on the store itself rather than through for_tool()
+_DIRECT = "store"
+_DEGRADED_DRAIN = 2.0  # seconds a shutdown waits for uploads while S3 is failing  # the tool label of calls made on the store itself rather than through for_tool()
 
 
 class TieredStore:
@@ -73,9 +77,15 @@ class TieredStore:
             await self.queue.start(self._upload)
 
     async def close(self, drain_timeout: float = 30) -> None:
-        """Drain pending uploads (bounded by `drain_timeout`), then stop the queue and close the tiers."""
+        """Drain pending uploads (bounded by `drain_timeout`), then stop the queue and close the tiers.
+
+        While S3 is degraded the drain is cut to a couple of seconds: waiting longer would only delay the
+        shutdown, and whatever is left stays journaled for the next start.
+        """
         if self.queue is not None:
-            if drain_timeout > 0:
+            if self.s3 is not None and self.s3.state == "degraded":
+                drain_timeout = min(drain_timeout, _DEGRADED_DRAIN)
+            if drain_timeout > 0 and self.queue.depth:
                 await self.queue.drain(drain_timeout)
             await self.queue.close()
         if self.s3 is not None:

@@ -359,3 +359,19 @@ async def test_hung_s3_does_not_hold_local_requests(tmp_path, s3_proxy, bucket):
         assert await store.queue.drain(30)
     finally:
         await store.close(drain_timeout=0)
+
+
+async def test_shutdown_does_not_wait_long_for_a_dead_s3(tmp_path, s3_proxy, bucket):
+    store = make_store(tmp_path, s3_proxy.endpoint_url, bucket)
+    await store.start()
+    s3_proxy.cut()
+    for digest, data in blobs(3, seed=11):
+        await store.put_bytes(digest, data)
+    while store.s3.state != "degraded":
+        await asyncio.sleep(0.01)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await store.close(drain_timeout=30)
+    assert loop.time() - started < 5
+    journal = tmp_path / "cache" / "v1" / "s3-queue"
+    assert len([p for p in journal.iterdir() if "." not in p.name]) == 3
