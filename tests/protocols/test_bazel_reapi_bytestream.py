@@ -281,3 +281,42 @@ async def test_empty_blob(env):
     empty = Digest.empty()
     assert (await env.bytestream.Write(iter(requests(upload_name(empty), b"")))).committed_size == 0
     assert (await read_all(env, read_name(empty)))[0] == b""
+
+
+class FirstChunkSignal:
+    """Wraps a store; `first_chunk` is set when a put() has received its first chunk."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.first_chunk = asyncio.Event()
+        self.chunks = 0
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    async def put(self, digest, chunks):
+        async def watched():
+            async for chunk in chunks:
+                self.chunks += 1
+                self.first_chunk.set()
+                yield chunk
+
+        await self._inner.put(digest, watched())
+
+
+async def test_writes_stream_into_the_store_before_the_upload_ends():
+    """The store sees bytes while the client is still sending: no whole-blob buffering in the servicer."""
+    store = FirstChunkSignal(new_store())
+    data, digest = blob(4 << 20)
+    msgs = requests(upload_name(digest), data)
+
+    async def gen():
+        yield msgs[0]
+        await asyncio.wait_for(store.first_chunk.wait(), 10)  # times out if the server buffers everything
+        for msg in msgs[1:]:
+            yield msg
+
+    async with reapi_server(store) as reapi:
+        assert (await reapi.bytestream.Write(gen())).committed_size == digest.size
+    assert store.chunks == len(msgs)
+    assert await store.get_bytes(digest) == data
