@@ -202,3 +202,20 @@ async def test_unknown_files_and_directories_are_left_alone(tmp_path):
     await again.close()
     assert (queue / "pending").read_bytes() == b"upload me"
     assert stray.exists() and again.entry_count == 0
+
+
+async def test_a_shard_directory_removed_by_hand_is_recreated_on_write(tmp_path):
+    tier = open_tier(tmp_path)
+    await tier.open()
+    data = b"x" * 100
+    digest = Digest.of(data)
+    tier.layout.blob_path(digest).parent.rmdir()
+    await tier.close()
+    again = open_tier(tmp_path)
+    await again.open()  # the layout marker exists, so this open does not recreate the shard
+    try:
+        assert await again.find_missing([digest]) == [digest]
+        await again.put_bytes(digest, data)
+        assert await again.get_bytes(digest) == data
+    finally:
+        await again.close()

@@ -21,6 +21,7 @@ functions here are pure.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from micd.errors import BadRequest
@@ -85,6 +86,7 @@ class Layout:
         self.tmp = self.base / "tmp"
         self.index = self.base / "index"
         self.snapshot = self.index / "snapshot"
+        self._shards: list[tuple[str, str]] | None = None
 
     def blob_path(self, digest: Digest) -> Path:
         return self.cas / digest.function / digest.hex[:2] / f"{digest.hex}.{digest.size}"
@@ -100,15 +102,27 @@ class Layout:
             return self.kv / name[:2] / name
         return self.cas / kind / name[:2] / name
 
-    def shard_dirs(self) -> list[tuple[str, Path]]:
-        """(key prefix, directory) for every shard directory that may hold index entries."""
-        dirs = [(f"{fn}/", self.cas / fn / hh) for fn in FUNCTIONS for hh in SHARDS]
-        dirs += [(f"{KV}/", self.kv / hh) for hh in SHARDS]
-        return dirs
+    def shard_dirs(self) -> list[tuple[str, str]]:
+        """(key prefix, directory) for every shard directory that may hold index entries.
+
+        Plain strings, built once: 768 `Path` objects cost more than listing the directories.
+        """
+        if self._shards is None:
+            cas, kv = str(self.cas), str(self.kv)
+            self._shards = [(f"{fn}/", f"{cas}/{fn}/{hh}") for fn in FUNCTIONS for hh in SHARDS]
+            self._shards += [(f"{KV}/", f"{kv}/{hh}") for hh in SHARDS]
+        return self._shards
 
     def make_dirs(self) -> None:
-        """Create every shard directory once, so writers never race on mkdir (blocking: call in a thread)."""
-        for _, path in self.shard_dirs():
-            path.mkdir(parents=True, exist_ok=True)
+        """Create every shard directory, so writers never race on mkdir (blocking: call in a thread).
+
+        Skipped when the last directory this creates exists (a previous open finished). A shard removed by
+        hand later is recreated by the first write into it (`files.TempWriter.publish`).
+        """
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.index.mkdir(parents=True, exist_ok=True)
+        shards = self.shard_dirs()
+        if os.path.isdir(shards[-1][1]):
+            return
+        for _, path in shards:
+            os.makedirs(path, exist_ok=True)
