@@ -91,7 +91,7 @@ class S3Tier:
         self._concurrency = concurrency
         self._op_timeout = op_timeout
         self._cooldown_min, self._cooldown_max = cooldown
-        self._spool_dir = spool_dir
+        self.spool_dir = spool_dir  # where large downloads/uploads spool; None: the system temp dir
         self._level = compression_level
         self._config = Config(
             connect_timeout=connect_timeout,
@@ -291,7 +291,7 @@ class S3Tier:
     async def _download(self, digest: Digest) -> bytes | IO[bytes] | None:
         key = self.cas_key(digest)
         small = digest.size <= _INLINE
-        spool = io.BytesIO() if small else await asyncio.to_thread(_temp_file, self._spool_dir)
+        spool = io.BytesIO() if small else await asyncio.to_thread(_temp_file, self.spool_dir)
         verifier = Verifier(digest)
         writer = zstandard.ZstdDecompressor().stream_writer(
             _Sink(spool, verifier),  # type: ignore[arg-type]  # a write()-only sink is all it needs
@@ -348,7 +348,7 @@ class S3Tier:
         Raises IntegrityError on a mismatch and TierUnavailable when S3 fails.
         """
         small = digest.size <= _INLINE
-        spool = io.BytesIO() if small else await asyncio.to_thread(_temp_file, self._spool_dir)
+        spool = io.BytesIO() if small else await asyncio.to_thread(_temp_file, self.spool_dir)
         task = None
         try:
             verifier = Verifier(digest)

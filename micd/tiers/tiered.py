@@ -16,6 +16,7 @@ drains the queue for up to `drain_timeout` seconds (what is left stays journaled
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -71,6 +72,10 @@ class TieredStore:
         if self.disk is not None:
             await self.disk.open()
         if self.s3 is not None:
+            if self.s3.spool_dir is None and self.disk is not None:
+                # Large transfers spool next to the cache, not in a /tmp that may be RAM (tmpfs).
+                self.s3.spool_dir = self.disk.layout.base / "s3-spool"
+                await asyncio.to_thread(self.s3.spool_dir.mkdir, parents=True, exist_ok=True)
             await self.s3.open()
         if self.queue is not None:
             self.queue.on_depth = self._queue_depth

@@ -198,6 +198,7 @@ async def test_disk_wiped_reads_come_from_s3_and_refill(tmp_path, s3_proxy, buck
             assert await store.get_bytes(digest) == data
             assert await store.disk.contains(digest)
         assert await read(await store.get(items[-1][0], 100, 50)) == big[100:150]
+        assert store.s3.spool_dir == tmp_path / "cache" / "v1" / "s3-spool"  # large downloads spool on disk
         assert series(store)["store/s3/hit"]["count"] == 5  # the record and four blobs
         gets = counts["GetObject"]
         for digest, data in items:  # now served locally
