@@ -141,6 +141,7 @@ def main() -> None:
             t, out = _run(MIC + ["land", f"change {r}", "--json"], mdir, env)
             mic_land.append(t)
             objects.append(json.loads(out)["objects_written"])
+        startup = median([_run(MIC + ["--help"], mdir, env)[0] for _ in range(args.repeat)])
         rate = concurrent_landers(f"file://{tmp / 'store'}", args.landers, args.landings_per_lander, tmp)
 
         print(f"\n## mic vs git, {args.files} files, medians of {args.repeat}")
@@ -149,6 +150,7 @@ def main() -> None:
                 ("land one changed file", median(git_land), median(mic_land), "<= 1.5")]
         for name, g, m, tgt in rows:
             print(f"{name:<34}{g:>9.3f}{m:>9.3f}{m / g:>9.2f}  {tgt}")
+        print(f"mic CLI start-up alone (`mic --help`, included in every mic time above): {startup:.3f}s")
         print(f"objects written per landing (median): {median(objects):.0f}  (1 blob + tree path + landing,"
               " head, session)")
         print(f"landings/s, {args.landers} concurrent landers, local store: {rate:.1f}  (target >= 50)")
