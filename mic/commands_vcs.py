@@ -58,7 +58,9 @@ async def project_create(env: Env, name: str) -> None:
 @command_options
 async def project_list(env: Env) -> None:
     """List the projects in the store."""
-    names = sorted({k.split("/", 1)[0] for k in await env.store.list("") if k.endswith("/head")})
+    from mic.objects import list_projects
+
+    names = await list_projects(env.store)
     emit(env, {"projects": names}, "\n".join(names) if names else "(no projects)")
 
 

@@ -22,7 +22,7 @@ from mic.formats.landing import Landing, decode_landing
 from mic.objectstore import Obj, ObjectStore
 from mic.tree import EMPTY_ROOT
 
-__all__ = ["Project", "content_hash", "landing_key", "validate_project_name"]
+__all__ = ["Project", "content_hash", "landing_key", "list_projects", "validate_project_name"]
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
@@ -32,6 +32,13 @@ def validate_project_name(name: str) -> str:
     if not _NAME.fullmatch(name):
         raise BadRequest("project names are 1-64 of [a-z0-9._-], starting with a letter or digit", name)
     return name
+
+
+async def list_projects(store: ObjectStore) -> list[str]:
+    """Names of the projects in `store` (those whose head exists)."""
+    names = [key.split("/", 1)[1] for key in await store.list("_projects/")]
+    heads = await asyncio.gather(*(store.get(f"{name}/head") for name in names))
+    return [name for name, head in zip(names, heads, strict=True) if head is not None]
 
 
 def content_hash(data: bytes) -> bytes:
@@ -80,7 +87,15 @@ class Project:
     # -- project lifecycle -------------------------------------------------------------------------------------
 
     async def create(self, hlc: int) -> None:
-        """Create the project's head at position 0 (the empty tree). Raises PreconditionFailed if it exists."""
+        """Create the project's head at position 0 (the empty tree). Raises PreconditionFailed if it exists.
+
+        A marker `_projects/<name>` (outside every project: project names cannot start with `_`) lets
+        `list_projects` find projects without listing every object in the store.
+        """
+        try:
+            await self.store.put_if_absent(f"_projects/{self.name}", b"")
+        except PreconditionFailed:
+            pass
         await self.put_if_absent("head", encode_head(Head(0, EMPTY_ROOT, hlc)))
 
     async def read_head(self) -> tuple[Head, str]:

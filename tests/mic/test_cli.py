@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from mic.cli import main
-
 COMMANDS = [
     ["init"], ["project", "create"], ["project", "list"], ["checkout"], ["status"], ["land"], ["log"], ["show"],
     ["cat"], ["ls"], ["diff"], ["import", "git"], ["session", "start"], ["session", "status"],
@@ -78,7 +76,7 @@ def test_full_session_lifecycle(store_env, mic, tmp_path):
     assert (other / "a.txt").read_text() == "one\nTWO\n"
     assert os.readlink(other / "link") == "a.txt"
     assert mic.json(other, "status")["changes"] == []
-    assert [s["id"] for s in mic.json(other, "session", "list")["sessions"]][0] == sid
+    assert next(s["id"] for s in mic.json(other, "session", "list")["sessions"]) == sid
 
 
 def test_conflicting_land_prints_paths_and_sessions_and_changes_nothing(store_env, mic, tmp_path):
@@ -124,7 +122,10 @@ def test_bad_input_is_reported_clearly(local_store_env, mic, tmp_path):
     err = mic.json(tmp_path, "checkout", "nope", str(tmp_path / "n"), code=4)
     assert "mic project create nope" in err["error"]
     mic(tmp_path, "project", "create", "Bad Name", code=2)
+    assert mic.json(tmp_path, "project", "list")["projects"] == []
     mic(tmp_path, "project", "create", "ok")
+    mic(tmp_path, "project", "create", "also")
+    assert mic.json(tmp_path, "project", "list")["projects"] == ["also", "ok"]
     err = mic.json(tmp_path, "project", "create", "ok", code=1)
     assert "already exists" in err["error"]
     ws = tmp_path / "w"
@@ -181,3 +182,15 @@ def test_corrupted_blob_is_detected_by_its_hash(local_store_env, mic, tmp_path):
     blob.write_bytes(encode_blob(b"tampered\n"))
     err = mic.json(ws, "cat", "f.txt", code=1)
     assert err["kind"] == "IntegrityError" and "does not match its digest" in err["error"]
+
+
+def test_unreachable_s3_endpoint_says_what_to_set(mic, tmp_path, monkeypatch, s3_env):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setenv("MIC_STORE_URL", "s3://bucket/x")
+    monkeypatch.setenv("MIC_S3_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    err = mic.json(tmp_path, "project", "list", code=4)
+    assert "MIC_S3_ENDPOINT_URL" in err["error"]
