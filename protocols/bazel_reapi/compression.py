@@ -12,7 +12,7 @@ import zstandard
 
 from micd.errors import BadRequest, IntegrityError
 
-__all__ = ["Decompressor", "compress_bytes", "compress_stream", "decompress_bytes", "decompress_stream"]
+__all__ = ["Decompressor", "compress_bytes", "compress_stream", "decompress_bytes"]
 
 _SLICE = 1024
 _LEVEL = 1  # speed over ratio: the cache is on loopback
@@ -71,16 +71,6 @@ def decompress_bytes(data: bytes, limit: int) -> bytes:
     out = dec.feed(data)
     dec.finish()
     return out
-
-
-async def decompress_stream(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
-    """Decode a zstd frame arriving in `chunks`; the output is bounded by `limit` (see `Decompressor`)."""
-    dec = Decompressor(limit)
-    async for chunk in chunks:
-        out = dec.feed(chunk)
-        if out:
-            yield out
-    dec.finish()
 
 
 def compress_bytes(data: bytes) -> bytes:
