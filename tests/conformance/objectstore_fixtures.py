@@ -74,7 +74,7 @@ async def _race(url: str, endpoint: str | None, mode: str, key: str, etag: str, 
     try:
         await store.list("warm")  # open the connection before the start line
         while not os.path.exists(go):
-            time.sleep(0.002)
+            await asyncio.sleep(0.002)
         data = f"{os.getpid()}".encode()
         try:
             if mode == "absent":

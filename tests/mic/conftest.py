@@ -63,5 +63,6 @@ def run_mic(cwd: Path, *args: str, env_extra: dict[str, str] | None = None, time
     """Run the real `mic` in a subprocess (crash and concurrency tests)."""
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run(
-        [sys.executable, "-m", "mic", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "mic", *args],
+        check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )

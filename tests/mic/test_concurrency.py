@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conformance.objectstore_fixtures import s3_atomic, s3_atomic_server  # noqa: F401
-
 from mic.config import load_config
 from mic.objects import Project
 from mic.objectstore import open_store
 from mic.tree import Tree
+from tests.conformance.objectstore_fixtures import s3_atomic, s3_atomic_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 16
@@ -117,7 +115,7 @@ def test_16_overlapping_landers_conflict_exactly(kind, mic, tmp_path, monkeypatc
     workspaces = _prepare(mic, tmp_path, N)
     _write_changes(workspaces, overlapping=True)
     results = _run_landers(workspaces, tmp_path)
-    head, records, files = asyncio.run(_history(workspaces[0]))
+    _head, records, files = asyncio.run(_history(workspaces[0]))
     _check_serializable(records)
     landed = {r["session"]: i for i, r in enumerate(results) if "position" in r}
     by_session = {rec.session: rec for rec in records[1:]}

@@ -73,7 +73,7 @@ def test_random_bytes_raise_only_format_error(decode, data):
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_every_truncation_and_bit_flip_of_golden_raises_format_error_or_decodes(name):
-    _, decode, obj = GOLDEN[name]
+    _, decode, _obj = GOLDEN[name]
     raw = (DATA / name).read_bytes()
     for cut in range(len(raw)):
         with pytest.raises(FormatError):
