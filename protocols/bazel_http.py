@@ -126,12 +126,14 @@ async def handle_put_ac(request: web.Request, store: Store) -> web.StreamRespons
 async def handle_get_cas(request: web.Request, store: Store) -> web.StreamResponse:
     _namespace(request)
     digest = await _lookup(request, store)
+    if request.method == "HEAD":  # existence only: never opens or reads the body
+        found = digest is not None and await store.contains(digest)
+        headers = {"Content-Length": str(digest.size)} if found and digest else {}
+        return web.Response(status=200 if found else 404, headers=headers)
     blob = None if digest is None else await store.get(digest)
     if blob is None:
         return web.Response(status=404)
     try:
-        if request.method == "HEAD":
-            return web.Response(status=200, headers={"Content-Length": str(blob.size)})
         if _wants_zstd(request):
             response = web.StreamResponse(headers={"Content-Encoding": "zstd"})
             chunks = compress_stream(blob.chunks())

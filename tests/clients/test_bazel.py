@@ -47,20 +47,20 @@ class Daemon:
 
     def start(self) -> Daemon:
         ports = self.state_dir / "ports.json"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "micd.main", "run", "--json"],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        # A file, not a pipe: a chatty daemon must never block on a full pipe nobody reads.
+        err = self.cache_dir.parent / f"micd-{time.monotonic_ns()}.err"
+        with open(err, "w") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "micd.main", "run", "--json"],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
         deadline = time.monotonic() + 30
         while not ports.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(
-                    f"micd did not start: {self.process.stderr.read() if self.process.stderr else ''}"
-                )
+                raise RuntimeError(f"micd did not start:\n{err.read_text()[-4000:]}")
             time.sleep(0.05)
         self.ports = json.loads(ports.read_text())
         return self
