@@ -327,6 +327,8 @@ def test_sigterm_drains_the_upload_queue(micd, s3_server, s3_proxy, s3_env):
     s3_proxy.cut()  # S3 down: uploads pile up in the queue while clients keep succeeding locally
     hexes = _put_blobs(daemon, 20)
     assert _queue_depth(daemon) == 20
+    status, metrics = daemon.request("GET", "/metrics")
+    assert status == 200 and "micd_upload_queue_depth 20" in metrics.decode()
     s3_proxy.restore()
     assert daemon.stop(timeout=90) == 0  # SIGTERM: drain first, then exit 0
     keys = _s3_keys(s3_server.endpoint_url, bucket)
