@@ -14,7 +14,7 @@ from micd.store import Store
 from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
 from protocols.bazel_reapi._proto import bytestream_pb2_grpc as bs_grpc
 from protocols.bazel_reapi.common import OutOfRange, mapped_stream, mapped_unary
-from protocols.bazel_reapi.compression import Decompressor, compress_stream
+from protocols.bazel_reapi.compression import Decompressor, compress_stream, decompress_bytes
 from protocols.bazel_reapi.resource import ResourceName, parse_read_name, parse_write_name
 from protocols.bazel_reapi.uploads import Upload, Uploads
 
@@ -74,6 +74,13 @@ class ByteStreamServicer(bs_grpc.ByteStreamServicer):
         if await self._store.contains(name.digest):
             # Early return: the client stops sending; -1 marks a compressed upload (REAPI spec).
             return bs_pb2.WriteResponse(committed_size=-1 if name.compressor else name.digest.size)
+        if first.finish_write and first.write_offset == 0 and self.uploads.get(name) is None:
+            # The whole blob in one message (most of Bazel's blobs): nothing to resume, no upload task.
+            data = decompress_bytes(first.data, name.digest.size) if name.compressor else first.data
+            await self._store.put_bytes(name.digest, data)
+            return bs_pb2.WriteResponse(
+                committed_size=len(first.data) if name.compressor else name.digest.size
+            )
         upload = self.uploads.attach(name, first.write_offset)
         try:
             response = await self._receive(upload, name, first, requests)

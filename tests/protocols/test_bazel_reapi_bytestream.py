@@ -320,3 +320,19 @@ async def test_writes_stream_into_the_store_before_the_upload_ends():
         assert (await reapi.bytestream.Write(gen())).committed_size == digest.size
     assert store.chunks == len(msgs)
     assert await store.get_bytes(digest) == data
+
+
+async def test_single_message_writes(env):
+    """The one-message fast path checks digest and size like the streamed path."""
+    data, digest = blob(3000)
+    one = requests(upload_name(digest, uuid="one"), data, chunk=len(data))
+    assert len(one) == 1
+    assert (await env.bytestream.Write(iter(one))).committed_size == digest.size
+    assert await env.store.get_bytes(digest) == data
+    other, odigest = blob(3000)
+    bad = requests(upload_name(odigest, uuid="bad"), data, chunk=len(data))
+    await expect_code(env.bytestream.Write(iter(bad)), grpc.StatusCode.INVALID_ARGUMENT)
+    packed = compress_bytes(other)
+    zone = requests(upload_name(odigest, uuid="z", compressed=True), packed, chunk=len(packed))
+    assert (await env.bytestream.Write(iter(zone))).committed_size == len(packed)
+    assert await env.store.get_bytes(odigest) == other
