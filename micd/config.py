@@ -10,6 +10,9 @@ TOML layout (all keys optional)::
     [s3]     bucket, prefix, endpoint_url, region               # S3 is off when no bucket is set
     [daemon] state_dir, session, idle_timeout, drain_timeout, log_level   # durations: 600, "30s", "10m", "2h"
 
+The session (and so the state dir) is, in order: `daemon.session` from any layer, the mic session active in
+the workspace (`.mic/state.json`), else a stable id derived from the workspace path (one per workspace).
+
 This module and `mic/config.py` are the only places that read `os.environ`; everything else receives values
 as explicit arguments.
 """
@@ -17,6 +20,7 @@ as explicit arguments.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tomllib
@@ -230,6 +234,16 @@ def find_workspace(cwd: Path) -> tuple[Path, Path | None]:
     return cwd, None
 
 
+def _active_session(workspace: Path) -> tuple[str | None, str]:
+    """Return the mic session active in this workspace (`.mic/state.json`) and its source, or (None, "")."""
+    state = workspace / ".mic" / "state.json"
+    try:
+        session = json.loads(state.read_text()).get("session")
+    except (OSError, ValueError, AttributeError):
+        return None, ""
+    return (session, f"active session in {state}") if isinstance(session, str) and session else (None, "")
+
+
 def _read_toml(path: Path) -> dict[str, tuple[object, str]]:
     """Flatten the known sections of a TOML file into {key name: (value, source)}."""
     try:
@@ -303,8 +317,11 @@ def load_config(
 
     cache_home = Path(env.get("XDG_CACHE_HOME") or home / ".cache")
     state_home = Path(env.get("XDG_STATE_HOME") or home / ".local" / "state")
-    session = str(values.get("session") or "ws-" + hashlib.sha256(str(workspace).encode()).hexdigest()[:16])
-    if "session" not in values:
+    session = values.get("session")
+    if session is None:
+        session, sources["session"] = _active_session(workspace)
+    if session is None:
+        session = "ws-" + hashlib.sha256(str(workspace).encode()).hexdigest()[:16]
         sources["session"] = f"derived from workspace {workspace}"
     defaults: dict[str, object] = {
         "cache_dir": cache_home / "mic" / "store",

@@ -104,6 +104,20 @@ def test_dot_mic_marks_the_workspace(layout):
     assert load_config(cwd=layout["cwd"], env=_env()).workspace == layout["ws"]
 
 
+def test_active_mic_session_owns_the_daemon(layout):
+    (layout["ws"] / ".mic").mkdir()
+    state = layout["ws"] / ".mic" / "state.json"
+    state.write_text('{"project": "p", "base": 0, "base_tree": "", "session": "0123456789ab"}')
+    config = load_config(cwd=layout["cwd"], env=_env())
+    assert config.session == "0123456789ab" and config.state_dir.name == "0123456789ab"
+    assert config.source("session") == f"active session in {state}"
+    assert load_config(cwd=layout["cwd"], env=_env(MIC_SESSION="other")).session == "other"  # explicit wins
+    state.write_text('{"project": "p", "base": 0, "base_tree": "", "session": null}')
+    assert load_config(cwd=layout["cwd"], env=_env()).session.startswith("ws-")
+    state.write_text("not json")  # a broken workspace file does not stop the daemon: per-workspace id
+    assert load_config(cwd=layout["cwd"], env=_env()).session.startswith("ws-")
+
+
 def test_explicit_session_and_state_dir(layout, tmp_path):
     config = load_config(cwd=layout["cwd"], env=_env(MIC_SESSION="s-123"))
     assert config.session == "s-123" and config.state_dir.name == "s-123"
