@@ -10,11 +10,12 @@ Daemon endpoints of its own: `/healthz` (open, for readiness probes), `/metrics`
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -194,12 +195,58 @@ def create_app(
     return app
 
 
+class _ActivityInterceptor(grpc.aio.ServerInterceptor):
+    """Count gRPC calls in flight (a long ByteStream upload is not idleness), like the HTTP middleware."""
+
+    def __init__(self, activity: Activity) -> None:
+        self._activity = activity
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """Wrap the method's behaviour so the call counts as in flight until it ends."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        activity = self._activity
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            activity.in_flight += 1
+            try:
+                result = behaviour(request, context)
+                return await result if inspect.isawaitable(result) else result
+            finally:
+                activity.in_flight -= 1
+                activity.touch()
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            activity.in_flight += 1
+            try:
+                result = behaviour(request, context)
+                if hasattr(result, "__aiter__"):
+                    async for item in result:
+                        yield item
+                elif inspect.isawaitable(result):  # a coroutine that writes with context.write()
+                    await result
+            finally:
+                activity.in_flight -= 1
+                activity.touch()
+
+        kind = ("stream_" if handler.request_streaming else "unary_") + (
+            "stream" if handler.response_streaming else "unary"
+        )
+        behaviour = getattr(handler, kind)
+        return handler._replace(**{kind: streaming if handler.response_streaming else unary})
+
+
 def create_grpc_server(
     store: Any, config: Config, *, token: str, activity: Activity | None = None
 ) -> grpc.aio.Server:
     """Build the gRPC server (not yet bound or started): token interceptor and each protocol's servicers."""
     server = grpc.aio.server(
-        interceptors=[TokenInterceptor(token, on_call=activity.touch if activity else None)],
+        interceptors=[TokenInterceptor(token), _ActivityInterceptor(activity or Activity())],
         options=[
             ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
             ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),

@@ -6,6 +6,7 @@ separation, and the gRPC server's interceptor and message limits.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from pathlib import Path
@@ -181,5 +182,56 @@ async def test_grpc_server_checks_token_and_allows_large_messages(config):
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
             big = b"\x5a" * (20 << 20)  # Bazel batches are ≤ 4 MiB, but others send more; we allow ≥ 16 MiB
             assert await call(big, metadata=(("authorization", f"Bearer {TOKEN}"),)) == big
+    finally:
+        await server.stop(None)
+
+
+async def test_grpc_calls_in_flight_are_not_idleness(config):
+    activity = Activity()
+    server = create_grpc_server(_Store(), config, token=TOKEN, activity=activity)
+    release = asyncio.Event()
+
+    async def slow(request: bytes, context) -> bytes:
+        await release.wait()
+        return request
+
+    async def slow_stream(request: bytes, context):
+        yield request
+        await release.wait()
+        yield request
+
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "test.Slow",
+                {
+                    "Unary": grpc.unary_unary_rpc_method_handler(slow),
+                    "Stream": grpc.unary_stream_rpc_method_handler(slow_stream),
+                },
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    metadata = (("authorization", f"Bearer {TOKEN}"),)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            unary = asyncio.ensure_future(channel.unary_unary("/test.Slow/Unary")(b"u", metadata=metadata))
+            stream = channel.unary_stream("/test.Slow/Stream")(b"s", metadata=metadata)
+            assert await stream.read() == b"s"
+            for _ in range(100):
+                if activity.in_flight == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert activity.in_flight == 2 and activity.idle_for() == 0.0
+            release.set()
+            assert await unary == b"u"
+            assert await stream.read() == b"s"
+            assert await stream.read() == grpc.aio.EOF
+        for _ in range(100):
+            if activity.in_flight == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert activity.in_flight == 0
     finally:
         await server.stop(None)
