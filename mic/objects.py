@@ -174,6 +174,12 @@ class Project:
         self._nodes[node] = decoded
         return decoded
 
+    def remember(self, node_hash: bytes, node: Node) -> None:
+        """Cache a node this process built (nodes are immutable, so the cache never goes stale)."""
+        if len(self._nodes) > 100_000:
+            self._nodes.clear()  # bound memory for very long-lived processes
+        self._nodes[node_hash] = node
+
     async def put_nodes(self, nodes: dict[bytes, bytes]) -> int:
         """Write encoded tree nodes (idempotent); return how many were new."""
         results = await asyncio.gather(*(self.ensure(_hashed("trees", h), raw) for h, raw in nodes.items()))

@@ -183,6 +183,7 @@ class Tree:
         raw = encode_node(top)
         new_root = node_hash(raw)
         out[new_root] = raw
+        self._remember(new_root, top)
         return new_root, out
 
     async def _load_new(self, h: bytes, out: dict[bytes, bytes]) -> Node:
@@ -190,12 +191,17 @@ class Tree:
 
         return decode_node(out[h]) if h in out else await self.load(h)
 
-    @staticmethod
-    def _ref(node: Node, out: dict[bytes, bytes]) -> ChildRef:
+    def _ref(self, node: Node, out: dict[bytes, bytes]) -> ChildRef:
         raw = encode_node(node)
         h = node_hash(raw)
         out[h] = raw
+        self._remember(h, node)
         return ChildRef(node.keys[0], h, _count(node))
+
+    def _remember(self, h: bytes, node: Node) -> None:
+        remember = getattr(self.source, "remember", None)  # a cache in the source spares decoding our own nodes
+        if remember is not None:
+            remember(h, node)
 
     async def _apply(self, node: Node, changes: list[_Change], out: dict[bytes, bytes]) -> list[Node]:
         if node.level == 0:

@@ -17,11 +17,12 @@ trailing bytes.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from mic.errors import FormatError
 
-from ._io import Reader, Writer, check_header
+from ._io import check_header
 
 __all__ = [
     "MAGIC",
@@ -66,22 +67,40 @@ class Node:
     values: tuple[FileEntry, ...] | tuple[ChildRef, ...]
 
 
+_HEADER = struct.Struct("<4sBBI")
+_KEY_LEN = struct.Struct("<H")
+_LEAF_VALUE = struct.Struct("<B32sQ")
+_CHILD_VALUE = struct.Struct("<32sQ")
+
+# Nodes are encoded and decoded on every landing (the hot path under many concurrent landers), so these two
+# functions use precompiled structs directly instead of the generic Reader/Writer helpers.
+
+
 def encode_node(node: Node) -> bytes:
     """Encode a node; the caller guarantees sorted unique keys (checked here too, encoding is cheap)."""
-    w = Writer(MAGIC).u8(VERSION).u8(node.level).u32(len(node.keys))
+    parts = [_HEADER.pack(MAGIC, VERSION, node.level, len(node.keys))]
+    append = parts.append
     prev = None
     for key, value in zip(node.keys, node.values, strict=True):
         if not key or (prev is not None and key <= prev):
             raise ValueError(f"keys must be non-empty and strictly increasing: {prev!r} then {key!r}")
         prev = key
-        w.str16(key)
-        if isinstance(value, FileEntry):
-            w.u8(value.mode).raw(value.hash).u64(value.size)
-        elif isinstance(value, ChildRef):
-            w.raw(value.hash).u64(value.count)
-        else:
+        raw_key = key.encode()
+        if not isinstance(value, FileEntry | ChildRef):
             raise TypeError(f"node values must be FileEntry or ChildRef, got {type(value).__name__}")
-    return w.getvalue()
+        if len(raw_key) > 0xFFFF or len(value.hash) != 32:
+            raise ValueError(f"key longer than 65535 bytes or hash not 32 bytes at {key!r}")
+        append(_KEY_LEN.pack(len(raw_key)))
+        append(raw_key)
+        if isinstance(value, FileEntry):
+            append(_LEAF_VALUE.pack(value.mode, value.hash, value.size))
+        else:
+            append(_CHILD_VALUE.pack(value.hash, value.count))
+    return b"".join(parts)
+
+
+def _truncated(at: int, need: int, have: int) -> FormatError:
+    return FormatError("MICN", "truncated entry", offset=at, expected=f"{need} bytes", got=have)
 
 
 def decode_node(raw: bytes | memoryview) -> Node:
@@ -91,28 +110,48 @@ def decode_node(raw: bytes | memoryview) -> Node:
         FormatError: bad header, truncation, unknown mode, unsorted or empty keys, empty internal node.
     """
     check_header("MICN", raw, MAGIC, (VERSION,))
-    r = Reader("MICN", raw, 5)
-    level = r.u8("level")
-    count = r.count(43, "entry count")
+    data = bytes(raw)
+    n = len(data)
+    if n < _HEADER.size:
+        raise FormatError("MICN", "truncated header", offset=0, expected=_HEADER.size, got=n)
+    _, _, level, count = _HEADER.unpack_from(data)
+    if count * 43 > n - _HEADER.size:
+        raise FormatError("MICN", "entry count exceeds the data", offset=6, expected="fits", got=count)
     if level > 0 and count == 0:
         raise FormatError("MICN", "empty internal node", offset=6, expected=">= 1 entry", got=0)
     keys: list[str] = []
     values: list[FileEntry | ChildRef] = []
+    value_struct = _LEAF_VALUE if level == 0 else _CHILD_VALUE
+    pos = _HEADER.size
+    prev = ""
     for _ in range(count):
-        at = r.pos
-        key = r.str16("key")
-        if not key or (keys and key <= keys[-1]):
-            raise FormatError("MICN", "keys not strictly increasing", offset=at, expected=f"> {keys[-1:]}", got=key)
+        at = pos
+        if pos + 2 > n:
+            raise _truncated(at, 2, n - pos)
+        (key_len,) = _KEY_LEN.unpack_from(data, pos)
+        pos += 2
+        end = pos + key_len
+        if end + value_struct.size > n:
+            raise _truncated(pos, key_len + value_struct.size, n - pos)
+        try:
+            key = data[pos:end].decode()
+        except UnicodeDecodeError as exc:
+            raise FormatError("MICN", "key is not UTF-8", offset=pos) from exc
+        if not key or (keys and key <= prev):
+            raise FormatError("MICN", "keys not strictly increasing", offset=at, expected=f"> {prev!r}", got=key)
         keys.append(key)
+        prev = key
         if level == 0:
-            mode = r.u8("mode")
+            mode, digest, size = _LEAF_VALUE.unpack_from(data, end)
             if mode not in MODES:
-                raise FormatError("MICN", "unknown mode", offset=r.pos - 1, expected=tuple(MODES), got=mode)
-            values.append(FileEntry(r.raw(32, "hash"), r.u64("size"), mode))
+                raise FormatError("MICN", "unknown mode", offset=end, expected=tuple(MODES), got=mode)
+            values.append(FileEntry(digest, size, mode))
         else:
-            child, files = r.raw(32, "child hash"), r.u64("file count")
+            digest, files = _CHILD_VALUE.unpack_from(data, end)
             if files == 0:
-                raise FormatError("MICN", "child with no files", offset=r.pos - 8, expected=">= 1", got=0)
-            values.append(ChildRef(key, child, files))
-    r.end()
+                raise FormatError("MICN", "child with no files", offset=end + 32, expected=">= 1", got=0)
+            values.append(ChildRef(key, digest, files))
+        pos = end + value_struct.size
+    if pos != n:
+        raise FormatError("MICN", "trailing bytes", offset=pos, expected=pos, got=n)
     return Node(level, tuple(keys), tuple(values))  # type: ignore[arg-type]
