@@ -2,9 +2,11 @@
 
 The index maps each path to (size, mtime_ns, inode, content hash, mode) as last seen on disk, plus the (hash,
 mode, size) the base tree holds for it (None for a file not in the base). A file whose size, mtime and inode
-match its entry is not read again. Linux file timestamps are coarse (a few ms), so a file modified within
-`RACY_NS` of being hashed is recorded with mtime -1 and re-hashed next time — the same trick as git's racy-index
-check. The index is a `marshal`led dict, written with temp + rename.
+match its entry is not read again. Linux file timestamps are coarse (a few ms), so when the index is saved, every
+entry whose mtime is within `RACY_NS` of that moment is "smudged" (mtime -1) and re-hashed next time: a change
+made in the same clock tick as our hash cannot hide behind an unchanged mtime. This is git's racy-index rule, and
+like git it lets a fresh checkout trust every file written more than `RACY_NS` before the index was saved. The
+index is a `marshal`led dict, written with temp + rename.
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ class Index:
         return cls(path, data[1])
 
     def save(self) -> None:
+        cutoff = time.time_ns() - RACY_NS
+        racy = [rel for rel, e in self.entries.items() if e[1] >= cutoff]
+        for rel in racy:
+            e = self.entries[rel]
+            self.entries[rel] = (e[0], -1, *e[2:])
         tmp = self.path.with_suffix(".tmp")
         tmp.write_bytes(marshal.dumps((_VERSION, self.entries)))
         os.replace(tmp, self.path)
@@ -73,8 +80,7 @@ class Index:
     def set_base(self, rel: str, full: Path, h: bytes, mode: int, size: int) -> None:
         """Record that `rel` now holds the base content (after checkout, land or update wrote or kept it)."""
         st = full.lstat()
-        racy = st.st_mtime_ns >= time.time_ns() - RACY_NS
-        self.entries[rel] = (st.st_size, -1 if racy else st.st_mtime_ns, st.st_ino, h, mode, h, mode, size)
+        self.entries[rel] = (st.st_size, st.st_mtime_ns, st.st_ino, h, mode, h, mode, size)
 
 
     def set_base_unverified(self, rel: str, base: tuple[bytes, int, int] | None) -> None:
@@ -95,15 +101,12 @@ class ScanResult:
     rehashed: int
 
 
-def _record(
-    root: Path, rel: str, st: os.stat_result, e: Entry | None, racy_after: int, entries: dict[str, Entry]
-) -> Entry:
+def _record(root: Path, rel: str, st: os.stat_result, e: Entry | None, entries: dict[str, Entry]) -> Entry:
     """Hash a file whose stat data changed (or that is new) and store its fresh entry."""
     mode = 2 if stat.S_ISLNK(st.st_mode) else (1 if st.st_mode & stat.S_IXUSR else 0)
     cur = hash_path(root / rel, mode)
-    mtime = -1 if st.st_mtime_ns >= racy_after else st.st_mtime_ns
     base = (e[5], e[6], e[7]) if e is not None else (None, 0, 0)
-    entry: Entry = (st.st_size, mtime, st.st_ino, cur, mode, *base)
+    entry: Entry = (st.st_size, st.st_mtime_ns, st.st_ino, cur, mode, *base)
     entries[rel] = entry
     return entry
 
@@ -120,7 +123,6 @@ def scan(root: Path, index: Index) -> ScanResult:
     changes: dict[str, tuple[str, bytes | None, int, int]] = {}
     seen: list[str] = []
     rehashed = 0
-    racy_after = time.time_ns() - RACY_NS
     is_lnk, is_reg, xusr = stat.S_ISLNK, stat.S_ISREG, stat.S_IXUSR
     stack = [("", os.fspath(root))]
     while stack:
@@ -140,7 +142,7 @@ def scan(root: Path, index: Index) -> ScanResult:
                 e = lookup(rel)
                 mode = 2 if is_lnk(st_mode) else (1 if st_mode & xusr else 0)
                 if e is None or e[1] != st.st_mtime_ns or e[0] != st.st_size or e[2] != st.st_ino or e[4] != mode:
-                    e = _record(root, rel, st, e, racy_after, entries)
+                    e = _record(root, rel, st, e, entries)
                     rehashed += 1
                 if e[5] is None:
                     changes[rel] = ("added", e[3], mode, e[0])
