@@ -2,7 +2,10 @@
 
 Reads go down the tiers and fill the ones above on the way back (S3 → disk → memory for small blobs); the
 bytes that fill a tier were verified by the tier they came from. Writes land on disk (memory when there is no
-disk) and reach S3 later through the journaled `UploadQueue` (write-behind), so a slow or dead S3 never slows
+disk); small ones (≤ `memory_fill_limit`) are then also kept in memory (write-through), so a fresh blob is
+found and served without touching disk. Memory gets them only after the disk write succeeded, so it never
+holds a blob the store rejected; a memory hit is a real hit (the verified bytes are there) even if another
+daemon has since evicted the disk copy. Writes reach S3 later through the journaled `UploadQueue` (write-behind), so a slow or dead S3 never slows
 or fails a client request: every `TierUnavailable` is counted (`s3_errors_total`), logged by the S3 tier, and
 degrades to the local tiers. `find_missing` asks S3 only about what no local tier has. A record is served only
 when every blob it references exists in some tier.
@@ -36,8 +39,8 @@ __all__ = ["TieredStore"]
 
 log = logging.getLogger(__name__)
 
-_DIRECT = "store"
-_DEGRADED_DRAIN = 2.0  # seconds a shutdown waits for uploads while S3 is failing  # the tool label of calls made on the store itself rather than through for_tool()
+_DIRECT = "store"  # the tool label of calls made on the store itself rather than through for_tool()
+_DEGRADED_DRAIN = 2.0  # seconds a shutdown waits for uploads while S3 is failing
 
 
 class TieredStore:
@@ -259,7 +262,12 @@ class TieredStore:
                 verifier.update(chunk)
             verifier.check()
             return
-        await self._local.put(digest, chunks)
+        if self.disk is None or digest.size > self._fill_limit:
+            await self._local.put(digest, chunks)
+        else:
+            kept: list[bytes] = []
+            await self.disk.put(digest, _tee(chunks, kept, digest.size))  # verifies
+            self.memory.insert(digest, b"".join(kept))
         self._event(tool, "disk" if self.disk is not None else "memory", "put", digest.size, started)
         await self._after_put(digest)
 
@@ -373,6 +381,16 @@ class TieredStore:
             return None
         await self._remote().put_record(namespace, key, record)
         return len(record.value)
+
+
+async def _tee(chunks: AsyncIterator[bytes], kept: list[bytes], limit: int) -> AsyncIterator[bytes]:
+    """Pass `chunks` through, keeping a copy of the first `limit` bytes (more is an upload the disk rejects)."""
+    total = 0
+    async for chunk in chunks:
+        total += len(chunk)
+        if total <= limit:
+            kept.append(chunk)
+        yield chunk
 
 
 class _ToolView:

@@ -7,6 +7,10 @@ daemons share one root).
 
 Publishing is write → fsync → rename. The parent directory is not fsynced: after a power loss a blob may be
 missing (a cache miss), but a name that is visible always points at fully written, verified bytes.
+
+`put_small` is that same sequence for a blob already in memory, done in ONE worker-thread call (verify,
+exists check, create, write, fsync, rename) instead of one hop per step: for 4 KiB blobs the hops, not the
+bytes, were the cost next to the fsync itself.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import os
 import secrets
 import shutil
@@ -35,6 +40,7 @@ __all__ = [
     "clean_dead_temp",
     "exists_all",
     "open_large",
+    "put_small",
     "read_file",
     "read_small",
     "unlink_if_same",
@@ -149,7 +155,7 @@ class TempWriter:
                 while view:
                     view = view[os.write(self.fd, view) :]
 
-    def publish(self, final: Path) -> Sig:
+    def publish(self, final: Path | str) -> Sig:
         """fsync, then rename onto `final` (creating its directory if someone removed it)."""
         with self._lock:
             if self.fd is None:
@@ -163,7 +169,7 @@ class TempWriter:
             except FileNotFoundError:
                 if not self.path.exists():
                     raise
-                final.parent.mkdir(parents=True, exist_ok=True)
+                Path(final).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(self.path, final)
             return sig
 
@@ -229,9 +235,32 @@ def bump_atime(fd: int, st: os.stat_result) -> None:
             os.utime(fd, ns=(now, st.st_mtime_ns))
 
 
-def exists_all(paths: list[Path]) -> list[bool]:
-    """One stat per path, no body read: what `find_missing` needs."""
-    return [os.path.exists(path) for path in paths]
+def exists_all(paths: list[str]) -> list[bool]:
+    """One existence check per path, no body read: what `find_missing` needs.
+
+    `access(F_OK)` mapped in C: no stat result to build, no exception per absent file (≈2x a stat loop).
+    Sizes need no check here: they are in the names, and a visible name was published only after fsync.
+    """
+    return list(map(os.access, paths, itertools.repeat(os.F_OK)))
+
+
+def put_small(area: TempArea, final: str, digest: Digest, data: bytes) -> Sig | None:
+    """Verify `data`, then publish it at `final` unless a file is already there (blocking, one call).
+
+    Returns the new file's signature, or None if the blob was already stored. Raises IntegrityError before
+    anything is created when the bytes do not match `digest`.
+    """
+    verifier = Verifier(digest)
+    verifier.update(data)
+    verifier.check()
+    if os.access(final, os.F_OK):
+        return None
+    writer = TempWriter(area)
+    try:
+        writer.write([data], None)
+        return writer.publish(final)
+    finally:
+        writer.abort()
 
 
 def read_file(path: Path) -> tuple[bytes, int]:
