@@ -205,7 +205,8 @@ class DiskTier:
                     lru.add(key, digest.size, now)  # written by another process
                     self._changes += 1
             else:
-                self._forget(key)
+                if key in lru:  # known to us, gone from disk (e.g. evicted by another daemon)
+                    self._forget(key)
                 missing.append(digest)
         return missing
 

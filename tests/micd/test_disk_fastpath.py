@@ -1,0 +1,224 @@
+"""Disk tier small-blob fast path (`files.put_small` in one writer-pool call): same guarantees as streaming.
+
+Wrong bytes are rejected with nothing stored, the hard cap and a full filesystem are `StoreFull`, reservations
+are held from before the first byte until the write ends, and concurrent writes all land durably.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from micd.errors import IntegrityError, StoreFull
+from micd.store import Digest
+from micd.tiers.disk import DiskTier, FilesystemFull
+from micd.tiers.disk import files as disk_files
+from micd.tiers.disk import store as disk_store
+
+
+@pytest.fixture
+async def make_tier(tmp_path):
+    opened: list[DiskTier] = []
+
+    async def make(root: Path | None = None, **kw) -> DiskTier:
+        kw.setdefault("soft_cap", 1 << 30)
+        kw.setdefault("hard_cap", 1 << 30)
+        kw.setdefault("verify_limit", 64 << 10)
+        tier = DiskTier(root or tmp_path / "cache", **kw)
+        await tier.open()
+        opened.append(tier)
+        return tier
+
+    yield make
+    for tier in opened:
+        await tier.close()
+
+
+def blob(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def temp_files(tier: DiskTier) -> list[Path]:
+    return [p for p in tier.layout.tmp.rglob("*") if p.is_file() and p.name != "lock"]
+
+
+async def chunked(data: bytes, size: int = 1000):
+    for pos in range(0, len(data), size):
+        yield data[pos : pos + size]
+
+
+def assert_nothing_stored(tier: DiskTier, digest: Digest) -> None:
+    assert not tier.layout.blob_path(digest).exists()
+    assert temp_files(tier) == []
+    assert tier.used_bytes == 0 and tier.entry_count == 0
+    assert tier.stats()["reserved_bytes"] == 0
+
+
+def bad_uploads(data: bytes) -> list[tuple[Digest, bytes]]:
+    digest = Digest.of(data)
+    flipped = bytes([data[0] ^ 1]) + data[1:]
+    return [
+        (digest, flipped),  # same size, wrong bytes
+        (digest, data + b"!"),  # one byte too many
+        (digest, data[:-1]),  # one byte short
+        (Digest(digest.function, digest.hex, digest.size + 1), data),  # size announced wrong
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("how", ["put_bytes", "put"])
+async def test_wrong_bytes_are_rejected_and_nothing_is_stored(make_tier, case, how):
+    tier = await make_tier()
+    digest, data = bad_uploads(blob(4096, seed=1))[case]
+    with pytest.raises(IntegrityError):
+        if how == "put_bytes":
+            await tier.put_bytes(digest, data)
+        else:
+            await tier.put(digest, chunked(data))
+    assert_nothing_stored(tier, digest)
+    assert await tier.find_missing([digest]) == [digest]
+
+
+async def test_wrong_bytes_for_a_stored_blob_are_rejected_and_the_blob_is_intact(make_tier):
+    tier = await make_tier()
+    data = blob(4096, seed=2)
+    digest = Digest.of(data)
+    await tier.put_bytes(digest, data)
+    with pytest.raises(IntegrityError):
+        await tier.put_bytes(digest, data[:-1] + b"\x00")
+    await tier.put_bytes(digest, data)  # idempotent with the right bytes
+    assert tier.layout.blob_path(digest).read_bytes() == data
+    assert tier.used_bytes == 4096 and tier.stats()["reserved_bytes"] == 0
+
+
+async def test_small_put_is_one_writer_call_and_no_default_pool_hop(make_tier, monkeypatch):
+    tier = await make_tier()
+    data = blob(4096, seed=3)
+    calls: list[str] = []
+    real_to_thread, real_put_small = asyncio.to_thread, disk_files.put_small
+
+    async def counting_to_thread(fn, *args, **kw):
+        calls.append(getattr(fn, "__name__", repr(fn)))
+        return await real_to_thread(fn, *args, **kw)
+
+    def counting_put_small(*args):
+        calls.append("put_small")
+        return real_put_small(*args)
+
+    monkeypatch.setattr(disk_store.asyncio, "to_thread", counting_to_thread)
+    monkeypatch.setattr(disk_files, "put_small", counting_put_small)
+    await tier.put_bytes(Digest.of(data), data)
+    await tier.put(Digest.of(data[::-1]), chunked(data[::-1]))
+    assert calls == ["put_small", "put_small"]
+    monkeypatch.undo()
+    assert await tier.get_bytes(Digest.of(data)) == data
+    assert await tier.get_bytes(Digest.of(data[::-1])) == data[::-1]
+
+
+async def test_streamed_small_put_holds_its_reservation_until_it_ends(make_tier):
+    tier = await make_tier(soft_cap=10_000, hard_cap=10_000)
+    data = blob(6000, seed=4)
+    release = asyncio.Event()
+
+    async def slow():
+        yield data[:10]
+        await release.wait()
+        yield data[10:]
+
+    task = asyncio.create_task(tier.put(Digest.of(data), slow()))
+    for _ in range(1000):  # bounded: 10 s
+        if tier.stats()["reserved_bytes"] == 6000:
+            break
+        await asyncio.sleep(0.01)
+    assert tier.stats()["reserved_bytes"] == 6000
+    other = blob(5000, seed=5)
+    with pytest.raises(StoreFull):  # 6000 in flight + 5000 > 10,000, and nothing is evictable
+        await tier.put_bytes(Digest.of(other), other)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert_nothing_stored(tier, Digest.of(data))
+    await tier.put_bytes(Digest.of(other), other)  # the cancelled upload released its reservation
+
+
+async def test_hard_cap_on_the_fast_path_is_store_full_or_evicts(make_tier):
+    tier = await make_tier(soft_cap=10_000, hard_cap=10_000)
+    kept = [(Digest.of(b), b) for b in (blob(2000, seed=s) for s in range(5))]
+    for digest, data in kept:
+        await tier.put_bytes(digest, data)
+    assert tier.used_bytes == 10_000
+    before = tier.evictions
+    await tier.put_bytes(*kept[2])  # already stored: succeeds at a full cap without evicting anything
+    assert tier.evictions == before and await tier.find_missing([d for d, _ in kept]) == []
+    big = blob(10_001, seed=9)
+    with pytest.raises(StoreFull, match="hard cap of 10000 bytes"):
+        await tier.put_bytes(Digest.of(big), big)
+    assert tier.used_bytes == 10_000 and tier.stats()["reserved_bytes"] == 0
+    new = blob(2000, seed=10)
+    await tier.put_bytes(Digest.of(new), new)  # room made by evicting the least recently used
+    assert tier.used_bytes <= 10_000 and tier.evictions == before + 1
+    assert await tier.get_bytes(Digest.of(new)) == new
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+async def test_filesystem_full_on_the_fast_path_is_store_full_and_leaves_nothing(make_tier, monkeypatch, code):
+    tier = await make_tier()
+
+    def failing_write(fd, data):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(disk_files.os, "write", failing_write)
+    data = blob(4096, seed=11)
+    with pytest.raises(FilesystemFull):
+        await tier.put_bytes(Digest.of(data), data)
+    monkeypatch.undo()
+    assert_nothing_stored(tier, Digest.of(data))
+    await tier.put_bytes(Digest.of(data), data)
+    assert await tier.get_bytes(Digest.of(data)) == data
+
+
+async def test_fsync_happens_before_the_name_is_visible(make_tier, monkeypatch):
+    tier = await make_tier()
+    data = blob(4096, seed=12)
+    final = tier.layout.blob_path(Digest.of(data))
+    seen: list[bool] = []
+    real_fsync = disk_files.os.fsync
+
+    def checking_fsync(fd):
+        seen.append(final.exists())
+        real_fsync(fd)
+
+    monkeypatch.setattr(disk_files.os, "fsync", checking_fsync)
+    await tier.put_bytes(Digest.of(data), data)
+    assert seen == [False] and final.read_bytes() == data
+
+
+async def test_concurrent_small_puts_all_land_and_a_fresh_instance_reads_them(make_tier, tmp_path):
+    tier = await make_tier()
+    pool = [blob(4096, seed=100 + i) for i in range(64)]
+    digests = [Digest.of(b, "blake3" if i % 2 else "sha256") for i, b in enumerate(pool)]
+    await asyncio.gather(*(tier.put_bytes(d, b) for d, b in zip(digests, pool, strict=True)))
+    assert tier.used_bytes == 64 * 4096 and tier.stats()["reserved_bytes"] == 0
+    assert temp_files(tier) == []
+    other = await make_tier(tmp_path / "cache")
+    assert await other.find_missing(digests) == []
+    for digest, data in zip(digests, pool, strict=True):
+        assert await other.get_bytes(digest) == data
+
+
+async def test_find_missing_sees_other_processes_writes_and_evictions(make_tier, tmp_path):
+    first = await make_tier()
+    second = await make_tier(tmp_path / "cache")
+    pool = [blob(1000, seed=200 + i) for i in range(10)]
+    digests = [Digest.of(b) for b in pool]
+    for digest, data in zip(digests, pool, strict=True):
+        await first.put_bytes(digest, data)
+    assert await second.find_missing(digests) == []  # written by another process: found
+    await second.evict(0)  # evicts everything it knows of
+    assert await first.find_missing(digests) == digests  # evicted by another process: a miss
+    assert first.entry_count == 0
