@@ -166,7 +166,9 @@ async def test_hard_cap_on_the_fast_path_is_store_full_or_evicts(make_tier):
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
-async def test_filesystem_full_on_the_fast_path_is_store_full_and_leaves_nothing(make_tier, monkeypatch, code):
+async def test_filesystem_full_on_the_fast_path_is_store_full_and_leaves_nothing(
+    make_tier, monkeypatch, code
+):
     tier = await make_tier()
 
     def failing_write(fd, data):

@@ -43,60 +43,18 @@ from micd.record import decode_record, encode_record
 from micd.store import Digest, Record
 from micd.tiers.disk import evict, files, index
 from micd.tiers.disk.blob import FileBlob
+from micd.tiers.disk.ingest import WRITE_BATCH, FilesystemFull, collect, hash_and_write
 from micd.tiers.disk.kvfile import decode_kv_file, encode_kv_file
 from micd.tiers.disk.layout import Layout, blob_key, check_kv_name, kv_key
 from micd.tiers.disk.lru import Lru
 
-__all__ = ["DiskTier", "FilesystemFull", "collect"]
+__all__ = ["DiskTier", "FilesystemFull"]
 
-_WRITE_BATCH = 4 << 20  # bytes gathered before one worker-thread write: bounded memory, few thread hops
 _SNAPSHOT_EVERY_NS = 300 * 10**9
 _SNAPSHOT_AFTER_CHANGES = 10_000
 _RESCAN_EVERY_NS = 60 * 10**9
-_PARALLEL_MIN = 1 << 20
 _FAST_MAX = 1 << 20  # blobs up to this size are written by one `files.put_small` call
 _WRITER_THREADS = 32  # concurrent small-blob writes (fsync-latency bound, so more than the CPU count)
-
-
-class FilesystemFull(StoreFull):
-    """The filesystem itself ran out of space or quota mid-write (the temp file was removed)."""
-
-    def __init__(self, root: Path, used: int, needed: int, hard_cap: int, reason: str) -> None:
-        super().__init__(used, needed, hard_cap)
-        self.args = (
-            f"cache store full: the filesystem holding {root} refused a {needed}-byte write ({reason})"
-            " (free space on that filesystem or lower store.disk_hard_cap)",
-        )
-
-
-async def _hash_and_write(
-    writer: files.TempWriter, batch: list[bytes], nbytes: int, verifier: Verifier
-) -> None:
-    """Hash and write one batch; big batches in two threads at once (both release the GIL), so ingest
-    costs max(hash, write) rather than their sum. Excess bytes a bad upload writes die with the temp file."""
-    if nbytes < _PARALLEL_MIN:
-        await asyncio.to_thread(writer.write, batch, verifier)
-        return
-    await asyncio.gather(
-        asyncio.to_thread(_hash_all, verifier, batch), asyncio.to_thread(writer.write, batch, None)
-    )
-
-
-def _hash_all(verifier: Verifier, batch: list[bytes]) -> None:
-    for chunk in batch:
-        verifier.update(chunk)
-
-
-async def collect(digest: Digest, chunks: AsyncIterator[bytes]) -> bytes:
-    """The whole upload of a small blob in memory; IntegrityError as soon as it passes `digest.size` bytes."""
-    parts: list[bytes] = []
-    total = 0
-    async for chunk in chunks:
-        total += len(chunk)
-        if total > digest.size:
-            raise IntegrityError(str(digest), f"more than {digest.size} bytes", what="upload size")
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 class DiskTier:
@@ -288,7 +246,7 @@ class DiskTier:
         await self._put_streaming(digest, chunks)
 
     async def _put_streaming(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
-        key, path = blob_key(digest), self.layout.blob_path(digest)
+        key, path = blob_key(digest), self.layout.blob_file(digest)
         if digest.is_empty or (await asyncio.to_thread(files.exists_all, [path]))[0]:
             await self._drain_verify(digest, chunks)  # idempotent, but wrong bytes are still an error
             if not digest.is_empty:
@@ -304,10 +262,10 @@ class DiskTier:
                 async for chunk in chunks:
                     batch.append(chunk)
                     pending += len(chunk)
-                    if pending >= _WRITE_BATCH:
-                        await _hash_and_write(writer, batch, pending, verifier)
+                    if pending >= WRITE_BATCH:
+                        await hash_and_write(writer, batch, pending, verifier)
                         batch, pending = [], 0
-                await _hash_and_write(writer, batch, pending, verifier)
+                await hash_and_write(writer, batch, pending, verifier)
                 verifier.check()
                 sig = await asyncio.to_thread(writer.publish, path)
             except OSError as exc:

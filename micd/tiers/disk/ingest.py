@@ -1,0 +1,61 @@
+"""Ingest helpers of the disk tier's write paths: batched hash-and-write, small-upload gathering, and the
+error a full filesystem becomes. Split from `store.py` to keep that module about state and policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from micd.blobs import Verifier
+from micd.errors import IntegrityError, StoreFull
+from micd.store import Digest
+from micd.tiers.disk import files
+
+__all__ = ["WRITE_BATCH", "FilesystemFull", "collect", "hash_and_write"]
+
+WRITE_BATCH = 4 << 20  # bytes gathered before one worker-thread write: bounded memory, few thread hops
+_PARALLEL_MIN = 1 << 20
+
+
+class FilesystemFull(StoreFull):
+    """The filesystem itself ran out of space or quota mid-write (the temp file was removed)."""
+
+    def __init__(self, root: Path, used: int, needed: int, hard_cap: int, reason: str) -> None:
+        super().__init__(used, needed, hard_cap)
+        message = (
+            f"cache store full: the filesystem holding {root} refused a {needed}-byte write ({reason})"
+            " (free space on that filesystem or lower store.disk_hard_cap)"
+        )
+        self.args = (message,)
+
+
+async def hash_and_write(
+    writer: files.TempWriter, batch: list[bytes], nbytes: int, verifier: Verifier
+) -> None:
+    """Hash and write one batch; big batches in two threads at once (both release the GIL), so ingest
+    costs max(hash, write) rather than their sum. Excess bytes a bad upload writes die with the temp file."""
+    if nbytes < _PARALLEL_MIN:
+        await asyncio.to_thread(writer.write, batch, verifier)
+        return
+    await asyncio.gather(
+        asyncio.to_thread(_hash_all, verifier, batch), asyncio.to_thread(writer.write, batch, None)
+    )
+
+
+def _hash_all(verifier: Verifier, batch: list[bytes]) -> None:
+    for chunk in batch:
+        verifier.update(chunk)
+
+
+async def collect(digest: Digest, chunks: AsyncIterator[bytes]) -> bytes:
+    """The whole upload of a small blob in memory; IntegrityError as soon as it passes `digest.size` bytes."""
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in chunks:
+        total += len(chunk)
+        if total > digest.size:
+            raise IntegrityError(str(digest), f"more than {digest.size} bytes", what="upload size")
+        parts.append(chunk)
+    return b"".join(parts)
