@@ -121,7 +121,7 @@ def command_options(fn: Callable[..., Coroutine[Any, Any, None] | None]) -> Call
 
         async def body() -> None:
             # store I/O is fsync-bound, not CPU-bound: more threads than cores keeps the disk queue full
-            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=32))
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=16))
             try:
                 await fn(env, *args, **kwargs)  # type: ignore[misc]
             finally:

@@ -39,6 +39,7 @@ class LocalObjectStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self._made: set[Path] = set()  # directories known to exist: skips a mkdir syscall per write
 
     def __repr__(self) -> str:
         return f"LocalObjectStore({str(self.root)!r})"
@@ -51,14 +52,19 @@ class LocalObjectStore:
     def _write_temp(self, data: bytes) -> Path:
         tmp_dir = self.root / ".tmp"
         try:
-            tmp_dir.mkdir(parents=True, exist_ok=True)
+            self._mkdir(tmp_dir)
         except OSError as exc:
             raise StoreUnavailable(
                 f"cannot create the local store at {self.root}: {exc.strerror}; set MIC_STORE_URL (or --store) "
                 "to a writable file:///path"
             ) from exc
         tmp = tmp_dir / f"{uuid.uuid4().hex}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:  # the directory went away under our cache of it
+            self._made.discard(tmp_dir)
+            self._mkdir(tmp_dir)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             view = memoryview(data)
             while view:
@@ -67,6 +73,11 @@ class LocalObjectStore:
         finally:
             os.close(fd)
         return tmp
+
+    def _mkdir(self, directory: Path) -> None:
+        if directory not in self._made:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._made.add(directory)
 
     def _get(self, key: str) -> Obj | None:
         try:
@@ -79,8 +90,13 @@ class LocalObjectStore:
         path = self._path(key)
         tmp = self._write_temp(data)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.link(tmp, path)
+            self._mkdir(path.parent)
+            try:
+                os.link(tmp, path)
+            except FileNotFoundError:  # the directory went away under our cache of it
+                self._made.discard(path.parent)
+                self._mkdir(path.parent)
+                os.link(tmp, path)
         except FileExistsError:
             raise PreconditionFailed(key, "already exists") from None
         finally:
@@ -89,7 +105,7 @@ class LocalObjectStore:
 
     def _lock(self, key: str) -> int:
         lock_dir = self.root / ".locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
+        self._mkdir(lock_dir)
         fd = os.open(lock_dir / blake3.blake3(key.encode()).hexdigest()[:24], os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd

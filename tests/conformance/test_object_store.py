@@ -120,3 +120,13 @@ async def test_race_put_if_match_one_winner(store, store_url, tmp_path):  # noqa
     assert outs.count("WIN") == 1 and outs.count("LOSE") == len(outs) - 1
     final = await store.get("race/head")
     assert final.data != b"v0"
+
+
+async def test_local_store_recovers_when_its_directories_are_removed(tmp_path):
+    import shutil
+
+    store = open_store(f"file://{tmp_path / 'store'}")
+    await store.put_if_absent("a/b", b"1")
+    shutil.rmtree(tmp_path / "store")
+    await store.put_if_absent("a/b", b"2")
+    assert (await store.get("a/b")).data == b"2"
