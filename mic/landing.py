@@ -121,7 +121,7 @@ async def _advance_head(project: Project, rec: Landing) -> None:
 
 async def _finish_session(project: Project, session: Session, rec: Landing, changes: tuple[Change, ...]) -> None:
     def mark(current: Session) -> Session:
-        return current.with_(status="landed", landed=rec.position, changes=changes)
+        return current.with_(status="landed", landed=rec.position, changes=changes, goal=rec.goal)
 
     try:
         await update_session(project, session.id, mark)

@@ -53,8 +53,10 @@ def test_full_session_lifecycle(store_env, mic, tmp_path):
 
     (ws / "a.txt").write_text("one\nTWO\n")
     (ws / "src" / "run.sh").unlink()
-    second = mic.json(ws, "land", "edit a, drop run.sh")
+    mic(ws, "session", "start", "edit things")
+    second = mic.json(ws, "land", "edit a, drop run.sh")  # a goal given at land time refines the session's
     assert second["position"] == 2
+    assert mic.json(ws, "show", second["session"])["goal"] == "edit a, drop run.sh"
 
     log = mic.json(ws, "log", "-n", "5")["landings"]
     assert [(r["position"], r["goal"]) for r in log] == [(2, "edit a, drop run.sh"), (1, "set up the demo")]
