@@ -134,7 +134,7 @@ def _stats_table(stats: dict[str, Any]) -> str:
     for key, value in _flatten(stats.get("store", {})):
         shown = (
             format_bytes(value)
-            if isinstance(value, int) and key.endswith(("bytes", "used", "size"))
+            if isinstance(value, int) and key.endswith(("bytes", "used", "size", "budget", "_cap"))
             else value
         )
         lines.append(f"  {key:<32} {shown}")
