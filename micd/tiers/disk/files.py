@@ -142,6 +142,7 @@ class TempWriter:
         fd, name = tempfile.mkstemp(dir=area.path, prefix="w.")
         self.fd: int | None = fd
         self.path = Path(name)
+        self._moved = False  # renamed into place: nothing left to remove
 
     def write(self, chunks: list[bytes], verifier: Verifier | None) -> None:
         """Hash (if a verifier is given) and write `chunks`; raises IntegrityError before writing excess."""
@@ -171,6 +172,7 @@ class TempWriter:
                     raise
                 Path(final).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(self.path, final)
+            self._moved = True
             return sig
 
     def abort(self) -> None:
@@ -179,7 +181,8 @@ class TempWriter:
             if self.fd is not None:
                 os.close(self.fd)
                 self.fd = None
-            self.path.unlink(missing_ok=True)
+            if not self._moved:
+                self.path.unlink(missing_ok=True)
 
 
 def unlink_if_same(path: Path, ino: int) -> bool:

@@ -87,7 +87,8 @@ class Layout:
         self.index = self.base / "index"
         self.snapshot = self.index / "snapshot"
         self._shards: list[tuple[str, str]] | None = None
-        self._cas_str = str(self.cas)
+        self.cas_prefix = f"{self.cas}/"
+        """`cas` as a string ending in "/", for building many blob paths cheaply."""
 
     def blob_path(self, digest: Digest) -> Path:
         return self.cas / digest.function / digest.hex[:2] / f"{digest.hex}.{digest.size}"
@@ -95,7 +96,7 @@ class Layout:
     def blob_file(self, digest: Digest) -> str:
         """`blob_path` as a plain string: ~20x cheaper than three `Path` joins, for per-digest hot loops."""
         hex_ = digest.hex
-        return f"{self._cas_str}/{digest.function}/{hex_[:2]}/{hex_}.{digest.size}"
+        return f"{self.cas_prefix}{digest.function}/{hex_[:2]}/{hex_}.{digest.size}"
 
     def kv_path(self, namespace: str, key: str) -> Path:
         hex_ = kv_hex(namespace, key)
