@@ -2,7 +2,7 @@
 
 Routes (all need the session token; see micd/auth.py):
 
-    PUT  /cas/{function}/{hex}/{size}  body = the blob (Content-Length or chunked); 201 stored, 200 was there
+    PUT  /cas/{function}/{hex}/{size}  body = the blob (Content-Length or chunked); 201 (idempotent)
     GET  /cas/{function}/{hex}/{size}  200 with the blob, 206 for `Range: bytes=…`, 404 on a miss
     HEAD /cas/{function}/{hex}/{size}  200 with Content-Length if present, else 404 (never reads the body)
 
@@ -139,9 +139,9 @@ async def handle_put_blob(request: web.Request, store: Store) -> web.StreamRespo
     announced = request.content_length
     if announced is not None and announced != digest.size:
         raise IntegrityError(f"{digest.size} bytes", f"Content-Length {announced}", what="upload size")
-    existed = await store.contains(digest)
+    # No existence check first: with S3 configured it would cost a HEAD request per new blob.
     await store.put(digest, _body(request))
-    return web.Response(status=200 if existed else 201)
+    return web.Response(status=201)
 
 
 def routes(store: Store) -> list[web.RouteDef]:

@@ -40,7 +40,7 @@ async def test_put_get_head_round_trip(client, store, function):
     assert (await client.head(_url(digest))).status == 404
     assert (await client.get(_url(digest))).status == 404
     assert (await client.put(_url(digest), data=data)).status == 201
-    assert (await client.put(_url(digest), data=data)).status == 200  # idempotent
+    assert (await client.put(_url(digest), data=data)).status == 201  # idempotent
     head = await client.head(_url(digest))
     assert head.status == 200 and head.headers["Content-Length"] == str(len(data))
     response = await client.get(_url(digest))
