@@ -194,12 +194,12 @@ async def test_a_blob_above_the_soft_cap_is_not_evicted_as_it_lands(make_tier):
 
 
 async def test_writes_of_other_processes_count_after_a_rescan(make_tier, monkeypatch):
-    from micd.tiers.disk import store as disk_store
+    from micd.tiers.disk import upkeep
 
     first = await make_tier(soft_cap=4000, hard_cap=4000)
     second = await make_tier(soft_cap=4000, hard_cap=4000)
     await put_many(first, 3, 1000)
-    monkeypatch.setattr(disk_store, "_RESCAN_EVERY_NS", 0)  # as if a minute had passed
+    monkeypatch.setattr(upkeep, "_RESCAN_EVERY_NS", 0)  # as if a minute had passed
     data = blob(1500, seed=90)
     await second.put_bytes(Digest.of(data), data)
     # `second` saw first's 3000 bytes before reserving, so it evicted the oldest to stay under the cap.

@@ -2,7 +2,8 @@
 
 Split by concern: `layout` (paths), `lru` (pure ordering), `index` (snapshot format and reconcile),
 `files` (temp files, publish), `blob` (verified streaming reads), `evict` (victim checks), `kvfile` (record
-file format), `store` (the `DiskTier` itself).
+file format), `ingest` (write-path helpers), `upkeep` (LRU view, caps, eviction, rescans, snapshots: the
+base class of `DiskTier`), `store` (the `DiskTier` itself: reads and writes).
 """
 
 from micd.tiers.disk.store import DiskTier, FilesystemFull

@@ -40,26 +40,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from micd.blobs import BytesBlob, Verifier, aiter_bytes, clamp_range
-from micd.errors import FormatError, IntegrityError, StoreFull
+from micd.errors import FormatError, IntegrityError
 from micd.record import decode_record, encode_record
 from micd.store import Digest, Record
-from micd.tiers.disk import evict, files, index
+from micd.tiers.disk import files, index
 from micd.tiers.disk.blob import FileBlob
 from micd.tiers.disk.ingest import WRITE_BATCH, FilesystemFull, collect, hash_and_write
 from micd.tiers.disk.kvfile import decode_kv_file, encode_kv_file
 from micd.tiers.disk.layout import Layout, blob_key, check_kv_name, kv_key
-from micd.tiers.disk.lru import Lru
+from micd.tiers.disk.upkeep import IndexState
 
 __all__ = ["DiskTier", "FilesystemFull"]
 
-_SNAPSHOT_EVERY_NS = 300 * 10**9
-_SNAPSHOT_AFTER_CHANGES = 10_000
-_RESCAN_EVERY_NS = 60 * 10**9
 _FAST_MAX = 1 << 20  # blobs up to this size are written by one `files.put_small` call
 _WRITER_THREADS = 32  # concurrent small-blob writes (fsync-latency bound, so more than the CPU count)
 
 
-class DiskTier:
+class DiskTier(IndexState):
     """Disk CAS + KV under `root` (the caller resolves `$XDG_CACHE_HOME/mic/store` or `MIC_CACHE_DIR`)."""
 
     def __init__(self, root: Path, *, soft_cap: int, hard_cap: int, verify_limit: int = 4 << 20) -> None:
@@ -67,22 +64,8 @@ class DiskTier:
             raise ValueError(f"disk caps must satisfy 0 < soft_cap ≤ hard_cap (got {soft_cap}, {hard_cap})")
         if verify_limit < 0:
             raise ValueError(f"verify_limit must be ≥ 0 (got {verify_limit})")
-        self.layout = Layout(root)
-        self.soft_cap = soft_cap
-        self.hard_cap = hard_cap
+        super().__init__(Layout(root), soft_cap=soft_cap, hard_cap=hard_cap)
         self.verify_limit = verify_limit
-        self.corruptions = 0
-        self.evictions = 0
-        self.evicted_bytes = 0
-        self._lru = Lru()
-        self._reserved = 0
-        self._verified: dict[str, files.Sig] = {}
-        self._area: files.TempArea | None = None
-        self._evict_lock = asyncio.Lock()
-        self._changes = 0
-        self._snapshot_at = 0
-        self._scanned_at = 0
-        self._snapshot_task: asyncio.Task[None] | None = None
         self._writers: ThreadPoolExecutor | None = None
 
     # -- lifecycle and stats -----------------------------------------------------------------------
@@ -113,34 +96,6 @@ class DiskTier:
         entries = list(self._lru.items())
         await asyncio.to_thread(index.save_snapshot, self.layout, entries, area.path)
         await asyncio.to_thread(area.release)
-
-    @property
-    def used_bytes(self) -> int:
-        """Bytes of published blobs and records this process knows of (see `refresh`)."""
-        return self._lru.used
-
-    @property
-    def entry_count(self) -> int:
-        """Number of blobs and records this process knows of."""
-        return len(self._lru)
-
-    def stats(self) -> dict[str, int]:
-        """Gauges and counters for `mic stats` and /metrics."""
-        return {
-            "used_bytes": self.used_bytes,
-            "reserved_bytes": self._reserved,
-            "entries": self.entry_count,
-            "corruptions": self.corruptions,
-            "evictions": self.evictions,
-            "evicted_bytes": self.evicted_bytes,
-            "soft_cap": self.soft_cap,
-            "hard_cap": self.hard_cap,
-        }
-
-    def _temp_area(self) -> files.TempArea:
-        if self._area is None:
-            raise RuntimeError("DiskTier is not open")
-        return self._area
 
     # -- CAS reads ---------------------------------------------------------------------------------
     async def contains(self, digest: Digest) -> bool:
@@ -329,6 +284,9 @@ class DiskTier:
                 verifier.update(chunk)
         verifier.check()
 
+    def _fs_full(self, needed: int, exc: OSError) -> FilesystemFull:
+        return FilesystemFull(self.layout.root, self.used_bytes, needed, self.hard_cap, exc.strerror or "")
+
     # -- KV ----------------------------------------------------------------------------------------
     async def get_record(self, namespace: str, key: str) -> Record | None:
         """The raw record (refs not checked here), or None; a damaged file is deleted and is a miss."""
@@ -372,106 +330,3 @@ class DiskTier:
             self._reserved -= len(data)
         self._lru.add(kv_key(namespace, key), len(data), time.time_ns())
         await self._after_write(kv_key(namespace, key))
-
-    # -- index upkeep, caps and eviction -----------------------------------------------------------
-    def _seen(self, key: str, size: int) -> None:
-        now = time.time_ns()
-        if not self._lru.touch(key, now):
-            self._lru.add(key, size, now)
-            self._changes += 1
-
-    def _forget(self, key: str) -> None:
-        if self._lru.remove(key) is not None:
-            self._changes += 1
-        self._verified.pop(key, None)
-
-    async def _discard_corrupt(self, key: str, path: Path, ino: int) -> None:
-        self.corruptions += 1
-        self._forget(key)
-        await asyncio.to_thread(files.unlink_if_same, path, ino)
-
-    def _reserve_now(self, size: int) -> bool:
-        """Reserve `size` without awaiting if no rescan is due and it fits as is; False means use `_reserve`."""
-        if time.monotonic_ns() - self._scanned_at > _RESCAN_EVERY_NS:
-            return False
-        if self._lru.used + self._reserved + size > self.hard_cap:
-            return False
-        self._reserved += size
-        return True
-
-    async def _reserve(self, size: int) -> None:
-        """Reserve `size` bytes under the hard cap, evicting LRU entries if (and only if) that makes room."""
-        if time.monotonic_ns() - self._scanned_at > _RESCAN_EVERY_NS:
-            await self.refresh()  # our byte count misses other processes' writes until we look
-        if self._lru.used + self._reserved + size > self.hard_cap:
-            if self._reserved + size > self.hard_cap:
-                raise StoreFull(self._lru.used + self._reserved, size, self.hard_cap)
-            async with self._evict_lock:
-                await self._evict_to(self.hard_cap - self._reserved - size)
-            if self._lru.used + self._reserved + size > self.hard_cap:
-                raise StoreFull(self._lru.used + self._reserved, size, self.hard_cap)
-        self._reserved += size
-
-    async def _after_write(self, written: str) -> None:
-        self._changes += 1
-        if self._lru.used > self.soft_cap and not self._evict_lock.locked():
-            async with self._evict_lock:
-                # Never the entry just written: a blob above the soft cap would vanish as it lands.
-                await self._evict_to(evict.low_water(self.soft_cap), skip={written})
-        self._maybe_snapshot()
-
-    async def evict(self, target: int | None = None) -> int:
-        """Evict least recently used entries down to `target` bytes (default: 90% of the soft cap)."""
-        async with self._evict_lock:
-            return await self._evict_to(evict.low_water(self.soft_cap) if target is None else target)
-
-    async def refresh(self) -> None:
-        """Reconcile the index with the files: count other processes' writes, drop what they evicted."""
-        self._scanned_at = time.monotonic_ns()
-        known = {key: size for key, (size, _) in self._lru.items()}
-        new, gone, resized = await asyncio.to_thread(index.scan_changes, self.layout, known)
-        for key in gone:
-            self._forget(key)
-        for key, size in resized.items():
-            self._lru.resize(key, size)
-        for key, entry in new.items():
-            if key not in self._lru:
-                self._lru.add(key, entry.size, entry.atime_ns)
-                self._changes += 1
-
-    async def _evict_to(self, target: int, skip: frozenset[str] | set[str] = frozenset()) -> int:
-        freed = 0
-        for _ in range(16):  # bounded: each round deletes, forgets or re-ranks every victim it looks at
-            victims = self._lru.victims(max(target, 0), skip=skip)
-            if not victims:
-                break
-            for key, outcome, atime in await asyncio.to_thread(evict.check_and_unlink, self.layout, victims):
-                if outcome is evict.Outcome.USED:
-                    self._lru.touch(key, atime)
-                    continue
-                entry = self._lru.remove(key)
-                self._verified.pop(key, None)
-                self._changes += 1
-                if outcome is evict.Outcome.DELETED and entry is not None:
-                    self.evictions += 1
-                    self.evicted_bytes += entry.size
-                    freed += entry.size
-        return freed
-
-    def _fs_full(self, needed: int, exc: OSError) -> FilesystemFull:
-        return FilesystemFull(self.layout.root, self.used_bytes, needed, self.hard_cap, exc.strerror or "")
-
-    def _maybe_snapshot(self) -> None:
-        due = time.monotonic_ns() - self._snapshot_at > _SNAPSHOT_EVERY_NS
-        many = self._changes >= _SNAPSHOT_AFTER_CHANGES
-        if self._snapshot_task is None and self._changes and (due or many):
-            self._snapshot_task = asyncio.create_task(self._save_snapshot())
-
-    async def _save_snapshot(self) -> None:
-        try:
-            self._changes = 0
-            self._snapshot_at = time.monotonic_ns()
-            entries = list(self._lru.items())
-            await asyncio.to_thread(index.save_snapshot, self.layout, entries, self._temp_area().path)
-        finally:
-            self._snapshot_task = None
