@@ -14,16 +14,10 @@ def main() -> None:
 
 
 def _register() -> None:
-    import importlib
+    from mic import commands_daemon, commands_vcs
 
-    for module_name in ("mic.commands_daemon", "mic.commands_vcs"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(main)
+    commands_daemon.register(main)
+    commands_vcs.register(main)
 
 
 _register()

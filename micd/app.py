@@ -10,6 +10,7 @@ Daemon endpoints of its own: `/healthz` (open, for readiness probes), `/metrics`
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import os
@@ -66,6 +67,11 @@ ACTIVITY = web.AppKey("activity", Activity)
 _STARTED = web.AppKey("started", float)
 
 
+def _destination_id(config: Config) -> str:
+    destination = f"{config.s3_endpoint_url or ''}|{config.s3_bucket}|{config.s3_prefix}"
+    return hashlib.sha256(destination.encode()).hexdigest()[:16]
+
+
 async def open_store(config: Config, metrics: Metrics) -> Any:
     """Open the tiers named by `config` and compose them; the caller must `close()` the result."""
     s3 = queue = None
@@ -80,8 +86,10 @@ async def open_store(config: Config, metrics: Metrics) -> Any:
             endpoint_url=config.s3_endpoint_url,
             region=config.s3_region,
         )
-        # Per-session journal: a restarted daemon of this session replays what it had not uploaded yet.
-        queue = UploadQueue(config.state_dir / "uploads")
+        # The journal lives in the shared cache root, not the session's state dir: pending uploads of a
+        # session that never restarts are replayed by the next daemon of any session of this user. One
+        # journal per destination, so a daemon never uploads into a bucket other than the one journaled for.
+        queue = UploadQueue(config.cache_dir / "v1" / "s3-queue" / _destination_id(config))
     store = TieredStore(
         memory=MemoryTier(budget=config.memory_budget),
         disk=DiskTier(config.cache_dir, soft_cap=config.disk_soft_cap, hard_cap=config.disk_hard_cap),

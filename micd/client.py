@@ -21,7 +21,7 @@ from typing import Any
 
 from micd.config import KEYS, Config, ConfigError, Key, load_config
 from micd.errors import MicError
-from micd.lifecycle import StatePaths, hold_lock, is_alive
+from micd.statedir import StatePaths, hold_lock, is_alive, read_pid
 
 __all__ = [
     "KEYS",
@@ -211,7 +211,7 @@ def stop_daemon(config: Config, *, timeout: float = 60.0) -> int | None:
     """SIGTERM the daemon and wait for it to exit (it drains uploads first); returns its pid, or None."""
     paths = StatePaths(config.state_dir)
     info = _read_ports(paths)
-    pid = info.pid if info is not None else _read_pid(paths.pid)
+    pid = info.pid if info is not None else read_pid(paths.pid)
     if pid is None or not _alive(pid):
         return None
     try:
@@ -224,10 +224,3 @@ def stop_daemon(config: Config, *, timeout: float = 60.0) -> int | None:
             return pid
         time.sleep(0.02)
     raise DaemonError(f"daemon pid {pid} did not exit within {timeout:g}s after SIGTERM (see {paths.log})")
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None

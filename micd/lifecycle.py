@@ -19,17 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
-import json
 import logging
 import os
 import signal
 import stat
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +37,13 @@ from micd.auth import new_token
 from micd.config import Config
 from micd.errors import MicError
 from micd.metrics import Metrics
+from micd.statedir import StatePaths, hold_lock, read_pid, write_atomic, write_json_atomic
 from micd.toolconfig import remove_tool_configs, write_bazelrc
 
 __all__ = [
     "AlreadyRunning",
-    "StatePaths",
-    "hold_lock",
     "load_or_create_token",
     "run_daemon",
-    "write_json_atomic",
 ]
 
 PORTS_VERSION = 1
@@ -68,89 +61,6 @@ class AlreadyRunning(MicError):
         super().__init__(f"a daemon is already running for {state_dir} (pid {pid or 'unknown'})")
 
 
-@dataclass(frozen=True)
-class StatePaths:
-    """The files of one session's state dir."""
-
-    root: Path
-
-    @property
-    def lock(self) -> Path:
-        """Held by the daemon for its whole life."""
-        return self.root / "daemon.lock"
-
-    @property
-    def start_lock(self) -> Path:
-        """Held by `mic daemon start` while it checks and spawns."""
-        return self.root / "start.lock"
-
-    @property
-    def pid(self) -> Path:
-        """The daemon's pid."""
-        return self.root / "daemon.pid"
-
-    @property
-    def ports(self) -> Path:
-        """Endpoints, written once serving."""
-        return self.root / "ports.json"
-
-    @property
-    def token(self) -> Path:
-        """The session token (0600)."""
-        return self.root / "token"
-
-    @property
-    def log(self) -> Path:
-        """The daemon log."""
-        return self.root / "daemon.log"
-
-    @property
-    def access_log(self) -> Path:
-        """Client-caused 4xx only."""
-        return self.root / "access.log"
-
-    def ensure(self) -> StatePaths:
-        """Create the state dir (mode 0700) if needed."""
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return self
-
-
-@contextlib.contextmanager
-def hold_lock(path: Path, *, blocking: bool) -> Iterator[bool]:
-    """Flock `path` exclusively; yields whether it was acquired (always True when blocking)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)  # closing releases the flock
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON so readers see the old file, no file, or the complete new one (temp + fsync + rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def load_or_create_token(path: Path) -> str:
     """Return the session token: reused if its file is private and non-empty, else created with mode 0600."""
     try:
@@ -162,12 +72,7 @@ def load_or_create_token(path: Path) -> str:
     except FileNotFoundError:
         pass
     token = new_token()
-    fd, tmp = tempfile.mkstemp(prefix=".token.", dir=path.parent)  # mkstemp creates mode 0600
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, token + "\n", mode=0o600)
     return token
 
 
@@ -290,7 +195,7 @@ def run_daemon(config: Config, *, echo: bool, on_ready: Callable[[dict[str, Any]
     paths = StatePaths(config.state_dir).ensure()
     with hold_lock(paths.lock, blocking=False) as acquired:
         if not acquired:
-            raise AlreadyRunning(paths.root, _read_pid(paths.pid))
+            raise AlreadyRunning(paths.root, read_pid(paths.pid))
         # We own the state dir now: whatever ports.json is left belongs to a dead daemon (kill -9).
         _unlink(paths.ports)
         paths.pid.write_text(f"{os.getpid()}\n")
@@ -300,19 +205,3 @@ def run_daemon(config: Config, *, echo: bool, on_ready: Callable[[dict[str, Any]
         finally:
             _unlink(paths.pid)
     return 0
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def is_alive(pid: int) -> bool:
-    """Tell whether a process with `pid` exists (zombies included)."""
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM
-    return True

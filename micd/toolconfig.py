@@ -9,11 +9,11 @@ Bazel's HTTP cache. Bazel 4.2 has no BAZELRC environment variable, hence a file 
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from pathlib import Path
 
-__all__ = ["BAZELRC", "TOOL_CONFIGS", "bazelrc_text", "remove_tool_configs", "write_bazelrc", "write_private"]
+from micd.statedir import write_atomic
+
+__all__ = ["BAZELRC", "TOOL_CONFIGS", "bazelrc_text", "remove_tool_configs", "write_bazelrc"]
 
 BAZELRC = "bazelrc"
 TOOL_CONFIGS = (BAZELRC,)
@@ -36,26 +36,10 @@ def bazelrc_text(*, grpc_port: int, http_port: int, token: str, instance_name: s
     return "\n".join(lines) + "\n"
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically with mode 0600 (blocking: call through asyncio.to_thread)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_bazelrc(state_dir: Path, *, grpc_port: int, http_port: int, token: str) -> Path:
     """Write `<state_dir>/bazelrc` and return its path."""
     path = Path(state_dir) / BAZELRC
-    write_private(path, bazelrc_text(grpc_port=grpc_port, http_port=http_port, token=token))
+    write_atomic(path, bazelrc_text(grpc_port=grpc_port, http_port=http_port, token=token))
     return path
 
 
