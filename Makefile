@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # System packages the test suite drives for real (bazel for the REAPI tests, gcc for its cc_binary, git for
 # `mic import git`, moto needs nothing from apt).
-APT_PACKAGES := bazel-bootstrap build-essential git ccache zsh
+APT_PACKAGES := bazel-bootstrap build-essential git
 
 .PHONY: run test install install-test system-deps
 
