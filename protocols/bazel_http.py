@@ -32,23 +32,18 @@ from micd.blobs import CHUNK
 from micd.errors import BadRequest, IntegrityError, MicError
 from micd.store import Digest, Record, Store
 from micd.validate import parse_digest, parse_size
+from protocols._http import CONTENT_TYPE, error_response, send_blob
 from protocols.bazel_reapi.action_result import action_key, decode_action_result, referenced_digests
 from protocols.bazel_reapi.common import ac_namespace
 from protocols.bazel_reapi.compression import compress_bytes, compress_stream
-from protocols.cas_http import status_for
 
 __all__ = ["MAX_AC_BODY", "SIZE_NAMESPACE", "routes"]
 
 SIZE_NAMESPACE = "bazel-cas-size"
 MAX_AC_BODY = 4 << 20
-CONTENT_TYPE = "application/octet-stream"
 _INSTANCE = r"{instance:[A-Za-z0-9_][A-Za-z0-9_.+/-]*}"
 _DECODED_BY_AIOHTTP = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
 _ZSTD = re.compile(r"(^|[,\s])zstd($|[,;\s])")
-
-
-def _error(exc: MicError) -> web.Response:
-    return web.Response(status=status_for(exc), text=str(exc)[:2000] + "\n")  # Bazel: bodies ≤ 10 KiB
 
 
 def _parse_hex(request: web.Request) -> Digest:
@@ -133,30 +128,8 @@ async def handle_get_cas(request: web.Request, store: Store) -> web.StreamRespon
     blob = None if digest is None else await store.get(digest)
     if blob is None:
         return web.Response(status=404)
-    try:
-        if _wants_zstd(request):
-            response = web.StreamResponse(headers={"Content-Encoding": "zstd"})
-            chunks = compress_stream(blob.chunks())
-        elif blob.path is not None:
-            return web.FileResponse(blob.path, headers={"Content-Type": CONTENT_TYPE})
-        else:
-            response = web.StreamResponse()
-            response.content_length = blob.size
-            chunks = blob.chunks()
-        response.content_type = CONTENT_TYPE
-        await response.prepare(request)
-        try:
-            async for chunk in chunks:
-                await response.write(chunk)
-        except IntegrityError:
-            # Headers are out: abort so the client sees a truncated body, never wrong bytes.
-            if request.transport is not None:
-                request.transport.abort()
-            return response
-        await response.write_eof()
-        return response
-    finally:
-        await blob.aclose()
+    encoding = ("zstd", compress_stream) if _wants_zstd(request) else None
+    return await send_blob(request, blob, encoding=encoding)
 
 
 async def _body(request: web.Request) -> AsyncIterator[bytes]:
@@ -198,7 +171,7 @@ def routes(store: Store) -> list[web.RouteDef]:
             try:
                 return await handler(request, store)
             except MicError as exc:
-                response = _error(exc)
+                response = error_response(exc)
                 if request.method == "PUT":
                     response.force_close()  # the rest of the body may be unread or undecodable
                 return response

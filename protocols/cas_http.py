@@ -17,42 +17,22 @@ and publishes only on a match); GET uses sendfile when the blob is a verified fi
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from micd.blobs import CHUNK
-from micd.errors import BadRequest, IntegrityError, MicError, NotFound, StoreFull, Unauthorized
-from micd.store import Blob, Digest, Store
+from micd.errors import BadRequest, IntegrityError, MicError
+from micd.store import Digest, Store
 from micd.validate import parse_digest
+from protocols._http import CONTENT_TYPE, error_response, send_blob, status_for
 
 __all__ = ["PREFIX", "parse_range", "routes", "status_for"]
 
 PREFIX = "/cas"
-CONTENT_TYPE = "application/octet-stream"
 _ROUTE = PREFIX + "/{function}/{hex}/{size}"
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-log = logging.getLogger(__name__)
-
-
-def status_for(exc: MicError) -> int:
-    """Map a core error to this endpoint's HTTP status (the one mapping)."""
-    if isinstance(exc, BadRequest | IntegrityError):
-        return 400
-    if isinstance(exc, StoreFull):
-        return 507
-    if isinstance(exc, Unauthorized):
-        return 401
-    if isinstance(exc, NotFound):
-        return 404
-    return 500
-
-
-def _error(exc: MicError) -> web.Response:
-    # Small plain-text bodies: some clients (Bazel) choke on error bodies over 10 KiB.
-    return web.Response(status=status_for(exc), text=str(exc)[:2000] + "\n")
 
 
 def parse_digest_path(request: web.Request) -> Digest:
@@ -97,36 +77,10 @@ async def handle_get_blob(request: web.Request, store: Store) -> web.StreamRespo
     blob = await store.get(digest, offset, length)
     if blob is None:
         return web.Response(status=404, text="blob not found\n")
-    try:
-        if wanted is None and blob.path is not None:
-            response: web.StreamResponse = web.FileResponse(blob.path, headers={"Content-Type": CONTENT_TYPE})
-        else:
-            response = web.StreamResponse(status=200 if wanted is None else 206)
-            response.content_type = CONTENT_TYPE
-            response.content_length = blob.length
-            if wanted is not None:
-                response.headers["Content-Range"] = f"bytes {offset}-{offset + blob.length - 1}/{digest.size}"
-        await _send(request, response, blob, digest)
-        return response
-    finally:
-        await blob.aclose()
-
-
-async def _send(request: web.Request, response: web.StreamResponse, blob: Blob, digest: Digest) -> None:
-    """Send the body; on corruption detected mid-stream, drop the connection rather than send wrong bytes."""
-    await response.prepare(request)
-    if isinstance(response, web.FileResponse):
-        return
-    try:
-        async for chunk in blob.chunks():
-            await response.write(chunk)
-    except IntegrityError:
-        # Headers are already out, so no status can be sent: abort so the client sees a truncated body.
-        log.error("blob %s failed verification while streaming; connection aborted", digest)
-        if request.transport is not None:
-            request.transport.abort()
-        return
-    await response.write_eof()
+    if wanted is None:
+        return await send_blob(request, blob)
+    content_range = f"bytes {offset}-{offset + blob.length - 1}/{digest.size}"
+    return await send_blob(request, blob, status=206, headers={"Content-Range": content_range})
 
 
 async def _body(request: web.Request) -> AsyncIterator[bytes]:
@@ -152,7 +106,7 @@ def routes(store: Store) -> list[web.RouteDef]:
             try:
                 return await handler(request, store)
             except MicError as exc:
-                return _error(exc)
+                return error_response(exc)
 
         route.__name__ = handler.__name__
         return route

@@ -1,0 +1,85 @@
+"""Protocol-side HTTP helper: send an open `micd.store.Blob` as an aiohttp response.
+
+The HTTP frontends (`bazel_http`, `cas_http`) serve blobs the same way: sendfile when the blob is a verified
+file and the whole body goes out unchanged, else bounded chunks. Corruption detected mid-stream (IntegrityError
+from `chunks()`) comes after the headers, so no status can be sent: the connection is aborted and the client
+sees a truncated body, never wrong bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+
+from aiohttp import web
+
+from micd.errors import BadRequest, IntegrityError, MicError, NotFound, StoreFull, Unauthorized
+from micd.store import Blob
+
+__all__ = ["CONTENT_TYPE", "Encoder", "error_response", "send_blob", "status_for"]
+
+CONTENT_TYPE = "application/octet-stream"
+Encoder = Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]
+"""Re-encodes a chunk stream (e.g. zstd); paired with its Content-Encoding name."""
+log = logging.getLogger(__name__)
+
+
+def status_for(exc: MicError) -> int:
+    """Map a core error to the HTTP frontends' status (the one mapping)."""
+    if isinstance(exc, BadRequest | IntegrityError):
+        return 400
+    if isinstance(exc, StoreFull):
+        return 507
+    if isinstance(exc, Unauthorized):
+        return 401
+    if isinstance(exc, NotFound):
+        return 404
+    return 500
+
+
+def error_response(exc: MicError) -> web.Response:
+    """A small plain-text error: some clients (Bazel) choke on error bodies over 10 KiB."""
+    return web.Response(status=status_for(exc), text=str(exc)[:2000] + "\n")
+
+
+async def send_blob(
+    request: web.Request,
+    blob: Blob,
+    *,
+    status: int = 200,
+    headers: Mapping[str, str] | None = None,
+    encoding: tuple[str, Encoder] | None = None,
+) -> web.StreamResponse:
+    """Send `blob` (its range) as the response body and close it; the response is complete on return.
+
+    sendfile is used only for a plain 200 of the whole blob with no `encoding`; an encoded body has no
+    Content-Length (chunked). The blob stays open until the body is sent, so its file cannot be evicted early.
+    """
+    try:
+        if status == 200 and encoding is None and blob.path is not None:
+            file_response = web.FileResponse(
+                blob.path, headers={"Content-Type": CONTENT_TYPE, **(headers or {})}
+            )
+            await file_response.prepare(request)
+            return file_response
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_type = CONTENT_TYPE
+        chunks = blob.chunks()
+        if encoding is None:
+            response.content_length = blob.length
+        else:
+            response.headers["Content-Encoding"] = encoding[0]
+            chunks = encoding[1](chunks)
+        await response.prepare(request)
+        try:
+            async for chunk in chunks:
+                await response.write(chunk)
+        except IntegrityError as exc:
+            log.error("%s failed verification while streaming (%s); connection aborted", request.path, exc)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write_eof()
+        return response
+    finally:
+        await blob.aclose()
