@@ -23,7 +23,6 @@ import functools
 import io
 import logging
 import os
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -40,8 +39,9 @@ from micd.blobs import CHUNK, BytesBlob, Verifier, aiter_bytes, clamp_range
 from micd.errors import FormatError, IntegrityError, TierUnavailable
 from micd.record import decode_record, encode_record
 from micd.store import Digest, Record
+from micd.tiers.s3_spool import Sink, SpoolBlob, SpoolEntry, retrieve_exception, temp_file
 
-__all__ = ["S3Tier", "SpoolBlob"]
+__all__ = ["S3Tier", "SpoolBlob"]  # SpoolBlob: re-exported from s3_spool for callers that type against it
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class S3Tier:
             task = asyncio.ensure_future(self._head(digest))
             self._heads[digest] = task
             task.add_done_callback(functools.partial(self._head_done, digest))
-            task.add_done_callback(_retrieve)
+            task.add_done_callback(retrieve_exception)
         return await asyncio.shield(task)
 
     def _head_done(self, digest: Digest, _: object) -> None:
@@ -291,10 +291,10 @@ class S3Tier:
     async def _download(self, digest: Digest) -> bytes | IO[bytes] | None:
         key = self.cas_key(digest)
         small = digest.size <= _INLINE
-        spool = io.BytesIO() if small else await asyncio.to_thread(_temp_file, self.spool_dir)
+        spool = io.BytesIO() if small else await asyncio.to_thread(temp_file, self.spool_dir)
         verifier = Verifier(digest)
         writer = zstandard.ZstdDecompressor().stream_writer(
-            _Sink(spool, verifier),  # type: ignore[arg-type]  # a write()-only sink is all it needs
+            Sink(spool, verifier),  # type: ignore[arg-type]  # a write()-only sink is all it needs
             write_size=CHUNK,
             closefd=False,
         )
@@ -348,7 +348,7 @@ class S3Tier:
         Raises IntegrityError on a mismatch and TierUnavailable when S3 fails.
         """
         small = digest.size <= _INLINE
-        spool = io.BytesIO() if small else await asyncio.to_thread(_temp_file, self.spool_dir)
+        spool = io.BytesIO() if small else await asyncio.to_thread(temp_file, self.spool_dir)
         task = None
         try:
             verifier = Verifier(digest)
@@ -450,101 +450,6 @@ class S3Tier:
             await self._client.put_object(Bucket=self.bucket, Key=s3_key, Body=encode_record(record))
 
 
-class SpoolEntry:
-    """One shared download: its task (→ bytes, a verified temp file, or None) and the readers holding it.
-
-    The temp file is closed when the download is done and the last reader let go.
-    """
-
-    def __init__(self, task: asyncio.Task[bytes | IO[bytes] | None], size: int) -> None:
-        self.task = task
-        self.size = size
-        self.refs = 0
-
-    async def open(self, offset: int, limit: int | None) -> BytesBlob | SpoolBlob | None:
-        self.refs += 1
-        try:
-            result = await asyncio.shield(self.task)
-        except BaseException:
-            self.release()
-            raise
-        if result is None or isinstance(result, bytes):
-            self.release()
-            return None if result is None else BytesBlob(result, offset, limit)
-        return SpoolBlob(self, result, offset, limit)
-
-    def release(self) -> None:
-        self.refs -= 1
-        if self.refs == 0:
-            self._close_if_done()
-
-    def finished(self) -> None:
-        _retrieve(self.task)
-        if self.refs == 0:
-            self._close_if_done()
-
-    def _close_if_done(self) -> None:
-        if self.task.done() and not self.task.cancelled() and self.task.exception() is None:
-            result = self.task.result()
-            if result is not None and not isinstance(result, bytes):
-                result.close()
-
-
-class SpoolBlob:
-    """A `Blob` over a verified download spooled to an anonymous temp file (shared by concurrent readers)."""
-
-    path: Path | None = None
-
-    def __init__(self, entry: SpoolEntry, file: IO[bytes], offset: int, limit: int | None) -> None:
-        self.size = entry.size
-        self.offset = offset
-        self.length = clamp_range(self.size, offset, limit)
-        self._entry = entry
-        self._file = file
-        self._open = True
-
-    def view(self, offset: int = 0, limit: int | None = None) -> SpoolBlob:
-        """Another handle on the same spool (no new download); the caller must close it too."""
-        if not self._open:
-            raise RuntimeError("view() of a closed blob")
-        clamp_range(self.size, offset, limit)
-        self._entry.refs += 1
-        return SpoolBlob(self._entry, self._file, offset, limit)
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """Yield the range in ≤ 1 MiB chunks read from the spool; closes the handle at the end."""
-        try:
-            pos, end = self.offset, self.offset + self.length
-            while pos < end:
-                data = await asyncio.to_thread(os.pread, self._file.fileno(), min(CHUNK, end - pos), pos)
-                if not data:
-                    raise IntegrityError(
-                        f"{self.size} bytes", f"spool ended at {pos}", what="S3 download spool"
-                    )
-                pos += len(data)
-                yield data
-        finally:
-            await self.aclose()
-
-    async def aclose(self) -> None:
-        """Release this handle; the spool closes with its last handle."""
-        if self._open:
-            self._open = False
-            self._entry.release()
-
-
-class _Sink:
-    """Write target of the streaming decompressor: verifies each output chunk before spooling it."""
-
-    def __init__(self, spool: IO[bytes], verifier: Verifier) -> None:
-        self._spool = spool
-        self._verifier = verifier
-
-    def write(self, data: bytes) -> int:
-        self._verifier.update(data)  # raises as soon as the output exceeds the announced size
-        return self._spool.write(data)
-
-
 def _compress_chunk(verifier: Verifier, writer: Any, chunk: bytes) -> None:
     verifier.update(chunk)
     writer.write(chunk)
@@ -553,12 +458,3 @@ def _compress_chunk(verifier: Verifier, writer: Any, chunk: bytes) -> None:
 async def _maybe_thread(inline: bool, fn: Callable[..., Any], *args: Any) -> Any:
     """Run small CPU work inline (a thread hop costs more than it), large work in a thread."""
     return fn(*args) if inline else await asyncio.to_thread(fn, *args)
-
-
-def _temp_file(directory: Path | None) -> IO[bytes]:
-    return tempfile.TemporaryFile(dir=directory)
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()

@@ -34,7 +34,8 @@ from micd.tiers.memory import MemoryTier
 from micd.validate import parse_key, parse_namespace
 
 if TYPE_CHECKING:  # aioboto3 costs ~140 ms of start-up; a daemon without S3 never imports it
-    from micd.tiers.s3 import S3Tier, SpoolBlob
+    from micd.tiers.s3 import S3Tier
+    from micd.tiers.s3_spool import SpoolBlob
     from micd.upload_queue import UploadQueue
 
 __all__ = ["TieredStore"]
