@@ -118,7 +118,7 @@ def status_cmd(env: Env) -> None:
 
     ws = env.workspace()
     result = scan(ws.root, ws.index)
-    if result.rehashed:
+    if result.rehashed or ws.index.outdated:
         ws.index.save()
     changes = [{"path": p, "kind": c[0]} for p, c in sorted(result.changes.items())]
     data = {"project": ws.state.project, "base": ws.state.base, "session": ws.state.session, "changes": changes}

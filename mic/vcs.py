@@ -87,10 +87,10 @@ async def checkout(
     return ws
 
 
-async def status(ws: Workspace) -> ScanResult:
-    """Scan the workspace against its base, using and refreshing the stat cache."""
+async def status(ws: Workspace, *, save: bool = True) -> ScanResult:
+    """Scan the workspace against its base, using and refreshing the stat cache (saved unless `save` is False)."""
     result = await asyncio.to_thread(scan, ws.root, ws.index)
-    if result.rehashed:
+    if (result.rehashed or ws.index.outdated) and save:
         await asyncio.to_thread(ws.index.save)
     return result
 
@@ -113,7 +113,7 @@ async def _session_for_land(project: Project, ws: Workspace, goal: str | None) -
         raise BadRequest("no active session: give a goal (`mic land \"why\"`) or run `mic session start \"goal\"`")
     session = await start_session(project, goal, ws.state.base, ws.clock.tick())
     ws.state.session = session.id
-    await asyncio.to_thread(ws.save)
+    await asyncio.to_thread(ws.save_state)
     return session
 
 
@@ -121,8 +121,10 @@ async def land_workspace(
     project: Project, ws: Workspace, goal: str | None, *, kill_at: str | None = None
 ) -> LandOutcome:
     """Land every change in the workspace as its active session (or a new one with `goal`)."""
-    scanned = await status(ws)
+    scanned = await status(ws, save=False)  # the index is saved once, with the landing's new base
     if not scanned.changes:
+        if scanned.rehashed:
+            await asyncio.to_thread(ws.index.save)
         raise WorkspaceError("nothing to land: the workspace matches its base")
     session = await _session_for_land(project, ws, goal)
     changes = {

@@ -91,12 +91,16 @@ class Workspace:
 
     def save(self) -> None:
         """Persist state (and the index, if loaded) atomically."""
+        self.save_state()
+        if self._index is not None:
+            self._index.save()
+
+    def save_state(self) -> None:
+        """Persist `state.json` alone (the index is a cache: an older one on disk only costs re-hashing)."""
         self.state.hlc = max(self.state.hlc, self.clock.last)
         tmp = self.dot / "state.json.tmp"
         tmp.write_text(json.dumps(asdict(self.state), indent=1))
         os.replace(tmp, self.dot / "state.json")
-        if self._index is not None:
-            self._index.save()
 
     def file(self, rel: str) -> Path:
         """The absolute path of a workspace-relative path, refusing anything that escapes the workspace."""
