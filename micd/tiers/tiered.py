@@ -1,4 +1,5 @@
-"""`TieredStore`: memory → disk → S3 composed into one `micd.store.Store`, plus per-tool metric views.
+"""`TieredStore`: memory → disk → S3 composed into one `micd.store.Store`; `for_tool` hands out
+per-tool metric views (`micd.tiers.toolview`).
 
 Reads go down the tiers and fill the ones above on the way back (S3 → disk → memory for small blobs); the
 bytes that fill a tier were verified by the tier they came from. Writes land on disk (memory when there is no
@@ -20,6 +21,7 @@ drains the queue for up to `drain_timeout` seconds (what is left stays journaled
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -31,6 +33,7 @@ from micd.metrics import Metrics
 from micd.store import Blob, Digest, Record, Store
 from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
+from micd.tiers.toolview import ToolView
 from micd.validate import parse_key, parse_namespace
 
 if TYPE_CHECKING:  # aioboto3 costs ~140 ms of start-up; a daemon without S3 never imports it
@@ -68,7 +71,7 @@ class TieredStore:
         self.metrics = metrics or Metrics()
         self._local: DiskTier | MemoryTier = disk if disk is not None else memory
         self._fill_limit = min(memory_fill_limit, memory.max_blob)
-        self._views: dict[str, _ToolView] = {}
+        self._views: dict[str, ToolView] = {}
         self.s3_errors = 0
         self.local_errors = 0
 
@@ -108,7 +111,7 @@ class TieredStore:
         """Return a view recording per-tool hits, misses, bytes, latency (tier "all"), delegating the rest."""
         view = self._views.get(tool)
         if view is None:
-            view = self._views[tool] = _ToolView(self, tool)
+            view = self._views[tool] = ToolView(self, tool, functools.partial(self._event, tool, "all"))
         return view
 
     def stats(self) -> dict[str, Any]:
@@ -394,53 +397,3 @@ async def _tee(chunks: AsyncIterator[bytes], kept: list[bytes], limit: int) -> A
         if total <= limit:
             kept.append(chunk)
         yield chunk
-
-
-class _ToolView:
-    """What a protocol module receives: the store's operations, labelled with one tool for metrics."""
-
-    def __init__(self, store: TieredStore, tool: str) -> None:
-        self._store = store
-        self.tool = tool
-
-    def _done(self, event: str, nbytes: int, started: float) -> None:
-        self._store._event(self.tool, "all", event, nbytes, started)
-
-    async def contains(self, digest: Digest) -> bool:
-        return await self._store.contains(digest, tool=self.tool)
-
-    async def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
-        return await self._store.find_missing(digests, tool=self.tool)
-
-    async def get(self, digest: Digest, offset: int = 0, limit: int | None = None) -> Blob | None:
-        started = time.perf_counter()
-        blob = await self._store.get(digest, offset, limit, tool=self.tool)
-        self._done("miss" if blob is None else "hit", 0 if blob is None else blob.length, started)
-        return blob
-
-    async def get_bytes(self, digest: Digest) -> bytes | None:
-        started = time.perf_counter()
-        data = await self._store.get_bytes(digest, tool=self.tool)
-        self._done("miss" if data is None else "hit", 0 if data is None else len(data), started)
-        return data
-
-    async def put(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
-        started = time.perf_counter()
-        await self._store.put(digest, chunks, tool=self.tool)
-        self._done("put", digest.size, started)
-
-    async def put_bytes(self, digest: Digest, data: bytes) -> None:
-        started = time.perf_counter()
-        await self._store.put_bytes(digest, data, tool=self.tool)
-        self._done("put", digest.size, started)
-
-    async def get_record(self, namespace: str, key: str) -> Record | None:
-        started = time.perf_counter()
-        record = await self._store.get_record(namespace, key, tool=self.tool)
-        self._done("miss" if record is None else "hit", 0 if record is None else len(record.value), started)
-        return record
-
-    async def put_record(self, namespace: str, key: str, record: Record) -> None:
-        started = time.perf_counter()
-        await self._store.put_record(namespace, key, record, tool=self.tool)
-        self._done("put", len(record.value), started)
