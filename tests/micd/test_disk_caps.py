@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import random
 import time
-from pathlib import Path
 
 import pytest
 
@@ -15,26 +13,7 @@ from micd.errors import StoreFull
 from micd.store import Digest, Record
 from micd.tiers.disk import DiskTier, FilesystemFull
 from micd.tiers.disk import files as disk_files
-
-
-@pytest.fixture
-async def make_tier(tmp_path):
-    opened: list[DiskTier] = []
-
-    async def make(root: Path | None = None, **kw) -> DiskTier:
-        kw.setdefault("verify_limit", 64 << 10)
-        tier = DiskTier(root or tmp_path / "cache", **kw)
-        await tier.open()
-        opened.append(tier)
-        return tier
-
-    yield make
-    for tier in opened:
-        await tier.close()
-
-
-def blob(size: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(size)
+from tests.micd.helpers import blob, temp_files
 
 
 async def put_many(tier: DiskTier, count: int, size: int, first_seed: int = 0) -> list[tuple[Digest, bytes]]:
@@ -45,10 +24,6 @@ async def put_many(tier: DiskTier, count: int, size: int, first_seed: int = 0) -
         await tier.put_bytes(digest, data)
         out.append((digest, data))
     return out
-
-
-def temp_files(tier: DiskTier) -> list[Path]:
-    return [p for p in tier.layout.tmp.rglob("*") if p.is_file() and p.name != "lock"]
 
 
 @pytest.mark.parametrize(("soft", "hard"), [(0, 10), (10, 5), (-1, -1)])

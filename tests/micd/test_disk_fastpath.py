@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import random
-from pathlib import Path
 
 import pytest
 
@@ -19,37 +17,12 @@ from micd.store import Digest
 from micd.tiers.disk import DiskTier, FilesystemFull
 from micd.tiers.disk import files as disk_files
 from micd.tiers.disk import store as disk_store
+from tests.micd.helpers import blob, chunked, temp_files
 
 
 @pytest.fixture
-async def make_tier(tmp_path):
-    opened: list[DiskTier] = []
-
-    async def make(root: Path | None = None, **kw) -> DiskTier:
-        kw.setdefault("soft_cap", 1 << 30)
-        kw.setdefault("hard_cap", 1 << 30)
-        kw.setdefault("verify_limit", 64 << 10)
-        tier = DiskTier(root or tmp_path / "cache", **kw)
-        await tier.open()
-        opened.append(tier)
-        return tier
-
-    yield make
-    for tier in opened:
-        await tier.close()
-
-
-def blob(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def temp_files(tier: DiskTier) -> list[Path]:
-    return [p for p in tier.layout.tmp.rglob("*") if p.is_file() and p.name != "lock"]
-
-
-async def chunked(data: bytes, size: int = 1000):
-    for pos in range(0, len(data), size):
-        yield data[pos : pos + size]
+def disk_defaults() -> dict:
+    return {"soft_cap": 1 << 30, "hard_cap": 1 << 30, "verify_limit": 64 << 10}
 
 
 def assert_nothing_stored(tier: DiskTier, digest: Digest) -> None:

@@ -4,38 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 from pathlib import Path
 
 import pytest
 
 from micd.errors import BadRequest, IntegrityError
 from micd.store import Digest, Record
-from micd.tiers.disk import DiskTier
+from tests.micd.helpers import blob
 
 SMALL_LIMIT = 64 << 10
 
 
 @pytest.fixture
-async def make_tier(tmp_path):
-    opened: list[DiskTier] = []
-
-    async def make(root: Path | None = None, **kw) -> DiskTier:
-        kw.setdefault("soft_cap", 1 << 30)
-        kw.setdefault("hard_cap", 2 << 30)
-        kw.setdefault("verify_limit", SMALL_LIMIT)
-        tier = DiskTier(root or tmp_path / "cache", **kw)
-        await tier.open()
-        opened.append(tier)
-        return tier
-
-    yield make
-    for tier in opened:
-        await tier.close()
-
-
-def blob(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
+def disk_defaults() -> dict:
+    return {"soft_cap": 1 << 30, "hard_cap": 2 << 30, "verify_limit": SMALL_LIMIT}
 
 
 def flip(path: Path, position: int) -> None:

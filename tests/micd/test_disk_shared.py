@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from micd.store import Digest, Record
-from micd.tiers.disk import DiskTier
+from tests.micd.helpers import blob
 
 WRITER = """
 import asyncio, random, sys
@@ -48,25 +47,8 @@ SEED = 4242
 
 
 @pytest.fixture
-async def make_tier(tmp_path):
-    opened: list[DiskTier] = []
-
-    async def make(**kw) -> DiskTier:
-        kw.setdefault("soft_cap", 1 << 34)
-        kw.setdefault("hard_cap", 1 << 35)
-        kw.setdefault("verify_limit", 64 << 10)
-        tier = DiskTier(tmp_path / "cache", **kw)
-        await tier.open()
-        opened.append(tier)
-        return tier
-
-    yield make
-    for tier in opened:
-        await tier.close()
-
-
-def blob(size: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(size)
+def disk_defaults() -> dict:
+    return {"soft_cap": 1 << 34, "hard_cap": 1 << 35, "verify_limit": 64 << 10}
 
 
 def start_writer(root: Path, mode: str) -> subprocess.Popen:

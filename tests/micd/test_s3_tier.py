@@ -9,9 +9,7 @@ import logging
 import os
 import time
 import tracemalloc
-from collections import Counter
 
-import boto3
 import pytest
 import zstandard
 
@@ -19,20 +17,11 @@ from micd.errors import BadRequest, IntegrityError, TierUnavailable
 from micd.store import Digest, Record
 from micd.tiers.s3 import S3Tier
 from tests.fixtures.s3 import TcpProxy
+from tests.micd.helpers import FAST_FAILING_S3, count_requests, read, s3_keys
 
 pytestmark = pytest.mark.timeout(120)
 
 PREFIX = "team/mic"
-
-
-@pytest.fixture
-def bucket(s3_server, s3_env):
-    return s3_server.create_bucket()
-
-
-@pytest.fixture
-def boto(s3_server):
-    return boto3.client("s3", endpoint_url=s3_server.endpoint_url)
 
 
 @pytest.fixture
@@ -41,33 +30,11 @@ async def tier(s3_proxy, bucket):
         bucket=bucket,
         prefix=PREFIX,
         endpoint_url=s3_proxy.endpoint_url,
-        max_attempts=1,
-        connect_timeout=2,
-        read_timeout=5,
-        cooldown=(0.05, 0.2),
+        **FAST_FAILING_S3,
     )
     await tier.open()
     yield tier
     await tier.close()
-
-
-def count_requests(tier: S3Tier) -> Counter:
-    """Count HTTP requests per S3 operation (every attempt, as botocore sends it)."""
-    counts: Counter = Counter()
-
-    def on_send(event_name: str, **_: object) -> None:
-        counts[event_name.rsplit(".", 1)[-1]] += 1
-
-    tier._client.meta.events.register("before-send.s3", on_send)
-    return counts
-
-
-def keys(boto, bucket) -> list[str]:
-    return sorted(o["Key"] for o in boto.list_objects_v2(Bucket=bucket).get("Contents", []))
-
-
-async def read(blob) -> bytes:
-    return b"".join([chunk async for chunk in blob.chunks()])
 
 
 async def test_blob_layout_is_prefixed_sharded_zstd(tier, boto, bucket):
@@ -75,7 +42,7 @@ async def test_blob_layout_is_prefixed_sharded_zstd(tier, boto, bucket):
     digest = Digest.of(data)
     await tier.put_bytes(digest, data)
     key = f"{PREFIX}/cas/sha256/{digest.hex[:2]}/{digest.hex}"
-    assert keys(boto, bucket) == [key]
+    assert s3_keys(boto, bucket) == [key]
     body = boto.get_object(Bucket=bucket, Key=key)["Body"].read()
     assert len(body) < len(data)
     assert zstandard.ZstdDecompressor().decompress(body) == data
@@ -115,7 +82,7 @@ async def test_records_round_trip_under_kv_prefix(tier, boto, bucket):
     ref = Digest.of(b"x")
     record = Record(b"value", (ref,), (("content-type", "application/octet-stream"),))
     await tier.put_record("bazel-ac/main/inst", "k1", record)
-    assert keys(boto, bucket) == [f"{PREFIX}/kv/bazel-ac/main/inst/k1"]
+    assert s3_keys(boto, bucket) == [f"{PREFIX}/kv/bazel-ac/main/inst/k1"]
     assert await tier.get_record("bazel-ac/main/inst", "k1") == record
     assert await tier.get_record("bazel-ac/main/inst", "nope") is None
     record2 = Record(b"v2")
@@ -140,7 +107,7 @@ async def test_mismatched_upload_is_rejected_and_nothing_stored(tier, boto, buck
         await tier.put_bytes(digest, data + b"!")
     with pytest.raises(IntegrityError):
         await tier.put_bytes(digest, data[:-1])
-    assert keys(boto, bucket) == []
+    assert s3_keys(boto, bucket) == []
     assert not tier.known(digest)
 
 
@@ -168,7 +135,7 @@ async def test_corrupt_object_is_a_miss_then_repaired(tier, boto, bucket, size, 
     assert await tier.contains(digest)  # HEAD cannot see corruption ...
     assert await tier.get(digest) is None  # ... the verified download does
     assert "does not match its digest" in caplog.text
-    assert keys(boto, bucket) == []  # deleted so that the next upload repairs it
+    assert s3_keys(boto, bucket) == []  # deleted so that the next upload repairs it
     assert not await tier.contains(digest)
     await tier.put_bytes(digest, data)
     assert await tier.get_bytes(digest) == data

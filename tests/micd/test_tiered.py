@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections import Counter
 from pathlib import Path
 
-import boto3
 import pytest
 import zstandard
 
@@ -21,36 +19,17 @@ from micd.tiers.memory import MemoryTier
 from micd.tiers.s3 import S3Tier
 from micd.tiers.tiered import TieredStore
 from micd.upload_queue import UploadQueue
+from tests.micd.helpers import FAST_FAILING_S3, count_requests, read, s3_keys
 
 pytestmark = pytest.mark.timeout(120)
 
 PREFIX = "tiered"
 
 
-@pytest.fixture
-def bucket(s3_server, s3_env):
-    return s3_server.create_bucket()
-
-
-@pytest.fixture
-def boto(s3_server):
-    return boto3.client("s3", endpoint_url=s3_server.endpoint_url)
-
-
-def s3_keys(boto, bucket) -> list[str]:
-    return sorted(o["Key"] for o in boto.list_objects_v2(Bucket=bucket).get("Contents", []))
-
-
 def make_store(
     root: Path, endpoint: str, bucket: str, *, maxsize: int = 1000, hard_cap: int = 1 << 30, **s3_options
 ) -> TieredStore:
-    s3_options = {
-        "max_attempts": 1,
-        "connect_timeout": 2,
-        "read_timeout": 5,
-        "cooldown": (0.05, 0.2),
-        **s3_options,
-    }
+    s3_options = {**FAST_FAILING_S3, **s3_options}
     return TieredStore(
         memory=MemoryTier(budget=32 << 20),
         disk=DiskTier(root / "cache", soft_cap=hard_cap, hard_cap=hard_cap, verify_limit=1 << 20),
@@ -70,26 +49,12 @@ async def store(tmp_path, s3_proxy, bucket):
     await made.close(drain_timeout=0)
 
 
-def count_requests(store: TieredStore) -> Counter:
-    counts: Counter = Counter()
-
-    def on_send(event_name: str, **_: object) -> None:
-        counts[event_name.rsplit(".", 1)[-1]] += 1
-
-    store.s3._client.meta.events.register("before-send.s3", on_send)
-    return counts
-
-
 def blobs(n: int, size: int = 2000, seed: int = 0) -> list[tuple[Digest, bytes]]:
     out = []
     for i in range(n):
         data = (b"%d-%d|" % (seed, i)) * (size // 8)
         out.append((Digest.of(data), data))
     return out
-
-
-async def read(blob) -> bytes:
-    return b"".join([chunk async for chunk in blob.chunks()])
 
 
 def series(store: TieredStore) -> dict:
@@ -190,7 +155,7 @@ async def test_disk_wiped_reads_come_from_s3_and_refill(tmp_path, s3_proxy, buck
     store = make_store(tmp_path, s3_proxy.endpoint_url, bucket)
     await store.start()
     try:
-        counts = count_requests(store)
+        counts = count_requests(store.s3)
         record = await store.get_record("bazel-ac/x", "action")
         assert record is not None and len(record.refs) == 4  # refs found in S3
         assert await store.disk.get_record("bazel-ac/x", "action") == record  # and kept on disk
@@ -250,7 +215,7 @@ async def test_find_missing_asks_s3_only_for_local_misses(store):
         await store.put_bytes(digest, data)
     assert await store.queue.drain(20)
     store.s3._exists.clear()
-    counts = count_requests(store)
+    counts = count_requests(store.s3)
     absent = [d for d, _ in blobs(3, seed=7)]
     query = [d for d, _ in local] + absent
     assert await store.find_missing(query) == absent
@@ -268,7 +233,7 @@ async def test_concurrent_s3_reads_share_one_request(store, boto, bucket):
     data = os.urandom(2 << 20)
     digest = Digest.of(data)
     boto.put_object(Bucket=bucket, Key=store.s3.cas_key(digest), Body=zstandard.compress(data))
-    counts = count_requests(store)
+    counts = count_requests(store.s3)
     results = await asyncio.gather(*(store.get_bytes(digest) for _ in range(10)))
     assert results == [data] * 10
     assert counts["GetObject"] == 1

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from micd.errors import IntegrityError, StoreFull
@@ -11,6 +9,7 @@ from micd.store import Digest
 from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
 from micd.tiers.tiered import TieredStore
+from tests.micd.helpers import blob, chunked
 
 
 @pytest.fixture
@@ -32,15 +31,6 @@ async def make_store(tmp_path):
         await store.close()
 
 
-def blob(size: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-async def chunked(data: bytes, size: int = 300):
-    for pos in range(0, len(data), size):
-        yield data[pos : pos + size]
-
-
 @pytest.mark.parametrize("how", ["put_bytes", "put"])
 async def test_small_writes_go_through_to_memory_within_its_budget(make_store, how):
     store = await make_store(budget=10_000)  # max_blob = budget // 4 = 2500
@@ -49,7 +39,7 @@ async def test_small_writes_go_through_to_memory_within_its_budget(make_store, h
         if how == "put_bytes":
             await store.put_bytes(Digest.of(data), data)
         else:
-            await store.put(Digest.of(data), chunked(data))
+            await store.put(Digest.of(data), chunked(data, 300))
         assert store.memory.used <= 10_000
     in_memory = [await store.memory.get_bytes(Digest.of(d)) for d in pool]
     assert in_memory[-10:] == pool[-10:]  # the newest fill the budget
@@ -61,8 +51,8 @@ async def test_small_writes_go_through_to_memory_within_its_budget(make_store, h
 async def test_blobs_above_the_fill_limit_are_not_kept_in_memory(make_store):
     store = await make_store(budget=1 << 20, fill=2000)
     small, big = blob(2000, seed=1), blob(2001, seed=2)
-    await store.put(Digest.of(small), chunked(small))
-    await store.put(Digest.of(big), chunked(big))
+    await store.put(Digest.of(small), chunked(small, 300))
+    await store.put(Digest.of(big), chunked(big, 300))
     assert await store.memory.get_bytes(Digest.of(small)) == small
     assert await store.memory.get_bytes(Digest.of(big)) is None
     assert await store.get_bytes(Digest.of(big)) == big
@@ -77,13 +67,13 @@ async def test_rejected_writes_reach_no_tier(make_store, how):
         if how == "put_bytes":
             await store.put_bytes(digest, data[:-1] + b"?")
         else:
-            await store.put(digest, chunked(data + b"extra"))
+            await store.put(digest, chunked(data + b"extra", 300))
     too_big = blob(6000, seed=4)
     with pytest.raises(StoreFull):
         if how == "put_bytes":
             await store.put_bytes(Digest.of(too_big), too_big)
         else:
-            await store.put(Digest.of(too_big), chunked(too_big))
+            await store.put(Digest.of(too_big), chunked(too_big, 300))
     assert store.memory.used == 0
     assert await store.find_missing([digest, Digest.of(too_big)]) == [digest, Digest.of(too_big)]
 

@@ -1,0 +1,54 @@
+"""Builders shared by the micd tier tests: deterministic blobs, chunked bodies, S3 request counting."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from micd.tiers.disk import DiskTier
+
+FAST_FAILING_S3: dict[str, Any] = {
+    "max_attempts": 1,
+    "connect_timeout": 2,
+    "read_timeout": 5,
+    "cooldown": (0.05, 0.2),
+}
+"""S3Tier options for tests: one attempt, short timeouts and cool-downs, so outage tests finish quickly."""
+
+
+def blob(size: int, seed: int = 0) -> bytes:
+    """`size` pseudo-random bytes, the same for the same seed."""
+    return random.Random(seed).randbytes(size)
+
+
+async def chunked(data: bytes, size: int = 1000) -> AsyncIterator[bytes]:
+    for pos in range(0, len(data), size):
+        yield data[pos : pos + size]
+
+
+async def read(handle: Any) -> bytes:
+    """The whole body of an open blob handle."""
+    return b"".join([chunk async for chunk in handle.chunks()])
+
+
+def temp_files(tier: DiskTier) -> list[Path]:
+    """The disk tier's leftover temp files (its lock file aside)."""
+    return [p for p in tier.layout.tmp.rglob("*") if p.is_file() and p.name != "lock"]
+
+
+def s3_keys(boto: Any, bucket: str) -> list[str]:
+    return sorted(o["Key"] for o in boto.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def count_requests(s3_tier: Any) -> Counter:
+    """Count HTTP requests per S3 operation (every attempt, as botocore sends it)."""
+    counts: Counter = Counter()
+
+    def on_send(event_name: str, **_: object) -> None:
+        counts[event_name.rsplit(".", 1)[-1]] += 1
+
+    s3_tier._client.meta.events.register("before-send.s3", on_send)
+    return counts
