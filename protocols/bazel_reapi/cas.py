@@ -36,6 +36,12 @@ _T = TypeVar("_T")
 _OK = status_pb2.Status(code=grpc.StatusCode.OK.value[0])
 
 
+def _check_batch_size(total: int) -> None:
+    """Batch calls carry at most the max_batch_total_size_bytes we advertise (bigger goes via ByteStream)."""
+    if total > MAX_BATCH_TOTAL_SIZE:
+        raise BadRequest(f"batch of {total} bytes exceeds max_batch_total_size_bytes {MAX_BATCH_TOTAL_SIZE}")
+
+
 def _status(exc: BaseException) -> status_pb2.Status:
     return status_pb2.Status(code=grpc_code(exc).value[0], message=str(exc)[:1000])
 
@@ -60,11 +66,7 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
     ) -> re_pb2.BatchUpdateBlobsResponse:
         ac_namespace(request.instance_name)
         function = digest_function(request.digest_function)
-        total = sum(len(r.data) for r in request.requests)
-        if total > MAX_BATCH_TOTAL_SIZE:
-            raise BadRequest(
-                f"batch of {total} bytes exceeds max_batch_total_size_bytes {MAX_BATCH_TOTAL_SIZE}"
-            )
+        _check_batch_size(sum(len(r.data) for r in request.requests))
         statuses = await _all(self._update_one(r, function) for r in request.requests)
         return re_pb2.BatchUpdateBlobsResponse(
             responses=[
@@ -96,11 +98,7 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
         ac_namespace(request.instance_name)
         function = digest_function(request.digest_function)
         digests = from_protos(request.digests, function)
-        total = sum(d.size for d in digests)
-        if total > MAX_BATCH_TOTAL_SIZE:
-            raise BadRequest(
-                f"batch of {total} bytes exceeds max_batch_total_size_bytes {MAX_BATCH_TOTAL_SIZE}"
-            )
+        _check_batch_size(sum(d.size for d in digests))
         found = await _all(self._store.get_bytes(d) for d in digests)
         responses = []
         for proto, data in zip(request.digests, found, strict=True):

@@ -117,25 +117,21 @@ def ac_namespace(instance_name: str) -> str:
     return parse_namespace(f"{AC_NAMESPACE}/{instance_name}")
 
 
+_GRPC_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], grpc.StatusCode], ...] = (
+    (OutOfRange, grpc.StatusCode.OUT_OF_RANGE),  # before BadRequest: first match wins
+    ((BadRequest, IntegrityError, DecodeError), grpc.StatusCode.INVALID_ARGUMENT),
+    (UploadBusy, grpc.StatusCode.ABORTED),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Unauthorized, grpc.StatusCode.UNAUTHENTICATED),
+    (TierUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (FormatError, grpc.StatusCode.DATA_LOSS),
+)
+
+
 def grpc_code(exc: BaseException) -> grpc.StatusCode:
-    """The single error → gRPC status mapping of this edge."""
-    if isinstance(exc, OutOfRange):
-        return grpc.StatusCode.OUT_OF_RANGE
-    if isinstance(exc, BadRequest | IntegrityError | DecodeError):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, UploadBusy):
-        return grpc.StatusCode.ABORTED
-    if isinstance(exc, NotFound):
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(exc, StoreFull):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if isinstance(exc, Unauthorized):
-        return grpc.StatusCode.UNAUTHENTICATED
-    if isinstance(exc, TierUnavailable):
-        return grpc.StatusCode.UNAVAILABLE
-    if isinstance(exc, FormatError):
-        return grpc.StatusCode.DATA_LOSS
-    return grpc.StatusCode.INTERNAL
+    """The single error → gRPC status mapping of this edge (the first matching row of `_GRPC_CODES`)."""
+    return next((code for kinds, code in _GRPC_CODES if isinstance(exc, kinds)), grpc.StatusCode.INTERNAL)
 
 
 _Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
