@@ -5,15 +5,16 @@ Arguments only; the work is in `micd.client` (the one way `mic` reaches micd). E
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-import micd.client as client
+import micd.client as client  # noqa: PLR0402  (the layering test rejects `from micd import …`)
 
 __all__ = ["format_bytes", "register", "stats_rows"]
 
@@ -36,6 +37,15 @@ def _load(params: dict[str, Any]) -> client.Config:
         return client.load_config(_flags(params))
     except client.ConfigError as exc:
         raise click.ClickException(f"configuration error: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _daemon_errors() -> Iterator[None]:
+    """Report a failed daemon call as a one-line error (exit status 1) rather than a traceback."""
+    try:
+        yield
+    except client.DaemonError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _emit(data: dict[str, Any], as_json: bool, text: str) -> None:
@@ -163,10 +173,8 @@ def register(group: click.Group) -> None:
     def start(as_json: bool, timeout: float, **params: Any) -> None:
         """Start the daemon in the background unless one already serves this session."""
         config = _load(params)
-        try:
+        with _daemon_errors():
             info, started = client.start_daemon(config, _flags(params), timeout=timeout)
-        except client.DaemonError as exc:
-            raise click.ClickException(str(exc)) from exc
         head = "started" if started else "already running"
         _emit({**info.as_dict(), "started": started}, as_json, f"{head}: {_describe(info)}")
 
@@ -177,10 +185,8 @@ def register(group: click.Group) -> None:
     def stop(as_json: bool, timeout: float, **params: Any) -> None:
         """Stop the daemon (SIGTERM: it drains the S3 upload queue first) and wait for it to exit."""
         config = _load(params)
-        try:
+        with _daemon_errors():
             pid = client.stop_daemon(config, timeout=timeout)
-        except client.DaemonError as exc:
-            raise click.ClickException(str(exc)) from exc
         text = f"stopped micd pid {pid}" if pid else f"no daemon was running for {config.state_dir}"
         _emit({"stopped": pid is not None, "pid": pid}, as_json, text)
 
@@ -206,10 +212,8 @@ def register(group: click.Group) -> None:
     def stats(as_json: bool, **params: Any) -> None:
         """Hits, misses, bytes and hit ratio per tool and tier; tier sizes, upload queue and S3 state."""
         config = _load(params)
-        try:
+        with _daemon_errors():
             data = client.fetch_json(config, "/stats")
-        except client.DaemonError as exc:
-            raise click.ClickException(str(exc)) from exc
         if as_json:
             data["rows"] = stats_rows(data)
         _emit(data, as_json, _stats_table(data))

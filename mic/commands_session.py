@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 
 from mic.cliutil import Env, command_options, emit, project_option
@@ -51,6 +53,17 @@ def _active(ws: Workspace) -> str:
     if not ws.state.session:
         raise WorkspaceError("no active session in this workspace: run `mic session start \"goal\"` first")
     return ws.state.session
+
+
+async def _update_active(env: Env, change: Callable[[Session, int], Session]) -> Session:
+    """Apply `change(session, stamp)` to the active session (stamp: a fresh clock tick); save the workspace."""
+    from mic.session import update_session
+
+    ws = env.workspace()
+    stamp = ws.clock.tick()
+    session = await update_session(env.project(), _active(ws), lambda s: change(s, stamp))
+    ws.save()
+    return session
 
 
 @click.group("session")
@@ -111,14 +124,9 @@ async def list_cmd(env: Env) -> None:
 @command_options
 async def note(env: Env, message: str, role: str) -> None:
     """Add MESSAGE to the active session's conversation."""
-    from mic.session import update_session
-
-    ws = env.workspace()
-    stamp = ws.clock.tick()
-    session = await update_session(
-        env.project(), _active(ws), lambda s: s.with_(messages=(*s.messages, Message(role, stamp, message)))
+    session = await _update_active(
+        env, lambda s, stamp: s.with_(messages=(*s.messages, Message(role, stamp, message)))
     )
-    ws.save()
     emit(env, session_json(session), f"noted ({role}) in session {session.id}")
 
 
@@ -131,15 +139,9 @@ async def decide(env: Env, what: str, why: str, alternatives: tuple[str, ...]) -
     """Record a decision WHAT, why it was taken, and the alternatives considered."""
     if not what.strip() or not why.strip():
         raise BadRequest("a decision needs a non-empty WHAT and --why")
-    from mic.session import update_session
-
-    ws = env.workspace()
-    stamp = ws.clock.tick()
-    session = await update_session(
-        env.project(), _active(ws),
-        lambda s: s.with_(decisions=(*s.decisions, Decision(stamp, what, why, alternatives))),
+    session = await _update_active(
+        env, lambda s, stamp: s.with_(decisions=(*s.decisions, Decision(stamp, what, why, alternatives)))
     )
-    ws.save()
     emit(env, session_json(session), f"recorded decision in session {session.id}: {what}")
 
 
