@@ -7,17 +7,9 @@ import pytest
 
 from micd.store import Digest
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
-from tests.protocols.bazel_support import blob, new_store, pd, reapi_server
+from tests.protocols.bazel_support import blob, pd
 
 UPDATE = "/build.bazel.remote.execution.v2.ActionCache/UpdateActionResult"
-
-
-@pytest.fixture
-async def env():
-    store = new_store()
-    async with reapi_server(store) as reapi:
-        reapi.store = store
-        yield reapi
 
 
 async def _result(store, *, stored: bool = True) -> tuple[re_pb2.ActionResult, list[tuple[bytes, Digest]]]:

@@ -17,14 +17,6 @@ from tests.protocols.bazel_support import blob, new_store, reapi_server
 CHUNK = 64 << 10
 
 
-@pytest.fixture
-async def env():
-    store = new_store()
-    async with reapi_server(store) as reapi:
-        reapi.store = store
-        yield reapi
-
-
 def upload_name(digest: Digest, instance: str = "", uuid: str = "u-1", compressed: bool = False) -> str:
     prefix = f"{instance}/" if instance else ""
     kind = "compressed-blobs/zstd" if compressed else "blobs"

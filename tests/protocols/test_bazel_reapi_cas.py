@@ -14,14 +14,6 @@ from tests.protocols.bazel_support import blob, new_store, pd, reapi_server
 OK, INVALID, NOT_FOUND = 0, grpc.StatusCode.INVALID_ARGUMENT.value[0], grpc.StatusCode.NOT_FOUND.value[0]
 
 
-@pytest.fixture
-async def env():
-    store = new_store()
-    async with reapi_server(store) as reapi:
-        reapi.store = store
-        yield reapi
-
-
 async def test_capabilities_advertise_what_bazel_checks(env):
     caps = await env.capabilities.GetCapabilities(re_pb2.GetCapabilitiesRequest(instance_name="main/inst"))
     cache = caps.cache_capabilities
