@@ -1,4 +1,5 @@
-"""Protocol-side HTTP helper: send an open `micd.store.Blob` as an aiohttp response.
+"""Protocol-side HTTP helpers shared by the aiohttp frontends: the one MicError → status mapping, handler
+binding, and sending an open `micd.store.Blob` as a response.
 
 The HTTP frontends (`bazel_http`, `cas_http`) serve blobs the same way: sendfile when the blob is a verified
 file and the whole body goes out unchanged, else bounded chunks. Corruption detected mid-stream (IntegrityError
@@ -9,16 +10,17 @@ sees a truncated body, never wrong bytes.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from aiohttp import web
 
 from micd.errors import BadRequest, IntegrityError, MicError, NotFound, StoreFull, Unauthorized
-from micd.store import Blob
+from micd.store import Blob, Store
 
-__all__ = ["CONTENT_TYPE", "Encoder", "error_response", "send_blob", "status_for"]
+__all__ = ["CONTENT_TYPE", "Encoder", "bind", "error_response", "send_blob", "status_for"]
 
 CONTENT_TYPE = "application/octet-stream"
+Handler = Callable[[web.Request, Store], Awaitable[web.StreamResponse]]
 Encoder = Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]
 """Re-encodes a chunk stream (e.g. zstd); paired with its Content-Encoding name."""
 log = logging.getLogger(__name__)
@@ -40,6 +42,27 @@ def status_for(exc: MicError) -> int:
 def error_response(exc: MicError) -> web.Response:
     """A small plain-text error: some clients (Bazel) choke on error bodies over 10 KiB."""
     return web.Response(status=status_for(exc), text=str(exc)[:2000] + "\n")
+
+
+def bind(
+    handler: Handler, store: Store, *, close_failed_puts: bool = False
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """`handler(request, store)` as an aiohttp handler that renders a MicError with `error_response`.
+
+    With `close_failed_puts`, a failed PUT also closes the connection: its body may be unread or undecodable.
+    """
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request, store)
+        except MicError as exc:
+            response = error_response(exc)
+            if close_failed_puts and request.method == "PUT":
+                response.force_close()
+            return response
+
+    route.__name__ = handler.__name__
+    return route
 
 
 async def send_blob(

@@ -29,10 +29,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from micd.blobs import CHUNK
-from micd.errors import BadRequest, IntegrityError, MicError
+from micd.errors import BadRequest, IntegrityError
 from micd.store import Digest, Record, Store
 from micd.validate import parse_digest, parse_size
-from protocols._http import CONTENT_TYPE, error_response, send_blob
+from protocols._http import CONTENT_TYPE, bind, send_blob
 from protocols.bazel_reapi.action_result import action_key, decode_action_result, referenced_digests
 from protocols.bazel_reapi.common import ac_namespace
 from protocols.bazel_reapi.compression import compress_bytes, compress_stream
@@ -166,26 +166,13 @@ async def handle_put_cas(request: web.Request, store: Store) -> web.StreamRespon
 def routes(store: Store) -> list[web.RouteDef]:
     """The HTTP cache's routes bound to `store` (normally `tiered.for_tool("bazel")`)."""
 
-    def bind(handler):  # type: ignore[no-untyped-def]
-        async def route(request: web.Request) -> web.StreamResponse:
-            try:
-                return await handler(request, store)
-            except MicError as exc:
-                response = error_response(exc)
-                if request.method == "PUT":
-                    response.force_close()  # the rest of the body may be unread or undecodable
-                return response
-
-        route.__name__ = handler.__name__
-        return route
-
     table = []
     for prefix in ("", "/" + _INSTANCE):
         for kind, get, put in (("ac", handle_get_ac, handle_put_ac), ("cas", handle_get_cas, handle_put_cas)):
             path = f"{prefix}/{kind}/{{hex}}"
             table += [
-                web.get(path, bind(get), allow_head=False),
-                web.head(path, bind(get)),
-                web.put(path, bind(put)),
+                web.get(path, bind(get, store), allow_head=False),
+                web.head(path, bind(get, store)),
+                web.put(path, bind(put, store, close_failed_puts=True)),
             ]
     return table

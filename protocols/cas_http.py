@@ -23,10 +23,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from micd.blobs import CHUNK
-from micd.errors import BadRequest, IntegrityError, MicError
+from micd.errors import BadRequest, IntegrityError
 from micd.store import Digest, Store
 from micd.validate import parse_digest
-from protocols._http import CONTENT_TYPE, error_response, send_blob, status_for
+from protocols._http import CONTENT_TYPE, bind, send_blob, status_for
 
 __all__ = ["PREFIX", "parse_range", "routes", "status_for"]
 
@@ -101,18 +101,8 @@ async def handle_put_blob(request: web.Request, store: Store) -> web.StreamRespo
 def routes(store: Store) -> list[web.RouteDef]:
     """Return the endpoint's routes bound to `store` (normally `tiered.for_tool("cas")`)."""
 
-    def bind(handler):  # type: ignore[no-untyped-def]
-        async def route(request: web.Request) -> web.StreamResponse:
-            try:
-                return await handler(request, store)
-            except MicError as exc:
-                return error_response(exc)
-
-        route.__name__ = handler.__name__
-        return route
-
     return [
-        web.head(_ROUTE, bind(handle_head_blob)),
-        web.get(_ROUTE, bind(handle_get_blob), allow_head=False),
-        web.put(_ROUTE, bind(handle_put_blob)),
+        web.head(_ROUTE, bind(handle_head_blob, store)),
+        web.get(_ROUTE, bind(handle_get_blob, store), allow_head=False),
+        web.put(_ROUTE, bind(handle_put_blob, store)),
     ]
