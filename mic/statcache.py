@@ -7,9 +7,9 @@ entry whose mtime is within `RACY_NS` of that moment is "smudged" (mtime -1) and
 made in the same clock tick as our hash cannot hide behind an unchanged mtime. This is git's racy-index rule, and
 like git it lets a fresh checkout trust every file written more than `RACY_NS` before the index was saved.
 
-The file is one `marshal`led tuple written with temp + rename: (version, stat keys, changes, entries). `mic
-status` on an unchanged tree needs only the first two (path → (mtime, size, inode, mode), and the paths that
-differ from the base); the full entries, a nested marshal blob, are decoded only when some file's stat changed.
+The file is one `marshal`led tuple written with temp + rename (layout in `Index`). `mic status` on an unchanged
+tree decodes only the stat keys (path → (mtime, size, inode, mode)) and the changes against the base; the full
+entries are decoded only when some file's stat changed, and a save after a small change writes a delta.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = ["IGNORED", "Index", "ScanResult", "file_mode", "hash_path", "scan"]
 
 IGNORED = frozenset({".mic", ".git"})
 RACY_NS = 100_000_000
-_VERSION = 2
+_VERSION = 3
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 # entry = (size, mtime_ns, ino, cur_hash, cur_mode, base_hash | None, base_mode, base_size)
@@ -53,6 +53,18 @@ def hash_path(path: str | Path, mode: int) -> bytes:
     return hasher.digest()
 
 
+def _key(e: Entry) -> tuple[int, int, int, int]:
+    return (e[1], e[0], e[2], e[4])
+
+
+def _change(e: Entry) -> Change | None:
+    if e[5] is None:
+        return ("added", e[3], e[4], e[0])
+    if e[3] != e[5] or e[4] != e[6]:
+        return ("modified", e[3], e[4], e[0])
+    return None
+
+
 def _summaries(entries: dict[str, Entry]) -> tuple[dict[str, tuple[int, int, int, int]], dict[str, Change]]:
     """(path → stat key, path → change against the base) for every entry."""
     keys = {rel: (e[1], e[0], e[2], e[4]) for rel, e in entries.items()}
@@ -65,63 +77,163 @@ def _summaries(entries: dict[str, Entry]) -> tuple[dict[str, tuple[int, int, int
     return keys, changes
 
 
+class _Entries(dict):  # type: ignore[type-arg]
+    """The entries, remembering which paths were written since the last sync (so a save can be a small delta)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.touched: set[str] = set()
+        self.all_touched = False
+
+    def __setitem__(self, rel: str, e: Entry) -> None:
+        self.touched.add(rel)
+        super().__setitem__(rel, e)
+
+    def __delitem__(self, rel: str) -> None:
+        self.touched.add(rel)
+        super().__delitem__(rel)
+
+    def pop(self, rel: str, *default: object) -> object:
+        self.touched.add(rel)
+        return super().pop(rel, *default)
+
+    def setdefault(self, rel: str, e: object = None) -> object:
+        self.touched.add(rel)
+        return super().setdefault(rel, e)
+
+    def update(self, *args: object, **kwargs: object) -> None:
+        self.all_touched = True
+        super().update(*args, **kwargs)
+
+    def __ior__(self, other: object) -> _Entries:
+        self.all_touched = True
+        return super().__ior__(other)  # type: ignore[no-any-return]
+
+    def popitem(self) -> tuple[str, Entry]:
+        self.all_touched = True
+        return super().popitem()
+
+    def clear(self) -> None:
+        self.all_touched = True
+        super().clear()
+
+
 class Index:
-    """The stat cache. `entries` (decoded on first use) is mutated in place and saved with `save()`."""
+    """The stat cache. `entries` (decoded on first use) is mutated in place and saved with `save()`.
+
+    On disk: (version, stat-key blob, entries blob, delta, changes). The two blobs are nested `marshal` data
+    written by the last full save; `delta` holds the entries written since (None for a removed path), so a land
+    that changed one file rewrites the blobs' bytes as they are instead of re-encoding 100k entries.
+    """
 
     def __init__(self, path: Path, entries: dict[str, Entry] | None = None) -> None:
         self.path = path
-        self._entries = entries
-        self._packed: bytes | None = None  # the entries as stored, until someone needs them
-        # what the last save knew, valid while `_entries` has not been handed out (callers may mutate it)
-        self._keys: dict[str, tuple[int, int, int, int]] | None = None
-        self._changes: dict[str, Change] | None = None
+        self._entries = None if entries is None else _Entries(entries)
+        self._keys_blob: bytes | None = None
+        self._entries_blob: bytes | None = None
+        self._delta: set[str] = set()  # paths whose entry differs from the blobs
+        self._pending_delta: dict[str, Entry] = {}  # the delta read from disk, until the entries are decoded
+        # path → stat key and path → change, in step with the entries as of the last `_sync`
+        self._keys: dict[str, tuple[int, int, int, int]] | None = {} if entries is None else None
+        self._changes: dict[str, Change] = {}
         self.outdated = False  # loaded from an older format: worth saving even when no file changed
 
     @property
     def entries(self) -> dict[str, Entry]:
         if self._entries is None:
-            try:
-                self._entries = marshal.loads(self._packed) if self._packed is not None else {}
-            except (EOFError, ValueError, TypeError):
-                self._entries = {}
-            if not isinstance(self._entries, dict):
-                self._entries = {}
-            self._packed = None
-        self._keys = self._changes = None
+            loaded: dict[str, Entry] = {}
+            if self._entries_blob is not None:
+                try:
+                    loaded = marshal.loads(self._entries_blob)
+                except (EOFError, ValueError, TypeError):
+                    loaded = None
+                if not isinstance(loaded, dict):  # damaged: start over (a full save, everything re-hashed)
+                    self._keys, self._changes, self._entries_blob, loaded = None, {}, None, {}
+                for rel in self._delta:
+                    loaded.pop(rel, None)
+                loaded.update(self._pending_delta)
+            self._entries = _Entries(loaded)
+            self._pending_delta = {}
         return self._entries
+
+    def _sync(self) -> tuple[dict[str, tuple[int, int, int, int]], dict[str, Change]]:
+        """Bring the stat keys and changes up to date with the entries; return them."""
+        e = self._entries
+        if self._keys is None or (e is not None and e.all_touched):
+            e = self.entries
+            self._keys, self._changes = _summaries(e)
+            self._keys_blob = self._entries_blob = None  # nothing to write a delta against: next save is full
+            e.touched.clear()
+            e.all_touched = False
+        elif e is not None and e.touched:
+            keys, changes = self._keys, self._changes
+            for rel in e.touched:
+                x = dict.get(e, rel)
+                if x is None:
+                    keys.pop(rel, None)
+                    changes.pop(rel, None)
+                    continue
+                keys[rel] = _key(x)
+                c = _change(x)
+                if c is None:
+                    changes.pop(rel, None)
+                else:
+                    changes[rel] = c
+            self._delta |= e.touched
+            e.touched.clear()
+        return self._keys, self._changes
 
     @classmethod
     def load(cls, path: Path) -> Index:
         try:
             data = marshal.loads(path.read_bytes())
+            if isinstance(data, tuple) and len(data) == 2 and data[0] == 1 and isinstance(data[1], dict):
+                index = cls(path, data[1])  # the version-1 format: just the entries
+                index.outdated = True
+                return index
+            if isinstance(data, tuple) and len(data) == 4 and data[0] == 2:
+                index = cls(path, marshal.loads(data[3]))  # version 2: (2, keys, changes, entries blob)
+                index.outdated = True
+                return index
+            _, keys_blob, entries_blob, delta, changes = data
+            keys = marshal.loads(keys_blob)
+            if not (data[0] == _VERSION and isinstance(keys, dict) and isinstance(entries_blob, bytes)
+                    and isinstance(delta, dict) and isinstance(changes, dict)):
+                return cls(path)
         except FileNotFoundError:
             return cls(path)
         except (EOFError, ValueError, TypeError):
             return cls(path)  # a damaged cache only costs re-hashing; the base is rebuilt by `mic status`
-        if isinstance(data, tuple) and len(data) == 2 and data[0] == 1 and isinstance(data[1], dict):
-            index = cls(path, data[1])  # the version-1 format: just the entries
-            index.outdated = True
-            return index
-        if not (isinstance(data, tuple) and len(data) == 4 and data[0] == _VERSION):
-            return cls(path)
-        _, keys, changes, packed = data
-        if not (isinstance(keys, dict) and isinstance(changes, dict) and isinstance(packed, bytes)):
-            return cls(path)
+        for rel, e in delta.items():
+            if e is None:
+                keys.pop(rel, None)
+            else:
+                keys[rel] = _key(e)
         index = cls(path)
-        index._keys, index._changes, index._packed = keys, changes, packed
+        index._keys, index._changes = keys, changes
+        index._keys_blob, index._entries_blob = keys_blob, entries_blob
+        index._delta = set(delta)
+        index._pending_delta = {rel: e for rel, e in delta.items() if e is not None}
         return index
 
     def save(self) -> None:
-        if self._entries is None:
+        e = self._entries
+        if e is None:
             return  # never decoded, so never changed: the file on disk is current
-        entries = self._entries
+        # only entries written since the last full save can be racy (older ones were smudged when saved): those
+        # not yet synced, and the delta
+        racy = e if (self._keys is None or e.all_touched) else (e.touched | self._delta)
         cutoff = time.time_ns() - RACY_NS
-        for rel in [rel for rel, e in entries.items() if e[1] >= cutoff]:
-            e = entries[rel]
-            entries[rel] = (e[0], -1, *e[2:])
-        keys, changes = _summaries(entries)
+        for rel in [rel for rel in racy if rel in e and dict.__getitem__(e, rel)[1] >= cutoff]:
+            x = dict.__getitem__(e, rel)
+            e[rel] = (x[0], -1, *x[2:])
+        keys, changes = self._sync()
+        if self._entries_blob is None or self._keys_blob is None or len(self._delta) > max(1000, len(e) // 50):
+            self._keys_blob, self._entries_blob = marshal.dumps(keys), marshal.dumps(dict(e))
+            self._delta = set()
+        delta = {rel: dict.get(e, rel) for rel in self._delta}
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(marshal.dumps((_VERSION, keys, changes, marshal.dumps(entries))))
+        tmp.write_bytes(marshal.dumps((_VERSION, self._keys_blob, self._entries_blob, delta, changes)))
         os.replace(tmp, self.path)
         self.outdated = False
 
@@ -205,14 +317,14 @@ def scan(root: Path, index: Index) -> ScanResult:
     Files whose stat key matches the cache cost one `lstat` and a dict lookup; the full entries are decoded and
     touched only for the rest (new, changed, smudged or deleted files).
     """
-    keys, changes = index._keys, index._changes
-    if keys is None or changes is None:
-        keys, changes = _summaries(index.entries)
+    keys, changes = index._sync()
     seen, suspects = _walk(os.fspath(root), keys)
     changes = dict(changes)
     if not suspects and len(seen) == len(keys):
         return ScanResult(changes, 0)  # every cached file is there, unchanged: nothing to decode or save
     entries = index.entries
+    if index._keys is None:  # the stored entries were damaged: compare against what could be recovered
+        return scan(root, index)
     for rel, full, st, mode in suspects:
         e = entries.get(rel)
         base = (e[5], e[6], e[7]) if e is not None else (None, 0, 0)

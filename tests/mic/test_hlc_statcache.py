@@ -76,3 +76,81 @@ def test_recently_modified_file_is_not_trusted(tmp_path):
 def test_damaged_index_only_costs_rehashing(tmp_path):
     (tmp_path / "index").write_bytes(b"\x00garbage")
     assert Index.load(tmp_path / "index").entries == {}
+
+
+def _tracked_tree(tmp_path, n=40):
+    (tmp_path / ".mic").mkdir()
+    for i in range(n):
+        (tmp_path / f"d{i % 4}").mkdir(exist_ok=True)
+        (tmp_path / f"d{i % 4}" / f"f{i}").write_text(f"content {i}")
+        _age(tmp_path / f"d{i % 4}" / f"f{i}")
+    index = Index(tmp_path / ".mic" / "index")
+    scan(tmp_path, index)
+    for rel, e in list(index.entries.items()):  # make every file part of the base
+        index.entries[rel] = (*e[:5], e[3], e[4], e[0])
+    index.save()
+    return Index.load(tmp_path / ".mic" / "index")
+
+
+def test_small_saves_write_a_delta_that_round_trips(tmp_path):
+    index = _tracked_tree(tmp_path)
+    full = (tmp_path / ".mic" / "index").stat().st_size
+    (tmp_path / "d1" / "f1").write_text("changed")
+    _age(tmp_path / "d1" / "f1", 2)
+    (tmp_path / "d2" / "new").write_text("new file")
+    _age(tmp_path / "d2" / "new", 2)
+    (tmp_path / "d3" / "f3").unlink()
+    first = scan(tmp_path, index)
+    assert {p: c[0] for p, c in first.changes.items()} == {"d1/f1": "modified", "d2/new": "added", "d3/f3": "deleted"}
+    index.entries.pop("d3/f3")  # as a landing of the deletion does
+    index.save()
+    assert index._delta == {"d1/f1", "d2/new", "d3/f3"}  # the blobs were reused as they were
+    reloaded = Index.load(tmp_path / ".mic" / "index")
+    assert reloaded.entries == index.entries and "d3/f3" not in reloaded.entries
+    again = scan(tmp_path, Index.load(tmp_path / ".mic" / "index"))
+    assert again.rehashed == 0 and {p: c[0] for p, c in again.changes.items()} == {"d1/f1": "modified", "d2/new": "added"}
+    assert (tmp_path / ".mic" / "index").stat().st_size > full - 200  # same blobs plus a small delta
+
+
+def test_entries_written_directly_are_seen_by_the_next_scan(tmp_path):
+    index = _tracked_tree(tmp_path)
+    assert scan(tmp_path, index).changes == {}
+    e = index.entries["d0/f0"]
+    index.entries["d0/f0"] = (*e[:5], b"\x01" * 32, e[6], e[7])  # the base moved on (as after a landing)
+    changed = scan(tmp_path, index)
+    assert changed.rehashed == 0 and list(changed.changes) == ["d0/f0"]
+    index.save()
+    assert list(scan(tmp_path, Index.load(tmp_path / ".mic" / "index")).changes) == ["d0/f0"]
+
+
+def test_many_changes_make_a_full_save(tmp_path):
+    index = _tracked_tree(tmp_path, n=1200)
+    for i in range(0, 1200, 1):
+        (tmp_path / f"d{i % 4}" / f"f{i}").write_text(f"new {i}")
+        _age(tmp_path / f"d{i % 4}" / f"f{i}", 2)
+    assert len(scan(tmp_path, index).changes) == 1200
+    index.save()
+    assert index._delta == set()  # re-encoded: the delta would have been larger than the threshold
+    assert len(scan(tmp_path, Index.load(tmp_path / ".mic" / "index")).changes) == 1200
+
+
+def test_damaged_entries_blob_only_costs_rehashing(tmp_path):
+    import marshal
+
+    _tracked_tree(tmp_path, n=8)
+    path = tmp_path / ".mic" / "index"
+    data = list(marshal.loads(path.read_bytes()))
+    data[2] = b"\x00garbage"
+    path.write_bytes(marshal.dumps(tuple(data)))
+    (tmp_path / "d0" / "f0").write_text("changed")
+    result = scan(tmp_path, Index.load(path))
+    assert result.rehashed == 8 and {c[0] for c in result.changes.values()} == {"added"}
+
+
+def test_racy_rule_holds_when_a_scan_runs_between_change_and_save(tmp_path):
+    index = _tracked_tree(tmp_path)
+    (tmp_path / "d0" / "f0").write_text("fresh")  # written just now: within RACY_NS of the save below
+    scan(tmp_path, index)
+    scan(tmp_path, index)  # folds the first scan's writes into the delta before the save
+    index.save()
+    assert Index.load(tmp_path / ".mic" / "index").entries["d0/f0"][1] == -1
