@@ -23,22 +23,20 @@ import functools
 import io
 import logging
 import os
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
 import aioboto3
-import aiohttp
 import zstandard
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
 
 from micd.blobs import CHUNK, BytesBlob, Verifier, aiter_bytes, clamp_range
 from micd.errors import FormatError, IntegrityError, TierUnavailable
 from micd.record import decode_record, encode_record
 from micd.store import Digest, Record
+from micd.tiers.s3_health import Health, Missing
 from micd.tiers.s3_spool import Sink, SpoolBlob, SpoolEntry, retrieve_exception, temp_file
 
 __all__ = ["S3Tier", "SpoolBlob"]  # SpoolBlob: re-exported from s3_spool for callers that type against it
@@ -47,12 +45,6 @@ log = logging.getLogger(__name__)
 
 _INLINE = 1 << 20  # blobs up to this size are spooled in memory, larger ones in a temp file
 _MAX_RECORD = 64 << 20
-_MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
-_READS = {"HEAD", "GET", "DELETE"}
-
-
-class _Missing(Exception):
-    """Internal: S3 answered 404."""
 
 
 class S3Tier:
@@ -89,8 +81,7 @@ class S3Tier:
         self.region = region
         self.part_size = part_size
         self._concurrency = concurrency
-        self._op_timeout = op_timeout
-        self._cooldown_min, self._cooldown_max = cooldown
+        self._health = Health(op_timeout=op_timeout, cooldown=cooldown)
         self.spool_dir = spool_dir  # where large downloads/uploads spool; None: the system temp dir
         self._level = compression_level
         self._config = Config(
@@ -109,10 +100,6 @@ class S3Tier:
         self._uploads: dict[Digest, asyncio.Future[None]] = {}
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
-        self._cooldown = 0.0
-        self._down_until = 0.0
-        self.errors = 0
-        self.last_error: str | None = None
 
     # -- lifecycle and health ----------------------------------------------------------------------
     async def open(self) -> None:
@@ -135,7 +122,16 @@ class S3Tier:
     @property
     def state(self) -> str:
         """Health: "ok" while the last S3 call succeeded, "degraded" after a failure (until one succeeds)."""
-        return "degraded" if self._cooldown else "ok"
+        return self._health.state
+
+    @property
+    def errors(self) -> int:
+        """S3 calls that failed (a miss is not a failure)."""
+        return self._health.errors
+
+    @property
+    def last_error(self) -> str | None:
+        return self._health.last_error
 
     def stats(self) -> dict[str, Any]:
         """Health, error count and cache sizes for `mic stats`."""
@@ -167,51 +163,11 @@ class S3Tier:
         while len(self._exists) > self._exists_max:
             self._exists.popitem(last=False)
 
-    @contextlib.asynccontextmanager
-    async def _guard(self, op: str, key: str) -> AsyncIterator[None]:
-        """Run one S3 call: a missing key → `_Missing` (reads only), any other failure → logged, cool-down,
-        `TierUnavailable`. A missing bucket is a failure, never a miss: uploads must not vanish into it."""
+    def _guard(self, op: str, key: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """The health guard of one S3 call (see `s3_health.Health.guard`); TierUnavailable if not open."""
         if self._client is None:
             raise TierUnavailable("S3 tier is not open")
-        if self._cooldown:
-            now = time.monotonic()
-            if now < self._down_until:
-                raise TierUnavailable(f"S3 unavailable (cooling down after: {self.last_error})")
-            self._down_until = now + self._cooldown  # this call probes; the others keep failing fast
-        try:
-            async with asyncio.timeout(self._op_timeout):
-                yield
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-            if (
-                op in _READS
-                and error.get("Code") != "NoSuchBucket"
-                and (status == "404" or error.get("Code") in _MISSING_CODES)
-            ):
-                self._succeeded()
-                raise _Missing from exc
-            self._failed(op, key, exc)
-            raise TierUnavailable(f"S3 {op} {key}: {exc}") from exc
-        except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            self._failed(op, key, exc)
-            raise TierUnavailable(f"S3 {op} {key}: {exc!r}") from exc
-        self._succeeded()
-
-    def _failed(self, op: str, key: str, exc: BaseException) -> None:
-        self.errors += 1
-        self.last_error = f"{op} {key}: {exc!r}"
-        first = not self._cooldown
-        self._cooldown = min(self._cooldown * 2 or self._cooldown_min, self._cooldown_max)
-        self._down_until = time.monotonic() + self._cooldown
-        log.warning("S3 %s of %s failed (%s); S3 tier degraded for %.1f s", op, key, exc, self._cooldown)
-        if first:
-            log.error("S3 tier degraded: serving from local tiers only until S3 answers again")
-
-    def _succeeded(self) -> None:
-        if self._cooldown:
-            log.warning("S3 tier reachable again")
-        self._cooldown = 0.0
+        return self._health.guard(op, key)
 
     # -- CAS: existence ----------------------------------------------------------------------------
     async def contains(self, digest: Digest) -> bool:
@@ -234,7 +190,7 @@ class S3Tier:
         try:
             async with self._guard("HEAD", key):
                 await self._client.head_object(Bucket=self.bucket, Key=key)
-        except _Missing:
+        except Missing:
             return False
         self._remember(digest)
         return True
@@ -313,7 +269,7 @@ class S3Tier:
                 body.close()
             await _maybe_thread(small, writer.flush)
             verifier.check()
-        except _Missing:
+        except Missing:
             spool.close()
             self._exists.pop(digest, None)  # deleted behind our back (e.g. a bucket lifecycle rule)
             return None
@@ -338,7 +294,7 @@ class S3Tier:
         try:
             async with self._guard("DELETE", key):
                 await self._client.delete_object(Bucket=self.bucket, Key=key)
-        except (_Missing, TierUnavailable):
+        except (Missing, TierUnavailable):
             pass
 
     # -- CAS: writes -------------------------------------------------------------------------------
@@ -433,7 +389,7 @@ class S3Tier:
                     data = await body.read(_MAX_RECORD + 1)
                 finally:
                     body.close()
-        except _Missing:
+        except Missing:
             return None
         try:
             if len(data) > _MAX_RECORD:
