@@ -154,3 +154,49 @@ def test_racy_rule_holds_when_a_scan_runs_between_change_and_save(tmp_path):
     scan(tmp_path, index)  # folds the first scan's writes into the delta before the save
     index.save()
     assert Index.load(tmp_path / ".mic" / "index").entries["d0/f0"][1] == -1
+
+
+def _scan_kinds(tmp_path):
+    result = scan(tmp_path, Index.load(tmp_path / ".mic" / "index"))
+    return result.rehashed, {p: c[0] for p, c in result.changes.items()}
+
+
+def _change_some(tmp_path):
+    for d in ("d0", "d1", "d2", "d3"):  # one change of each kind on both sides of the split
+        (tmp_path / d / "extra").write_text("new")
+    (tmp_path / "d0" / "f0").write_text("changed 0")
+    (tmp_path / "d1" / "f1").write_text("changed 1")
+    (tmp_path / "d2" / "f2").unlink()
+    (tmp_path / "d3" / "f3").unlink()
+
+
+def test_forked_walk_finds_what_the_single_walk_finds(tmp_path, monkeypatch):
+    import mic.statcache as statcache
+
+    _tracked_tree(tmp_path)
+    _change_some(tmp_path)
+    monkeypatch.setattr(statcache, "_FORK_MIN", 10**9)
+    single = _scan_kinds(tmp_path)
+    monkeypatch.setattr(statcache, "_FORK_MIN", 0)
+    forked = _scan_kinds(tmp_path)
+    assert forked == single and single[0] == 6 and len(single[1]) == 8
+
+
+def test_forked_walk_falls_back_when_the_child_fails(tmp_path, monkeypatch):
+    import marshal
+    import types
+
+    import mic.statcache as statcache
+
+    _tracked_tree(tmp_path)
+    _change_some(tmp_path)
+    expected = _scan_kinds(tmp_path)
+
+    def broken_dumps(value, *args):
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], list):
+            raise RuntimeError("child cannot report")  # only the child's report has this shape
+        return marshal.dumps(value, *args)
+
+    monkeypatch.setattr(statcache, "_FORK_MIN", 0)
+    monkeypatch.setattr(statcache, "marshal", types.SimpleNamespace(dumps=broken_dumps, loads=marshal.loads))
+    assert _scan_kinds(tmp_path) == expected
