@@ -17,6 +17,7 @@ from __future__ import annotations
 import marshal
 import os
 import stat
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,9 @@ __all__ = ["IGNORED", "Index", "ScanResult", "file_mode", "hash_path", "scan"]
 
 IGNORED = frozenset({".mic", ".git"})
 RACY_NS = 100_000_000
-_VERSION = 3
+_VERSION = 4
+_MAGIC = b"MICI"
+_HEADER = struct.Struct("<BxxxQQQ")  # version, then the byte lengths of the three parts
 _FORK_MIN = 20_000  # cached files below which a second walker process costs more than it saves
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -130,8 +133,8 @@ class Index:
     def __init__(self, path: Path, entries: dict[str, Entry] | None = None) -> None:
         self.path = path
         self._entries = None if entries is None else _Entries(entries)
-        self._keys_blob: bytes | None = None
-        self._entries_blob: bytes | None = None
+        self._keys_blob: bytes | memoryview | None = None  # as read (a view of the file's bytes) or last written
+        self._entries_blob: bytes | memoryview | None = None
         self._delta: set[str] = set()  # paths whose entry differs from the blobs
         self._pending_delta: dict[str, Entry] = {}  # the delta read from disk, until the entries are decoded
         # path → stat key and path → change, in step with the entries as of the last `_sync`
@@ -187,7 +190,18 @@ class Index:
     @classmethod
     def load(cls, path: Path) -> Index:
         try:
-            data = marshal.loads(path.read_bytes())
+            raw = path.read_bytes()
+            if raw[:4] == _MAGIC:  # header, then the key blob, (delta, changes), the entry blob: no copies made
+                version, n_keys, n_meta, n_entries = _HEADER.unpack_from(raw, 4)
+                view = memoryview(raw)[4 + _HEADER.size :]
+                if version != _VERSION or len(view) != n_keys + n_meta + n_entries:
+                    return cls(path)
+                keys_blob, entries_blob = view[:n_keys], view[n_keys + n_meta :]
+                delta, changes = marshal.loads(view[n_keys : n_keys + n_meta])
+                data: tuple = (3, keys_blob, entries_blob, delta, changes)
+                outdated = False
+            else:
+                data, outdated = marshal.loads(raw), True
             if isinstance(data, tuple) and len(data) == 2 and data[0] == 1 and isinstance(data[1], dict):
                 index = cls(path, data[1])  # the version-1 format: just the entries
                 index.outdated = True
@@ -196,14 +210,13 @@ class Index:
                 index = cls(path, marshal.loads(data[3]))  # version 2: (2, keys, changes, entries blob)
                 index.outdated = True
                 return index
-            _, keys_blob, entries_blob, delta, changes = data
+            _, keys_blob, entries_blob, delta, changes = data  # version 3: this tuple, marshalled
             keys = marshal.loads(keys_blob)
-            if not (data[0] == _VERSION and isinstance(keys, dict) and isinstance(entries_blob, bytes)
-                    and isinstance(delta, dict) and isinstance(changes, dict)):
+            if not (data[0] == 3 and isinstance(keys, dict) and isinstance(delta, dict) and isinstance(changes, dict)):
                 return cls(path)
         except FileNotFoundError:
             return cls(path)
-        except (EOFError, ValueError, TypeError):
+        except (EOFError, ValueError, TypeError, struct.error):
             return cls(path)  # a damaged cache only costs re-hashing; the base is rebuilt by `mic status`
         for rel, e in delta.items():
             if e is None:
@@ -215,12 +228,13 @@ class Index:
         index._keys_blob, index._entries_blob = keys_blob, entries_blob
         index._delta = set(delta)
         index._pending_delta = {rel: e for rel, e in delta.items() if e is not None}
+        index.outdated = outdated
         return index
 
     def save(self) -> None:
-        e = self._entries
-        if e is None:
+        if self._entries is None and not self.outdated:
             return  # never decoded, so never changed: the file on disk is current
+        e = self.entries
         # only entries written since the last full save can be racy (older ones were smudged when saved): those
         # not yet synced, and the delta
         racy = e if (self._keys is None or e.all_touched) else (e.touched | self._delta)
@@ -232,9 +246,12 @@ class Index:
         if self._entries_blob is None or self._keys_blob is None or len(self._delta) > max(1000, len(e) // 50):
             self._keys_blob, self._entries_blob = marshal.dumps(keys), marshal.dumps(dict(e))
             self._delta = set()
-        delta = {rel: dict.get(e, rel) for rel in self._delta}
+        meta = marshal.dumps(({rel: dict.get(e, rel) for rel in self._delta}, changes))
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(marshal.dumps((_VERSION, self._keys_blob, self._entries_blob, delta, changes)))
+        with tmp.open("wb") as fh:
+            fh.write(_MAGIC + _HEADER.pack(_VERSION, len(self._keys_blob), len(meta), len(self._entries_blob)))
+            for part in (self._keys_blob, meta, self._entries_blob):
+                fh.write(part)
         os.replace(tmp, self.path)
         self.outdated = False
 
@@ -304,12 +321,9 @@ def _walk_all(stack: list, keys: dict, seen: list[str], suspects: list[Suspect])
 
 
 def _walk(root: str, keys: dict) -> tuple[list[str], list[Suspect]]:
-    """Walk the tree depth-first; on a large tree, a forked child walks every other top-level directory.
-
-    Threads do not help here (measured on 100k files: a second walker thread made the scan slower, each `lstat`
-    being too short for the GIL hand-off to pay); a second process does. The child inherits `keys` by fork, walks
-    its half and sends back (seen, suspects) as `marshal` data; if it fails in any way, the parent walks that
-    half itself, so an error there is raised exactly as without the child.
+    """Walk the tree; on a large tree a forked child walks every other top-level directory and sends back
+    (seen, suspects). Threads measured slower (each `lstat` is too short for the GIL hand-off to pay). If the
+    child fails in any way the parent walks its half itself, so errors surface exactly as without it.
     """
     seen: list[str] = []
     suspects: list[Suspect] = []
