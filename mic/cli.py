@@ -1,23 +1,41 @@
-"""The `mic` command line: the root group only. Commands live in `mic.commands_*` modules."""
+"""The `mic` command line: the root group only. Commands live in `mic.commands_*` modules.
+
+The root group loads a command module only when one of its commands runs (click's lazy-group pattern):
+`mic status` and `mic land` never import the daemon client, which keeps every VCS command's start-up short.
+"""
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-__all__ = ["main"]
+__all__ = ["COMMAND_MODULES", "main"]
+
+# Command name -> the module whose `register(group)` adds it. tests/mic/test_cli_lazy.py checks this table
+# against what the modules really register.
+COMMAND_MODULES = {
+    **dict.fromkeys(("config", "daemon", "stats"), "mic.commands_daemon"),
+    **dict.fromkeys(
+        ("cat", "checkout", "diff", "import", "init", "land", "log", "ls", "project", "session", "show", "status"),
+        "mic.commands_vcs",
+    ),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """A group that imports a command's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMAND_MODULES) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            importlib.import_module(COMMAND_MODULES[cmd_name]).register(self)
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mic")
 def main() -> None:
     """mic: agent-first version control and a per-session build-cache daemon."""
-
-
-def _register() -> None:
-    from mic import commands_daemon, commands_vcs
-
-    commands_daemon.register(main)
-    commands_vcs.register(main)
-
-
-_register()
