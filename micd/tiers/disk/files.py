@@ -198,12 +198,11 @@ def unlink_if_same(path: Path, ino: int) -> bool:
 
 def read_small(path: Path, digest: Digest) -> tuple[os.stat_result, bytes, bool] | None:
     """Open, read whole and hash a small blob; None if absent. Also bumps a stale atime (blocking)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    opened = _open_with_stat(path)
+    if opened is None:
         return None
+    fd, st = opened
     try:
-        st = os.fstat(fd)
         data = os.pread(fd, digest.size + 1, 0) if st.st_size == digest.size else b""
         hasher = new_hasher(digest.function)
         hasher.update(data)
@@ -217,17 +216,27 @@ def read_small(path: Path, digest: Digest) -> tuple[os.stat_result, bytes, bool]
 
 def open_large(path: Path) -> tuple[int, os.stat_result] | None:
     """Open a blob file for streaming: (fd, stat), or None if absent. Bumps a stale atime (blocking)."""
+    opened = _open_with_stat(path)
+    if opened is not None:
+        try:
+            bump_atime(*opened)
+        except BaseException:
+            os.close(opened[0])
+            raise
+    return opened
+
+
+def _open_with_stat(path: Path) -> tuple[int, os.stat_result] | None:
+    """Open read-only and fstat: (fd, stat), or None if the file is absent. The caller closes the fd."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
-        st = os.fstat(fd)
-        bump_atime(fd, st)
+        return fd, os.fstat(fd)
     except BaseException:
         os.close(fd)
         raise
-    return fd, st
 
 
 def bump_atime(fd: int, st: os.stat_result) -> None:
