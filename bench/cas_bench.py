@@ -284,6 +284,8 @@ def curl_put_mbps(daemon: Daemon, work: Path, mib: int, function: str) -> float 
         for _ in range(mib // 16):
             handle.write(block)
             hasher.update(block)
+        handle.flush()
+        os.fsync(handle.fileno())  # else the source's own writeback competes with the daemon's during the PUT
     path = f"/cas/{function}/{hasher.hexdigest()}/{source.stat().st_size}"
     out = subprocess.run(
         ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{speed_upload}", "-T", str(source),

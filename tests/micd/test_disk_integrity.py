@@ -10,7 +10,8 @@ import pytest
 
 from micd.errors import BadRequest, IntegrityError
 from micd.store import Digest, Record
-from tests.micd.helpers import blob
+from micd.tiers.disk.ingest import WRITE_BATCH
+from tests.micd.helpers import blob, temp_files
 
 SMALL_LIMIT = 64 << 10
 
@@ -212,3 +213,42 @@ async def test_get_bytes_of_a_corrupt_large_blob_is_a_miss(make_tier):
     tier = await make_tier()
     assert await tier.get_bytes(digest) is None
     assert tier.corruptions == 1 and not tier.layout.blob_path(digest).exists()
+
+
+async def _stream(data: bytes, fail_after: int | None = None):
+    """`data` in 1 MiB chunks; raises ConnectionResetError once `fail_after` bytes were sent."""
+    for pos in range(0, len(data), 1 << 20):
+        if fail_after is not None and pos >= fail_after:
+            raise ConnectionResetError("client went away")
+        yield data[pos : pos + (1 << 20)]
+        await asyncio.sleep(0)  # let the batch in flight run, as a network read would
+
+
+async def test_pipelined_upload_spanning_several_batches(make_tier):
+    """Batches hash and write while the next one arrives: the stored bytes and the verdict are those of the
+    whole stream, in order."""
+    tier = await make_tier()
+    data = blob(WRITE_BATCH * 3 + 12345, seed=8)
+    digest = Digest.of(data)
+    await tier.put(digest, _stream(data))
+    assert tier.layout.blob_path(digest).read_bytes() == data
+
+    bad = bytearray(data)
+    bad[5] ^= 1  # in the first batch: detected only once the stream is complete
+    other = Digest.of(bytes(bad[:-1]) + b"x")
+    with pytest.raises(IntegrityError):
+        await tier.put(other, _stream(bytes(bad)))
+    assert not tier.layout.blob_path(other).exists()
+
+
+async def test_stream_failing_while_a_batch_is_in_flight_leaves_nothing(make_tier):
+    tier = await make_tier()
+    data = blob(WRITE_BATCH * 3, seed=9)
+    digest = Digest.of(data)
+    with pytest.raises(ConnectionResetError):
+        await tier.put(digest, _stream(data, fail_after=WRITE_BATCH * 2 + (1 << 20)))
+    assert not tier.layout.blob_path(digest).exists()
+    assert temp_files(tier) == []
+    assert tier.stats()["reserved_bytes"] == 0
+    await tier.put(digest, _stream(data))  # and a retry stores it
+    assert await tier.get_bytes(digest) == data

@@ -1,4 +1,4 @@
-"""Ingest helpers of the disk tier's write paths: batched hash-and-write, small-upload gathering, and the
+"""Ingest helpers of the disk tier's write paths: pipelined hash-and-write, small-upload gathering, and the
 error a full filesystem becomes. Split from `store.py` to keep that module about state and policy.
 """
 
@@ -13,7 +13,7 @@ from micd.errors import IntegrityError, StoreFull
 from micd.store import Digest
 from micd.tiers.disk import files
 
-__all__ = ["WRITE_BATCH", "FilesystemFull", "collect", "hash_and_write"]
+__all__ = ["WRITE_BATCH", "FilesystemFull", "Pipeline", "collect"]
 
 WRITE_BATCH = 4 << 20  # bytes gathered before one worker-thread write: bounded memory, few thread hops
 _PARALLEL_MIN = 1 << 20
@@ -31,7 +31,37 @@ class FilesystemFull(StoreFull):
         self.args = (message,)
 
 
-async def hash_and_write(
+class Pipeline:
+    """Hashes and writes one batch in worker threads while the event loop receives the next.
+
+    At most one batch is in flight, so hashing stays in order and memory stays at about two batches.
+    """
+
+    def __init__(self, writer: files.TempWriter, verifier: Verifier) -> None:
+        self._writer = writer
+        self._verifier = verifier
+        self._inflight: asyncio.Future[None] | None = None
+
+    async def submit(self, batch: list[bytes], nbytes: int) -> None:
+        """Start `batch` once the previous one is done (raising its error, if any)."""
+        await self.flush()
+        self._inflight = asyncio.ensure_future(_hash_and_write(self._writer, batch, nbytes, self._verifier))
+
+    async def flush(self) -> None:
+        """Wait for the batch in flight."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            await inflight
+
+    async def settle(self) -> None:
+        """On an error path: let the batch in flight finish (its threads hold the temp file) and drop its
+        result, since the upload is failing anyway."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            await asyncio.gather(inflight, return_exceptions=True)
+
+
+async def _hash_and_write(
     writer: files.TempWriter, batch: list[bytes], nbytes: int, verifier: Verifier
 ) -> None:
     """Hash and write one batch; big batches in two threads at once (both release the GIL), so ingest

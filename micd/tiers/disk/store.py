@@ -45,7 +45,7 @@ from micd.record import decode_record, encode_record
 from micd.store import Digest, Record
 from micd.tiers.disk import files, index
 from micd.tiers.disk.blob import FileBlob
-from micd.tiers.disk.ingest import WRITE_BATCH, FilesystemFull, collect, hash_and_write
+from micd.tiers.disk.ingest import WRITE_BATCH, FilesystemFull, Pipeline, collect
 from micd.tiers.disk.kvfile import decode_kv_file, encode_kv_file
 from micd.tiers.disk.layout import Layout, blob_key, check_kv_name, kv_key
 from micd.tiers.disk.upkeep import IndexState
@@ -215,15 +215,20 @@ class DiskTier(IndexState):
             writer = await asyncio.to_thread(files.TempWriter, self._temp_area())
             try:
                 verifier = Verifier(digest)
+                pipeline = Pipeline(writer, verifier)
                 batch: list[bytes] = []
                 pending = 0
-                async for chunk in chunks:
-                    batch.append(chunk)
-                    pending += len(chunk)
-                    if pending >= WRITE_BATCH:
-                        await hash_and_write(writer, batch, pending, verifier)
-                        batch, pending = [], 0
-                await hash_and_write(writer, batch, pending, verifier)
+                try:
+                    async for chunk in chunks:
+                        batch.append(chunk)
+                        pending += len(chunk)
+                        if pending >= WRITE_BATCH:
+                            await pipeline.submit(batch, pending)
+                            batch, pending = [], 0
+                    await pipeline.submit(batch, pending)
+                    await pipeline.flush()
+                finally:
+                    await pipeline.settle()
                 verifier.check()
                 sig = await asyncio.to_thread(writer.publish, path)
             except OSError as exc:
