@@ -364,3 +364,35 @@ def test_drain_is_bounded_and_pending_uploads_survive_the_restart(micd, s3_serve
     assert keys >= set(hexes)
     assert _journaled(again) == []
     assert again.stop() == 0
+
+
+def test_idle_trim_hands_memory_back_once_per_pause():
+    from micd.app import Activity
+    from micd.lifecycle import IDLE_TRIM_AFTER, IdleTrim
+
+    activity, calls = Activity(), []
+    trim = IdleTrim(activity, trim=lambda pad: calls.append(pad) or 1)
+    trim.tick()
+    assert calls == []  # nothing happened since start: nothing to give back
+    activity.touch()
+    activity.last -= IDLE_TRIM_AFTER + 0.1  # a request ended a while ago
+    trim.tick()
+    trim.tick()
+    assert calls == [0]  # once per idle period, not once per tick
+    activity.in_flight = 1
+    activity.touch()
+    trim.tick()
+    assert calls == [0]  # a request in flight is not idleness
+    activity.in_flight = 0
+    trim.tick()
+    assert calls == [0]  # just ended: not idle long enough yet
+    activity.last -= IDLE_TRIM_AFTER + 0.1
+    trim.tick()
+    assert calls == [0, 0]
+
+
+def test_the_real_malloc_trim_is_found_on_this_libc():
+    from micd.lifecycle import _load_malloc_trim
+
+    trim = _load_malloc_trim()
+    assert trim is not None and trim(0) in (0, 1)
