@@ -114,11 +114,11 @@ async def checkout_cmd(env: Env, project_name: str, directory: Path | None, at: 
 @command_options
 def status_cmd(env: Env) -> None:
     """Show the workspace's changes against its base, and its active session."""
-    from mic.statcache import scan
+    from mic.watch.client import WatchSettings, scan_workspace
 
     ws = env.workspace()
-    result = scan(ws.root, ws.index)
-    if result.rehashed or ws.index.outdated:
+    result = scan_workspace(ws.root, ws.index, WatchSettings.from_config(env.config))
+    if result.rehashed or ws.index.unsaved:
         ws.index.save()
     changes = [{"path": p, "kind": c[0]} for p, c in sorted(result.changes.items())]
     data = {"project": ws.state.project, "base": ws.state.base, "session": ws.state.session, "changes": changes}
@@ -143,12 +143,15 @@ async def land_cmd(env: Env, goal: str | None) -> None:
     A conflict with sessions landed since this workspace's base prints the paths and sessions and changes nothing.
     """
     from mic.vcs import land_workspace
+    from mic.watch.client import WatchSettings
 
     if goal is not None and not goal.strip():
         raise BadRequest("the goal must not be empty")
     ws = env.workspace()
     project = env.project()
-    out = await land_workspace(project, ws, goal, kill_at=env.config.debug_kill_at)
+    out = await land_workspace(
+        project, ws, goal, kill_at=env.config.debug_kill_at, watch=WatchSettings.from_config(env.config)
+    )
     rec = out.result.landing
     data = {
         "position": rec.position, "session": rec.session, "goal": rec.goal, "paths": list(rec.paths),

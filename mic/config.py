@@ -6,6 +6,9 @@ up from the current directory) > `~/.config/mic/config.toml` > defaults. mic's k
     [vcs]                                   # also .mic/config.toml, written by checkout
     store_url = "s3://bucket/prefix"        # or file:///path; env MIC_STORE_URL, flag --store
     s3_endpoint_url = "http://127.0.0.1:9000"  # env MIC_S3_ENDPOINT_URL
+    watch = "on"                            # "off": never use or start the file watcher; env MIC_WATCH
+    watch_min_files = "10000"               # start a watcher only for larger workspaces; env MIC_WATCH_MIN_FILES
+    watch_idle_timeout = "1800"             # seconds a watcher lives without a request; env MIC_WATCH_IDLE_TIMEOUT
 
 This is the only module of `mic` that reads `os.environ`. `MIC_DEBUG_KILL_AT` is a test hook: the lander kills its
 own process with SIGKILL at the named step, so crash tests can run the real CLI.
@@ -28,6 +31,9 @@ KEYS = {
     "store_url": "MIC_STORE_URL",
     "s3_endpoint_url": "MIC_S3_ENDPOINT_URL",
     "debug_kill_at": "MIC_DEBUG_KILL_AT",
+    "watch": "MIC_WATCH",
+    "watch_min_files": "MIC_WATCH_MIN_FILES",
+    "watch_idle_timeout": "MIC_WATCH_IDLE_TIMEOUT",
 }
 
 
@@ -38,6 +44,9 @@ class MicConfig:
     store_url: str
     s3_endpoint_url: str | None = None
     debug_kill_at: str | None = None
+    watch: str = "on"
+    watch_min_files: str = "10000"
+    watch_idle_timeout: str = "1800"
     workspace_root: Path | None = None
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -63,6 +72,22 @@ class MicConfig:
             raise ConfigError(
                 f"vcs.s3_endpoint_url = {self.s3_endpoint_url!r} (from {self.sources.get('s3_endpoint_url')}) "
                 "must be an http:// or https:// URL"
+            )
+        if self.watch not in ("on", "off"):
+            raise ConfigError(f"vcs.watch = {self.watch!r} (from {self.sources.get('watch')}) must be on or off")
+        if not self.watch_min_files.isdigit():
+            raise ConfigError(
+                f"vcs.watch_min_files = {self.watch_min_files!r} (from {self.sources.get('watch_min_files')}) "
+                "must be a whole number of files"
+            )
+        try:
+            idle = float(self.watch_idle_timeout)
+        except ValueError:
+            idle = -1.0
+        if not 0 < idle < float("inf"):
+            raise ConfigError(
+                f"vcs.watch_idle_timeout = {self.watch_idle_timeout!r} (from {self.sources.get('watch_idle_timeout')})"
+                " must be a positive number of seconds"
             )
 
 

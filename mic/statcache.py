@@ -10,6 +10,9 @@ like git it lets a fresh checkout trust every file written more than `RACY_NS` b
 The file is one `marshal`led tuple written with temp + rename (layout in `Index`). `mic status` on an unchanged
 tree decodes only the stat keys (path → (mtime, size, inode, mode)) and the changes against the base; the full
 entries are decoded only when some file's stat changed, and a save after a small change writes a delta.
+
+With the workspace watcher (`mic.watch`) the index also stores the watcher token it is valid for, and `scan_paths`
+looks only at the paths the watcher reports changed since that token (decoding neither part when none did).
 """
 
 from __future__ import annotations
@@ -22,19 +25,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["IGNORED", "Index", "ScanResult", "file_mode", "hash_path", "scan"]
+__all__ = ["IGNORED", "Index", "ScanResult", "Token", "file_mode", "hash_path", "scan", "scan_paths"]
 
 IGNORED = frozenset({".mic", ".git"})
 RACY_NS = 100_000_000
-_VERSION = 4
+_VERSION = 5  # 5 adds the watcher token to the (delta, changes) part; 4 is still read
 _MAGIC = b"MICI"
 _HEADER = struct.Struct("<BxxxQQQ")  # version, then the byte lengths of the three parts
 _FORK_MIN = 20_000  # cached files below which a second walker process costs more than it saves
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
-# entry = (size, mtime_ns, ino, cur_hash, cur_mode, base_hash | None, base_mode, base_size)
-Entry = tuple[int, int, int, bytes, int, bytes | None, int, int]
+# entry = (size, mtime_ns, ino, cur_hash | None, cur_mode, base_hash | None, base_mode, base_size); cur_hash is
+# None for a base file found gone (see `_record_gone`), so that a scan of only the watcher's paths still reports it deleted
+Entry = tuple[int, int, int, bytes | None, int, bytes | None, int, int]
 Change = tuple[str, bytes | None, int, int]
+Token = tuple[str, int]  # (watcher generation, sequence number): see mic.watch
 
 
 def file_mode(st: os.stat_result) -> int:
@@ -62,6 +67,8 @@ def _key(e: Entry) -> tuple[int, int, int, int]:
 
 
 def _change(e: Entry) -> Change | None:
+    if e[3] is None:
+        return ("deleted", None, 0, 0)
     if e[5] is None:
         return ("added", e[3], e[4], e[0])
     if e[3] != e[5] or e[4] != e[6]:
@@ -74,10 +81,9 @@ def _summaries(entries: dict[str, Entry]) -> tuple[dict[str, tuple[int, int, int
     keys = {rel: (e[1], e[0], e[2], e[4]) for rel, e in entries.items()}
     changes: dict[str, Change] = {}
     for rel, e in entries.items():
-        if e[5] is None:
-            changes[rel] = ("added", e[3], e[4], e[0])
-        elif e[3] != e[5] or e[4] != e[6]:
-            changes[rel] = ("modified", e[3], e[4], e[0])
+        c = _change(e)
+        if c is not None:
+            changes[rel] = c
     return keys, changes
 
 
@@ -125,9 +131,11 @@ class _Entries(dict):  # type: ignore[type-arg]
 class Index:
     """The stat cache. `entries` (decoded on first use) is mutated in place and saved with `save()`.
 
-    On disk: (version, stat-key blob, entries blob, delta, changes). The two blobs are nested `marshal` data
-    written by the last full save; `delta` holds the entries written since (None for a removed path), so a land
-    that changed one file rewrites the blobs' bytes as they are instead of re-encoding 100k entries.
+    On disk: a header, the stat-key blob, (delta, changes, token), the entries blob. The two blobs are nested
+    `marshal` data written by the last full save; `delta` holds the entries written since (None for a removed
+    path), so a land that changed one file rewrites the blobs' bytes as they are instead of re-encoding 100k
+    entries. Both blobs are decoded only when needed. `token` is the watcher token this index is valid for: every
+    change on disk since the token is either reflected here or reported by that watcher (None: no watcher).
     """
 
     def __init__(self, path: Path, entries: dict[str, Entry] | None = None) -> None:
@@ -139,8 +147,11 @@ class Index:
         self._pending_delta: dict[str, Entry] = {}  # the delta read from disk, until the entries are decoded
         # path → stat key and path → change, in step with the entries as of the last `_sync`
         self._keys: dict[str, tuple[int, int, int, int]] | None = {} if entries is None else None
+        self._keys_lazy = False  # `_keys` is still to be decoded from `_keys_blob` (plus `_delta`)
         self._changes: dict[str, Change] = {}
         self.outdated = False  # loaded from an older format: worth saving even when no file changed
+        self.token: Token | None = None
+        self.saved_token: Token | None = None  # the token on disk
 
     @property
     def entries(self) -> dict[str, Entry]:
@@ -153,6 +164,7 @@ class Index:
                     loaded = None
                 if not isinstance(loaded, dict):  # damaged: start over (a full save, everything re-hashed)
                     self._keys, self._changes, self._entries_blob, loaded = None, {}, None, {}
+                    self._keys_lazy, self.token = False, None
                 for rel in self._delta:
                     loaded.pop(rel, None)
                 loaded.update(self._pending_delta)
@@ -160,24 +172,47 @@ class Index:
             self._pending_delta = {}
         return self._entries
 
-    def _sync(self) -> tuple[dict[str, tuple[int, int, int, int]], dict[str, Change]]:
-        """Bring the stat keys and changes up to date with the entries; return them."""
+    def _decode_keys(self) -> None:
+        self._keys_lazy = False
+        try:
+            keys = marshal.loads(self._keys_blob)  # type: ignore[arg-type]
+        except (EOFError, ValueError, TypeError):
+            keys = None
+        if not isinstance(keys, dict):  # damaged: `_sync` rebuilds them from the entries
+            self._keys = self._keys_blob = None
+            return
+        for rel in self._delta:
+            e = dict.get(self._entries, rel) if self._entries is not None else self._pending_delta.get(rel)
+            if e is None:
+                keys.pop(rel, None)
+            else:
+                keys[rel] = _key(e)
+        self._keys = keys
+
+    def _sync(self, keys_needed: bool = True) -> tuple[dict[str, tuple[int, int, int, int]], dict[str, Change]]:
+        """Bring the stat keys (unless not `keys_needed` and not yet decoded) and changes up to date with the
+        entries; return them."""
+        if keys_needed and self._keys_lazy:
+            self._decode_keys()
         e = self._entries
         if self._keys is None or (e is not None and e.all_touched):
+            self._keys_lazy = False
             e = self.entries
             self._keys, self._changes = _summaries(e)
             self._keys_blob = self._entries_blob = None  # nothing to write a delta against: next save is full
             e.touched.clear()
             e.all_touched = False
         elif e is not None and e.touched:
-            keys, changes = self._keys, self._changes
+            keys, changes = (None if self._keys_lazy else self._keys), self._changes
             for rel in e.touched:
                 x = dict.get(e, rel)
                 if x is None:
-                    keys.pop(rel, None)
+                    if keys is not None:
+                        keys.pop(rel, None)
                     changes.pop(rel, None)
                     continue
-                keys[rel] = _key(x)
+                if keys is not None:
+                    keys[rel] = _key(x)
                 c = _change(x)
                 if c is None:
                     changes.pop(rel, None)
@@ -185,7 +220,20 @@ class Index:
                     changes[rel] = c
             self._delta |= e.touched
             e.touched.clear()
-        return self._keys, self._changes
+        return self._keys, self._changes  # type: ignore[return-value]
+
+    def changes(self) -> dict[str, Change]:
+        """The changes against the base as the entries stand (decoding nothing that is not yet decoded)."""
+        return self._sync(keys_needed=False)[1]
+
+    @property
+    def unsaved(self) -> bool:
+        """Worth saving though no file was re-hashed: an older format, or a token of another watcher generation."""
+        token, saved = self.token, self.saved_token
+        return self.outdated or (token is not None and (saved is None or saved[0] != token[0]))
+
+    def file_count(self) -> int:
+        return len(self._sync()[0])
 
     @classmethod
     def load(cls, path: Path) -> Index:
@@ -194,12 +242,18 @@ class Index:
             if raw[:4] == _MAGIC:  # header, then the key blob, (delta, changes), the entry blob: no copies made
                 version, n_keys, n_meta, n_entries = _HEADER.unpack_from(raw, 4)
                 view = memoryview(raw)[4 + _HEADER.size :]
-                if version != _VERSION or len(view) != n_keys + n_meta + n_entries:
+                if version not in (4, _VERSION) or len(view) != n_keys + n_meta + n_entries:
                     return cls(path)
                 keys_blob, entries_blob = view[:n_keys], view[n_keys + n_meta :]
-                delta, changes = marshal.loads(view[n_keys : n_keys + n_meta])
-                data: tuple = (3, keys_blob, entries_blob, delta, changes)
-                outdated = False
+                meta = marshal.loads(view[n_keys : n_keys + n_meta])
+                delta, changes = meta[:2]
+                token = meta[2] if version == _VERSION else None
+                if token is not None and not (
+                    isinstance(token, tuple) and len(token) == 2
+                    and isinstance(token[0], str) and isinstance(token[1], int)
+                ):
+                    return cls(path)
+                return cls._from_parts(path, keys_blob, entries_blob, delta, changes, token, outdated=False)
             else:
                 data, outdated = marshal.loads(raw), True
             if isinstance(data, tuple) and len(data) == 2 and data[0] == 1 and isinstance(data[1], dict):
@@ -211,29 +265,37 @@ class Index:
                 index.outdated = True
                 return index
             _, keys_blob, entries_blob, delta, changes = data  # version 3: this tuple, marshalled
-            keys = marshal.loads(keys_blob)
-            if not (data[0] == 3 and isinstance(keys, dict) and isinstance(delta, dict) and isinstance(changes, dict)):
+            if data[0] != 3:
                 return cls(path)
+            return cls._from_parts(path, keys_blob, entries_blob, delta, changes, None, outdated=outdated)
         except FileNotFoundError:
             return cls(path)
         except (EOFError, ValueError, TypeError, struct.error):
             return cls(path)  # a damaged cache only costs re-hashing; the base is rebuilt by `mic status`
-        for rel, e in delta.items():
-            if e is None:
-                keys.pop(rel, None)
-            else:
-                keys[rel] = _key(e)
+
+    @classmethod
+    def _from_parts(
+        cls, path: Path, keys_blob: bytes | memoryview, entries_blob: bytes | memoryview, delta: object,
+        changes: object, token: Token | None, *, outdated: bool,
+    ) -> Index:
+        if not (isinstance(delta, dict) and isinstance(changes, dict)):
+            return cls(path)
         index = cls(path)
-        index._keys, index._changes = keys, changes
+        index._keys_lazy, index._changes = True, changes
         index._keys_blob, index._entries_blob = keys_blob, entries_blob
         index._delta = set(delta)
         index._pending_delta = {rel: e for rel, e in delta.items() if e is not None}
         index.outdated = outdated
+        index.token = index.saved_token = token
         return index
 
     def save(self) -> None:
         if self._entries is None and not self.outdated:
-            return  # never decoded, so never changed: the file on disk is current
+            if self.token == self.saved_token:
+                return  # never decoded, so never changed: the file on disk is current
+            if self._keys_blob is not None and self._entries_blob is not None:  # only the token moved on
+                self._write({rel: self._pending_delta.get(rel) for rel in self._delta}, self._changes)
+                return
         e = self.entries
         # only entries written since the last full save can be racy (older ones were smudged when saved): those
         # not yet synced, and the delta
@@ -242,11 +304,16 @@ class Index:
         for rel in [rel for rel in racy if rel in e and dict.__getitem__(e, rel)[1] >= cutoff]:
             x = dict.__getitem__(e, rel)
             e[rel] = (x[0], -1, *x[2:])
-        keys, changes = self._sync()
+        keys, changes = self._sync(keys_needed=False)
         if self._entries_blob is None or self._keys_blob is None or len(self._delta) > max(1000, len(e) // 50):
+            keys, changes = self._sync()
             self._keys_blob, self._entries_blob = marshal.dumps(keys), marshal.dumps(dict(e))
             self._delta = set()
-        meta = marshal.dumps(({rel: dict.get(e, rel) for rel in self._delta}, changes))
+        self._write({rel: dict.get(e, rel) for rel in self._delta}, changes)
+
+    def _write(self, delta: dict[str, Entry | None], changes: dict[str, Change]) -> None:
+        assert self._keys_blob is not None and self._entries_blob is not None
+        meta = marshal.dumps((delta, changes, self.token))
         tmp = self.path.with_suffix(".tmp")
         with tmp.open("wb") as fh:
             fh.write(_MAGIC + _HEADER.pack(_VERSION, len(self._keys_blob), len(meta), len(self._entries_blob)))
@@ -254,6 +321,7 @@ class Index:
                 fh.write(part)
         os.replace(tmp, self.path)
         self.outdated = False
+        self.saved_token = self.token
 
     def set_base(self, rel: str, full: Path, h: bytes, mode: int, size: int) -> None:
         """Record that `rel` now holds the base content (after checkout, land or update wrote or kept it)."""
@@ -261,7 +329,10 @@ class Index:
         self.entries[rel] = (st.st_size, st.st_mtime_ns, st.st_ino, h, mode, h, mode, size)
 
     def set_base_unverified(self, rel: str, base: tuple[bytes, int, int] | None) -> None:
-        """Record `rel`'s base (hash, mode, size) without vouching for the file: the next scan re-hashes it."""
+        """Record `rel`'s base (hash, mode, size) without vouching for the file: the next scan re-hashes it.
+
+        Only a full scan looks at unreported files, so this also drops the watcher token."""
+        self.token = None
         e = self.entries.get(rel)
         if base is None and (e is None or e[5] is None):
             return
@@ -382,6 +453,15 @@ def scan(root: Path, index: Index) -> ScanResult:
     entries = index.entries
     if index._keys is None:  # the stored entries were damaged: compare against what could be recovered
         return scan(root, index)
+    rehashed = _record(entries, changes, suspects)
+    if len(seen) != len(entries):  # new files were added to `entries` as seen, so a gap means deletions
+        present = set(seen)
+        rehashed += _record_gone(entries, changes, [p for p in entries if p not in present])
+    return ScanResult(changes, rehashed)
+
+
+def _record(entries: dict[str, Entry], changes: dict[str, Change], suspects: list[Suspect]) -> int:
+    """Hash the suspects into `entries` and `changes`; return how many."""
     for rel, full, size, mtime_ns, ino, mode in suspects:
         e = entries.get(rel)
         base = (e[5], e[6], e[7]) if e is not None else (None, 0, 0)
@@ -392,14 +472,104 @@ def scan(root: Path, index: Index) -> ScanResult:
             changes[rel] = ("added", cur, mode, size)
         elif cur != base[0] or mode != base[1]:
             changes[rel] = ("modified", cur, mode, size)
-    rehashed = len(suspects)
-    if len(seen) != len(entries):  # new files were added to `entries` as seen, so a gap means deletions
-        present = set(seen)
-        for rel in [p for p in entries if p not in present]:
-            if entries[rel][5] is not None:
-                changes[rel] = ("deleted", None, 0, 0)
-            else:
-                del entries[rel]  # an untracked file that went away
-                changes.pop(rel, None)
-                rehashed += 1
+    return len(suspects)
+
+
+def _record_gone(entries: dict[str, Entry], changes: dict[str, Change], gone: list[str]) -> int:
+    """Record cached paths no longer on disk: a deletion if in the base, else forget it; return the forgotten."""
+    forgotten = 0
+    for rel in gone:
+        e = entries[rel]
+        if e[5] is not None:
+            changes[rel] = ("deleted", None, 0, 0)
+            if e[3] is not None:
+                entries[rel] = (-1, -1, -1, None, 0, e[5], e[6], e[7])
+        else:
+            del entries[rel]  # an untracked file that went away
+            changes.pop(rel, None)
+            forgotten += 1
+    return forgotten
+
+
+class _EntryKeys:
+    """`keys.get` answered from the entries, for walking a few subtrees without decoding the stat-key blob."""
+
+    def __init__(self, entries: dict[str, Entry]) -> None:
+        self._entries = entries
+
+    def get(self, rel: str) -> tuple[int, int, int, int] | None:
+        e = self._entries.get(rel)
+        return None if e is None else _key(e)
+
+
+def _under(rel: str, prefixes: set[str]) -> bool:
+    """Whether some directory prefix ("a/", "a/b/") of `rel` is in `prefixes`."""
+    i = rel.find("/")
+    while i != -1:
+        if rel[: i + 1] in prefixes:
+            return True
+        i = rel.find("/", i + 1)
+    return False
+
+
+def scan_paths(root: Path, index: Index, paths: list[str]) -> ScanResult:
+    """`scan` looking only at `paths` (a watcher's report): files, and directory prefixes ending in "/" whose
+    subtree is walked. Every other cached entry is taken as it is: the caller vouches that nothing else changed
+    since the index's token. A path counts only where the full scan would find it: below real directories (not
+    symlinks, not `.mic`/`.git`), a regular file or symlink.
+    """
+    if not paths:
+        return ScanResult(dict(index.changes()), 0)
+    entries = index.entries
+    if index.token is None:  # the stored entries were damaged
+        return scan(root, index)
+    top = os.fspath(root)
+    walked: set[str] = set()
+    for prefix in sorted({p for p in paths if p.endswith("/")}):  # a directory sorts before what is under it
+        if not _under(prefix, walked):
+            walked.add(prefix)
+    is_dir: dict[str, bool] = {"": True}
+
+    def real_dir(prefix: str) -> bool:
+        if prefix not in is_dir:
+            parent = prefix[: prefix.rfind("/", 0, -1) + 1]
+            ok = prefix[len(parent) : -1] not in IGNORED and real_dir(parent)
+            if ok:
+                try:
+                    ok = stat.S_ISDIR(os.lstat(top + "/" + prefix[:-1]).st_mode)  # no "/": it follows links
+                except OSError:
+                    ok = False
+            is_dir[prefix] = ok
+        return is_dir[prefix]
+
+    keys = _EntryKeys(entries)
+    seen: list[str] = []
+    suspects: list[Suspect] = []
+    for prefix in walked:
+        if real_dir(prefix):
+            _walk_all([(prefix, top + "/" + prefix[:-1])], keys, seen, suspects)
+    checked = [rel for rel in set(paths) if not rel.endswith("/") and not _under(rel, walked)]
+    for rel in checked:
+        if not real_dir(rel[: rel.rfind("/") + 1]):
+            continue
+        try:
+            st = os.lstat(top + "/" + rel)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        kind = st.st_mode & 0o170000
+        if kind == 0o100000:
+            mode = 1 if st.st_mode & 0o100 else 0
+        elif kind == 0o120000:
+            mode = 2
+        else:
+            continue
+        seen.append(rel)
+        if keys.get(rel) != (st.st_mtime_ns, st.st_size, st.st_ino, mode):
+            suspects.append((rel, top + "/" + rel, st.st_size, st.st_mtime_ns, st.st_ino, mode))
+    changes = dict(index.changes())
+    present = set(seen)
+    gone = [rel for rel in checked if rel not in present and rel in entries]
+    if walked:
+        gone += [rel for rel in entries if rel not in present and _under(rel, walked)]
+    rehashed = _record(entries, changes, suspects) + _record_gone(entries, changes, gone)
     return ScanResult(changes, rehashed)

@@ -19,6 +19,7 @@ from mic.objects import Project, content_hash
 from mic.session import load_session, start_session
 from mic.statcache import ScanResult, scan
 from mic.tree import EMPTY_ROOT, Tree
+from mic.watch.client import WatchSettings, scan_workspace
 from mic.workspace import Workspace, WorkspaceState
 
 __all__ = ["LandOutcome", "checkout", "land_workspace", "resolve_position", "status", "sync_to", "tree_at"]
@@ -87,10 +88,14 @@ async def checkout(
     return ws
 
 
-async def status(ws: Workspace, *, save: bool = True) -> ScanResult:
-    """Scan the workspace against its base, using and refreshing the stat cache (saved unless `save` is False)."""
-    result = await asyncio.to_thread(scan, ws.root, ws.index)
-    if (result.rehashed or ws.index.outdated) and save:
+async def status(ws: Workspace, *, save: bool = True, watch: WatchSettings | None = None) -> ScanResult:
+    """Scan the workspace against its base, using and refreshing the stat cache (saved unless `save` is False);
+    through the workspace's file watcher unless `watch` is None or disabled."""
+    if watch is None:
+        result = await asyncio.to_thread(scan, ws.root, ws.index)
+    else:
+        result = await asyncio.to_thread(scan_workspace, ws.root, ws.index, watch)
+    if (result.rehashed or ws.index.unsaved) and save:
         await asyncio.to_thread(ws.index.save)
     return result
 
@@ -118,10 +123,11 @@ async def _session_for_land(project: Project, ws: Workspace, goal: str | None) -
 
 
 async def land_workspace(
-    project: Project, ws: Workspace, goal: str | None, *, kill_at: str | None = None
+    project: Project, ws: Workspace, goal: str | None, *, kill_at: str | None = None,
+    watch: WatchSettings | None = None,
 ) -> LandOutcome:
     """Land every change in the workspace as its active session (or a new one with `goal`)."""
-    scanned = await status(ws, save=False)  # the index is saved once, with the landing's new base
+    scanned = await status(ws, save=False, watch=watch)  # the index is saved once, with the landing's new base
     if not scanned.changes:
         if scanned.rehashed:
             await asyncio.to_thread(ws.index.save)
