@@ -36,7 +36,7 @@ _FORK_MIN = 20_000  # cached files below which a second walker process costs mor
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 # entry = (size, mtime_ns, ino, cur_hash | None, cur_mode, base_hash | None, base_mode, base_size); cur_hash is
-# None for a base file found gone (see `_record_gone`), so that a scan of only the watcher's paths still reports it deleted
+# None for a base file found gone (see `_record_gone`): a scan of only the watcher's paths must still report it
 Entry = tuple[int, int, int, bytes | None, int, bytes | None, int, int]
 Change = tuple[str, bytes | None, int, int]
 Token = tuple[str, int]  # (watcher generation, sequence number): see mic.watch

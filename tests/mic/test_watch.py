@@ -3,6 +3,7 @@ full scan that re-hashes every file (the truth); every watcher a test starts is 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -173,6 +174,20 @@ def test_each_change_is_reported_as_a_full_scan_would(ws, op):
         assert expected
 
 
+def test_changes_after_a_directory_move_are_seen_at_its_new_path(ws):
+    root, base, status = ws
+    os.rename(root / "d1", root / "moved")
+    assert status.fast() == truth(root, base)
+    _write(root / "moved" / "sub" / "f1.txt", "written after the move")
+    (root / "moved" / "sub" / "deeper").mkdir()
+    assert status.fast() == truth(root, base)
+    _write(root / "moved" / "sub" / "deeper" / "new", "in a directory made after the move")
+    os.rename(root / "d2", root.parent / "outside")  # out of the workspace: its watches must not matter
+    _write(root.parent / "outside" / "sub" / "f0.txt", "not in the workspace")
+    (root / "d2" / "sub").mkdir(parents=True)
+    assert status.fast() == truth(root, base)
+
+
 def test_a_change_made_in_the_same_instant_as_a_status(ws):
     root, base, status = ws
     target = root / "d0" / "sub" / "f0.txt"
@@ -241,6 +256,36 @@ def test_queue_overflow_means_a_full_scan_and_watches_again(ws):
     assert "overflow" in (root / ".mic" / LOG).read_text()
     _write(root / "late" / "deep" / "after.txt", "seen through a watch added after the overflow")
     assert status.fast() == truth(root, base)
+
+
+def test_a_directory_that_cannot_be_watched_means_full_scans(tmp_path, monkeypatch):
+    from mic.watch.daemon import Watcher
+
+    root = tmp_path / "ws"
+    base = make_workspace(root)
+    watcher = Watcher(str(root), idle=30.0)
+    add_watch = watcher.inotify.add_watch
+
+    def limited(path, mask):  # as when fs.inotify.max_user_watches is used up
+        if path.endswith("/d2/sub"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return add_watch(path, mask)
+
+    monkeypatch.setattr(watcher.inotify, "add_watch", limited)
+    watcher.start()
+    thread = threading.Thread(target=watcher.run)
+    thread.start()
+    try:
+        status = Status(root, monkeypatch)
+        for i in range(3):
+            _write(root / "d2" / "sub" / f"unwatched{i}", "x")
+            assert status() == truth(root, base) and status.full == i + 1
+    finally:
+        shutil.rmtree(root / ".mic")  # the watcher exits when .mic goes
+        thread.join(timeout=15)
+        watcher.inotify.close()
+        watcher.server.close()
+    assert not thread.is_alive()
 
 
 def test_watcher_exits_when_mic_is_removed(ws):
