@@ -7,7 +7,8 @@ workspace itself) goes away, on SIGTERM, and at once if another watcher holds th
 Whatever it cannot vouch for it reports as a rescan, never as "unchanged": a new or moved-in directory is
 watched first (with everything below it) and then reported as a whole subtree, since files may have been written
 in it before its watch existed; a queue overflow is reported as `FULL` (and every directory is watched again); a
-directory that cannot be watched (e.g. ENOSPC on `fs.inotify.max_user_watches`) makes every answer `FULL`.
+directory that cannot be watched (e.g. ENOSPC on `fs.inotify.max_user_watches`) makes every answer `FULL` until
+a retry (before each answer) manages to watch everything.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class Watcher:
 
     def degrade(self, why: str) -> None:
         if not self.degraded:
-            _log(f"answering 'rescan everything' from now on: {why}")
+            _log(f"answering 'rescan everything' until every directory is watched: {why}")
         self.degraded = why
 
     def mark(self, path: str) -> None:
@@ -204,6 +205,8 @@ class Watcher:
         """Answer every request whose cookie is `cookie` or older: all events before them have been applied."""
         ready = [p for p in self.pending if p[0] <= cookie]
         self.pending = [p for p in self.pending if p[0] > cookie]
+        if ready and self.degraded:
+            self.retry()
         for n, conn, gen, seq in ready:
             try:
                 conn.sendall(marshal.dumps((self.gen, self.seq, self.since(gen, seq))))
@@ -215,6 +218,15 @@ class Watcher:
                 os.unlink(f"{self.dot}/{COOKIES}/{n}")
             except OSError:
                 pass
+
+    def retry(self) -> None:
+        """Try again to watch every directory; on success, a `FULL` mark covers what went unwatched till now."""
+        _log(f"trying again to watch everything (after: {self.degraded})")
+        self.degraded = ""
+        self.mark(FULL)
+        self.watch_tree("")
+        if not self.degraded:
+            _log("watching everything again")
 
     def run(self) -> None:
         assert self.server is not None

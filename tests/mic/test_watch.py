@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-import mic.watch.client as client
 from mic.config import load_config
 from mic.errors import ConfigError
 from mic.statcache import Index, scan
-from mic.watch import LOG, PID, SOCKET
+from mic.watch import LOG, PID, SOCKET, client
 from mic.watch.client import WatchSettings, scan_workspace
 
 from .conftest import run_mic
@@ -258,16 +257,18 @@ def test_queue_overflow_means_a_full_scan_and_watches_again(ws):
     assert status.fast() == truth(root, base)
 
 
-def test_a_directory_that_cannot_be_watched_means_full_scans(tmp_path, monkeypatch):
+def test_a_directory_that_cannot_be_watched_means_full_scans_until_it_can(tmp_path, monkeypatch, capsys):
     from mic.watch.daemon import Watcher
 
     root = tmp_path / "ws"
     base = make_workspace(root)
     watcher = Watcher(str(root), idle=30.0)
     add_watch = watcher.inotify.add_watch
+    no_space = threading.Event()
+    no_space.set()
 
     def limited(path, mask):  # as when fs.inotify.max_user_watches is used up
-        if path.endswith("/d2/sub"):
+        if no_space.is_set() and path.endswith("/d2/sub"):
             raise OSError(errno.ENOSPC, "No space left on device")
         return add_watch(path, mask)
 
@@ -280,12 +281,18 @@ def test_a_directory_that_cannot_be_watched_means_full_scans(tmp_path, monkeypat
         for i in range(3):
             _write(root / "d2" / "sub" / f"unwatched{i}", "x")
             assert status() == truth(root, base) and status.full == i + 1
+        no_space.clear()  # watches are available again: the retry before the next answer succeeds
+        _write(root / "d2" / "sub" / "unwatched3", "x")
+        assert status() == truth(root, base) and status.full == 4  # what went unwatched is rescanned once
+        _write(root / "d2" / "sub" / "watched", "x")
+        assert status.fast() == truth(root, base)
     finally:
         shutil.rmtree(root / ".mic")  # the watcher exits when .mic goes
         thread.join(timeout=15)
         watcher.inotify.close()
         watcher.server.close()
     assert not thread.is_alive()
+    assert "watching everything again" in capsys.readouterr().err
 
 
 def test_watcher_exits_when_mic_is_removed(ws):
