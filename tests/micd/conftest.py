@@ -13,7 +13,7 @@ from micd.tiers.disk import DiskTier
 @pytest.fixture
 def disk_defaults() -> dict:
     """Keyword defaults of `make_tier`; a module overrides this fixture to give its tiers other caps."""
-    return {"verify_limit": 64 << 10}
+    return {"verify_limit": 64 << 10, "journal_segment_bytes": 2 << 20}
 
 
 @pytest.fixture

@@ -35,8 +35,8 @@ async def read(handle: Any) -> bytes:
 
 
 def temp_files(tier: DiskTier) -> list[Path]:
-    """The disk tier's leftover temp files (its lock file aside)."""
-    return [p for p in tier.layout.tmp.rglob("*") if p.is_file() and p.name != "lock"]
+    """The disk tier's leftover temp files (its lock file and journal segments aside)."""
+    return [p for p in tier.layout.tmp.rglob("*") if p.is_file() and p.name != "lock" and p.parent.name != "journal"]
 
 
 def s3_keys(boto: Any, bucket: str) -> list[str]:

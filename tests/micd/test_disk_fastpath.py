@@ -1,4 +1,4 @@
-"""Disk tier small-blob fast path (`files.put_small` in one writer-pool call): same guarantees as streaming.
+"""Disk tier small-blob fast path (group commit through the journal): same guarantees as streaming.
 
 Wrong bytes are rejected with nothing stored, the hard cap and a full filesystem are `StoreFull`, reservations
 are held from before the first byte until the write ends, and concurrent writes all land durably.
@@ -16,6 +16,7 @@ from micd.errors import IntegrityError, StoreFull
 from micd.store import Digest
 from micd.tiers.disk import DiskTier, FilesystemFull
 from micd.tiers.disk import files as disk_files
+from micd.tiers.disk import journal as disk_journal
 from micd.tiers.disk import store as disk_store
 from tests.micd.helpers import blob, chunked, temp_files
 
@@ -69,28 +70,33 @@ async def test_wrong_bytes_for_a_stored_blob_are_rejected_and_the_blob_is_intact
     assert tier.used_bytes == 4096 and tier.stats()["reserved_bytes"] == 0
 
 
-async def test_small_put_is_one_writer_call_and_no_default_pool_hop(make_tier, monkeypatch):
+async def test_concurrent_small_puts_share_one_journal_sync_and_never_hop_to_the_default_pool(
+    make_tier, monkeypatch
+):
     tier = await make_tier()
-    data = blob(4096, seed=3)
+    first = blob(100, seed=30)
+    await tier.put_bytes(Digest.of(first), first)  # creates the journal segment (its own fsyncs)
+    pool = [blob(4096, seed=40 + i) for i in range(16)]
     calls: list[str] = []
-    real_to_thread, real_put_small = asyncio.to_thread, disk_files.put_small
+    real_to_thread, real_fdatasync = asyncio.to_thread, disk_journal.os.fdatasync
 
     async def counting_to_thread(fn, *args, **kw):
         calls.append(getattr(fn, "__name__", repr(fn)))
         return await real_to_thread(fn, *args, **kw)
 
-    def counting_put_small(*args):
-        calls.append("put_small")
-        return real_put_small(*args)
+    def counting_fdatasync(fd):
+        calls.append("fdatasync")
+        real_fdatasync(fd)
 
     monkeypatch.setattr(disk_store.asyncio, "to_thread", counting_to_thread)
-    monkeypatch.setattr(disk_files, "put_small", counting_put_small)
-    await tier.put_bytes(Digest.of(data), data)
-    await tier.put(Digest.of(data[::-1]), chunked(data[::-1]))
-    assert calls == ["put_small", "put_small"]
+    monkeypatch.setattr(disk_journal.os, "fdatasync", counting_fdatasync)
+    monkeypatch.setattr(disk_files.os, "fsync", lambda fd: calls.append("fsync"))
+    await asyncio.gather(*(tier.put_bytes(Digest.of(b), b) for b in pool[:8]))
+    await asyncio.gather(*(tier.put(Digest.of(b), chunked(b)) for b in pool[8:]))
+    assert calls == ["fdatasync", "fdatasync"]  # one durable journal write per batch, no fsync per file
     monkeypatch.undo()
-    assert await tier.get_bytes(Digest.of(data)) == data
-    assert await tier.get_bytes(Digest.of(data[::-1])) == data[::-1]
+    for data in pool:
+        assert await tier.get_bytes(Digest.of(data)) == data
 
 
 async def test_streamed_small_put_holds_its_reservation_until_it_ends(make_tier):
@@ -157,18 +163,18 @@ async def test_filesystem_full_on_the_fast_path_is_store_full_and_leaves_nothing
     assert await tier.get_bytes(Digest.of(data)) == data
 
 
-async def test_fsync_happens_before_the_name_is_visible(make_tier, monkeypatch):
+async def test_the_journal_is_durable_before_the_name_is_visible(make_tier, monkeypatch):
     tier = await make_tier()
     data = blob(4096, seed=12)
     final = tier.layout.blob_path(Digest.of(data))
     seen: list[bool] = []
-    real_fsync = disk_files.os.fsync
+    real_fdatasync = disk_journal.os.fdatasync
 
-    def checking_fsync(fd):
+    def checking_fdatasync(fd):
         seen.append(final.exists())
-        real_fsync(fd)
+        real_fdatasync(fd)
 
-    monkeypatch.setattr(disk_files.os, "fsync", checking_fsync)
+    monkeypatch.setattr(disk_journal.os, "fdatasync", checking_fdatasync)
     await tier.put_bytes(Digest.of(data), data)
     assert seen == [False] and final.read_bytes() == data
 

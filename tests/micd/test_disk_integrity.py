@@ -198,8 +198,7 @@ async def test_failed_puts_leave_no_temp_files(make_tier):
         await tier.put_bytes(digest, data[:-1] + b"\x00")
     with pytest.raises(IntegrityError):
         await tier.put_bytes(Digest(digest.function, digest.hex, digest.size - 5), data)
-    temp_files = [p for p in tier.layout.tmp.rglob("*") if p.is_file() and p.name != "lock"]
-    assert temp_files == []
+    assert temp_files(tier) == []
     assert tier.used_bytes == 0 and tier.stats()["reserved_bytes"] == 0
 
 

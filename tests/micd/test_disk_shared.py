@@ -60,7 +60,9 @@ def start_writer(root: Path, mode: str) -> subprocess.Popen:
 
 
 def temp_files(root: Path) -> list[Path]:
-    return [p for p in (root / "v1" / "tmp").rglob("*") if p.is_file() and p.name != "lock"]
+    return [
+        p for p in (root / "v1" / "tmp").rglob("*") if p.is_file() and p.name != "lock" and p.parent.name != "journal"
+    ]
 
 
 async def read_line(proc: subprocess.Popen, timeout: float = 60) -> str:

@@ -5,6 +5,7 @@ Layout (the version is in the directory name, so a future layout can live beside
     <root>/v1/cas/<function>/<hh>/<hex>.<size>   a verified CAS blob (hh = first two hex digits)
     <root>/v1/kv/<hh>/<hex>                      a KV record file; hex = sha256(namespace NUL key)
     <root>/v1/tmp/<owner>/                      temp files of one live DiskTier; <owner>/lock is flock'ed
+    <root>/v1/tmp/<owner>/journal/seg.<n>       its small-blob journal (group commit, see `journal.py`)
     <root>/v1/index/snapshot                    the index snapshot (see `index.py`)
 
 Other components keep their own directories under `<root>/v1/` (e.g. `s3-queue/`); nothing here touches
@@ -124,7 +125,7 @@ class Layout:
         """Create every shard directory, so writers never race on mkdir (blocking: call in a thread).
 
         Skipped when the last directory this creates exists (a previous open finished). A shard removed by
-        hand later is recreated by the first write into it (`files.TempWriter.publish`).
+        hand later is recreated by the first write into it (`files.TempWriter.publish`, `files.publish_unsynced`).
         """
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.index.mkdir(parents=True, exist_ok=True)

@@ -8,11 +8,12 @@ A base class so that `store.py` stays about reading and writing files; the rules
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from pathlib import Path
 
 from micd.errors import StoreFull
-from micd.tiers.disk import evict, files, index
+from micd.tiers.disk import evict, files, index, journal
 from micd.tiers.disk.layout import Layout
 from micd.tiers.disk.lru import Lru
 
@@ -122,9 +123,15 @@ class IndexState:
         async with self._evict_lock:
             return await self._evict_to(evict.low_water(self.soft_cap) if target is None else target)
 
+    def _clean_dead_temp(self) -> None:
+        """Replay and remove the temp areas of dead writers (blocking)."""
+        files.clean_dead_temp(self.layout.tmp, functools.partial(journal.replay, layout=self.layout))
+
     async def refresh(self) -> None:
-        """Reconcile the index with the files: count other processes' writes, drop what they evicted."""
+        """Reconcile the index with the files: restore what dead writers' journals acknowledged, count other
+        processes' writes, drop what they evicted."""
         self._scanned_at = time.monotonic_ns()
+        await asyncio.to_thread(self._clean_dead_temp)
         known = {key: size for key, (size, _) in self._lru.items()}
         new, gone, resized = await asyncio.to_thread(index.scan_changes, self.layout, known)
         for key in gone:
