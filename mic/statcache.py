@@ -239,7 +239,7 @@ class Index:
     def load(cls, path: Path) -> Index:
         try:
             raw = path.read_bytes()
-            if raw[:4] == _MAGIC:  # header, then the key blob, (delta, changes), the entry blob: no copies made
+            if raw[:4] == _MAGIC:  # header, key blob, (delta, changes[, token]), entry blob: no copies made
                 version, n_keys, n_meta, n_entries = _HEADER.unpack_from(raw, 4)
                 view = memoryview(raw)[4 + _HEADER.size :]
                 if version not in (4, _VERSION) or len(view) != n_keys + n_meta + n_entries:

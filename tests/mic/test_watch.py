@@ -187,6 +187,41 @@ def test_changes_after_a_directory_move_are_seen_at_its_new_path(ws):
     assert status.fast() == truth(root, base)
 
 
+def test_a_deletion_found_by_a_watched_scan_survives_the_save(ws):
+    root, base, status = ws
+    (root / "d2" / "sub" / "f2.txt").unlink()
+    _write(root / "d3" / "sub" / "f3.txt", "changed, so this status saves the index and the new token")
+    expected = truth(root, base)
+    assert status.fast() == expected and "d2/sub/f2.txt" in expected
+    index = Index.load(root / ".mic" / "index")
+    assert index.changes() == expected  # from the saved index alone: nothing is reported any more
+    assert status.fast() == expected
+
+
+def test_a_version_4_index_is_read_and_rescanned_once(ws):
+    import marshal
+    import struct
+
+    root, base, status = ws
+    path = root / ".mic" / "index"
+    raw = path.read_bytes()
+    header = struct.Struct("<BxxxQQQ")
+    version, n_keys, n_meta, n_entries = header.unpack_from(raw, 4)
+    start = 4 + header.size
+    delta, changes, token = marshal.loads(raw[start + n_keys : start + n_keys + n_meta])
+    assert version == 5 and token is not None
+    meta = marshal.dumps((delta, changes))  # version 4: no token
+    path.write_bytes(raw[:4] + header.pack(4, n_keys, len(meta), n_entries) + raw[start : start + n_keys] + meta
+                     + raw[start + n_keys + n_meta :])
+    old = Index.load(path)
+    assert old.token is None and old.entries == base
+    _write(root / "d0" / "sub" / "f0.txt", "changed")
+    full = status.full
+    assert status() == truth(root, base) and status.full == full + 1
+    assert Index.load(path).token is not None
+    assert status.fast() == truth(root, base)
+
+
 def test_a_change_made_in_the_same_instant_as_a_status(ws):
     root, base, status = ws
     target = root / "d0" / "sub" / "f0.txt"
