@@ -320,50 +320,56 @@ class _Pending:
 
 
 class GroupCommit:
-    """Collects concurrent small puts into batches: one journal append at a time, each batch's publishing
-    overlapping the next batch's append. Runs on one event loop; the blocking work runs on `executor`."""
+    """Collects concurrent small puts into batches. Each batch is ONE call on `executor` (journal append
+    under a lock, then publishing); two batches may be in flight, so one publishes while the next appends,
+    and puts arriving meanwhile form the batch after. Runs on one event loop."""
+
+    _IN_FLIGHT = 2
 
     def __init__(self, journal: Journal, area: files.TempArea, executor: Executor) -> None:
         self.journal = journal
         self._area = area
         self._executor = executor
         self._queue: list[_Pending] = []
-        self._runner: asyncio.Task[None] | None = None
-        self._publishing: set[asyncio.Future] = set()
+        self._in_flight: set[asyncio.Future] = set()
+        self._append_lock = threading.Lock()
 
     async def put(self, digest: Digest, final: str, data: bytes) -> files.Sig | None:
         """Durably store `data` at `final`: its Sig, or None if it was already there (bytes still verified).
 
         Raises IntegrityError (nothing written) or the OSError that kept it out of the journal or its file.
         """
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._queue.append(_Pending(digest, final, data, future))
-        if self._runner is None:
-            self._runner = asyncio.create_task(self._run())
+        if len(self._queue) == 1 and len(self._in_flight) < self._IN_FLIGHT:
+            loop.call_soon(self._launch, loop)  # after the puts started in this same loop pass
         return await future
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                try:
-                    appended = await loop.run_in_executor(self._executor, self._append, batch)
-                except Exception as exc:  # noqa: BLE001 - not one blob's I/O error: every waiter must hear of it
-                    _settle([(item, exc) for item in batch])
-                    continue
-                task = loop.run_in_executor(self._executor, self._publish, appended)
-                self._publishing.add(task)
-                task.add_done_callback(functools.partial(self._published, batch))
-        finally:
-            self._runner = None
+    def _launch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._queue or len(self._in_flight) >= self._IN_FLIGHT:
+            return
+        batch, self._queue = self._queue, []
+        task = loop.run_in_executor(self._executor, self._commit, batch)
+        self._in_flight.add(task)
+        task.add_done_callback(functools.partial(self._committed, batch, loop))
 
-    def _published(self, batch: list[_Pending], task: asyncio.Future) -> None:
-        self._publishing.discard(task)
+    def _committed(
+        self, batch: list[_Pending], loop: asyncio.AbstractEventLoop, task: asyncio.Future
+    ) -> None:
+        self._in_flight.discard(task)
         if task.cancelled() or task.exception() is not None:
             _settle([(item, task.exception() or asyncio.CancelledError()) for item in batch])
         else:
             _settle(task.result())
+        if self._queue and len(self._in_flight) < self._IN_FLIGHT:
+            self._launch(loop)
+
+    def _commit(self, batch: list[_Pending]) -> list[tuple[_Pending, object]]:
+        """Journal, then publish, one batch (blocking); the final outcome per item."""
+        with self._append_lock:
+            appended = self._append(batch)
+        return self._publish(appended)
 
     def _append(self, batch: list[_Pending]) -> list[tuple[_Pending, object]]:
         """Verify, skip blobs already stored, journal the rest (blocking). Outcome per item: an exception,
@@ -415,8 +421,5 @@ class GroupCommit:
 
     async def close(self) -> None:
         """Wait for queued and in-flight puts to settle."""
-        while self._runner is not None or self._publishing:
-            if self._runner is not None:
-                await asyncio.shield(self._runner)
-            if self._publishing:
-                await asyncio.gather(*self._publishing, return_exceptions=True)
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
