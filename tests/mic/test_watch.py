@@ -429,7 +429,12 @@ def test_two_concurrent_statuses_start_one_watcher(tmp_path, local_store_env, mi
     results = [json.loads(o[0].stdout) for o in outs]
     assert results[0] == results[1] and [c["path"] for c in results[0]["changes"]] == ["d0/f0"]
     time.sleep(0.5)  # a second watcher, had one started, would have exited on the lock by now
-    assert watcher_pids(tmp_path) == [int((root / ".mic" / PID).read_text())]
+    pid = int((root / ".mic" / PID).read_text())
+    assert watcher_pids(tmp_path) == [pid]
+    client.start(root, 60)  # one more, for certain after the first: it finds the lock taken and leaves
+    time.sleep(0.5)
+    assert watcher_pids(tmp_path) == [pid] and int((root / ".mic" / PID).read_text()) == pid
+    assert mic.json(root, "status")["changes"] == results[0]["changes"]
 
 
 def test_land_and_status_through_the_cli_use_the_watcher(tmp_path, local_store_env, mic, monkeypatch):
