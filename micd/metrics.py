@@ -6,6 +6,8 @@ tested without metrics (pass `Metrics()` or nothing).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
@@ -22,7 +24,8 @@ class _Series:
     seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        self.buckets = [0] * len(_LATENCY_BUCKETS)
+        self.buckets = [0] * (len(_LATENCY_BUCKETS) + 1)
+        """Observations per bucket, not cumulative (one increment per observation); the last is +Inf."""
 
 
 class Metrics:
@@ -40,9 +43,7 @@ class Metrics:
             series.count += 1
             series.bytes += nbytes
             series.seconds += seconds
-            for i, bound in enumerate(_LATENCY_BUCKETS):
-                if seconds <= bound:
-                    series.buckets[i] += 1
+            series.buckets[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
 
     def set_gauge(self, name: str, value: float) -> None:
         with self._lock:
@@ -83,7 +84,8 @@ class Metrics:
             ]
             for (tool, tier, event), s in items:
                 labels = f'tool="{tool}",tier="{tier}",event="{event}"'
-                for bound, count in zip(_LATENCY_BUCKETS, s.buckets, strict=True):
+                cumulative = itertools.accumulate(s.buckets)
+                for bound, count in zip(_LATENCY_BUCKETS, cumulative, strict=False):
                     lines.append(f'micd_latency_seconds_bucket{{{labels},le="{bound}"}} {count}')
                 lines.append(f'micd_latency_seconds_bucket{{{labels},le="+Inf"}} {s.count}')
                 lines.append(f"micd_latency_seconds_sum{{{labels}}} {s.seconds}")
