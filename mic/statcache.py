@@ -5,7 +5,9 @@ mode, size) the base tree holds for it (None for a file not in the base). A file
 match its entry is not read again. Linux file timestamps are coarse (a few ms), so when the index is saved, every
 entry whose mtime is within `RACY_NS` of that moment is "smudged" (mtime -1) and re-hashed next time: a change
 made in the same clock tick as our hash cannot hide behind an unchanged mtime. This is git's racy-index rule, and
-like git it lets a fresh checkout trust every file written more than `RACY_NS` before the index was saved.
+like git it lets a fresh checkout trust every file written more than `RACY_NS` before the index was saved. A
+file a scan hashes is also judged against the scan's start, so saving long after the scan (as `mic land` does)
+cannot widen the window.
 
 The file is one `marshal`led tuple written with temp + rename (layout in `Index`). `mic status` on an unchanged
 tree decodes only the stat keys (path → (mtime, size, inode, mode)) and the changes against the base; the full
@@ -446,6 +448,7 @@ def scan(root: Path, index: Index) -> ScanResult:
     touched only for the rest (new, changed, smudged or deleted files).
     """
     keys, changes = index._sync()
+    started = time.time_ns()
     seen, suspects = _walk(os.fspath(root), keys)
     changes = dict(changes)
     if not suspects and len(seen) == len(keys):
@@ -453,20 +456,27 @@ def scan(root: Path, index: Index) -> ScanResult:
     entries = index.entries
     if index._keys is None:  # the stored entries were damaged: compare against what could be recovered
         return scan(root, index)
-    rehashed = _record(entries, changes, suspects)
+    rehashed = _record(entries, changes, suspects, started)
     if len(seen) != len(entries):  # new files were added to `entries` as seen, so a gap means deletions
         present = set(seen)
         rehashed += _record_gone(entries, changes, [p for p in entries if p not in present])
     return ScanResult(changes, rehashed)
 
 
-def _record(entries: dict[str, Entry], changes: dict[str, Change], suspects: list[Suspect]) -> int:
-    """Hash the suspects into `entries` and `changes`; return how many."""
+def _record(
+    entries: dict[str, Entry], changes: dict[str, Change], suspects: list[Suspect], stat_since_ns: int
+) -> int:
+    """Hash the suspects into `entries` and `changes`; return how many.
+
+    A file modified within `RACY_NS` before its stat (taken after `stat_since_ns`) is stored smudged at once: a
+    same-size write in the same clock tick after our stat would leave its stat key unchanged, and the save-time
+    rule alone misses that when the index is saved long after the scan (as `mic land` does)."""
+    racy_from = stat_since_ns - RACY_NS
     for rel, full, size, mtime_ns, ino, mode in suspects:
         e = entries.get(rel)
         base = (e[5], e[6], e[7]) if e is not None else (None, 0, 0)
         cur = hash_path(full, mode)
-        entries[rel] = (size, mtime_ns, ino, cur, mode, *base)
+        entries[rel] = (size, mtime_ns if mtime_ns < racy_from else -1, ino, cur, mode, *base)
         changes.pop(rel, None)
         if base[0] is None:
             changes[rel] = ("added", cur, mode, size)
@@ -520,6 +530,7 @@ def scan_paths(root: Path, index: Index, paths: list[str]) -> ScanResult:
     """
     if not paths:
         return ScanResult(dict(index.changes()), 0)
+    started = time.time_ns()
     entries = index.entries
     if index.token is None:  # the stored entries were damaged
         return scan(root, index)
@@ -571,5 +582,5 @@ def scan_paths(root: Path, index: Index, paths: list[str]) -> ScanResult:
     gone = [rel for rel in checked if rel not in present and rel in entries]
     if walked:
         gone += [rel for rel in entries if rel not in present and _under(rel, walked)]
-    rehashed = _record(entries, changes, suspects) + _record_gone(entries, changes, gone)
+    rehashed = _record(entries, changes, suspects, started) + _record_gone(entries, changes, gone)
     return ScanResult(changes, rehashed)

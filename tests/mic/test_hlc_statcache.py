@@ -6,7 +6,7 @@ import os
 import time
 
 from mic.hlc import Clock, format_hlc, pack, unpack
-from mic.statcache import RACY_NS, Index, scan
+from mic.statcache import RACY_NS, Index, hash_path, scan
 
 
 def test_hlc_is_monotonic_when_the_wall_clock_goes_back():
@@ -197,3 +197,22 @@ def test_forked_walk_falls_back_when_the_child_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(statcache, "_FORK_MIN", 0)
     monkeypatch.setattr(statcache, "marshal", types.SimpleNamespace(dumps=broken_dumps, loads=marshal.loads))
     assert _scan_kinds(tmp_path) == expected
+
+
+def test_same_tick_rewrite_after_a_scan_is_seen_even_when_the_index_is_saved_late(tmp_path):
+    """The racy window starts at the scan, not at the save: a same-size rewrite in the same clock tick right
+    after the hash must not hide behind an unchanged stat key, however long `mic land` takes to save."""
+    (tmp_path / ".mic").mkdir()
+    f = tmp_path / "f"
+    f.write_text("first")
+    before = f.stat()
+    index = Index(tmp_path / ".mic" / "index")
+    assert scan(tmp_path, index).changes["f"][0] == "added"
+    f.write_text("other")  # same size; then the same mtime, as a write within the same tick leaves it
+    os.utime(f, ns=(before.st_atime_ns, before.st_mtime_ns))
+    time.sleep(RACY_NS / 1e9 + 0.05)  # the save comes later than the racy window after the change
+    index.save()
+    index = Index.load(tmp_path / ".mic" / "index")
+    result = scan(tmp_path, index)
+    assert result.rehashed == 1
+    assert result.changes["f"][1] == hash_path(f, 0)  # the new content's hash, not the first one's
