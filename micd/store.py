@@ -7,7 +7,7 @@ protocol: a digest is (function, hex, size) and a record is bytes plus the CAS d
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -136,6 +136,11 @@ class Cas(Protocol):
 
     async def get_bytes(self, digest: Digest) -> bytes | None:
         """Whole blob in memory, or None. For small blobs only (records, protos)."""
+        ...
+
+    async def get_many_bytes(self, digests: Sequence[Digest]) -> list[bytes | None]:
+        """`get_bytes` for a batch (BatchReadBlobs, a tree level), in input order: one call, so the blobs a
+        tier holds in memory cost no coroutine each."""
         ...
 
 

@@ -6,7 +6,7 @@ Also the reference in-memory `Store` that protocol tests run against.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 from micd.blobs import BytesBlob, Verifier, aiter_bytes
 from micd.store import Digest, Record
@@ -46,6 +46,9 @@ class MemoryTier:
 
     async def get_bytes(self, digest: Digest) -> bytes | None:
         return b"" if digest.is_empty else self._touch(digest)
+
+    async def get_many_bytes(self, digests: Sequence[Digest]) -> list[bytes | None]:
+        return [self._touch(d) if d.size else b"" for d in digests]
 
     async def put(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
         verifier = Verifier(digest)

@@ -24,7 +24,7 @@ import io
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -243,6 +243,10 @@ class S3Tier:
         if blob is None:
             return None
         return b"".join([chunk async for chunk in blob.chunks()])
+
+    async def get_many_bytes(self, digests: Sequence[Digest]) -> list[bytes | None]:
+        """`get_bytes` for each digest, concurrently (downloads are bounded by the tier's own limits)."""
+        return list(await asyncio.gather(*(self.get_bytes(d) for d in digests)))
 
     async def _download(self, digest: Digest) -> bytes | IO[bytes] | None:
         key = self.cas_key(digest)

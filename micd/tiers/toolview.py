@@ -7,7 +7,7 @@ outcome seen by the client (hit, miss or put, bytes and latency) under the tier 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from micd.store import Blob, Digest, Record
@@ -43,6 +43,13 @@ class ToolView:
         data = await self._store.get_bytes(digest, tool=self.tool)
         self._done("miss" if data is None else "hit", 0 if data is None else len(data), started)
         return data
+
+    async def get_many_bytes(self, digests: Sequence[Digest]) -> list[bytes | None]:
+        started = time.perf_counter()
+        found = await self._store.get_many_bytes(digests, tool=self.tool)
+        for data in found:
+            self._done("miss" if data is None else "hit", 0 if data is None else len(data), started)
+        return found
 
     async def put(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
         started = time.perf_counter()

@@ -99,7 +99,7 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
         function = digest_function(request.digest_function)
         digests = from_protos(request.digests, function)
         _check_batch_size(sum(d.size for d in digests))
-        found = await _all(self._store.get_bytes(d) for d in digests)
+        found = await self._store.get_many_bytes(digests)
         responses = []
         for proto, data in zip(request.digests, found, strict=True):
             if data is None:
@@ -135,7 +135,7 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
         level = [root]
         out: list[re_pb2.Directory] = []
         while level:
-            blobs = await asyncio.gather(*(self._store.get_bytes(d) for d in level))
+            blobs = await self._store.get_many_bytes(level)
             if not out and blobs[0] is None:
                 raise NotFound(f"tree root {root} not found")
             next_level = []

@@ -86,3 +86,20 @@ async def test_a_fresh_blob_is_found_and_served_from_memory(make_store):
     store.disk.layout.blob_path(digest).unlink()  # another daemon evicted the disk copy
     assert await store.find_missing([digest]) == []  # the verified bytes are in memory: a real hit
     assert await store.get_bytes(digest) == data
+
+
+async def test_get_many_bytes_serves_memory_in_one_pass_and_fills_misses_from_disk(make_store):
+    store = await make_store(budget=10_000)
+    hot, cold = blob(1000, seed=70), blob(1000, seed=71)
+    await store.put_bytes(Digest.of(hot), hot)  # kept in memory too
+    await store.disk.put_bytes(Digest.of(cold), cold)  # on disk only
+    absent = Digest.of(blob(10, seed=72))
+    view = store.for_tool("bazel")
+    got = await view.get_many_bytes([Digest.of(cold), Digest.of(hot), absent, Digest.empty()])
+    assert got == [cold, hot, None, b""]
+    assert await store.memory.get_bytes(Digest.of(cold)) == cold  # the disk hit filled memory
+    series = store.metrics.snapshot()["series"]
+    assert series["bazel/memory/hit"]["count"] == 1 and series["bazel/memory/hit"]["bytes"] == 1000
+    assert series["bazel/disk/hit"]["count"] == 1
+    assert series["bazel/memory/miss"]["count"] == 2  # the cold blob and the absent one
+    assert series["bazel/all/hit"]["count"] == 3 and series["bazel/all/miss"]["count"] == 1

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -205,6 +205,10 @@ class DiskTier(IndexState):
             return b"".join([chunk async for chunk in blob.chunks()])
         except IntegrityError:
             return None  # nothing was served yet, so a detected corruption is a plain miss here
+
+    async def get_many_bytes(self, digests: Sequence[Digest]) -> list[bytes | None]:
+        """`get_bytes` for each digest, concurrently (each read is its own worker-thread call)."""
+        return list(await asyncio.gather(*(self.get_bytes(d) for d in digests)))
 
     # -- CAS writes --------------------------------------------------------------------------------
     async def put(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
