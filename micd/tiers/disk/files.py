@@ -7,7 +7,7 @@ daemons share one root). The same directory holds the instance's small-blob jour
 whoever removes a dead writer's directory replays first.
 
 Publishing is write → fsync → rename for streamed blobs and records. Small blobs in memory are made durable by
-their journal record instead (group commit, see `journal.py`) and published write → rename with no fsync of
+their journal record instead (group commit, see `journal.py`) and published with no fsync of
 their own (`publish_unsynced`); until the journal segment covering them is retired after a `syncfs`, a power
 loss may leave such a name empty or short, which the read-side verification of small blobs detects and the
 replay at the next open repairs. The parent directory is not fsynced for streamed blobs: after a power loss
