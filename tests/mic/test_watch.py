@@ -410,13 +410,19 @@ def test_a_watcher_that_cannot_start_costs_one_full_scan_not_a_wait(tmp_path, mo
     assert watcher_pids(tmp_path) == [] and "failed" in (root / ".mic" / LOG).read_text()
 
 
-def test_two_concurrent_statuses_start_one_watcher(tmp_path, local_store_env, mic):
+def _landed_workspace(tmp_path: Path, mic) -> Path:
+    """A 30-file workspace, initialised and landed through the CLI."""
     root = tmp_path / "ws"
     root.mkdir()
     for i in range(30):
         _write(root / f"d{i % 3}" / f"f{i}", f"{i}")
     mic(root, "init", "--project", "w")
     mic(root, "land", "initial")
+    return root
+
+
+def test_two_concurrent_statuses_start_one_watcher(tmp_path, local_store_env, mic):
+    root = _landed_workspace(tmp_path, mic)
     _write(root / "d0" / "f0", "changed")
     env = {"MIC_WATCH_MIN_FILES": "0"}
     outs: list[list] = [[], []]
@@ -439,12 +445,7 @@ def test_two_concurrent_statuses_start_one_watcher(tmp_path, local_store_env, mi
 
 def test_land_and_status_through_the_cli_use_the_watcher(tmp_path, local_store_env, mic, monkeypatch):
     monkeypatch.setenv("MIC_WATCH_MIN_FILES", "0")
-    root = tmp_path / "ws"
-    root.mkdir()
-    for i in range(30):
-        _write(root / f"d{i % 3}" / f"f{i}", f"{i}")
-    mic(root, "init", "--project", "w")
-    mic(root, "land", "initial")
+    root = _landed_workspace(tmp_path, mic)
     assert mic.json(root, "status")["changes"] == []
     pid = int((root / ".mic" / PID).read_text())
     _write(root / "d1" / "f1", "changed")
