@@ -18,6 +18,7 @@ import pytest
 from micd.errors import StoreFull
 from micd.store import Digest
 from micd.tiers.disk import FilesystemFull
+from micd.tiers.disk import files as disk_files
 from micd.tiers.disk import journal as disk_journal
 from micd.tiers.disk.layout import Layout
 from tests.micd.helpers import blob
@@ -219,3 +220,28 @@ async def test_clean_close_leaves_no_journal_and_blobs_durable(make_tier, tmp_pa
     assert not area.exists()
     again = await make_tier(tmp_path / "cache")
     assert await again.get_bytes(Digest.of(data)) == data
+
+
+async def test_a_big_batch_with_duplicates_and_one_failing_file_settles_each_put(make_tier, monkeypatch):
+    tier = await make_tier()
+    blobs = [blob(2000, seed=800 + i) for i in range(40)]
+    doomed = tier.layout.blob_file(Digest.of(blobs[17]))
+    real_publish = disk_files.publish_unsynced
+
+    def publish(area, final, data):
+        if final == doomed:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_publish(area, final, data)
+
+    monkeypatch.setattr(disk_files, "publish_unsynced", publish)
+    puts = [tier.put_bytes(Digest.of(b), b) for b in blobs + blobs[::-1]]  # one batch, every blob twice
+    results = await asyncio.gather(*puts, return_exceptions=True)
+    failed = [i for i, r in enumerate(results) if r is not None]
+    assert failed == [17, 40 + 39 - 17]  # both copies of the doomed blob, and nothing else
+    assert all(isinstance(results[i], OSError) and results[i].errno == errno.EIO for i in failed)
+    monkeypatch.undo()
+    assert await tier.find_missing([Digest.of(b) for b in blobs]) == [Digest.of(blobs[17])]
+    for i, data in enumerate(blobs):
+        if i != 17:
+            assert await tier.get_bytes(Digest.of(data)) == data
+    assert tier.stats()["reserved_bytes"] == 0

@@ -17,9 +17,10 @@ that the journal replay restores at the next open). Streamed blobs and records a
 fsynced and renamed into place. Blobs up to `_FAST_MAX` whose bytes are in memory take the fast path, group
 commit (`journal.py`): concurrent small puts (one BatchUpdate's blobs, or many calls at once) are verified,
 appended to this instance's journal with ONE fdatasync, then published (an unnamed temp file linked into
-place, `files.publish_unsynced`) without an fsync each. That replaced an fsync per file, which bounded small writes at the filesystem's fsync rate
-(~700 files/s from one thread on the dev VM); journal segments are recycled after a background `syncfs`.
-Blocking work runs on this tier's own small writer pool, not asyncio's default one, so writes never starve
+place, `files.publish_unsynced`) without an fsync each. That replaced an fsync per file, which bounded
+small writes at the filesystem's fsync rate (~700 files/s from one thread on the dev VM); journal segments
+are recycled after a background `syncfs`.
+Blocking work runs on the group commit's own threads, not asyncio's default pool, so writes never starve
 reads queued there.
 
 Reads: blobs up to `verify_limit` are read whole and verified before any byte is served (mismatch: the file
@@ -34,7 +35,6 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from micd.blobs import BytesBlob, Verifier, aiter_bytes, clamp_range
@@ -52,7 +52,6 @@ from micd.tiers.disk.upkeep import IndexState
 __all__ = ["DiskTier", "FilesystemFull"]
 
 _FAST_MAX = 1 << 20  # blobs up to this size are group-committed through the journal
-_WRITER_THREADS = 4  # one journal append at a time, plus the publishing of earlier batches
 
 
 class DiskTier(IndexState):
@@ -76,7 +75,6 @@ class DiskTier(IndexState):
         self.verify_limit = verify_limit
         self._journal_shape = (journal_segment_bytes, journal_segments)
         self._small_max = min(_FAST_MAX, journal_segment_bytes - RECORD_OVERHEAD)
-        self._writers: ThreadPoolExecutor | None = None
         self._journal: Journal | None = None
         self._commit: GroupCommit | None = None
 
@@ -84,13 +82,12 @@ class DiskTier(IndexState):
     async def open(self) -> None:
         """Create the layout, remove dead writers' temp files, and load the index (reconciled with files)."""
         await asyncio.to_thread(self._open_blocking)
-        self._writers = ThreadPoolExecutor(_WRITER_THREADS, thread_name_prefix="micd-disk-write")
         segment_bytes, segments = self._journal_shape
         area = self._temp_area()
         self._journal = Journal(
             area.path, self.layout.root, segment_bytes=segment_bytes, max_segments=segments
         )
-        self._commit = GroupCommit(self._journal, area, self._writers)
+        self._commit = GroupCommit(self._journal, area)
 
     def _open_blocking(self) -> None:
         self.layout.make_dirs()
@@ -111,9 +108,6 @@ class DiskTier(IndexState):
         if self._commit is not None:  # let in-flight small writes finish before their temp dir goes
             await self._commit.close()
             self._commit = None
-        if self._writers is not None:
-            await asyncio.to_thread(self._writers.shutdown, True)
-            self._writers = None
         if self._journal is not None:  # syncfs: what the journal covered is durable without it
             await asyncio.to_thread(self._journal.close)
             self._journal = None
