@@ -245,3 +245,23 @@ async def test_a_big_batch_with_duplicates_and_one_failing_file_settles_each_put
         if i != 17:
             assert await tier.get_bytes(Digest.of(data)) == data
     assert tier.stats()["reserved_bytes"] == 0
+
+
+async def test_a_replay_that_fails_keeps_the_journal_and_the_daemon_opens(make_tier, tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    area = await killed_writer(root)
+    blobs = pool()
+    lose_page_cache(root, blobs)
+    real_publish = disk_journal.files.TempWriter.publish
+
+    def full(self, final, *, sync=True):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(disk_journal.files.TempWriter, "publish", full)
+    first = await make_tier(root)  # opens anyway
+    assert (area / disk_journal.DIR).is_dir()  # nothing lost: the journal waits for a later attempt
+    monkeypatch.setattr(disk_journal.files.TempWriter, "publish", real_publish)
+    await first.refresh()
+    assert not area.exists()
+    for data in blobs:
+        assert await first.get_bytes(Digest.of(data)) == data

@@ -26,6 +26,7 @@ import ctypes
 import errno
 import fcntl
 import itertools
+import logging
 import os
 import secrets
 import shutil
@@ -53,6 +54,8 @@ __all__ = [
     "read_small",
     "unlink_if_same",
 ]
+
+log = logging.getLogger(__name__)
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _LOCK = "lock"
@@ -113,7 +116,11 @@ def clean_dead_temp(tmp_root: Path, replay: Callable[[Path], object]) -> int:
                 if now - entry.stat(follow_symlinks=False).st_mtime_ns <= _STRAY_AGE_NS:
                     continue
         try:
-            replay(path)
+            try:
+                replay(path)
+            except OSError as exc:  # e.g. a full disk: keep the journal, never refuse to open over it
+                log.error("could not replay the journal in %s (%s); kept for the next attempt", path, exc)
+                continue
             shutil.rmtree(path, ignore_errors=True)
             removed += 1
         finally:
