@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -33,6 +32,7 @@ import aiohttp
 import grpc
 from aiohttp import web
 
+from micd import libc
 from micd.app import Activity, create_app, create_grpc_server, open_store
 from micd.auth import new_token
 from micd.config import Config
@@ -54,17 +54,6 @@ IDLE_TRIM_AFTER = 1.0  # seconds without requests before freed heap memory goes 
 log = logging.getLogger("micd")
 
 
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None on a libc without it."""
-    try:
-        func = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_size_t]
-    func.restype = ctypes.c_int
-    return func
-
-
 class IdleTrim:
     """Hands freed heap memory back to the OS once per idle period.
 
@@ -74,7 +63,7 @@ class IdleTrim:
 
     def __init__(self, activity: Activity, trim: Callable[[int], int] | None = None) -> None:
         self._activity = activity
-        self._trim = trim if trim is not None else _load_malloc_trim()
+        self._trim = trim if trim is not None else libc.malloc_trim
         self._trimmed_for = activity.last  # the activity stamp the last trim followed
 
     def tick(self) -> None:

@@ -392,7 +392,6 @@ def test_idle_trim_hands_memory_back_once_per_pause():
 
 
 def test_the_real_malloc_trim_is_found_on_this_libc():
-    from micd.lifecycle import _load_malloc_trim
+    from micd import libc
 
-    trim = _load_malloc_trim()
-    assert trim is not None and trim(0) in (0, 1)
+    assert libc.malloc_trim is not None and libc.malloc_trim(0) in (0, 1)

@@ -22,7 +22,6 @@ fsync finds little left to flush; without it a 1 GiB upload waits for the whole 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import itertools
@@ -37,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from micd import libc
 from micd.blobs import Verifier
 from micd.store import Digest, new_hasher
 
@@ -151,28 +151,13 @@ class TempArea:
         self._fd = None
 
 
-def _load_sync_file_range():  # a ctypes function or None
-    """libc's sync_file_range (Linux only; Python's os module does not expose it)."""
-    try:
-        func = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
-    func.restype = ctypes.c_int
-    return func
-
-
-_SYNC_FILE_RANGE = _load_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
-
-
 def start_writeback(fd: int, offset: int, length: int) -> None:
     """Start (not wait for) writing `length` bytes at `offset` to the device; a no-op where unsupported.
 
     Only a hint: durability still comes from the fsync in `publish`, so a failure here is ignored.
     """
-    if _SYNC_FILE_RANGE is not None and length > 0:
-        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+    if libc.sync_file_range is not None and length > 0:
+        libc.sync_file_range(fd, offset, length, libc.SYNC_FILE_RANGE_WRITE)
 
 
 class TempWriter:
@@ -305,24 +290,6 @@ def exists_all(paths: list[str]) -> list[bool]:
     return list(map(os.access, paths, itertools.repeat(os.F_OK)))
 
 
-def _load_linkat():  # a ctypes function or None
-    """libc's linkat, to give an O_TMPFILE file its name (Python's os.link cannot follow /proc/self/fd)."""
-    if not hasattr(os, "O_TMPFILE"):
-        return None
-    try:
-        func = ctypes.CDLL(None, use_errno=True).linkat
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-    func.restype = ctypes.c_int
-    return func
-
-
-_LINKAT = _load_linkat()
-_AT_FDCWD = -100
-_AT_SYMLINK_FOLLOW = 0x400
-
-
 def publish_unsynced(area: TempArea, final: str, data: bytes) -> Sig | None:
     """Publish verified, journaled `data` at `final` with no fsync (blocking); None if a file is already there.
 
@@ -331,7 +298,7 @@ def publish_unsynced(area: TempArea, final: str, data: bytes) -> Sig | None:
     Elsewhere: a temp file in `area` renamed into place. No writeback hint: `sync_file_range` on a 4 KiB
     file cost ~0.5 ms of CPU; the journal's background `syncfs` writes these files back in bulk.
     """
-    if _LINKAT is not None:
+    if libc.linkat is not None and hasattr(os, "O_TMPFILE"):
         try:
             fd = os.open(final.rpartition("/")[0], os.O_WRONLY | os.O_TMPFILE, 0o600)
         except FileNotFoundError:  # the shard directory was removed by hand: recreate it
@@ -340,13 +307,15 @@ def publish_unsynced(area: TempArea, final: str, data: bytes) -> Sig | None:
         try:
             _write_all(fd, data)
             sig = Sig.of(os.fstat(fd))
-            if _LINKAT(
-                _AT_FDCWD, f"/proc/self/fd/{fd}".encode(), _AT_FDCWD, final.encode(), _AT_SYMLINK_FOLLOW
-            ):
-                code = ctypes.get_errno()
-                if code == errno.EEXIST:
-                    return None
-                raise OSError(code, os.strerror(code), final)
+            source = f"/proc/self/fd/{fd}".encode()
+            try:
+                libc.check(
+                    libc.linkat(libc.AT_FDCWD, source, libc.AT_FDCWD, final.encode(), libc.AT_SYMLINK_FOLLOW),
+                    "linkat",
+                    final,
+                )
+            except FileExistsError:
+                return None
             return sig
         finally:
             os.close(fd)

@@ -25,16 +25,15 @@ temp + fsync + rename, and `syncfs`es before the segments are removed.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import functools
 import os
 import struct
 import threading
 import zlib
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from micd import libc
 from micd.errors import IntegrityError
 from micd.store import FUNCTIONS, Digest, new_hasher
 from micd.tiers.disk import files
@@ -59,29 +58,14 @@ def _settle(outcomes: list[tuple[_Pending, object]]) -> None:
             item.future.set_result(outcome)
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
-    try:
-        func = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int]
-    func.restype = ctypes.c_int
-    return func
-
-
-_SYNCFS = _load_syncfs()
-
-
 def syncfs(path: Path) -> None:
     """Make everything written on `path`'s filesystem durable (`syncfs(2)`; a global `sync` elsewhere)."""
-    if _SYNCFS is None:
+    if libc.syncfs is None:
         os.sync()
         return
     fd = os.open(path, os.O_RDONLY)
     try:
-        if _SYNCFS(fd) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, f"syncfs: {os.strerror(code)}")
+        libc.check(libc.syncfs(fd), "syncfs", str(path))
     finally:
         os.close(fd)
 
