@@ -16,10 +16,10 @@ __all__ = ["COMMAND_MODULES", "main"]
 # against what the modules really register.
 COMMAND_MODULES = {
     **dict.fromkeys(("config", "daemon", "stats"), "mic.commands_daemon"),
-    **dict.fromkeys(
-        ("cat", "checkout", "diff", "import", "init", "land", "log", "ls", "project", "session", "show", "status"),
-        "mic.commands_vcs",
-    ),
+    **dict.fromkeys(("checkout", "init", "land", "project", "status"), "mic.commands_vcs"),
+    **dict.fromkeys(("cat", "diff", "log", "ls", "show"), "mic.commands_history"),
+    "import": "mic.commands_import",
+    "session": "mic.commands_session",
 }
 
 

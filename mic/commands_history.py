@@ -211,3 +211,9 @@ async def diff_cmd(env: Env, old: str | None, new: str | None) -> None:
         chunks.append({"path": path, "diff": "".join(lines)})
         text.extend(lines)
     emit(env, {"from": a, "to": b, "files": chunks}, lambda: click.echo("".join(text), nl=False))
+
+
+def register(group: click.Group) -> None:
+    """Attach this module's commands to the root `mic` group."""
+    for command in (cat_cmd, diff_cmd, log_cmd, ls_cmd, show_cmd):
+        group.add_command(command)

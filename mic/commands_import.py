@@ -46,3 +46,9 @@ async def import_git_cmd(env: Env, repo: Path, rev: str) -> None:
                "last": result.last_position, "skipped_submodules": result.skipped_submodules},
          f"imported {result.commits} commit(s) into {project.name} as @{result.first_position}..@{result.last_position}"
          + (f" ({result.skipped_submodules} submodule entries skipped)" if result.skipped_submodules else ""))
+
+
+def register(group: click.Group) -> None:
+    """Attach this module's commands to the root `mic` group."""
+    for command in (import_group,):
+        group.add_command(command)

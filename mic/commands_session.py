@@ -162,3 +162,9 @@ async def abandon(env: Env) -> None:
     ws.state.session = None
     ws.save()
     emit(env, session_json(session), f"abandoned session {session.id}")
+
+
+def register(group: click.Group) -> None:
+    """Attach this module's commands to the root `mic` group."""
+    for command in (session_group,):
+        group.add_command(command)

@@ -164,11 +164,7 @@ async def land_cmd(env: Env, goal: str | None) -> None:
 
 
 def register(group: click.Group) -> None:
-    """Attach every VCS command to the root `mic` group."""
-    from mic.commands_history import cat_cmd, diff_cmd, log_cmd, ls_cmd, show_cmd
-    from mic.commands_import import import_group
-    from mic.commands_session import session_group
-
-    for command in (project_group, init, checkout_cmd, status_cmd, land_cmd, session_group, log_cmd, show_cmd,
-                    cat_cmd, ls_cmd, diff_cmd, import_group):
+    """Attach the workspace commands to the root `mic` group (session, history and import commands live in
+    their own modules, so `mic status` does not load them)."""
+    for command in (project_group, init, checkout_cmd, status_cmd, land_cmd):
         group.add_command(command)
