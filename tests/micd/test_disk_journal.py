@@ -265,3 +265,28 @@ async def test_a_replay_that_fails_keeps_the_journal_and_the_daemon_opens(make_t
     assert not area.exists()
     for data in blobs:
         assert await first.get_bytes(Digest.of(data)) == data
+
+
+def test_a_segment_is_not_recycled_before_the_files_it_covers_exist(tmp_path, monkeypatch):
+    """A syncfs covers only files that exist when it runs: a full segment whose batch is still creating its
+    files must wait, else a power cut after the recycle could lose blobs that were acknowledged."""
+    import time
+
+    syncs: list[float] = []
+    monkeypatch.setattr(disk_journal, "syncfs", lambda root: syncs.append(time.monotonic()))
+    journal = disk_journal.Journal(tmp_path, tmp_path, segment_bytes=4096, max_segments=2)
+    first, second = blob(3000, seed=10), blob(3000, seed=11)
+    try:
+        errors, segment = journal.append([(Digest.of(first), first)])
+        assert errors == [None] and segment is not None
+        assert journal.append([(Digest.of(second), second)])[0] == [None]  # a new segment: the first is full
+        time.sleep(0.3)
+        assert syncs == []  # its batch has not published yet: no syncfs may retire it
+        assert os.pread(segment.fd, 4, 0) == b"micJ"  # and its records are still there for a replay
+        journal.published(segment)
+        deadline = time.monotonic() + 5
+        while not syncs and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(syncs) == 1
+    finally:
+        journal.close()

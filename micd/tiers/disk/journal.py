@@ -30,6 +30,7 @@ import os
 import struct
 import threading
 import zlib
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -147,6 +148,7 @@ class _Segment:
         self.fd = fd
         self.generation = 0
         self.pos = 0
+        self.unpublished = 0  # batches journaled here whose files are not all created yet
 
 
 class Journal:
@@ -172,35 +174,43 @@ class Journal:
         self._sync_error: OSError | None = None
         self._retirer: threading.Thread | None = None
 
-    def append(self, entries: list[tuple[Digest, bytes]]) -> list[OSError | None]:
-        """Journal the blobs durably: one pwrite + fdatasync per segment touched. Per entry: None once its
-        record is durable, or the OSError that stopped it (it and every later entry are then not journaled).
+    def append(self, entries: list[tuple[Digest, bytes]]) -> tuple[list[OSError | None], _Segment | None]:
+        """Journal a prefix of `entries` (as many as fit in one segment, at least one) with one pwrite and
+        one fdatasync. Returns a result per journaled entry (None: durable) and the segment written; on an
+        OSError, that error for every entry and no segment (nothing was journaled).
+
+        The caller creates the blobs' files, then calls `published(segment)`: until then the segment is not
+        recycled, since a `syncfs` run before the files exist would not cover them. One segment per call, so
+        a caller never waits for a free segment while holding an unpublished one (that would deadlock).
         """
-        results: list[OSError | None] = []
-        pending = entries
-        while pending:
-            try:
-                segment = self._segment_for(_HEADER.size + pending[0][0].size)
-                records, used = [], 0
-                for digest, data in pending:
-                    if segment.pos + used + _HEADER.size + digest.size > self.segment_bytes:
-                        break
-                    record = _record(segment.generation, digest, data)
-                    records.append(record)
-                    used += len(record)
-                buf = b"".join(records)
-                view, offset = memoryview(buf), segment.pos
-                while view:
-                    written = os.pwrite(segment.fd, view, offset)
-                    view, offset = view[written:], offset + written
-                os.fdatasync(segment.fd)
-            except OSError as exc:
-                # The segment's position is unchanged: the next batch overwrites this torn attempt.
-                return results + [exc] * len(pending)
+        try:
+            segment = self._segment_for(_HEADER.size + entries[0][0].size)
+            records, used = [], 0
+            for digest, data in entries:
+                if records and segment.pos + used + _HEADER.size + digest.size > self.segment_bytes:
+                    break
+                record = _record(segment.generation, digest, data)
+                records.append(record)
+                used += len(record)
+            buf = b"".join(records)
+            view, offset = memoryview(buf), segment.pos
+            while view:
+                written = os.pwrite(segment.fd, view, offset)
+                view, offset = view[written:], offset + written
+            os.fdatasync(segment.fd)
+        except OSError as exc:
+            # The segment's position is unchanged: the next batch overwrites this torn attempt.
+            return [exc] * len(entries), None
+        with self._cond:
             segment.pos += used
-            results += [None] * len(records)
-            pending = pending[len(records) :]
-        return results
+            segment.unpublished += 1
+        return [None] * len(records), segment
+
+    def published(self, segment: _Segment) -> None:
+        """The files of entries `append` journaled in `segment` exist now: a `syncfs` covers them."""
+        with self._cond:
+            segment.unpublished -= 1
+            self._cond.notify_all()
 
     def _segment_for(self, need: int) -> _Segment:
         if need > self.segment_bytes:
@@ -254,10 +264,13 @@ class Journal:
         return segment
 
     def _retire_loop(self) -> None:
-        """Recycle full segments once a `syncfs` made the files they cover durable."""
+        """Recycle full segments once a `syncfs` made the files they cover durable. A `syncfs` counts only
+        after every batch journaled in a segment has created its files (else it would not cover them)."""
         while True:
             with self._cond:
-                while not self._full and not self._closed:
+                while not self._closed and not (
+                    self._full and all(segment.unpublished == 0 for segment in self._full)
+                ):
                     self._cond.wait()
                 if self._closed:
                     return
@@ -303,16 +316,10 @@ class _Pending:
         self.digest, self.final, self.data, self.future = digest, final, data, future
 
 
-def _split(appended: list[tuple[_Pending, object]], ways: int) -> list[list[tuple[_Pending, object]]]:
-    """Share a batch's publishing between up to `ways` threads, at least 8 blobs each. Copies of one blob
-    stay in one part, in order, so a duplicate still follows the item it copies."""
-    ways = max(1, min(ways, len(appended) // 8))
-    if ways == 1:
-        return [appended]
-    parts: list[list[tuple[_Pending, object]]] = [[] for _ in range(ways)]
-    for entry in appended:
-        parts[hash(entry[0].final) % ways].append(entry)
-    return [part for part in parts if part]
+def _split(items: list[_Pending], ways: int) -> list[list[_Pending]]:
+    """Share a batch's publishing between up to `ways` threads, at least 8 blobs each."""
+    ways = max(1, min(ways, len(items) // 8))
+    return [items[i::ways] for i in range(ways)]
 
 
 class GroupCommit:
@@ -368,23 +375,31 @@ class GroupCommit:
             self._launch(loop)
 
     def _commit(self, batch: list[_Pending]) -> list[tuple[_Pending, object]]:
-        """Journal, then publish, one batch (blocking); the final outcome per item."""
-        with self._append_lock:
-            appended = self._append(batch)
-        first, *others = _split(appended, self._PUBLISH_WAYS)
-        helpers = [self._executor.submit(self._publish, part) for part in others]
-        out = self._publish(first)
-        for helper in helpers:
-            out += helper.result()
+        """Journal, then publish, one batch (blocking), a segment's worth at a time; the outcome per item."""
+        out, fresh, copies = self._screen(batch)
+        while fresh:
+            with self._append_lock:
+                errors, segment = self.journal.append([(item.digest, item.data) for item in fresh])
+            chunk, fresh = fresh[: len(errors)], fresh[len(errors) :]
+            try:
+                out += self._publish_all(chunk, errors)
+            finally:
+                if segment is not None:
+                    self.journal.published(segment)  # only now may a syncfs retire that segment
+        final = {id(item): outcome for item, outcome in out}
+        for item, original in copies:  # settled like the earlier item of the same blob
+            first = final[id(original)]
+            out.append((item, first if isinstance(first, BaseException) else None))
         return out
 
-    def _append(self, batch: list[_Pending]) -> list[tuple[_Pending, object]]:
-        """Verify, skip blobs already stored, journal the rest (blocking). Outcome per item: an exception,
-        None (already stored), the item itself (journaled: publish it) or an earlier item of the same blob
-        (settled like it); such an earlier item always comes first in the result."""
+    def _screen(
+        self, batch: list[_Pending]
+    ) -> tuple[list[tuple[_Pending, object]], list[_Pending], list[tuple[_Pending, _Pending]]]:
+        """Verify each item (blocking): outcomes settled already (IntegrityError, or None when the blob is
+        stored), the items to journal, and the later copies of a blob paired with its first item."""
         settled: list[tuple[_Pending, object]] = []
         fresh: list[_Pending] = []
-        dups: list[tuple[_Pending, object]] = []
+        copies: list[tuple[_Pending, _Pending]] = []
         seen: dict[str, _Pending] = {}
         for item in batch:
             hasher = new_hasher(item.digest.function)
@@ -394,31 +409,40 @@ class GroupCommit:
                 got = got if len(item.data) == item.digest.size else f"{len(item.data)} bytes"
                 settled.append((item, IntegrityError(item.digest.hex, got, what=f"blob {item.digest}")))
             elif item.final in seen:
-                dups.append((item, seen[item.final]))
+                copies.append((item, seen[item.final]))
             elif os.access(item.final, os.F_OK):
                 settled.append((item, None))
             else:
                 seen[item.final] = item
                 fresh.append(item)
-        errors = self.journal.append([(item.digest, item.data) for item in fresh]) if fresh else []
-        journaled = [
-            (item, item if error is None else error) for item, error in zip(fresh, errors, strict=True)
-        ]
-        return settled + journaled + dups
+        return settled, fresh, copies
 
-    def _publish(self, appended: list[tuple[_Pending, object]]) -> list[tuple[_Pending, object]]:
-        """Publish the journaled blobs without fsync (blocking); final outcome per item."""
-        final: dict[int, object] = {}
-        out = []
-        for item, outcome in appended:
-            if outcome is item:
-                outcome = self._publish_one(item)
-            elif isinstance(outcome, _Pending):  # same blob as an earlier item of this batch
-                first = final[id(outcome)]
-                outcome = first if isinstance(first, BaseException) else None
-            final[id(item)] = outcome
-            out.append((item, outcome))
+    def _publish_all(
+        self, chunk: list[_Pending], errors: list[OSError | None]
+    ) -> list[tuple[_Pending, object]]:
+        """Publish the journaled items of `chunk` without fsync, a big chunk from two threads; the outcome
+        per item (its journal error, if it was not journaled)."""
+        journaled = [item for item, error in zip(chunk, errors, strict=True) if error is None]
+        out: list[tuple[_Pending, object]] = [
+            (item, error) for item, error in zip(chunk, errors, strict=True) if error is not None
+        ]
+        if not journaled:
+            return out
+        first, *others = _split(journaled, self._PUBLISH_WAYS)
+        helpers = [self._executor.submit(self._publish, part) for part in others]
+        try:
+            out += self._publish(first)
+        finally:
+            futures.wait(
+                helpers
+            )  # every file exists (or failed) before the caller marks the segment published
+        for helper in helpers:
+            out += helper.result()
         return out
+
+    def _publish(self, items: list[_Pending]) -> list[tuple[_Pending, object]]:
+        """Publish journaled blobs without fsync (blocking); the outcome per item."""
+        return [(item, self._publish_one(item)) for item in items]
 
     def _publish_one(self, item: _Pending) -> object:
         try:
