@@ -22,17 +22,13 @@ blob's size in `X-Digest-SizeBytes`, since Content-Length is then the encoded si
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
 
-from micd.blobs import CHUNK
 from micd.errors import BadRequest, IntegrityError
 from micd.store import Digest, Record, Store
 from micd.validate import parse_digest, parse_size
-from protocols._http import CONTENT_TYPE, bind, send_blob
+from protocols._http import CONTENT_TYPE, bind, request_body, send_blob
 from protocols.bazel_reapi.action_result import action_key, decode_action_result, referenced_digests
 from protocols.bazel_reapi.common import ac_namespace
 from protocols.bazel_reapi.compression import compress_bytes, compress_stream
@@ -106,7 +102,7 @@ async def handle_put_ac(request: web.Request, store: Store) -> web.StreamRespons
     if request.content_length is not None and request.content_length > MAX_AC_BODY:
         raise BadRequest(f"action result larger than {MAX_AC_BODY} bytes", request.content_length)
     parts, size = [], 0
-    async for chunk in _body(request):
+    async for chunk in request_body(request):
         size += len(chunk)
         if size > MAX_AC_BODY:
             raise BadRequest(f"action result larger than {MAX_AC_BODY} bytes")
@@ -132,14 +128,6 @@ async def handle_get_cas(request: web.Request, store: Store) -> web.StreamRespon
     return await send_blob(request, blob, encoding=encoding)
 
 
-async def _body(request: web.Request) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in request.content.iter_chunked(CHUNK):
-            yield chunk
-    except (HttpProcessingError, RequestPayloadError) as exc:  # e.g. not decodable as its Content-Encoding
-        raise BadRequest("malformed request body", str(exc).strip()[:200]) from exc
-
-
 async def handle_put_cas(request: web.Request, store: Store) -> web.StreamResponse:
     _namespace(request)
     hex_ = _parse_hex(request).hex
@@ -155,10 +143,10 @@ async def handle_put_cas(request: web.Request, store: Store) -> web.StreamRespon
     if not encoded and request.content_length is not None and request.content_length != size:
         raise IntegrityError(f"{size} bytes", f"Content-Length {request.content_length}", what="upload size")
     if await store.contains(digest):
-        async for _ in _body(request):  # drain, so the keep-alive connection stays usable
+        async for _ in request_body(request):  # drain, so the keep-alive connection stays usable
             pass
     else:
-        await store.put(digest, _body(request))
+        await store.put(digest, request_body(request))
     await _remember_size(store, (digest,))
     return web.Response(status=200)
 

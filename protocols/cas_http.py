@@ -11,22 +11,20 @@ path because the core's digests carry it (as REAPI resource names do); it also k
 disjoint from Bazel's `/cas/<hex>` and `/<instance>/cas/<hex>`. Segments are matched loosely and then checked
 by `micd.validate.parse_digest`, so a traversal such as `..%2F` or a malformed hash is a 400, not a 404.
 
-Bodies stream both ways: PUT feeds `request.content.iter_chunked` to `store.put` (which hashes while writing
-and publishes only on a match); GET uses sendfile when the blob is a verified file, else bounded chunks.
+Bodies stream both ways: PUT feeds the request body (`_http.request_body`) to `store.put` (which hashes while
+writing and publishes only on a match); GET uses sendfile when the blob is a verified file, else bounded chunks.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from micd.blobs import CHUNK
 from micd.errors import BadRequest, IntegrityError
 from micd.store import Digest, Store
 from micd.validate import parse_digest
-from protocols._http import CONTENT_TYPE, bind, send_blob, status_for
+from protocols._http import CONTENT_TYPE, bind, request_body, send_blob, status_for
 
 __all__ = ["PREFIX", "parse_range", "routes", "status_for"]
 
@@ -83,18 +81,13 @@ async def handle_get_blob(request: web.Request, store: Store) -> web.StreamRespo
     return await send_blob(request, blob, status=206, headers={"Content-Range": content_range})
 
 
-async def _body(request: web.Request) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_chunked(CHUNK):
-        yield chunk
-
-
 async def handle_put_blob(request: web.Request, store: Store) -> web.StreamResponse:
     digest = parse_digest_path(request)
     announced = request.content_length
     if announced is not None and announced != digest.size:
         raise IntegrityError(f"{digest.size} bytes", f"Content-Length {announced}", what="upload size")
     # No existence check first: with S3 configured it would cost a HEAD request per new blob.
-    await store.put(digest, _body(request))
+    await store.put(digest, request_body(request))
     return web.Response(status=201)
 
 

@@ -60,6 +60,16 @@ async def test_chunked_upload_streams(client, store):
     assert await store.get_bytes(digest) == b"".join(parts)
 
 
+async def test_undecodable_body_is_400_and_nothing_stored(client, store):
+    data = b"meant to be gzip"
+    digest = Digest.of(data)
+    garbage = b"not gzip at all!"  # the announced size, so only the decoding can fail
+    response = await client.put(_url(digest), data=garbage, headers={"Content-Encoding": "gzip"})
+    assert response.status == 400
+    assert "malformed request body" in await response.text()
+    assert not await store.contains(digest)
+
+
 async def test_empty_blob_always_present(client):
     digest = Digest.empty("sha256")
     assert (await client.head(_url(digest))).status == 200
