@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from micd.store import Digest
 from micd.tiers.disk import DiskTier
 
 FAST_FAILING_S3: dict[str, Any] = {
@@ -52,3 +54,21 @@ def count_requests(s3_tier: Any) -> Counter:
 
     s3_tier._client.meta.events.register("before-send.s3", on_send)
     return counts
+
+
+async def start_held_put(tier: DiskTier, data: bytes, release: asyncio.Event, head: int = 100) -> asyncio.Task:
+    """Start a streamed put of `data` that sends `head` bytes, then waits for `release`; return its task once
+    the tier holds the upload's reservation (bounded: 10 s)."""
+
+    async def held() -> AsyncIterator[bytes]:
+        yield data[:head]
+        await release.wait()
+        yield data[head:]
+
+    task = asyncio.create_task(tier.put(Digest.of(data), held()))
+    for _ in range(1000):
+        if tier.stats()["reserved_bytes"] >= len(data):
+            break
+        await asyncio.sleep(0.01)
+    assert tier.stats()["reserved_bytes"] >= len(data)
+    return task

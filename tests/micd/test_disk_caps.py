@@ -13,7 +13,7 @@ from micd.errors import StoreFull
 from micd.store import Digest, Record
 from micd.tiers.disk import DiskTier, FilesystemFull
 from micd.tiers.disk import files as disk_files
-from tests.micd.helpers import blob, temp_files
+from tests.micd.helpers import blob, start_held_put, temp_files
 
 
 async def put_many(tier: DiskTier, count: int, size: int, first_seed: int = 0) -> list[tuple[Digest, bytes]]:
@@ -52,17 +52,7 @@ async def test_in_flight_reservations_count_against_the_hard_cap(make_tier):
     kept = await put_many(tier, 2, 1000)
     slow_data = blob(7000, seed=50)
     release = asyncio.Event()
-
-    async def slow_chunks():
-        yield slow_data[:100]
-        await release.wait()
-        yield slow_data[100:]
-
-    slow = asyncio.create_task(tier.put(Digest.of(slow_data), slow_chunks()))
-    for _ in range(1000):  # until the slow upload holds its reservation (bounded: 10 s)
-        if tier.stats()["reserved_bytes"] == 7000:
-            break
-        await asyncio.sleep(0.01)
+    slow = await start_held_put(tier, slow_data, release)
     assert tier.stats()["reserved_bytes"] == 7000
     other = blob(3500, seed=51)  # fits only if the in-flight 7000 bytes did not count
     with pytest.raises(StoreFull):

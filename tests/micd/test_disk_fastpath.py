@@ -18,7 +18,7 @@ from micd.tiers.disk import DiskTier, FilesystemFull
 from micd.tiers.disk import files as disk_files
 from micd.tiers.disk import journal as disk_journal
 from micd.tiers.disk import store as disk_store
-from tests.micd.helpers import blob, chunked, temp_files
+from tests.micd.helpers import blob, chunked, start_held_put, temp_files
 
 
 @pytest.fixture
@@ -102,18 +102,7 @@ async def test_concurrent_small_puts_share_one_journal_sync_and_never_hop_to_the
 async def test_streamed_small_put_holds_its_reservation_until_it_ends(make_tier):
     tier = await make_tier(soft_cap=10_000, hard_cap=10_000)
     data = blob(6000, seed=4)
-    release = asyncio.Event()
-
-    async def slow():
-        yield data[:10]
-        await release.wait()
-        yield data[10:]
-
-    task = asyncio.create_task(tier.put(Digest.of(data), slow()))
-    for _ in range(1000):  # bounded: 10 s
-        if tier.stats()["reserved_bytes"] == 6000:
-            break
-        await asyncio.sleep(0.01)
+    task = await start_held_put(tier, data, asyncio.Event(), head=10)
     assert tier.stats()["reserved_bytes"] == 6000
     other = blob(5000, seed=5)
     with pytest.raises(StoreFull):  # 6000 in flight + 5000 > 10,000, and nothing is evictable
