@@ -48,7 +48,7 @@ class MemoryTier:
         return b"" if digest.is_empty else self._touch(digest)
 
     async def get_many_bytes(self, digests: Sequence[Digest]) -> list[bytes | None]:
-        return [self._touch(d) if d.size else b"" for d in digests]
+        return [b"" if d.is_empty else self._touch(d) for d in digests]
 
     async def put(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
         verifier = Verifier(digest)
