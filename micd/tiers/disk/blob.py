@@ -15,6 +15,7 @@ if opening it fails: another process may evict the file, while our open fd keeps
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -77,22 +78,41 @@ class FileBlob:
         for pos in range(start, end, _BATCH):
             await asyncio.to_thread(self._read, pos, min(end, pos + _BATCH), False)
 
+    async def _batches(self, start: int, end: int) -> AsyncIterator[list[bytes]]:
+        """The chunks of [start, end), a batch per worker-thread read, the next batch read while the caller
+        consumes this one (a gRPC or HTTP send then overlaps the disk read)."""
+        ahead: asyncio.Future[list[bytes]] | None = None
+        try:
+            for pos in range(start, end, _BATCH):
+                batch = await ahead if ahead is not None else await self._read_batch(pos, end)
+                nxt = pos + _BATCH
+                ahead = asyncio.ensure_future(self._read_batch(nxt, end)) if nxt < end else None
+                yield batch
+        finally:
+            if ahead is not None:  # the caller stopped early: let the read finish before the fd closes
+                await asyncio.gather(ahead, return_exceptions=True)
+
+    def _read_batch(self, pos: int, end: int) -> Awaitable[list[bytes]]:
+        return asyncio.to_thread(self._read, pos, min(end, pos + _BATCH), True)
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """Yield the range in chunks ≤ 1 MiB; IntegrityError instead of the last chunk on corruption."""
         end = self.offset + self.length
         try:
             if self._hasher is None:
-                for pos in range(self.offset, end, _BATCH):
-                    for chunk in await asyncio.to_thread(self._read, pos, min(end, pos + _BATCH), True):
-                        yield chunk
+                async with contextlib.aclosing(self._batches(self.offset, end)) as batches:
+                    async for batch in batches:
+                        for chunk in batch:
+                            yield chunk
                 return
             await self._hash_span(0, self.offset)
             pending: bytes | None = None
-            for pos in range(self.offset, end, _BATCH):
-                for chunk in await asyncio.to_thread(self._read, pos, min(end, pos + _BATCH), True):
-                    if pending is not None:
-                        yield pending
-                    pending = chunk
+            async with contextlib.aclosing(self._batches(self.offset, end)) as batches:
+                async for batch in batches:
+                    for chunk in batch:
+                        if pending is not None:
+                            yield pending
+                        pending = chunk
             await self._hash_span(end, self.size)
             got = self._hasher.hexdigest()
             if got != self._digest.hex:
