@@ -10,11 +10,13 @@ import ctypes
 import os
 from typing import Any
 
-__all__ = ["check", "linkat", "malloc_trim", "sync_file_range", "syncfs"]
+__all__ = ["check", "linkat", "malloc_trim", "mallopt", "sync_file_range", "syncfs"]
 
 AT_FDCWD = -100
 AT_SYMLINK_FOLLOW = 0x400
 SYNC_FILE_RANGE_WRITE = 2
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 
 try:
     _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
@@ -47,3 +49,5 @@ syncfs = _bind("syncfs", [ctypes.c_int])
 linkat = _bind("linkat", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int])
 #: hand freed heap memory back to the OS
 malloc_trim = _bind("malloc_trim", [ctypes.c_size_t])
+#: tune glibc malloc (returns 1 on success)
+mallopt = _bind("mallopt", [ctypes.c_int, ctypes.c_int])

@@ -51,7 +51,24 @@ PORTS_VERSION = 1
 SHUTDOWN_GRACE = 5.0
 READ_BUFSIZE = 1 << 20
 IDLE_TRIM_AFTER = 1.0  # seconds without requests before freed heap memory goes back to the OS
+HEAP_KEEP = 256 << 20  # freed heap glibc keeps for reuse while busy (IdleTrim gives it back when idle)
+HEAP_MMAP_MIN = 32 << 20  # allocations below this come from the heap (glibc's largest allowed value)
 log = logging.getLogger("micd")
+
+
+def keep_freed_heap() -> bool:
+    """Let glibc reuse freed transfer buffers instead of returning them to the OS at once.
+
+    By default a freed MiB-sized buffer is unmapped (or trimmed off the heap top), so the next one is fresh
+    memory the kernel must fault in and zero page by page: reading a 64 MiB blob from the page cache then
+    took ~40 ms instead of ~6 ms on the dev VM. With these settings the freed memory is reused; `IdleTrim`
+    still hands it back once requests stop. Returns whether glibc took both settings.
+    """
+    if libc.mallopt is None:
+        return False
+    return bool(libc.mallopt(libc.M_MMAP_THRESHOLD, HEAP_MMAP_MIN)) & bool(
+        libc.mallopt(libc.M_TRIM_THRESHOLD, HEAP_KEEP)
+    )
 
 
 class IdleTrim:
@@ -222,6 +239,7 @@ def run_daemon(config: Config, *, echo: bool, on_ready: Callable[[dict[str, Any]
         _unlink(paths.ports)
         paths.pid.write_text(f"{os.getpid()}\n")
         configure_logging(paths, config.log_level, echo=echo)
+        keep_freed_heap()
         try:
             asyncio.run(serve(config, paths, on_ready=on_ready))
         finally:
