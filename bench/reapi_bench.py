@@ -1,6 +1,6 @@
 """REAPI cache benchmark: micd vs BuildGrid, same run, same client code (a grpc.aio client in this process).
 
-    python bench/reapi_bench.py [--seconds 3] [--bgvenv /tmp/bgvenv] [--storage memory|disk]
+    python bench/reapi_bench.py [--seconds 3] [--repeat 3] [--bgvenv /tmp/bgvenv] [--storage memory|disk]
 
 Phases, each with 1 and 32 concurrent clients, each bounded by --seconds and a maximum op count:
 FindMissingBlobs of 1,000 digests (half present), BatchUpdateBlobs and BatchReadBlobs of one 4 KiB blob per
@@ -8,10 +8,17 @@ call, ByteStream Write and Read of a 64 MiB blob (1 MiB messages; each writer up
 Prints ops/s per server and the micd/BuildGrid ratio (targets: ≥ 3× on the small-blob paths, ≥ 1× on
 ByteStream).
 
+Each repetition starts every server afresh and measures them one after another (the order rotates between
+repetitions, so drift in the shared machine's load does not favour one server); the table shows medians.
+
 micd runs as the real daemon (`python -m micd.main run`: memory + disk tiers in a temp cache dir, token auth).
 BuildGrid 0.4.4 runs from its own venv (created with `pip install buildgrid` when --bgvenv has no `bgd`) with
 the CAS + AC-only config of shared/docs/real-clients.md: `!lru-storage` (in memory, BuildGrid's fastest store)
 or `!disk-storage` with --storage disk. Servers bind 127.0.0.1 only and are stopped by PID at the end.
+
+"floor" is the least any Python grpcio cache server can do per call: grpc.aio servicers over a dict, with no
+verification, auth, metrics or disk. Its ratio to BuildGrid bounds what micd can reach on this machine with
+the same client (the client's own per-call cost and the grpcio stack are in every row).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +54,7 @@ SMALL = 4096
 BATCH = 64
 LARGE = 64 << 20
 MESSAGE = 1 << 20
+LARGE_SOLO_OPS = 4  # 64 MiB transfers by the single client (2 left the rows at the mercy of one hiccup)
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
 BUILDGRID_CONFIG = """
 server:
@@ -141,6 +150,69 @@ async def serve_memory(port: int, token: str) -> None:
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
+
+
+class _FloorCas(re_grpc.ContentAddressableStorageServicer):
+    def __init__(self, blobs: dict[str, bytes]) -> None:
+        self.blobs = blobs
+
+    async def FindMissingBlobs(self, request, context):
+        return re_pb2.FindMissingBlobsResponse(
+            missing_blob_digests=[d for d in request.blob_digests if d.hash not in self.blobs]
+        )
+
+    async def BatchUpdateBlobs(self, request, context):
+        responses = []
+        for r in request.requests:
+            self.blobs[r.digest.hash] = r.data
+            responses.append(re_pb2.BatchUpdateBlobsResponse.Response(digest=r.digest))
+        return re_pb2.BatchUpdateBlobsResponse(responses=responses)
+
+    async def BatchReadBlobs(self, request, context):
+        return re_pb2.BatchReadBlobsResponse(
+            responses=[
+                re_pb2.BatchReadBlobsResponse.Response(digest=d, data=self.blobs[d.hash]) for d in request.digests
+            ]
+        )
+
+
+class _FloorByteStream(bs_grpc.ByteStreamServicer):
+    def __init__(self, blobs: dict[str, bytes]) -> None:
+        self.blobs = blobs
+
+    async def Write(self, request_iterator, context):
+        parts, name = [], ""
+        async for request in request_iterator:
+            name = name or request.resource_name
+            parts.append(request.data)
+        self.blobs[name.split("/")[-2]] = b"".join(parts)
+        return bs_pb2.WriteResponse(committed_size=sum(map(len, parts)))
+
+    async def Read(self, request, context):
+        data = memoryview(self.blobs[request.resource_name.split("/")[-2]])
+        for offset in range(0, len(data), MESSAGE):
+            yield bs_pb2.ReadResponse(data=data[offset : offset + MESSAGE].tobytes())
+
+
+async def serve_floor(port: int) -> None:
+    """`--serve-floor`: the cheapest cache a Python grpc.aio server can be (see the module docstring)."""
+    from protocols.bazel_reapi import GRPC_SERVER_OPTIONS
+
+    blobs: dict[str, bytes] = {}
+    server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
+    re_grpc.add_ContentAddressableStorageServicer_to_server(_FloorCas(blobs), server)
+    bs_grpc.add_ByteStreamServicer_to_server(_FloorByteStream(blobs), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def start_floor() -> Server:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--serve-floor", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    return Server("floor", f"127.0.0.1:{port}", (), process)
 
 
 def start_micd_memory() -> Server:
@@ -377,7 +449,7 @@ async def measure(server: Server, work: Workload, seconds: float) -> dict[tuple[
             out[(f"BatchRead {BATCH}x4KiB /blob", clients)] = result.per_blob(BATCH)
 
         for clients in (1, 32):
-            first, count = written, max(clients, 2)
+            first, count = written, max(clients, LARGE_SOLO_OPS)
 
             async def write(w: int, i: int) -> None:
                 resp = await client.bytestream[w % 4].Write(work.write_requests(first + i), metadata=md)
@@ -401,11 +473,27 @@ async def measure(server: Server, work: Workload, seconds: float) -> dict[tuple[
     return out
 
 
-def report(results: dict[str, dict[tuple[str, int], Result]], seconds: float, storage: str) -> None:
+def median_results(runs: list[dict[tuple[str, int], Result]]) -> dict[tuple[str, int], Result]:
+    """Per phase: the median ops/s and the median server CPU per op over the repetitions."""
+    return {
+        key: Result(
+            statistics.median(run[key].ops_per_s for run in runs),
+            sum(run[key].ops for run in runs),
+            statistics.median(run[key].cpu_per_op for run in runs),
+        )
+        for key in runs[0]
+    }
+
+
+def report(results: dict[str, dict[tuple[str, int], Result]], args: argparse.Namespace) -> None:
     names = list(results)
     print(
-        f"REAPI cache benchmark: {seconds:g} s per small-blob phase; BuildGrid 0.4.4 storage: {storage}; "
-        "micd = the daemon (memory + disk tiers); micd-mem = the same servicers over a memory-only store"
+        f"REAPI cache benchmark: medians of {args.repeat} repetitions, {args.seconds:g} s per small-blob phase; "
+        f"BuildGrid 0.4.4 storage: {args.storage}; load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
+    print(
+        "micd = the daemon (memory + disk tiers); micd-mem = the same servicers over a memory-only store; "
+        "floor = grpc.aio over a dict (no checks): the bound for any Python grpcio server"
     )
     print(
         "ops/s: client-observed, one grpc.aio client process (4 channels) on the same 2 shared cores; "
@@ -414,7 +502,7 @@ def report(results: dict[str, dict[tuple[str, int], Result]], seconds: float, st
     print(
         "ratios vs BuildGrid: ops = ops/s / BuildGrid's, cpu = BuildGrid's cpu/op / ours (higher is better)"
     )
-    peer = names[-1] if names[-1] == "BuildGrid" else None
+    peer = "BuildGrid" if "BuildGrid" in names else None
     ours = [n for n in names if n != peer]
     cols = "".join(f"{n + ' ops/s':>15}{'cpu':>8}" for n in names)
     if peer:
@@ -436,27 +524,35 @@ def report(results: dict[str, dict[tuple[str, int], Result]], seconds: float, st
         print(f"{key[0]:<26}{key[1]:>8}{row}")
 
 
-async def amain(args: argparse.Namespace) -> None:
-    print("building the workload (hashing 64 MiB blobs)…", file=sys.stderr)
-    work = Workload.build(small_ops=args.small_ops, large_ops=2 + 32)
+async def measure_all(work: Workload, args: argparse.Namespace, rep: int) -> dict[str, dict]:
+    """One repetition: start every server afresh, measure each in turn (order rotated by `rep`), stop them."""
     with tempfile.TemporaryDirectory(prefix="reapi-bench-") as tmp_name:
         tmp = Path(tmp_name)
         servers = []
         try:
             servers.append(start_micd(tmp))
             servers.append(start_micd_memory())
+            servers.append(start_floor())
             if not args.micd_only:
                 servers.append(start_buildgrid(tmp, Path(args.bgvenv), args.storage))
             for server in servers:
                 await wait_ready(server)
             results = {}
-            for server in servers:
-                print(f"measuring {server.name}…", file=sys.stderr)
+            shift = rep % len(servers)
+            for server in servers[shift:] + servers[:shift]:
+                print(f"repetition {rep + 1}: measuring {server.name}…", file=sys.stderr)
                 results[server.name] = await measure(server, work, args.seconds)
         finally:
             for server in servers:
                 server.stop()
-    report(results, args.seconds, args.storage)
+    return {server.name: results[server.name] for server in servers}
+
+
+async def amain(args: argparse.Namespace) -> None:
+    print("building the workload (hashing 64 MiB blobs)…", file=sys.stderr)
+    work = Workload.build(small_ops=args.small_ops, large_ops=LARGE_SOLO_OPS + 32)
+    runs = [await measure_all(work, args, rep) for rep in range(args.repeat)]
+    report({name: median_results([run[name] for run in runs]) for name in runs[0]}, args)
 
 
 def main() -> None:
@@ -465,11 +561,15 @@ def main() -> None:
     parser.add_argument("--small-ops", type=int, default=40_000, help="distinct 4 KiB blobs prepared")
     parser.add_argument("--bgvenv", default="/tmp/bgvenv", help="BuildGrid's own venv (created if missing)")
     parser.add_argument("--storage", choices=("memory", "disk"), default="memory", help="BuildGrid storage")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (fresh servers each); medians shown")
     parser.add_argument("--micd-only", action="store_true", help="skip BuildGrid")
+    parser.add_argument("--serve-floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-memory", nargs=2, metavar=("PORT", "TOKEN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_memory:
         asyncio.run(serve_memory(int(args.serve_memory[0]), args.serve_memory[1]))
+    elif args.serve_floor:
+        asyncio.run(serve_floor(args.serve_floor))
     else:
         asyncio.run(amain(args))
 
