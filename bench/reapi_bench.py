@@ -171,7 +171,8 @@ class _FloorCas(re_grpc.ContentAddressableStorageServicer):
     async def BatchReadBlobs(self, request, context):
         return re_pb2.BatchReadBlobsResponse(
             responses=[
-                re_pb2.BatchReadBlobsResponse.Response(digest=d, data=self.blobs[d.hash]) for d in request.digests
+                re_pb2.BatchReadBlobsResponse.Response(digest=d, data=self.blobs[d.hash])
+                for d in request.digests
             ]
         )
 
@@ -189,9 +190,9 @@ class _FloorByteStream(bs_grpc.ByteStreamServicer):
         return bs_pb2.WriteResponse(committed_size=sum(map(len, parts)))
 
     async def Read(self, request, context):
-        data = memoryview(self.blobs[request.resource_name.split("/")[-2]])
+        data = self.blobs[request.resource_name.split("/")[-2]]
         for offset in range(0, len(data), MESSAGE):
-            yield bs_pb2.ReadResponse(data=data[offset : offset + MESSAGE].tobytes())
+            yield bs_pb2.ReadResponse(data=data[offset : offset + MESSAGE])
 
 
 async def serve_floor(port: int) -> None:
@@ -210,7 +211,9 @@ async def serve_floor(port: int) -> None:
 def start_floor() -> Server:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, __file__, "--serve-floor", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, __file__, "--serve-floor", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     return Server("floor", f"127.0.0.1:{port}", (), process)
 
@@ -561,7 +564,9 @@ def main() -> None:
     parser.add_argument("--small-ops", type=int, default=40_000, help="distinct 4 KiB blobs prepared")
     parser.add_argument("--bgvenv", default="/tmp/bgvenv", help="BuildGrid's own venv (created if missing)")
     parser.add_argument("--storage", choices=("memory", "disk"), default="memory", help="BuildGrid storage")
-    parser.add_argument("--repeat", type=int, default=3, help="repetitions (fresh servers each); medians shown")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="repetitions (fresh servers each); medians shown"
+    )
     parser.add_argument("--micd-only", action="store_true", help="skip BuildGrid")
     parser.add_argument("--serve-floor", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-memory", nargs=2, metavar=("PORT", "TOKEN"), help=argparse.SUPPRESS)

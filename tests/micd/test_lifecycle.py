@@ -415,7 +415,11 @@ def test_freed_transfer_buffers_are_reused_not_faulted_in_again():
     faults = {}
     for mode in ("default", "tuned"):
         out = subprocess.run(
-            [sys.executable, "-c", script, mode], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2]
+            [sys.executable, "-c", script, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parents[2],
         )
         faults[mode] = int(out.stdout)
     pages = 20 * 8 * (1 << 20) // 4096

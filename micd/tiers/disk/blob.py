@@ -76,7 +76,7 @@ class FileBlob:
 
     async def _hash_span(self, start: int, end: int) -> None:
         for pos in range(start, end, _BATCH):
-            await asyncio.to_thread(self._read, pos, min(end, pos + _BATCH), False)
+            await self._read_batch(pos, end, keep=False)
 
     async def _batches(self, start: int, end: int) -> AsyncIterator[list[bytes]]:
         """The chunks of [start, end), a batch per worker-thread read, the next batch read while the caller
@@ -92,8 +92,9 @@ class FileBlob:
             if ahead is not None:  # the caller stopped early: let the read finish before the fd closes
                 await asyncio.gather(ahead, return_exceptions=True)
 
-    def _read_batch(self, pos: int, end: int) -> Awaitable[list[bytes]]:
-        return asyncio.to_thread(self._read, pos, min(end, pos + _BATCH), True)
+    def _read_batch(self, pos: int, end: int, *, keep: bool = True) -> Awaitable[list[bytes]]:
+        """Read (and hash, when verifying) the batch at `pos` in a worker thread."""
+        return asyncio.to_thread(self._read, pos, min(end, pos + _BATCH), keep)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Yield the range in chunks ≤ 1 MiB; IntegrityError instead of the last chunk on corruption."""
