@@ -326,8 +326,14 @@ def curl_get_mbps(daemon: Daemon, path: str) -> float | None:
 
 def device_write_mbps(work: Path, mib: int) -> float:
     """The ceiling a durable PUT cannot beat: write `mib` MiB and fsync it, no hashing, no network, with the
-    writeback started per block as the disk tier does."""
+    writeback started per block as the disk tier does.
+
+    The file stays until the next call: removing it right away would hand the PUT that follows the page-cache
+    memory just freed, which on a VM that returns freed memory to its host is far cheaper than the fresh
+    memory a PUT of a new blob otherwise gets (`bench/machine_costs.py`), and would flatter the PUT.
+    """
     block, path = os.urandom(16 << 20), work / "device-baseline.bin"
+    path.unlink(missing_ok=True)
     started = time.perf_counter()
     with open(path, "wb", buffering=0) as handle:
         for index in range(mib // 16):
@@ -335,7 +341,6 @@ def device_write_mbps(work: Path, mib: int) -> float:
             start_writeback(handle.fileno(), index * len(block), len(block))
         os.fsync(handle.fileno())
     seconds = time.perf_counter() - started
-    path.unlink()
     return (mib // 16) * (16 << 20) / seconds / 1e6
 
 

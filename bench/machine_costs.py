@@ -7,13 +7,19 @@
    daemon's `keep_freed_heap()`: the gap is freed buffers being faulted in again.
 2. Storing 4 KiB blobs as one file each (create, write, close; three rounds of 3,000, as the kernel's caches
    warm up) versus appending them to one file with one `fdatasync` per 64 (what a pack file would cost).
+3. Writing 1 GiB and fsyncing it three ways: into a new file (the page cache takes fresh memory, as every
+   PUT of a new blob does), over the same file again (the page cache reuses its pages), and with `O_DIRECT`
+   from one reused buffer (no page cache). The gap between the first two is what the kernel charges for
+   fresh memory; on a VM whose freed memory goes back to the host (virtio-balloon free page reporting), it
+   is most of a large PUT's cost. Then reading it back with `O_DIRECT` and, cold, through the page cache.
 
-Prints medians; bounded (a few seconds); writes only under --dir (default: a temp dir), removed at the end.
+Prints medians; bounded (under a minute); writes only under --dir (default: a temp dir), removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
 import resource
 import shutil
@@ -21,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,14 +95,66 @@ def file_costs(work: Path) -> None:
     print(f"append 64 blobs + one fdatasync (pack): {statistics.median(per_blob):6.1f} µs CPU per blob")
 
 
+def write_costs(work: Path, mib: int) -> None:
+    block = os.urandom(16 << 20)
+    aligned = mmap.mmap(-1, len(block))  # page-aligned, as O_DIRECT needs
+    aligned[:] = block
+
+    def write(path: Path, flags: int, source: bytes | mmap.mmap) -> tuple[float, float]:
+        start_cpu, start = cpu(), time.perf_counter()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o600)
+        try:
+            for index in range(mib // 16):
+                os.pwrite(fd, source, index * len(block))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return (mib << 20) / (time.perf_counter() - start) / 1e6, cpu() - start_cpu
+
+    def read(path: Path, flags: int) -> float:
+        start = time.perf_counter()
+        fd = os.open(path, os.O_RDONLY | flags)
+        try:
+            for index in range(mib // 16):
+                os.preadv(fd, [aligned], index * len(block))
+        finally:
+            os.close(fd)
+        return (mib << 20) / (time.perf_counter() - start) / 1e6
+
+    def report(label: str, runs: list[tuple[float, float]]) -> None:
+        speed = statistics.median(r[0] for r in runs)
+        seconds = statistics.median(r[1] for r in runs)
+        print(f"write {mib} MiB + fsync, {label:<24}: median {speed:5.0f} MB/s, {seconds:4.2f} CPU-s")
+
+    # Files are kept until the end: freeing one would hand the next write memory that was just in use.
+    files = [work / f"new-{index}" for index in range(3)]
+    report("new file (fresh memory)", [write(path, 0, block) for path in files])
+    report("same file again", [write(files[-1], 0, block) for _ in range(3)])
+    direct_files = [work / f"direct-{index}" for index in range(3)]
+    try:
+        direct = [write(path, os.O_DIRECT, aligned) for path in direct_files]
+    except OSError as exc:  # e.g. tmpfs on older kernels
+        print(f"O_DIRECT not available on this filesystem: {exc}")
+        return
+    report("O_DIRECT", direct)
+    direct_reads = [read(path, os.O_DIRECT) for path in direct_files]
+    cold_reads = [read(path, 0) for path in direct_files]
+    print(
+        f"read {mib} MiB back: O_DIRECT median {statistics.median(direct_reads):5.0f} MB/s; cold through the "
+        f"page cache {statistics.median(cold_reads):5.0f} MB/s"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", help="where to write (default: a temp dir on the default temp filesystem)")
+    parser.add_argument("--write-mib", type=int, default=1024, help="size of the write measurement")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="machine-costs-", dir=args.dir))
     try:
         read_costs(work)
         file_costs(work)
+        write_costs(work, args.write_mib)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
