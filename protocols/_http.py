@@ -16,7 +16,6 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from micd.blobs import CHUNK
 from micd.errors import BadRequest, IntegrityError, MicError, NotFound, StoreFull, Unauthorized
 from micd.store import Blob, Store
 
@@ -30,12 +29,17 @@ log = logging.getLogger(__name__)
 
 
 async def request_body(request: web.Request) -> AsyncIterator[bytes]:
-    """The request body in pieces of at most `CHUNK` bytes; a body aiohttp cannot decode (e.g. not valid for its
-    Content-Encoding) is a BadRequest, so a 400 rather than a 500. (`iter_chunks` would spare a copy, but after
-    such a decoding error it spun for ~50 s in aiohttp 3.14.)"""
+    """The request body in the pieces aiohttp received or decoded them in (no re-joining copy: a fixed piece
+    size cost a third more event-loop CPU per GiB); a body aiohttp cannot decode (e.g. not valid for its
+    Content-Encoding) is a BadRequest, so a 400 rather than a 500."""
+    content = request.content
     try:
-        async for chunk in request.content.iter_chunked(CHUNK):
-            yield chunk
+        while True:
+            chunk, _ = await content.readchunk()
+            if chunk:
+                yield chunk
+            elif content.at_eof():
+                return
     except (HttpProcessingError, RequestPayloadError) as exc:
         raise BadRequest("malformed request body", str(exc).strip()[:200]) from exc
 
