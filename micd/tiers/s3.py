@@ -1,8 +1,10 @@
 """S3 tier: CAS blobs and KV records in any S3-compatible bucket, through aioboto3.
 
-Keys are `<prefix>/cas/<function>/<hh>/<hex>` (a zstd frame of the blob) and `<prefix>/kv/<namespace>/<key>`
-(an encoded `micd.record` record). Why it looks the way it does:
+Keys are `<prefix>/cas/<function>/<hh>/<hex>.<size>` (a zstd frame of the blob) and
+`<prefix>/kv/<namespace>/<key>` (an encoded `micd.record` record). Why it looks the way it does:
 
+- **A digest is hash and size.** The size is in the key, as in the disk tier's file names, so a request
+  with the right hash and a wrong size is a miss: never a hit, and never a reason to delete the real object.
 - **Never wrong data.** Every download is decompressed and hashed while it streams into a spool (memory for
   small blobs, an anonymous temp file for large ones) and is handed out only after the digest matched. A
   corrupt object is a miss, and it is deleted so the next upload repairs it.
@@ -148,8 +150,8 @@ class S3Tier:
         return digest.is_empty or digest in self._exists
 
     def cas_key(self, digest: Digest) -> str:
-        """Object key of a blob: `<prefix>/cas/<function>/<hh>/<hex>`."""
-        return f"{self._base}cas/{digest.function}/{digest.hex[:2]}/{digest.hex}"
+        """Object key of a blob: `<prefix>/cas/<function>/<hh>/<hex>.<size>`."""
+        return f"{self._base}cas/{digest.function}/{digest.hex[:2]}/{digest.hex}.{digest.size}"
 
     def kv_key(self, namespace: str, key: str) -> str:
         """Object key of a record: `<prefix>/kv/<namespace>/<key>`."""
@@ -390,14 +392,15 @@ class S3Tier:
                 response = await self._client.get_object(Bucket=self.bucket, Key=s3_key)
                 body = response["Body"]
                 try:
-                    data = await body.read(_MAX_RECORD + 1)
+                    size = response.get("ContentLength", 0)
+                    data = b"" if size > _MAX_RECORD else await body.read()  # read() reads it all
                 finally:
                     body.close()
         except Missing:
             return None
         try:
-            if len(data) > _MAX_RECORD:
-                raise FormatError("kv record", "record too large", expected=_MAX_RECORD, got=len(data))
+            if size > _MAX_RECORD:
+                raise FormatError("kv record", "record too large", expected=_MAX_RECORD, got=size)
             return decode_record(data)
         except FormatError as exc:
             log.error("S3 record %s is unreadable (%s); treating it as a miss", s3_key, exc)

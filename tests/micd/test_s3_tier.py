@@ -41,7 +41,7 @@ async def test_blob_layout_is_prefixed_sharded_zstd(tier, boto, bucket):
     data = b"hello, cache" * 100
     digest = Digest.of(data)
     await tier.put_bytes(digest, data)
-    key = f"{PREFIX}/cas/sha256/{digest.hex[:2]}/{digest.hex}"
+    key = f"{PREFIX}/cas/sha256/{digest.hex[:2]}/{digest.hex}.{digest.size}"
     assert s3_keys(boto, bucket) == [key]
     body = boto.get_object(Bucket=bucket, Key=key)["Body"].read()
     assert len(body) < len(data)
@@ -88,6 +88,37 @@ async def test_records_round_trip_under_kv_prefix(tier, boto, bucket):
     record2 = Record(b"v2")
     await tier.put_record("bazel-ac/main/inst", "k1", record2)
     assert await tier.get_record("bazel-ac/main/inst", "k1") == record2
+
+
+@pytest.mark.parametrize("size", [200_000, 3 << 20])
+async def test_records_larger_than_one_network_read_round_trip(tier, size):
+    record = Record(os.urandom(size), (Digest.of(b"x"),))
+    await tier.put_record("bazel-ac/main", "big", record)
+    assert await tier.get_record("bazel-ac/main", "big") == record
+
+
+async def test_oversized_record_is_a_miss_without_reading_it(tier, monkeypatch, caplog):
+    await tier.put_record("ns", "big", Record(bytes(5000)))
+    monkeypatch.setattr("micd.tiers.s3._MAX_RECORD", 4096)
+    assert await tier.get_record("ns", "big") is None
+    assert "record too large" in caplog.text
+
+
+async def test_right_hash_wrong_size_is_a_miss_and_keeps_the_real_object(tier, boto, bucket, caplog):
+    """A digest is hash and size: a client sending the right hash with a wrong size must neither get a hit nor
+    make the tier delete the valid object (as a size mismatch on download would, if the key had no size)."""
+    data = os.urandom(5000)
+    real = Digest.of(data)
+    await tier.put_bytes(real, data)
+    for wrong in (Digest(real.function, real.hex, real.size + 1), Digest(real.function, real.hex, 10)):
+        tier._exists.clear()
+        assert await tier.find_missing([wrong]) == [wrong]
+        assert not await tier.contains(wrong)
+        assert await tier.get(wrong) is None
+    assert "does not match" not in caplog.text
+    assert len(s3_keys(boto, bucket)) == 1
+    tier._exists.clear()
+    assert await tier.get_bytes(real) == data
 
 
 async def test_unreadable_record_is_a_miss(tier, boto, bucket, caplog):

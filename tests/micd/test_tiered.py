@@ -292,7 +292,7 @@ async def test_disk_full_still_serves_from_s3(tmp_path, s3_proxy, bucket, boto):
     data = os.urandom(3 << 20)
     digest = Digest.of(data)
     boto.put_object(
-        Bucket=bucket, Key=f"{PREFIX}/cas/sha256/{digest.hex[:2]}/{digest.hex}", Body=zstandard.compress(data)
+        Bucket=bucket, Key=f"{PREFIX}/cas/sha256/{digest.hex[:2]}/{digest.hex}.{digest.size}", Body=zstandard.compress(data)
     )
     store = make_store(tmp_path, s3_proxy.endpoint_url, bucket, hard_cap=1 << 20)
     await store.start()
