@@ -29,7 +29,7 @@ from micd.errors import BadRequest, IntegrityError
 from micd.store import Digest, Record, Store
 from micd.validate import parse_digest, parse_size
 from protocols._http import CONTENT_TYPE, bind, request_body, send_blob
-from protocols.bazel_reapi.action_result import action_key, decode_action_result, referenced_digests
+from protocols.bazel_reapi.action_result import action_key, action_result_refs, decode_action_result
 from protocols.bazel_reapi.common import ac_namespace
 from protocols.bazel_reapi.compression import compress_bytes, compress_stream
 
@@ -109,7 +109,7 @@ async def handle_put_ac(request: web.Request, store: Store) -> web.StreamRespons
         parts.append(chunk)
     body = b"".join(parts)
     result = decode_action_result(body)
-    refs = referenced_digests(result, "sha256")
+    refs = await action_result_refs(store, result, "sha256")
     await store.put_record(namespace, key, Record(body, refs))
     return web.Response(status=200)
 

@@ -11,7 +11,7 @@ from micd.errors import BadRequest, NotFound
 from micd.store import Record, Store
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi._proto import remote_execution_pb2_grpc as re_grpc
-from protocols.bazel_reapi.action_result import action_key, decode_action_result, referenced_digests
+from protocols.bazel_reapi.action_result import action_key, action_result_refs, decode_action_result
 from protocols.bazel_reapi.common import ac_namespace, digest_function, from_proto, mapped_unary
 
 __all__ = ["INLINE_BUDGET", "ActionCacheServicer", "action_cache_handler"]
@@ -79,7 +79,7 @@ class ActionCacheServicer(re_grpc.ActionCacheServicer):
         if not request.HasField("action_result"):
             raise BadRequest("UpdateActionResult without an action_result")
         result = request.action_result
-        refs = referenced_digests(result, function)
+        refs = await action_result_refs(self._store, result, function)
         await self._store.put_record(namespace, action_key(digest), Record(result.SerializeToString(), refs))
         return result
 

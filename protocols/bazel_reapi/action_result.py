@@ -1,7 +1,9 @@
-"""Pure validation of an ActionResult before it enters the action cache, and the CAS blobs it references.
+"""Validation of an ActionResult before it enters the action cache, and the CAS blobs it references.
 
 Shared by the gRPC ActionCache and the HTTP cache's `/ac/`. Referenced digests become `Record.refs`, so the
-store serves the entry only while every one of them exists (never a hit that points at nothing).
+store serves the entry only while every one of them exists (never a hit that points at nothing). That
+includes the files inside output directories: they are listed only in the directory's Tree blob, which is
+read when the result is stored (Bazel uploads every output, Trees included, before the result).
 """
 
 from __future__ import annotations
@@ -9,11 +11,14 @@ from __future__ import annotations
 from google.protobuf.message import DecodeError
 
 from micd.errors import BadRequest
-from micd.store import Digest
+from micd.store import Cas, Digest
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi.common import from_proto
 
-__all__ = ["action_key", "decode_action_result", "referenced_digests"]
+__all__ = ["MAX_TREE_BYTES", "action_key", "action_result_refs", "decode_action_result", "referenced_digests"]
+
+MAX_TREE_BYTES = 64 << 20
+"""The largest output-directory Tree read to list its files (a Tree of ~500k files)."""
 
 
 def action_key(digest: Digest) -> str:
@@ -71,4 +76,30 @@ def referenced_digests(result: re_pb2.ActionResult, function: str) -> tuple[Dige
             raise BadRequest("output symlink without a target", link.path)
     _optional(result.stdout_digest, function, refs)
     _optional(result.stderr_digest, function, refs)
+    return tuple(refs)
+
+
+async def action_result_refs(store: Cas, result: re_pb2.ActionResult, function: str) -> tuple[Digest, ...]:
+    """`referenced_digests` plus every file inside the result's output directories, read from their Trees.
+
+    Raises:
+        BadRequest: what `referenced_digests` rejects, or an output directory whose Tree is not in the CAS,
+            is larger than `MAX_TREE_BYTES`, or does not parse as a Tree.
+    """
+    refs = dict.fromkeys(referenced_digests(result, function))
+    for directory in result.output_directories:
+        tree_digest = from_proto(directory.tree_digest, function)
+        if tree_digest.size > MAX_TREE_BYTES:
+            raise BadRequest(f"output directory's Tree is larger than {MAX_TREE_BYTES} bytes", directory.path)
+        data = await store.get_bytes(tree_digest)
+        if data is None:
+            raise BadRequest("output directory's Tree is not in the CAS (upload it first)", directory.path)
+        tree = re_pb2.Tree()
+        try:
+            tree.ParseFromString(data)
+        except DecodeError as exc:
+            raise BadRequest("output directory's Tree does not parse", directory.path) from exc
+        for node in (tree.root, *tree.children):
+            for file in node.files:
+                _optional(file.digest, function, refs)
     return tuple(refs)

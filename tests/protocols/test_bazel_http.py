@@ -117,6 +117,34 @@ async def test_ac_hit_only_when_referenced_blobs_exist(env):
     assert resp.status == 200 and await resp.read() == body
 
 
+async def test_ac_hit_only_when_the_files_inside_output_directories_exist(env):
+    """Files of an output directory are named only in its Tree: the result must not be a hit while one of them
+    is missing (Bazel would fail fetching it), and a result whose Tree is not in the CAS is refused."""
+    inner, inner_hex = _blob()
+    tree = re_pb2.Tree(
+        root=re_pb2.Directory(
+            files=[re_pb2.FileNode(name="f", digest=pd(Digest("sha256", inner_hex, len(inner))))]
+        )
+    )
+    tree_bytes = tree.SerializeToString()
+    tree_hex = hashlib.sha256(tree_bytes).hexdigest()
+    result = re_pb2.ActionResult(
+        output_directories=[
+            re_pb2.OutputDirectory(
+                path="out/d", tree_digest=re_pb2.Digest(hash=tree_hex, size_bytes=len(tree_bytes))
+            )
+        ]
+    ).SerializeToString()
+    _, key = _blob()
+    resp = await env.put(f"/ac/{key}", data=result, headers=STD)
+    assert resp.status == 400 and "Tree" in await resp.text()  # the Tree is not uploaded yet
+    assert (await env.put(f"/cas/{tree_hex}", data=tree_bytes, headers=STD)).status == 200
+    assert (await env.put(f"/ac/{key}", data=result, headers=STD)).status == 200
+    assert (await env.get(f"/ac/{key}", headers=STD)).status == 404  # the file inside is not in the CAS
+    assert (await env.put(f"/cas/{inner_hex}", data=inner, headers=STD)).status == 200
+    assert (await env.get(f"/ac/{key}", headers=STD)).status == 200
+
+
 async def test_instance_prefix_is_its_own_namespace_shared_with_grpc(env):
     out, out_hex = _blob()
     _, key = _blob()

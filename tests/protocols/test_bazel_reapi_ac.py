@@ -13,11 +13,21 @@ UPDATE = "/build.bazel.remote.execution.v2.ActionCache/UpdateActionResult"
 
 
 async def _result(store, *, stored: bool = True) -> tuple[re_pb2.ActionResult, list[tuple[bytes, Digest]]]:
+    """A result with an output file, stdout and an output directory whose Tree (always stored: it must be in
+    the CAS when the result is) lists a file at its root and one in a subdirectory; returns the result and
+    the other blobs it references."""
     out, dout = blob(50)
     stdout, dstdout = blob(20)
-    tree, dtree = blob(30)
+    top, dtop = blob(30)
+    nested, dnested = blob(35)
+    tree = re_pb2.Tree(
+        root=re_pb2.Directory(files=[re_pb2.FileNode(name="top", digest=pd(dtop))]),
+        children=[re_pb2.Directory(files=[re_pb2.FileNode(name="nested", digest=pd(dnested))])],
+    )
+    await store.put_bytes(dtree := Digest.of(tree_bytes := tree.SerializeToString()), tree_bytes)
+    refs = [(out, dout), (stdout, dstdout), (top, dtop), (nested, dnested)]
     if stored:
-        for data, digest in ((out, dout), (stdout, dstdout), (tree, dtree)):
+        for data, digest in refs:
             await store.put_bytes(digest, data)
     result = re_pb2.ActionResult(
         output_files=[
@@ -28,7 +38,7 @@ async def _result(store, *, stored: bool = True) -> tuple[re_pb2.ActionResult, l
         stdout_digest=pd(dstdout),
         exit_code=0,
     )
-    return result, [(out, dout), (stdout, dstdout), (tree, dtree)]
+    return result, refs
 
 
 def _update(
@@ -84,8 +94,26 @@ async def test_hit_only_when_every_referenced_blob_exists(env):
     assert await env.ac.GetActionResult(request) == result
 
 
+async def test_update_rejects_an_output_directory_whose_tree_is_missing_or_not_a_tree(env):
+    """The files of an output directory are known only from its Tree, so a result whose Tree cannot be read
+    is refused rather than stored as a hit that may point at nothing."""
+    await env.store.put_bytes(
+        dbad := Digest.of(bad := b"\x0a\xff"), bad
+    )  # a truncated length-delimited field
+    _, dmissing = blob(41)
+    for tree_digest in (dmissing, dbad):
+        _, action = blob()
+        result = re_pb2.ActionResult(
+            output_directories=[re_pb2.OutputDirectory(path="bazel-out/d", tree_digest=pd(tree_digest))]
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await env.ac.UpdateActionResult(_update(action, result))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "Tree" in err.value.details()
+
+
 async def test_inline_stdout_and_files_when_asked(env):
-    result, ((_, dout), (_, dstdout), _) = await _result(env.store)
+    result, ((_, dout), (_, dstdout), *_) = await _result(env.store)
     _, action = blob()
     await env.ac.UpdateActionResult(_update(action, result))
     got = await env.ac.GetActionResult(
