@@ -30,7 +30,7 @@ __all__ = ["PREFIX", "parse_range", "routes", "status_for"]
 
 PREFIX = "/cas"
 _ROUTE = PREFIX + "/{function}/{hex}/{size}"
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")  # 19 digits cover any blob size; int() of more is slow
 
 
 def parse_digest_path(request: web.Request) -> Digest:
@@ -51,6 +51,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     first, last = match.groups()
     if first == "":  # suffix range: the last N bytes
         length = min(int(last), size)
+        if length == 0:
+            raise BadRequest(f"range not satisfiable for a {size}-byte blob", header)
         return size - length, length
     start = int(first)
     end = size - 1 if last == "" else min(int(last), size - 1)

@@ -20,6 +20,7 @@ from protocols.bazel_reapi.common import (
     MAX_BATCH_TOTAL_SIZE,
     ac_namespace,
     digest_function,
+    enum_name,
     from_proto,
     from_protos,
     grpc_code,
@@ -85,7 +86,9 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
             elif entry.compressor == re_pb2.Compressor.IDENTITY:
                 data = entry.data
             else:
-                raise BadRequest("unsupported compressor", re_pb2.Compressor.Value.Name(entry.compressor))
+                raise BadRequest(
+                    "unsupported compressor", enum_name(re_pb2.Compressor.Value, entry.compressor)
+                )
             await self._store.put_bytes(digest, data)
         except MicError as exc:
             return _status(exc)

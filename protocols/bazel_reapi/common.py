@@ -35,6 +35,7 @@ __all__ = [
     "UploadBusy",
     "ac_namespace",
     "digest_function",
+    "enum_name",
     "from_proto",
     "from_protos",
     "grpc_code",
@@ -75,7 +76,17 @@ def digest_function(value: int) -> str:
     try:
         return _FUNCTIONS[value]
     except KeyError:
-        raise BadRequest("unsupported digest function", re_pb2.DigestFunction.Value.Name(value)) from None
+        raise BadRequest(
+            "unsupported digest function", enum_name(re_pb2.DigestFunction.Value, value)
+        ) from None
+
+
+def enum_name(enum: Any, value: int) -> str:
+    """The name of a proto enum value for an error message; proto3 accepts numbers it has no name for."""
+    try:
+        return enum.Name(value)
+    except ValueError:
+        return str(value)
 
 
 def from_proto(digest: re_pb2.Digest, function: str) -> Digest:

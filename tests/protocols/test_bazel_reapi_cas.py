@@ -83,11 +83,30 @@ async def test_find_missing_rejects_malformed_digests(env, bad):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_unsupported_digest_function_is_invalid(env):
-    req = re_pb2.FindMissingBlobsRequest(digest_function=re_pb2.DigestFunction.MD5)
+@pytest.mark.parametrize("function", [re_pb2.DigestFunction.MD5, 99], ids=["md5", "unnamed-number"])
+async def test_unsupported_digest_function_is_invalid(env, function):
+    req = re_pb2.FindMissingBlobsRequest(digest_function=function)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await env.cas.FindMissingBlobs(req)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unsupported digest function" in err.value.details()
+
+
+async def test_unknown_compressor_is_a_per_blob_invalid_argument(env):
+    """proto3 accepts enum numbers it has no name for: one such entry fails alone, not the whole batch."""
+    data, digest = blob(100)
+    other, dother = blob(101)
+    response = await env.cas.BatchUpdateBlobs(
+        re_pb2.BatchUpdateBlobsRequest(
+            requests=[
+                re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(digest), data=data, compressor=42),
+                re_pb2.BatchUpdateBlobsRequest.Request(digest=pd(dother), data=other),
+            ]
+        )
+    )
+    codes = [entry.status.code for entry in response.responses]
+    assert codes == [grpc.StatusCode.INVALID_ARGUMENT.value[0], grpc.StatusCode.OK.value[0]]
+    assert "42" in response.responses[0].status.message
 
 
 async def test_batch_update_then_read_with_per_blob_status(env):
