@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from micd.errors import BadRequest, NotFound
+from micd.errors import BadRequest, IntegrityError, NotFound, TierUnavailable
 from micd.store import Store
 from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
 from protocols.bazel_reapi._proto import bytestream_pb2_grpc as bs_grpc
@@ -59,6 +59,10 @@ class ByteStreamServicer(bs_grpc.ByteStreamServicer):
             async for chunk in chunks:
                 for piece in _bounded(chunk):
                     yield bs_pb2.ReadResponse(data=piece)
+        except IntegrityError as exc:
+            # The stored copy failed its check mid-stream and was removed: the request was fine, and a retry
+            # is answered NOT_FOUND, a clean miss. INVALID_ARGUMENT would tell Bazel not to retry.
+            raise TierUnavailable(f"stored blob {name.digest} was corrupt and has been removed; retry") from exc
         finally:
             await blob.aclose()
 

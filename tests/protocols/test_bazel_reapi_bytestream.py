@@ -9,6 +9,9 @@ import grpc
 import pytest
 
 from micd.store import Digest
+from micd.tiers.disk import DiskTier
+from micd.tiers.memory import MemoryTier
+from micd.tiers.tiered import TieredStore
 from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
 from protocols.bazel_reapi.bytestream import MAX_READ_CHUNK
 from protocols.bazel_reapi.compression import compress_bytes, decompress_bytes
@@ -328,3 +331,30 @@ async def test_single_message_writes(env):
     zone = requests(upload_name(odigest, uuid="z", compressed=True), packed, chunk=len(packed))
     assert (await env.bytestream.Write(iter(zone))).committed_size == len(packed)
     assert await env.store.get_bytes(odigest) == other
+
+
+async def test_blob_found_corrupt_mid_read_is_unavailable_then_not_found(tmp_path):
+    """Bit rot in a large stored blob is detected while streaming: the status must let Bazel retry (the
+    request was fine), and the retry is a clean miss because the corrupt file was removed."""
+    data, digest = blob(6 << 20)
+
+    def disk_store() -> TieredStore:
+        disk = DiskTier(tmp_path / "cache", soft_cap=1 << 30, hard_cap=1 << 31, verify_limit=1 << 20)
+        return TieredStore(memory=MemoryTier(budget=1 << 20), disk=disk, memory_fill_limit=1 << 20)
+
+    store = disk_store()
+    await store.start()
+    await store.put_bytes(digest, data)
+    path = store.disk.layout.blob_path(digest)
+    await store.close()
+    rotten = bytearray(data)
+    rotten[-10] ^= 0xFF  # same size, one byte flipped near the end: only the hash can tell
+    path.write_bytes(rotten)
+    store = disk_store()  # a new process: the file is not trusted, so it is verified while streamed
+    await store.start()
+    try:
+        async with reapi_server(store) as reapi:
+            await expect_code(read_all(reapi, read_name(digest)), grpc.StatusCode.UNAVAILABLE)
+            await expect_code(read_all(reapi, read_name(digest)), grpc.StatusCode.NOT_FOUND)
+    finally:
+        await store.close()
