@@ -14,7 +14,7 @@ from micd.store import Store
 from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
 from protocols.bazel_reapi._proto import bytestream_pb2_grpc as bs_grpc
 from protocols.bazel_reapi.common import OutOfRange, mapped_stream, mapped_unary
-from protocols.bazel_reapi.compression import Decompressor, compress_stream, decompress_bytes
+from protocols.bazel_reapi.compression import PIECE, Decompressor, compress_stream, decompress_bytes
 from protocols.bazel_reapi.resource import ResourceName, parse_read_name, parse_write_name
 from protocols.bazel_reapi.uploads import Upload, Uploads
 
@@ -62,7 +62,9 @@ class ByteStreamServicer(bs_grpc.ByteStreamServicer):
         except IntegrityError as exc:
             # The stored copy failed its check mid-stream and was removed: the request was fine, and a retry
             # is answered NOT_FOUND, a clean miss. INVALID_ARGUMENT would tell Bazel not to retry.
-            raise TierUnavailable(f"stored blob {name.digest} was corrupt and has been removed; retry") from exc
+            raise TierUnavailable(
+                f"stored blob {name.digest} was corrupt and has been removed; retry"
+            ) from exc
         finally:
             await blob.aclose()
 
@@ -78,8 +80,10 @@ class ByteStreamServicer(bs_grpc.ByteStreamServicer):
         if await self._store.contains(name.digest):
             # Early return: the client stops sending; -1 marks a compressed upload (REAPI spec).
             return bs_pb2.WriteResponse(committed_size=-1 if name.compressor else name.digest.size)
-        if first.finish_write and first.write_offset == 0 and self.uploads.get(name) is None:
-            # The whole blob in one message (most of Bazel's blobs): nothing to resume, no upload task.
+        whole = first.finish_write and first.write_offset == 0 and self.uploads.get(name) is None
+        if whole and (not name.compressor or name.digest.size <= PIECE):
+            # The whole blob in one message (most of Bazel's blobs): nothing to resume, no upload task. A big
+            # compressed one streams instead: a few KiB of zstd may decode to gigabytes.
             data = decompress_bytes(first.data, name.digest.size) if name.compressor else first.data
             await self._store.put_bytes(name.digest, data)
             return bs_pb2.WriteResponse(
@@ -113,9 +117,12 @@ class ByteStreamServicer(bs_grpc.ByteStreamServicer):
             if request.write_offset != expected_offset:
                 raise BadRequest(f"write_offset {request.write_offset}, expected {expected_offset}")
             expected_offset += len(request.data)
-            data = decompressor.feed(request.data) if decompressor else request.data
-            if data:
-                await upload.feed(data)
+            if decompressor is None:
+                if request.data:
+                    await upload.feed(request.data)
+            else:
+                for piece in decompressor.feed(request.data):  # one at a time: the upload's queue paces it
+                    await upload.feed(piece)
             if request.finish_write:
                 if decompressor:
                     decompressor.finish()

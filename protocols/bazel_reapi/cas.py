@@ -67,7 +67,12 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
     ) -> re_pb2.BatchUpdateBlobsResponse:
         ac_namespace(request.instance_name)
         function = digest_function(request.digest_function)
-        _check_batch_size(sum(len(r.data) for r in request.requests))
+        # Both sizes: compressed entries may announce far more bytes than they carry, and each is decoded whole.
+        _check_batch_size(
+            max(
+                sum(len(r.data) for r in request.requests), sum(r.digest.size_bytes for r in request.requests)
+            )
+        )
         statuses = await _all(self._update_one(r, function) for r in request.requests)
         return re_pb2.BatchUpdateBlobsResponse(
             responses=[

@@ -1,20 +1,25 @@
 """zstd for `compressed-blobs/zstd/` resources, compressed batch entries and HTTP Content-Encoding.
 
-Decompression is bounded: input is fed in small slices and the output counted against the announced
-uncompressed size, so a zstd bomb (an RLE block turns 4 bytes into 128 KiB) costs at most ~32 MiB beyond it.
+Decompression is bounded: input is fed in 1 KiB slices, the output is counted against the announced
+uncompressed size and handed on in pieces of at most 1 MiB as it is produced. zstd turns at most 4 input
+bytes into 128 KiB (an RLE block), so one slice yields at most 32 MiB (zstandard assembles it from parts, so
+~64 MiB at the peak): that, not the compression ratio of a whole message (a 16 KiB message of zeros decodes
+to 512 MiB), bounds the memory of a decode.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import zstandard
 
 from micd.errors import BadRequest, IntegrityError
 
-__all__ = ["Decompressor", "compress_bytes", "compress_stream", "decompress_bytes"]
+__all__ = ["PIECE", "Decompressor", "compress_bytes", "compress_stream", "decompress_bytes"]
 
 _SLICE = 1024
+PIECE = 1 << 20
+"""The largest piece `Decompressor.feed` yields."""
 _LEVEL = 1  # speed over ratio: the cache is on loopback
 
 
@@ -28,15 +33,17 @@ class Decompressor:
         self._ended = False
         self._fed = 0
 
-    def feed(self, data: bytes) -> bytes:
-        """Decode `data`; return the bytes it completes.
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """Decode `data`, yielding the bytes it completes in pieces of at most `PIECE` bytes, lazily: a
+        consumer that waits between pieces holds at most one slice's output.
 
         Raises:
             BadRequest: not zstd, or data after the end of the frame.
             IntegrityError: the output grew past `limit`.
         """
         self._fed += len(data)
-        out = []
+        out: list[bytes] = []
+        pending = 0
         view = memoryview(data)
         for start in range(0, len(data), _SLICE):
             if self._ended:
@@ -50,13 +57,23 @@ class Decompressor:
                 raise IntegrityError(
                     f"{self.limit} bytes", f"more than {self.limit} bytes", what="zstd body size"
                 )
-            if piece:
-                out.append(piece)
             if self._obj.eof:
                 self._ended = True
                 if self._obj.unused_data:
                     raise BadRequest("data after the end of the zstd frame")
-        return b"".join(out)
+            if len(piece) >= PIECE:  # a big slice's output: what came before it first, then it in parts
+                if out:
+                    yield b"".join(out)
+                    out, pending = [], 0
+                yield from _split(piece)
+            elif piece:
+                out.append(piece)
+                pending += len(piece)
+                if pending >= PIECE:
+                    yield from _split(b"".join(out))  # under 2 PIECE
+                    out, pending = [], 0
+        if out:
+            yield b"".join(out)
 
     def finish(self) -> None:
         """Raise BadRequest unless a whole frame was decoded (an empty body counts as an empty blob)."""
@@ -65,10 +82,19 @@ class Decompressor:
         raise BadRequest("truncated zstd stream")
 
 
+def _split(data: bytes) -> Iterator[bytes]:
+    """`data` in pieces of at most `PIECE` bytes."""
+    if len(data) <= PIECE:
+        yield data
+        return
+    for start in range(0, len(data), PIECE):
+        yield data[start : start + PIECE]
+
+
 def decompress_bytes(data: bytes, limit: int) -> bytes:
-    """Decode one whole zstd frame of at most `limit` output bytes."""
+    """Decode one whole zstd frame of at most `limit` output bytes (in memory: for small blobs)."""
     dec = Decompressor(limit)
-    out = dec.feed(data)
+    out = b"".join(dec.feed(data))
     dec.finish()
     return out
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
+import zstandard
 
 from micd.errors import BadRequest, IntegrityError
-from protocols.bazel_reapi.compression import Decompressor, compress_bytes, decompress_bytes
+from protocols.bazel_reapi.compression import PIECE, Decompressor, compress_bytes, decompress_bytes
 
 
 @pytest.mark.parametrize("data", [b"", b"x", os.urandom(100_000), b"a" * 3_000_000])
@@ -19,7 +20,7 @@ def test_output_is_bounded_by_the_announced_size():
     bomb = compress_bytes(b"\0" * (256 << 20))  # ~8 KiB of input
     dec = Decompressor(1000)
     with pytest.raises(IntegrityError):
-        dec.feed(bomb)
+        list(dec.feed(bomb))
     assert dec.produced <= 1000 + (40 << 20)  # stopped within one 1 KiB input slice, not at 256 MiB
 
 
@@ -41,6 +42,28 @@ def test_incremental_feeding_matches_one_shot():
     data = os.urandom(50_000) * 4
     packed = compress_bytes(data)
     dec = Decompressor(len(data))
-    out = b"".join(dec.feed(packed[i : i + 777]) for i in range(0, len(packed), 777))
+    out = b"".join(piece for i in range(0, len(packed), 777) for piece in dec.feed(packed[i : i + 777]))
     dec.finish()
     assert out == data
+
+
+def test_one_message_of_a_huge_blob_decodes_piece_by_piece():
+    """A 16 KiB message (Bazel's chunk size) of a zstd stream of zeros decodes to ~512 MiB: it must come out
+    in pieces of at most PIECE bytes, lazily, so a consumer that waits between pieces holds little."""
+    import tracemalloc
+
+    obj = zstandard.ZstdCompressor(level=3).compressobj()
+    packed = b"".join(obj.compress(bytes(64 << 20)) for _ in range(16)) + obj.flush()  # 1 GiB of zeros
+    dec = Decompressor(1 << 30)
+    tracemalloc.start()
+    try:
+        total = 0
+        for piece in dec.feed(packed[: 16 << 10]):
+            assert len(piece) <= PIECE
+            total += len(piece)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert total > 256 << 20  # the message really was a bomb-sized one
+    # one slice's 32 MiB, which zstandard assembles from parts (x2); a whole-message decode took > 1 GiB
+    assert peak < 80 << 20, f"peak {peak >> 20} MiB while decoding {total >> 20} MiB"

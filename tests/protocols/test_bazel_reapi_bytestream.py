@@ -14,7 +14,7 @@ from micd.tiers.memory import MemoryTier
 from micd.tiers.tiered import TieredStore
 from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
 from protocols.bazel_reapi.bytestream import MAX_READ_CHUNK
-from protocols.bazel_reapi.compression import compress_bytes, decompress_bytes
+from protocols.bazel_reapi.compression import PIECE, compress_bytes, decompress_bytes
 from tests.protocols.bazel_support import blob, new_store, reapi_server
 
 CHUNK = 64 << 10
@@ -285,6 +285,7 @@ class FirstChunkSignal:
         self._inner = inner
         self.first_chunk = asyncio.Event()
         self.chunks = 0
+        self.largest = 0
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
@@ -293,6 +294,7 @@ class FirstChunkSignal:
         async def watched():
             async for chunk in chunks:
                 self.chunks += 1
+                self.largest = max(self.largest, len(chunk))
                 self.first_chunk.set()
                 yield chunk
 
@@ -358,3 +360,26 @@ async def test_blob_found_corrupt_mid_read_is_unavailable_then_not_found(tmp_pat
             await expect_code(read_all(reapi, read_name(digest)), grpc.StatusCode.NOT_FOUND)
     finally:
         await store.close()
+
+
+async def test_a_small_compressed_message_of_a_big_blob_streams_into_the_store():
+    """64 MiB of zeros compress to a few KiB, one message: it is decoded piece by piece into an upload (not
+    into one 64 MiB buffer), and verified like any other write."""
+    data = bytes(64 << 20)
+    digest = Digest.of(data)
+    packed = compress_bytes(data)
+    assert len(packed) < 64 << 10
+    store = FirstChunkSignal(new_store())
+    async with reapi_server(store) as reapi:
+        name = upload_name(digest, uuid="zeros", compressed=True)
+        resp = await reapi.bytestream.Write(iter(requests(name, packed, chunk=len(packed))))
+        assert resp.committed_size == len(packed)
+        assert 0 < store.largest <= PIECE
+        blob = await store.get(digest)
+        assert blob is not None and blob.length == digest.size
+        await blob.aclose()
+        wrong = Digest(digest.function, Digest.of(b"other").hex, digest.size)
+        name = upload_name(wrong, uuid="wrong", compressed=True)
+        write = reapi.bytestream.Write(iter(requests(name, packed, chunk=len(packed))))
+        await expect_code(write, grpc.StatusCode.INVALID_ARGUMENT)
+        assert not await store.contains(wrong)

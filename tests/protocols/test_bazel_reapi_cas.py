@@ -161,6 +161,21 @@ async def test_oversized_batches_are_rejected_whole(env):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_compressed_batch_entries_count_at_their_announced_size(env):
+    """A few KiB of zstd may announce (and decode to) gigabytes: the batch limit applies to what the entries
+    decode to as well as to what they carry, so a batch never decodes more than the limit into memory."""
+    data = bytes(MAX_BATCH_TOTAL_SIZE + 1)
+    digest = Digest.of(data)
+    entry = re_pb2.BatchUpdateBlobsRequest.Request(
+        digest=pd(digest), data=compress_bytes(data), compressor=re_pb2.Compressor.ZSTD
+    )
+    assert len(entry.data) < 4096
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.cas.BatchUpdateBlobs(re_pb2.BatchUpdateBlobsRequest(requests=[entry]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert not await env.store.contains(digest)
+
+
 async def test_blake3_batch_roundtrip(env):
     data, digest = blob(300, "blake3")
     fn = re_pb2.DigestFunction.BLAKE3
