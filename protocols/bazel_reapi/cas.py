@@ -30,9 +30,11 @@ from protocols.bazel_reapi.common import (
 )
 from protocols.bazel_reapi.compression import decompress_bytes
 
-__all__ = ["MAX_TREE_PAGE", "ContentAddressableStorageServicer"]
+__all__ = ["MAX_TREE_PAGE", "TREE_PAGE_BYTES", "ContentAddressableStorageServicer"]
 
 MAX_TREE_PAGE = 1000
+TREE_PAGE_BYTES = 3 << 20
+"""A GetTree page closes before this many bytes of directories: gRPC refuses messages over 4 MiB by default."""
 _T = TypeVar("_T")
 _OK = status_pb2.Status(code=grpc.StatusCode.OK.value[0])
 
@@ -130,7 +132,13 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
         if start > len(directories):
             raise BadRequest("page_token past the end of the tree", request.page_token)
         while True:
-            end = min(start + page_size, len(directories))
+            end, page_bytes = start, 0
+            while end < min(start + page_size, len(directories)):
+                size = directories[end].ByteSize() + 6  # field tag and length prefix
+                if end > start and page_bytes + size > TREE_PAGE_BYTES:
+                    break  # (a single directory over the budget still goes, alone)
+                page_bytes += size
+                end += 1
             token = str(end) if end < len(directories) else ""
             yield re_pb2.GetTreeResponse(directories=directories[start:end], next_page_token=token)
             if not token:

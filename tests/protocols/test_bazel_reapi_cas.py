@@ -7,6 +7,7 @@ import pytest
 
 from micd.store import Digest
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
+from protocols.bazel_reapi.cas import TREE_PAGE_BYTES
 from protocols.bazel_reapi.common import MAX_BATCH_TOTAL_SIZE
 from protocols.bazel_reapi.compression import compress_bytes
 from tests.protocols.bazel_support import blob, new_store, pd, reapi_server
@@ -240,6 +241,30 @@ async def test_get_tree_streams_pages_and_resumes_from_a_token(env):
     assert [list(p.directories) for p in resumed] == [list(pages[1].directories)]
     whole = [p async for p in env.cas.GetTree(re_pb2.GetTreeRequest(root_digest=pd(root)))]
     assert len(whole) == 1 and len(whole[0].directories) == count
+
+
+async def test_get_tree_pages_stay_under_the_message_limit(env):
+    """300 directories of 200 files each are ~6.5 MiB of Directory messages: one 1000-directory page would
+    exceed gRPC's 4 MiB default, so pages also close at TREE_PAGE_BYTES; a token resumes at the right place."""
+    _, file_digest = blob(10)
+    children = []
+    for i in range(300):
+        names = [f"dir{i:04d}_file_with_a_longish_name_{j:04d}.o" for j in range(200)]
+        directory = re_pb2.Directory(files=[re_pb2.FileNode(name=n, digest=pd(file_digest)) for n in names])
+        children.append(
+            re_pb2.DirectoryNode(name=f"d{i:03d}", digest=pd(await _put_directory(env.store, directory)))
+        )
+    root = await _put_directory(env.store, re_pb2.Directory(directories=children))
+    pages = [p async for p in env.cas.GetTree(re_pb2.GetTreeRequest(root_digest=pd(root)))]
+    assert len(pages) > 1 and all(p.ByteSize() <= TREE_PAGE_BYTES for p in pages)
+    assert sum(len(p.directories) for p in pages) == 301
+    resumed = [
+        p
+        async for p in env.cas.GetTree(
+            re_pb2.GetTreeRequest(root_digest=pd(root), page_token=pages[0].next_page_token)
+        )
+    ]
+    assert [list(p.directories) for p in resumed] == [list(p.directories) for p in pages[1:]]
 
 
 async def test_get_tree_failures(env):
