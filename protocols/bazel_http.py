@@ -21,8 +21,6 @@ blob's size in `X-Digest-SizeBytes`, since Content-Length is then the encoded si
 
 from __future__ import annotations
 
-import re
-
 from aiohttp import web
 
 from micd.errors import BadRequest, IntegrityError
@@ -39,7 +37,6 @@ SIZE_NAMESPACE = "bazel-cas-size"
 MAX_AC_BODY = 4 << 20
 _INSTANCE = r"{instance:[A-Za-z0-9_][A-Za-z0-9_.+/-]*}"
 _DECODED_BY_AIOHTTP = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
-_ZSTD = re.compile(r"(^|[,\s])zstd($|[,;\s])")
 
 
 def _parse_hex(request: web.Request) -> Digest:
@@ -52,7 +49,20 @@ def _namespace(request: web.Request) -> str:
 
 
 def _wants_zstd(request: web.Request) -> bool:
-    return bool(_ZSTD.search(request.headers.get("Accept-Encoding", "")))
+    """True if Accept-Encoding lists zstd with a q-value above 0 (`zstd;q=0` refuses it)."""
+    for item in request.headers.get("Accept-Encoding", "").split(","):
+        name, _, params = item.partition(";")
+        if name.strip().lower() == "zstd":
+            q = params.strip().lower()
+            return not q.startswith("q=") or _qvalue(q[2:]) > 0
+    return False
+
+
+def _qvalue(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0  # malformed: treat as not acceptable
 
 
 def _is_encoded(request: web.Request) -> bool:

@@ -187,8 +187,14 @@ async def test_zstd_encodings(env):
     resp = await env.get(f"/cas/{hex_}", headers={**STD, "Accept-Encoding": "zstd"}, auto_decompress=False)
     assert resp.headers["Content-Encoding"] == "zstd"
     assert decompress_bytes(await resp.read(), len(data)) == data
-    resp = await env.get(f"/cas/{hex_}", headers={**STD, "Accept-Encoding": "gzip"})
-    assert "Content-Encoding" not in resp.headers and await resp.read() == data
+    for plain in ("gzip", "zstd;q=0", "gzip, zstd; q=0.0", "zstdx", "zstd;q=bad"):
+        resp = await env.get(f"/cas/{hex_}", headers={**STD, "Accept-Encoding": plain}, auto_decompress=False)
+        assert "Content-Encoding" not in resp.headers and await resp.read() == data, plain
+    for wanted in ("br, ZSTD", "zstd;q=0.5", "gzip;q=1, zstd"):
+        resp = await env.get(
+            f"/cas/{hex_}", headers={**STD, "Accept-Encoding": wanted}, auto_decompress=False
+        )
+        assert resp.headers.get("Content-Encoding") == "zstd", wanted
     bad = {**zstd, "X-Digest-SizeBytes": str(len(data))}
     _, other = _blob()
     assert (await env.put(f"/cas/{other}", data=b"not zstd at all", headers=bad)).status == 400
