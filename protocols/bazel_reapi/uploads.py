@@ -118,8 +118,11 @@ class Uploads:
         return upload
 
     def detach(self, upload: Upload) -> None:
+        """The stream feeding `upload` ended without finishing: keep it resumable for `max_age` seconds, and
+        check then even if no other ByteStream call comes (an abandoned upload holds a temp file)."""
         upload.attached = False
         upload.touched = time.monotonic()
+        asyncio.get_running_loop().call_later(self._max_age + 0.01, self._prune)
 
     def done(self, upload: Upload) -> None:
         self._uploads.pop(self._key(upload.name), None)

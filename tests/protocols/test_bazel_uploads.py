@@ -50,6 +50,19 @@ async def test_paused_uploads_expire_by_age():
     uploads.close()
 
 
+async def test_abandoned_uploads_expire_without_another_call():
+    """An upload whose client never returns is cancelled at max_age even if no other ByteStream call comes:
+    it holds a temp file and a task until then."""
+    uploads = Uploads(new_store(), max_age=0.05)
+    name, data = _name("abandoned")
+    upload = uploads.attach(name, 0)
+    await upload.feed(data[:10])
+    uploads.detach(upload)
+    await asyncio.sleep(0.2)  # no call on `uploads` in between
+    assert upload._task.done()
+    assert uploads._uploads == {}
+
+
 async def test_attach_rules():
     store = new_store()
     uploads = Uploads(store)
