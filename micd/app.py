@@ -188,7 +188,8 @@ def create_app(
     """Build the HTTP application: auth on all but /healthz, daemon endpoints, then each protocol's routes."""
     activity = activity or Activity()
     app = web.Application(
-        middlewares=[_activity_middleware(activity), _log_middleware, auth_middleware(token)],
+        # Auth before activity: a request without the token must not keep the daemon from idling out.
+        middlewares=[_log_middleware, auth_middleware(token), _activity_middleware(activity)],
         client_max_size=1 << 20,  # only for request.read(); streamed bodies are unbounded by design
     )
     app[STORE] = store

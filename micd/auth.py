@@ -66,7 +66,8 @@ def token_matches(authorization_header: str | None, token: str) -> bool:
         presented = _decode_basic(credential) or ""
     else:
         return False
-    return hmac.compare_digest(presented.encode("utf-8"), token.encode("utf-8"))
+    # surrogateescape: aiohttp hands undecodable header bytes over as surrogates; they must not match, not crash
+    return hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), token.encode("utf-8"))
 
 
 def auth_middleware(token: str, open_paths: frozenset[str] = OPEN_PATHS) -> Callable:
@@ -130,8 +131,6 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         """Pass the call to its handler if the token matches, else to one that aborts."""
-        if self._on_call is not None:
-            self._on_call()
         handler = await continuation(handler_call_details)
         header = None
         for key, value in handler_call_details.invocation_metadata or ():
@@ -139,6 +138,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
                 header = value.decode("latin-1") if isinstance(value, bytes) else value
                 break
         if token_matches(header, self._token):
+            if self._on_call is not None:  # only callers with the token keep the daemon from idling out
+                self._on_call()
             return handler
         # Unknown methods are denied too, so an unauthenticated caller cannot probe which services exist.
         return _deny_handler(handler or grpc.unary_unary_rpc_method_handler(_noop))

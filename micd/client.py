@@ -40,6 +40,10 @@ __all__ = [
 
 EXIT_ALREADY_RUNNING = 3
 
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""Opens daemon URLs directly: an `http_proxy` setting must neither break reaching 127.0.0.1 nor receive
+the session token."""
+
 
 class DaemonError(MicError):
     """The daemon could not be started, stopped or reached; the message says what to look at."""
@@ -112,7 +116,7 @@ def read_token(config: Config) -> str:
 
 def _healthy(info: DaemonInfo, timeout: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(f"{info.http}/healthz", timeout=timeout) as response:
+        with _LOCAL.open(f"{info.http}/healthz", timeout=timeout) as response:
             return bool(response.status == 200)
     except (OSError, urllib.error.URLError):
         return False
@@ -135,7 +139,7 @@ def fetch_json(config: Config, path: str, timeout: float = 10.0) -> dict[str, An
         f"{info.http}{path}", headers={"Authorization": f"Bearer {read_token(config)}"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _LOCAL.open(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         raise DaemonError(f"daemon answered {exc.code} for {path}") from exc
@@ -160,6 +164,35 @@ def run_foreground(flags: Mapping[str, object], *, as_json: bool) -> None:
     os.execv(sys.executable, args)
 
 
+def _daemon_holds_lock(paths: StatePaths) -> bool:
+    """True while some daemon process holds this state dir's `daemon.lock` (the kernel drops it when the
+    daemon dies, so leftover pid files cannot fool this). Probing takes the lock for an instant: a daemon
+    starting at that moment exits as "already running", which `start_daemon` retries."""
+    with hold_lock(paths.lock, blocking=False) as acquired:
+        return not acquired
+
+
+def _is_micd(pid: int) -> bool:
+    """True if `pid` runs micd (guards against a pid reused by another program after the daemon died)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return b"micd" in handle.read()
+    except OSError:
+        return False
+
+
+def _spawn(paths: StatePaths, command: list[str]) -> subprocess.Popen[bytes]:
+    with open(paths.log, "ab") as log:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
 def _log_tail(paths: StatePaths, lines: int = 15) -> str:
     try:
         return "\n".join(paths.log.read_text(errors="replace").splitlines()[-lines:])
@@ -182,22 +215,19 @@ def start_daemon(
         # The state dir and session are passed explicitly so the child cannot resolve them differently.
         pinned = {**flags, "state_dir": str(config.state_dir), "session": config.session}
         command = [sys.executable, "-m", "micd.main", "run", "--detached", *_flag_args(pinned)]
-        with open(paths.log, "ab") as log:
-            child = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-                close_fds=True,
-            )
+        child = _spawn(paths, command)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = _read_ports(paths)
             if info is not None and _alive(info.pid) and _healthy(info):
                 return info, info.pid == child.pid
             code = child.poll()
-            if code is not None and code != EXIT_ALREADY_RUNNING:
+            if code == EXIT_ALREADY_RUNNING:
+                # Another daemon holds daemon.lock: one starting (its ports.json will come) or one shutting
+                # down (it removed ports.json first). Once the lock is free, start ours after all.
+                if info is None and not _daemon_holds_lock(paths):
+                    child = _spawn(paths, command)
+            elif code is not None:
                 raise DaemonError(
                     f"micd exited with status {code} while starting; daemon.log says:\n{_log_tail(paths)}"
                 )
@@ -212,7 +242,9 @@ def stop_daemon(config: Config, *, timeout: float = 60.0) -> int | None:
     paths = StatePaths(config.state_dir)
     info = _read_ports(paths)
     pid = info.pid if info is not None else read_pid(paths.pid)
-    if pid is None or not _alive(pid):
+    # The files outlive a daemon killed by SIGKILL or the OOM killer, and its pid may belong to another
+    # program by now: signal only a micd process while a daemon holds this state dir's lock.
+    if pid is None or not _alive(pid) or not _is_micd(pid) or not _daemon_holds_lock(paths):
         return None
     try:
         os.kill(pid, signal.SIGTERM)

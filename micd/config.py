@@ -73,8 +73,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration, got a boolean")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("duration must be ≥ 0")
+        if not value >= 0:  # also refuses nan, which every comparison would let through
+            raise ValueError("duration must be a number ≥ 0")
         return float(value)
     match = _DURATION.fullmatch(str(value))
     if not match:
@@ -249,8 +249,8 @@ def _read_toml(path: Path) -> dict[str, tuple[object, str]]:
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML (UTF-8): {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
     found: dict[str, tuple[object, str]] = {}

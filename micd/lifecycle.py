@@ -148,7 +148,10 @@ async def _probe(http_port: int, grpc_port: int) -> None:
         async with session.get(f"http://127.0.0.1:{http_port}/healthz") as response:
             if response.status != 200:
                 raise RuntimeError(f"/healthz answered {response.status} during startup")
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+    # grpc core honours http_proxy unless told not to: a proxy setting must not make our own probe fail
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{grpc_port}", options=[("grpc.enable_http_proxy", 0)]
+    ) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=10)
 
 

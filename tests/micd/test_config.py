@@ -246,7 +246,7 @@ def test_parse_duration(text, expected):
     assert parse_duration(text) == expected
 
 
-@pytest.mark.parametrize("text", ["soon", "-3", "5 weeks", False])
+@pytest.mark.parametrize("text", ["soon", "-3", "5 weeks", False, float("nan"), -0.5])
 def test_parse_duration_rejects(text):
     with pytest.raises(ValueError):
         parse_duration(text)

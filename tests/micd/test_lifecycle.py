@@ -5,6 +5,7 @@ Every daemon here binds 127.0.0.1 only and is stopped by PID at the end of its t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -15,6 +16,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -228,6 +230,128 @@ def test_stale_files_after_kill_9_do_not_fool_clients(micd, tmp_path):
         assert mic(tmp_path, "daemon", "stop").returncode == 0
 
 
+def test_unauthenticated_requests_do_not_keep_the_daemon_alive(micd):
+    daemon = micd("--idle-timeout", "1.5")
+    port = daemon.info["http_port"]
+    deadline = time.monotonic() + 15
+    while daemon.process.poll() is None and time.monotonic() < deadline:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            connection.request("GET", "/stats")  # no token: 401, and no activity
+            assert connection.getresponse().status == 401
+        except OSError:
+            break  # the daemon went away between the poll and the request
+        finally:
+            connection.close()
+        time.sleep(0.2)
+    assert daemon.process.poll() is not None, "401s kept the daemon alive"
+    assert daemon.process.wait(5) == 0
+    assert "stopping: idle for 1.5s" in (daemon.state / "daemon.log").read_text()
+
+
+@pytest.mark.parametrize("stale", ["daemon.pid", "ports.json"])
+def test_stop_never_signals_a_process_named_only_by_stale_files(tmp_path, stale):
+    """A daemon killed by SIGKILL or the OOM killer leaves its files behind, and its pid may be reused by any
+    program: `mic daemon stop` must not signal that program."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        if stale == "daemon.pid":
+            (state / "daemon.pid").write_text(f"{bystander.pid}\n")
+        else:
+            ports = {"pid": bystander.pid, "http": "http://127.0.0.1:1", "grpc": "grpc://127.0.0.1:2"}
+            (state / "ports.json").write_text(
+                json.dumps({**ports, "http_port": 1, "grpc_port": 2, "started_at": 0})
+            )
+        result = mic(tmp_path, "daemon", "stop", "--json", timeout=30)
+        assert result.returncode == 0 and json.loads(result.stdout)["stopped"] is False
+        time.sleep(0.2)
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_start_while_the_previous_daemon_shuts_down_starts_a_new_one(tmp_path):
+    """The old daemon removed ports.json but still holds its lock (finishing an upload in its grace period):
+    a start then must wait for it to go and start a new daemon, not time out."""
+    first = start_micd(tmp_path)
+    sock = socket.create_connection(("127.0.0.1", first.info["http_port"]))
+    try:
+        head = f"PUT /cas/sha256/{'a' * 64}/1000000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {first.token}\r\n"
+        sock.sendall(f"{head}Content-Length: 1000000\r\n\r\n".encode() + b"x" * 1000)  # in flight
+        time.sleep(0.3)
+        first.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while (first.state / "ports.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert first.process.poll() is None  # shutting down, lock held
+        started = mic(tmp_path, "daemon", "start", "--json", "--timeout", "20", timeout=60)
+        assert started.returncode == 0, started.stderr
+        info = json.loads(started.stdout)
+        assert info["started"] and info["pid"] != first.process.pid
+        assert first.process.poll() is not None
+    finally:
+        sock.close()
+        if first.process.poll() is None:
+            first.process.kill()
+        first.process.wait()
+        mic(tmp_path, "daemon", "stop", timeout=60)
+
+
+def test_an_http_proxy_setting_is_bypassed_and_never_sees_the_token(tmp_path):
+    """Clients reach 127.0.0.1 directly: an unreachable proxy must not break start/status/stats, and a
+    reachable one must not receive the session token."""
+    seen: list[bytes] = []
+    proxy = socket.create_server(("127.0.0.1", 0))
+    proxy.settimeout(0.2)
+
+    def record_and_close() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    connection, _ = proxy.accept()
+                    seen.append(connection.recv(65536))
+                    connection.close()
+
+    threading.Thread(target=record_and_close, daemon=True).start()
+    env = {"http_proxy": f"http://127.0.0.1:{proxy.getsockname()[1]}", "no_proxy": "", "NO_PROXY": ""}
+    try:
+        started = mic(tmp_path, "daemon", "start", "--json", "--timeout", "15", timeout=60, **env)
+        assert started.returncode == 0, started.stderr
+        assert mic(tmp_path, "daemon", "status", timeout=30, **env).returncode == 0
+        assert mic(tmp_path, "stats", "--json", timeout=30, **env).returncode == 0
+        assert seen == []
+    finally:
+        proxy.close()
+        mic(tmp_path, "daemon", "stop", timeout=60)
+
+
+def test_non_utf8_config_file_is_a_clear_error(tmp_path):
+    (tmp_path / "mic.toml").write_bytes(b'[daemon]\nlog_level = "INFO" # caf\xe9\n')
+    shown = mic(tmp_path, "config", "show", timeout=30)
+    assert shown.returncode != 0 and "Traceback" not in shown.stderr and "mic.toml" in shown.stderr
+    run = subprocess.run(
+        [sys.executable, "-m", "micd.main", "run"], env=daemon_env(tmp_path), cwd=tmp_path,
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert run.returncode != 0 and "Traceback" not in run.stderr and "mic.toml" in run.stderr
+
+
+def test_non_utf8_authorization_header_is_401(micd):
+    daemon = micd()
+    for path in ("/stats", "/metrics", f"/cas/sha256/{'a' * 64}/1"):
+        with socket.create_connection(("127.0.0.1", daemon.info["http_port"]), timeout=10) as sock:
+            request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode()
+            sock.sendall(request + b"Authorization: Bearer \xff\xfe\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        assert reply.split(b"\r\n", 1)[0].split()[1] == b"401", path
+    assert "Traceback" not in (daemon.state / "daemon.log").read_text()
+
+
 def _big_blob(mib: int) -> tuple[bytes, str]:
     block = os.urandom(1 << 20)
     hasher = hashlib.sha256()
@@ -342,7 +466,9 @@ def _journaled(daemon: Daemon) -> list[Path]:
     return [p for p in (daemon.cache / "v1" / "s3-queue").glob("*/*") if not p.name.endswith(".tmp")]
 
 
-def test_drain_is_bounded_and_pending_uploads_survive_the_restart(micd, s3_server, s3_proxy, s3_env, tmp_path):
+def test_drain_is_bounded_and_pending_uploads_survive_the_restart(
+    micd, s3_server, s3_proxy, s3_env, tmp_path
+):
     """What a stopped session could not upload is delivered by the next daemon of ANY session of the user."""
     bucket = s3_server.create_bucket()
     args = ("--s3-bucket", bucket, "--s3-endpoint-url", s3_proxy.endpoint_url, "--drain-timeout", "2")
