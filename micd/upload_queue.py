@@ -111,6 +111,7 @@ class UploadQueue:
         self._inflight: set[str] = set()
         self._again: set[str] = set()  # resubmitted while in flight: run once more
         self._overflow = 0  # journaled items not held in memory
+        self._scan_overflowed: set[str] | None = None  # names overflowed while a refill scans
         self._tasks: list[asyncio.Task[None]] = []
         self._refill: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -213,6 +214,8 @@ class UploadQueue:
             if existed:
                 return  # already pending, held by the journal: a refill or another daemon will handle it
             self._overflow += 1
+            if self._scan_overflowed is not None:
+                self._scan_overflowed.add(name)
         else:
             # An entry that existed may be another daemon's (queued there, or left by a dead one): queueing
             # it here too costs at most a lock wait, and it may be counted as overflow too until the next
@@ -403,7 +406,11 @@ class UploadQueue:
             self._refill = asyncio.create_task(self._refill_from_journal(), name="upload-refill")
 
     async def _refill_from_journal(self) -> None:
-        """Move journal-only items into the memory queue while there is room; recount the rest."""
+        """Move journal-only items into the memory queue while there is room; recount the rest.
+
+        The recount is the scan's names plus those that overflowed while it ran (the scan may have missed
+        them); without the latter they would be journaled but counted nowhere, so never refilled."""
+        self._scan_overflowed = set()
         try:
             room = self._maxsize - self._queue.qsize()
             found, unknown = await asyncio.to_thread(self._read_journal, set(self._keys), room)
@@ -416,10 +423,12 @@ class UploadQueue:
                     break
                 self._keys[name] = key
             # Names queued by submit() during the scan are in _keys now: count only true journal-only items.
-            self._overflow = sum(1 for name in unknown if name not in self._keys)
+            pending = self._scan_overflowed.union(unknown)
+            self._overflow = sum(1 for name in pending if name not in self._keys)
             self._changed()
         finally:
             self._refill = None
+            self._scan_overflowed = None
         self._maybe_refill()
 
     def _read_journal(self, known: set[str], room: int) -> tuple[list[tuple[str, str]], list[str]]:

@@ -8,6 +8,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import threading
 
 import pytest
 
@@ -427,3 +428,54 @@ async def test_unexpected_error_keeps_the_worker_and_the_entry(tmp_path, monkeyp
     assert "simulated bug" in caplog.text
     await queue.close()
     assert journal_files(tmp_path / "q") == [entry_name("cas/bug")]
+
+
+# -- refill ---------------------------------------------------------------------------------------------
+async def test_items_overflowing_during_a_refill_scan_are_not_stranded(tmp_path):
+    """Items that overflow to the journal while a refill scans were dropped from its recount: if everything
+    the scan found then fitted in memory, nothing ever refilled them (until a restart)."""
+    journal = tmp_path / "q"
+    journal.mkdir()
+    old = [f"cas/old{i}" for i in range(40)]  # a previous run left 40 items
+    for key in old:
+        (journal / entry_name(key)).write_bytes(encode_entry(key))
+    handled: list[str] = []
+    gate, room_made, go = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def handler(key):
+        await gate.wait()
+        handled.append(key)
+        if len(handled) == 45:  # now the scan's 40 findings fit in the memory queue
+            room_made.set()
+            await go.wait()
+
+    queue = UploadQueue(journal, workers=1, maxsize=64)
+    scanned, release = threading.Event(), threading.Event()
+    real_read = queue._read_journal
+
+    def held_read(known, room):
+        found = real_read(known, room)
+        scanned.set()
+        release.wait(10)
+        return found
+
+    queue._read_journal = held_read
+    try:
+        await queue.start(handler)  # its refill scans, then waits for `release`
+        assert await asyncio.to_thread(scanned.wait, 10)
+        new = [f"cas/new{i}" for i in range(70)]  # the queue fills; the rest overflow to the journal
+        for key in new:
+            await queue.submit(key)
+        assert queue._overflow >= 5
+        gate.set()
+        await room_made.wait()
+        refill = queue._refill
+        release.set()
+        await refill
+        go.set()
+        assert await queue.drain(10)
+    finally:
+        release.set()
+        await queue.close()
+    assert sorted(handled) == sorted(old + new)
+    assert os.listdir(journal) == []
