@@ -413,7 +413,12 @@ class UploadQueue:
         self._scan_overflowed = set()
         try:
             room = self._maxsize - self._queue.qsize()
-            found, unknown = await asyncio.to_thread(self._read_journal, set(self._keys), room)
+            try:
+                found, unknown = await asyncio.to_thread(self._read_journal, set(self._keys), room)
+            except OSError as exc:
+                # Not re-armed at once (it would spin on a broken directory): the next finished item does.
+                log.error("upload journal: could not scan %s (%s)", self.journal_dir, exc)
+                return
             for name, key in found:
                 if name in self._keys:
                     continue
@@ -450,7 +455,12 @@ class UploadQueue:
                         exc,
                         entry.name,
                     )
-                    os.replace(entry.path, entry.path + ".bad")
+                    # Another daemon sharing the directory may have set it aside first.
+                    with contextlib.suppress(FileNotFoundError):
+                        os.replace(entry.path, entry.path + ".bad")
+                    continue
+                except OSError as exc:
+                    log.error("upload journal entry %s could not be read (%s); skipped", entry.path, exc)
                     continue
             unknown.append(entry.name)
         return found, unknown

@@ -479,3 +479,27 @@ async def test_items_overflowing_during_a_refill_scan_are_not_stranded(tmp_path)
         await queue.close()
     assert sorted(handled) == sorted(old + new)
     assert os.listdir(journal) == []
+
+
+async def test_bad_entry_set_aside_by_another_daemon_first(tmp_path, monkeypatch):
+    """Two daemons find the same unreadable entry; the one whose rename to `.bad` comes second must carry
+    on (the refill task used to die there, and with it the good entries it had found)."""
+    journal = tmp_path / "q"
+    journal.mkdir()
+    (journal / ("0" * 40)).write_bytes(b"garbage")
+    (journal / ("1" * 40)).write_bytes(encode_entry("cas/good"))
+    real_replace = os.replace
+
+    def racing_replace(src, dst, *args, **kw):
+        if str(dst).endswith(".bad"):
+            real_replace(src, dst)  # the other daemon sets it aside first
+        return real_replace(src, dst, *args, **kw)
+
+    monkeypatch.setattr(upload_queue.os, "replace", racing_replace)
+    queue = UploadQueue(journal, workers=1)
+    handler = Recorder()
+    await queue.start(handler)
+    assert await queue.drain(5)
+    assert handler.done == ["cas/good"]
+    assert os.listdir(journal) == ["0" * 40 + ".bad"]
+    await queue.close()
