@@ -9,9 +9,17 @@ journal file is removed only after its handler succeeded; on start every journal
 
 Several daemons may share one journal directory (the disk root is shared by a user's sessions): items are
 idempotent, so the worst case is a duplicate upload, and whoever starts next replays what a dead one left.
+What must never happen is an older upload of a key landing after a newer one, or a worker removing an entry
+that a later submit (its own daemon's or another's) still relies on. So a worker handles a key only while it
+holds an exclusive `flock` on `<name>.lock` (another daemon's worker waits for it, with backoff), and first
+renames the entry to `<name>.inflight`: its handler reads the source after that rename, so a submit that
+still found the entry is covered by this upload, and a later submit writes a fresh entry, which is handled
+again once the lock is free. Only `<name>.inflight` is removed afterwards. The kernel drops the lock of a
+daemon that dies (even by SIGKILL), so the next start turns an unlocked `<name>.inflight` back into an entry.
 
 Journal file `<journal_dir>/<sha256(key)[:40]>` (`<name>.<pid>.<random>.tmp` while it is written, removed
-by a later start once older than an hour; `<name>.bad` once found unreadable, kept for inspection):
+by a later start once older than an hour; `<name>.inflight` while a worker uploads it; `<name>.lock` its
+lock; `<name>.bad` once found unreadable, kept for inspection):
 
 | offset | width | field                           |
 |--------|-------|---------------------------------|
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -102,6 +111,7 @@ class UploadQueue:
         self._inflight: set[str] = set()
         self._again: set[str] = set()  # resubmitted while in flight: run once more
         self._overflow = 0  # journaled items not held in memory
+        self._scan_overflowed: set[str] | None = None  # names overflowed while a refill scans
         self._tasks: list[asyncio.Task[None]] = []
         self._refill: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -138,7 +148,6 @@ class UploadQueue:
     def _prepare_dir(self) -> int:
         self.journal_dir.mkdir(parents=True, exist_ok=True)
         stale_before = time.time() - 3600
-        pending = 0
         for entry in os.scandir(self.journal_dir):
             if entry.name.endswith(".tmp"):
                 # A write interrupted by a crash (its submit never returned), unless another live daemon
@@ -146,9 +155,23 @@ class UploadQueue:
                 with contextlib.suppress(FileNotFoundError):
                     if entry.stat().st_mtime < stale_before:
                         os.unlink(entry.path)
-            elif "." not in entry.name:
-                pending += 1
-        return pending
+            elif entry.name.endswith((".inflight", ".lock")):
+                self._recover(entry.name.partition(".")[0])
+        return sum(1 for entry in os.scandir(self.journal_dir) if "." not in entry.name)
+
+    def _recover(self, name: str) -> None:
+        """Give back an upload whose worker died mid-way (its lock is free): `<name>.inflight` becomes
+        `<name>` again, and the dead worker's lock file goes. A live worker's lock is left alone."""
+        try:
+            fd = self._try_lock(name)
+            if fd is None:
+                return
+            try:
+                self._give_back(name)
+            finally:
+                self._unlock(name, fd)
+        except OSError as exc:  # e.g. a read-only directory: replay what can be, never refuse to start
+            log.error("upload journal: could not recover %s (%s)", name, exc)
 
     async def drain(self, timeout: float) -> bool:
         """Wait until nothing is pending (True) or `timeout` seconds passed (False)."""
@@ -176,21 +199,27 @@ class UploadQueue:
     async def submit(self, key: str) -> None:
         """Journal `key` and queue it. Never waits for the remote; a full queue leaves it to the journal."""
         name = hashlib.sha256(key.encode()).hexdigest()[:40]
-        if name in self._keys:
-            if name in self._inflight:
-                self._again.add(name)
+        if name in self._inflight:
+            self._again.add(name)
             return
+        # Even when the key is queued here already, its entry must exist now: another daemon's worker may
+        # have taken it (and read the source) before this submit's write.
         data = encode_entry(key)
         existed = await asyncio.to_thread(self._write_entry, name, data)
-        if name in self._keys:  # submitted concurrently while we were writing
+        if name in self._keys:  # queued here (before, or concurrently while we were writing)
             return
-        if existed:
-            return  # already pending, held only by the journal (overflow); the refill will find it
         try:
             self._queue.put_nowait(name)
         except asyncio.QueueFull:
+            if existed:
+                return  # already pending, held by the journal: a refill or another daemon will handle it
             self._overflow += 1
+            if self._scan_overflowed is not None:
+                self._scan_overflowed.add(name)
         else:
+            # An entry that existed may be another daemon's (queued there, or left by a dead one): queueing
+            # it here too costs at most a lock wait, and it may be counted as overflow too until the next
+            # refill recounts.
             self._keys[name] = key
         self._changed()
 
@@ -215,30 +244,140 @@ class UploadQueue:
 
     # -- workers -----------------------------------------------------------------------------------
     async def _worker(self) -> None:
+        """Handle queued names until cancelled. Nothing an item raises may end this loop: a dead worker
+        would leave its key pending forever (drain() never idle) and the queue one worker short."""
         while True:
             name = await self._queue.get()
             self._inflight.add(name)
             try:
                 await self._run(name, self._keys[name])
-                del self._keys[name]
+            except Exception:
+                log.exception("upload queue: handling %s failed; it stays journaled for the next start", name)
             finally:
+                self._keys.pop(name, None)
                 self._inflight.discard(name)
                 self._queue.task_done()
             self._changed()
             self._maybe_refill()
 
     async def _run(self, name: str, key: str) -> None:
-        """Handle one item, then remove its journal file; once more if it was resubmitted meanwhile."""
+        """Handle one item; once more if it was resubmitted meanwhile (its entry written again first)."""
+        journaled = True
         while True:
             self._again.discard(name)
-            await self._handle(key)
-            if name in self._again:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                await asyncio.to_thread(os.unlink, self.journal_dir / name)
+            await self._run_locked(name, key, force=not journaled)
             if name not in self._again:
                 return
-            await asyncio.to_thread(self._write_entry, name, encode_entry(key))
+            written = await self._journal_step(
+                f"re-journal {key}", self._write_entry, name, encode_entry(key)
+            )
+            journaled = written is not None
+
+    async def _run_locked(self, name: str, key: str, *, force: bool) -> None:
+        """Under the key's lock: take the entry, run the handler, remove the taken entry.
+
+        No entry to take means another daemon took it after this one was submitted, so its upload read the
+        newer source: skipped, unless `force` (the resubmit could not be journaled). A journal error never
+        stops the upload; it only leaves an entry behind, i.e. a duplicate upload at some later start.
+        Cancelled (close()), it gives the entry back, so the journal holds it as a plain pending entry.
+        """
+        fd = await self._lock(name)
+        taken = None
+        try:
+            taken = await self._journal_step(f"take {key}", self._take, name)
+            if taken is False and not force:
+                return
+            while True:
+                self._again.discard(name)
+                await self._handle(key)
+                if name not in self._again:
+                    break
+            if taken:
+                await self._journal_step(f"remove {key}", _unlink, self.journal_dir / f"{name}.inflight")
+        except asyncio.CancelledError:
+            if taken:
+                try:
+                    self._give_back(name)
+                except OSError as exc:  # left as .inflight: the next start gives it back
+                    log.error("upload journal: could not give back %s (%s)", key, exc)
+            raise
+        finally:
+            if fd is not None:
+                self._unlock(name, fd)
+
+    async def _journal_step(self, what: str, func: Callable[..., object], *args: object) -> object | None:
+        """Run one blocking journal operation in a thread; an I/O error is logged and returns None."""
+        try:
+            return await asyncio.to_thread(func, *args)
+        except OSError as exc:
+            log.error("upload journal: could not %s (%s)", what, exc)
+            return None
+
+    def _give_back(self, name: str) -> None:
+        """Turn `<name>.inflight` back into the pending entry `<name>` (lock held)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.journal_dir / f"{name}.inflight", self.journal_dir / name)
+
+    def _take(self, name: str) -> bool:
+        """Rename `<name>` to `<name>.inflight` (lock held); False if there is neither (someone handled it)."""
+        inflight = self.journal_dir / f"{name}.inflight"
+        try:
+            os.replace(self.journal_dir / name, inflight)
+        except FileNotFoundError:
+            return inflight.exists()  # left by a worker that died mid-upload: redo it
+        return True
+
+    async def _lock(self, name: str) -> int | None:
+        """The key's lock fd, waiting (backoff) while another daemon's worker holds it; None on I/O error.
+
+        Taken and released in the event loop thread (a few syscalls), so a cancellation never strands an
+        acquired lock in a thread."""
+        attempt = 0
+        while True:
+            try:
+                fd = self._try_lock(name)
+            except OSError as exc:
+                log.error("upload journal: could not lock %s (%s); uploading without the lock", name, exc)
+                return None
+            if fd is not None:
+                return fd
+            attempt += 1
+            await asyncio.sleep(self._delay(attempt))
+
+    def _try_lock(self, name: str) -> int | None:
+        """Open and flock `<name>.lock` without blocking; the fd, or None while a live worker holds it."""
+        path = self.journal_dir / f"{name}.lock"
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = os.fstat(fd)
+                try:
+                    current = os.stat(path)
+                except FileNotFoundError:
+                    current = None
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            except BaseException:
+                os.close(fd)
+                raise
+            if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+                return fd
+            os.close(fd)  # its holder removed it between our open and flock: lock the new one
+
+    def _unlock(self, name: str, fd: int) -> None:
+        """Remove the lock file while still holding it, then drop the lock."""
+        try:
+            _unlink(self.journal_dir / f"{name}.lock")
+        except OSError as exc:
+            log.error("upload journal: could not remove the lock of %s (%s)", name, exc)
+        finally:
+            os.close(fd)
+
+    def _delay(self, attempt: int) -> float:
+        """Backoff before retry `attempt` (1, 2, ...): doubling from `base_delay`, capped, with jitter."""
+        return min(self._base_delay * 2 ** (attempt - 1), self._max_delay) * random.uniform(0.5, 1.0)
 
     async def _handle(self, key: str) -> None:
         """Run the handler until it succeeds or fails for good; backoff doubles, capped at `max_delay`."""
@@ -252,8 +391,8 @@ class UploadQueue:
                 self.uploaded += 1
                 return
             except TierUnavailable as exc:
-                delay = min(self._base_delay * 2**attempt, self._max_delay) * random.uniform(0.5, 1.0)
                 attempt += 1
+                delay = self._delay(attempt)
                 log.info("upload of %s failed (attempt %d: %s); retrying in %.2f s", key, attempt, exc, delay)
                 await asyncio.sleep(delay)
             except Exception:
@@ -267,10 +406,19 @@ class UploadQueue:
             self._refill = asyncio.create_task(self._refill_from_journal(), name="upload-refill")
 
     async def _refill_from_journal(self) -> None:
-        """Move journal-only items into the memory queue while there is room; recount the rest."""
+        """Move journal-only items into the memory queue while there is room; recount the rest.
+
+        The recount is the scan's names plus those that overflowed while it ran (the scan may have missed
+        them); without the latter they would be journaled but counted nowhere, so never refilled."""
+        self._scan_overflowed = set()
         try:
             room = self._maxsize - self._queue.qsize()
-            found, unknown = await asyncio.to_thread(self._read_journal, set(self._keys), room)
+            try:
+                found, unknown = await asyncio.to_thread(self._read_journal, set(self._keys), room)
+            except OSError as exc:
+                # Not re-armed at once (it would spin on a broken directory): the next finished item does.
+                log.error("upload journal: could not scan %s (%s)", self.journal_dir, exc)
+                return
             for name, key in found:
                 if name in self._keys:
                     continue
@@ -280,10 +428,12 @@ class UploadQueue:
                     break
                 self._keys[name] = key
             # Names queued by submit() during the scan are in _keys now: count only true journal-only items.
-            self._overflow = sum(1 for name in unknown if name not in self._keys)
+            pending = self._scan_overflowed.union(unknown)
+            self._overflow = sum(1 for name in pending if name not in self._keys)
             self._changed()
         finally:
             self._refill = None
+            self._scan_overflowed = None
         self._maybe_refill()
 
     def _read_journal(self, known: set[str], room: int) -> tuple[list[tuple[str, str]], list[str]]:
@@ -305,7 +455,18 @@ class UploadQueue:
                         exc,
                         entry.name,
                     )
-                    os.replace(entry.path, entry.path + ".bad")
+                    # Another daemon sharing the directory may have set it aside first.
+                    with contextlib.suppress(FileNotFoundError):
+                        os.replace(entry.path, entry.path + ".bad")
+                    continue
+                except OSError as exc:
+                    log.error("upload journal entry %s could not be read (%s); skipped", entry.path, exc)
                     continue
             unknown.append(entry.name)
         return found, unknown
+
+
+def _unlink(path: Path) -> None:
+    """Remove `path`; already gone is fine (another daemon sharing the directory may have removed it)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -233,13 +233,23 @@ class TieredStore:
                 self.memory.insert(digest, data)
             return BytesBlob(data, offset, limit)
         try:
-            if self.disk is not None and await self._fill_disk(digest, remote.view().chunks()):
+            if self.disk is not None and await self._fill_disk_from(digest, remote):
                 local = await self.disk.get(digest, offset, limit)
                 if local is not None:
                     return local
             return remote.view(offset, limit)
         finally:
             await remote.aclose()
+
+    async def _fill_disk_from(self, digest: Digest, remote: SpoolBlob) -> bool:
+        """`_fill_disk` from a handle of its own on the spool, released here: the disk may refuse the blob
+        (hard cap) before reading a byte, and an unread `chunks()` never releases its handle, which would
+        keep the spool's temp file open until garbage collection."""
+        fill = remote.view()
+        try:
+            return await self._fill_disk(digest, fill.chunks())
+        finally:
+            await fill.aclose()
 
     async def _fill_disk(self, digest: Digest, chunks: AsyncIterator[bytes]) -> bool:
         try:

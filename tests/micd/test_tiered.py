@@ -292,7 +292,9 @@ async def test_disk_full_still_serves_from_s3(tmp_path, s3_proxy, bucket, boto):
     data = os.urandom(3 << 20)
     digest = Digest.of(data)
     boto.put_object(
-        Bucket=bucket, Key=f"{PREFIX}/cas/sha256/{digest.hex[:2]}/{digest.hex}.{digest.size}", Body=zstandard.compress(data)
+        Bucket=bucket,
+        Key=f"{PREFIX}/cas/sha256/{digest.hex[:2]}/{digest.hex}.{digest.size}",
+        Body=zstandard.compress(data),
     )
     store = make_store(tmp_path, s3_proxy.endpoint_url, bucket, hard_cap=1 << 20)
     await store.start()
@@ -341,3 +343,30 @@ async def test_shutdown_does_not_wait_long_for_a_dead_s3(tmp_path, s3_proxy, buc
     assert loop.time() - started < 5
     journal = tmp_path / "cache" / "v1" / "s3-queue"
     assert len([p for p in journal.iterdir() if "." not in p.name]) == 3
+
+
+async def test_read_at_hard_cap_releases_the_spool(tmp_path, s3_proxy, bucket, boto):
+    """The disk refuses a large S3 read at its hard cap before reading a byte: the handle opened for that fill
+    must still be released, or the spool's temp file stays open until garbage collection."""
+    data = os.urandom(3 << 20)
+    digest = Digest.of(data)
+    store = make_store(tmp_path, s3_proxy.endpoint_url, bucket, hard_cap=1 << 20)
+    boto.put_object(Bucket=bucket, Key=store.s3.cas_key(digest), Body=zstandard.compress(data))
+    await store.start()
+    entries = []
+    real_get = store.s3.get
+
+    async def spy(d, *args, **kw):
+        blob = await real_get(d, *args, **kw)
+        entries.append(blob._entry)
+        return blob
+
+    store.s3.get = spy
+    try:
+        assert await read(await store.get(digest, 10, 1000)) == data[10:1010]
+        (entry,) = entries
+        assert entry.refs == 0
+        assert entry.task.result().closed
+        assert store.stats()["errors"]["local"] == 1
+    finally:
+        await store.close()

@@ -1,12 +1,18 @@
-"""Upload queue: journaled, bounded, retried with capped backoff, drained on shutdown, replayed on restart."""
+"""Upload queue: journaled, bounded, retried with capped backoff, drained on shutdown, replayed on restart;
+several daemons sharing one journal; journal I/O errors."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
+import hashlib
 import os
+import threading
 
 import pytest
 
+from micd import upload_queue
 from micd.errors import FormatError, TierUnavailable
 from micd.upload_queue import MAGIC, UploadQueue, decode_entry, encode_entry
 
@@ -31,7 +37,10 @@ class Recorder:
 
 
 def journal_files(path) -> list[str]:
-    return sorted(name for name in os.listdir(path) if "." not in name)
+    """Names of the pending entries: plain, or taken by a worker uploading it (`<name>.inflight`)."""
+    return sorted(
+        name.partition(".")[0] for name in os.listdir(path) if "." not in name or name.endswith(".inflight")
+    )
 
 
 async def test_submit_runs_handler_and_removes_journal(tmp_path):
@@ -235,3 +244,262 @@ async def test_two_queues_sharing_a_journal_lose_nothing(tmp_path):
     assert sorted(two.done) == sorted([f"cas/{i}" for i in range(10)] + ["cas/new"])
     assert journal_files(journal) == []
     await second.close()
+
+
+def entry_name(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+# -- several daemons on one journal: a newer upload of a key is never overtaken or forgotten -------------
+async def test_kv_update_during_another_daemons_upload_lands_last(tmp_path):
+    """Daemon A uploads v1 of a record; meanwhile daemon B stores v2 and submits the same key. B's upload
+    must run after A's (not be skipped because A's entry existed, nor race it): S3 ends with v2."""
+    journal = tmp_path / "q"
+    local = {"kv/ns/k": "v1"}  # the shared disk
+    remote: dict[str, str] = {}
+    a_read, a_go = asyncio.Event(), asyncio.Event()
+
+    async def handler_a(key):
+        value = local[key]  # A reads the local record ...
+        a_read.set()
+        await a_go.wait()  # ... and PUTs it (slow network)
+        remote[key] = value
+
+    async def handler_b(key):
+        remote[key] = local[key]
+
+    a = UploadQueue(journal, workers=1, base_delay=0.01, max_delay=0.05)
+    b = UploadQueue(journal, workers=1, base_delay=0.01, max_delay=0.05)
+    await a.start(handler_a)
+    await b.start(handler_b)
+    await a.submit("kv/ns/k")
+    await a_read.wait()
+    local["kv/ns/k"] = "v2"  # B's put_record ...
+    await b.submit("kv/ns/k")  # ... and its upload, acknowledged to the client
+    a_go.set()
+    assert await a.drain(5) and await b.drain(5)
+    assert remote["kv/ns/k"] == "v2"
+    assert os.listdir(journal) == []
+    await a.close()
+    await b.close()
+
+
+async def test_submit_during_another_daemons_upload_stays_journaled(tmp_path):
+    """A's finished upload must not remove the entry of B's later submit: if B then stops before uploading,
+    the next daemon still finds it and uploads the newer value."""
+    journal = tmp_path / "q"
+    local = {"kv/ns/k": "v1"}
+    remote: dict[str, str] = {}
+    a_read, a_go, never = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def handler_a(key):
+        value = local[key]
+        a_read.set()
+        await a_go.wait()
+        remote[key] = value
+
+    async def stuck(key):
+        await never.wait()  # B stops before its upload completes
+
+    async def handler_c(key):
+        remote[key] = local[key]
+
+    a = UploadQueue(journal, workers=1, base_delay=0.01, max_delay=0.05)
+    b = UploadQueue(journal, workers=1, base_delay=0.01, max_delay=0.05)
+    await a.start(handler_a)
+    await b.start(stuck)
+    await a.submit("kv/ns/k")
+    await a_read.wait()
+    local["kv/ns/k"] = "v2"
+    await b.submit("kv/ns/k")
+    a_go.set()
+    assert await a.drain(5)
+    await a.close()
+    await b.close()
+    assert journal_files(journal) == [entry_name("kv/ns/k")]
+
+    c = UploadQueue(journal, workers=1)
+    await c.start(handler_c)
+    assert await c.drain(5)
+    assert remote["kv/ns/k"] == "v2"
+    assert os.listdir(journal) == []
+    await c.close()
+
+
+async def test_start_recovers_dead_workers_entries_not_live_ones(tmp_path):
+    """`<name>.inflight` whose lock is free (its daemon died mid-upload) is replayed; one whose lock a live
+    daemon holds is left to it."""
+    journal = tmp_path / "q"
+    journal.mkdir()
+    dead, live = entry_name("cas/dead"), entry_name("cas/live")
+    (journal / f"{dead}.inflight").write_bytes(encode_entry("cas/dead"))
+    (journal / f"{dead}.lock").write_bytes(b"")  # its holder died: the kernel dropped the flock
+    (journal / f"{live}.inflight").write_bytes(encode_entry("cas/live"))
+    holder = os.open(journal / f"{live}.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        queue = UploadQueue(journal, workers=1)
+        handler = Recorder()
+        await queue.start(handler)
+        assert await queue.drain(5)
+        await queue.close()
+        assert handler.done == ["cas/dead"]
+        assert sorted(os.listdir(journal)) == sorted([f"{live}.inflight", f"{live}.lock"])
+    finally:
+        os.close(holder)
+
+
+# -- journal I/O errors never kill a worker -----------------------------------------------------------
+async def test_journal_unlink_error_keeps_the_worker(tmp_path, monkeypatch, caplog):
+    """An EIO while removing a finished item's journal file is logged; the (only) worker carries on."""
+    queue = UploadQueue(tmp_path / "q", workers=1)
+    handler = Recorder()
+    await queue.start(handler)
+    real_unlink = os.unlink
+    failed: list[str] = []
+
+    def flaky_unlink(path, *args, **kw):
+        if not failed:
+            failed.append(str(path))
+            raise OSError(errno.EIO, "simulated I/O error")
+        return real_unlink(path, *args, **kw)
+
+    monkeypatch.setattr(upload_queue.os, "unlink", flaky_unlink)
+    for key in ("cas/a", "cas/b", "cas/c"):
+        await queue.submit(key)
+    assert await queue.drain(5)
+    assert handler.done == ["cas/a", "cas/b", "cas/c"] and failed
+    assert "simulated I/O error" in caplog.text
+    assert all(not task.done() for task in queue._tasks)
+    await queue.close()
+
+
+async def test_rejournal_error_still_uploads_the_resubmit(tmp_path):
+    """A resubmit that lands while the finished upload's entry is being removed is journaled again; a full
+    disk (ENOSPC) there is logged, the item is still uploaded once more, and the worker lives on."""
+    queue = UploadQueue(tmp_path / "q", workers=1)
+    calls: list[str] = []
+    resubmits: list[asyncio.Task] = []
+
+    async def handler(key):
+        calls.append(key)
+        if len(calls) == 1:  # the client replaces the record just as its first upload finishes
+            resubmits.append(asyncio.ensure_future(queue.submit(key)))
+
+    real_write = queue._write_entry
+    writes: list[str] = []
+
+    def write_entry(name, data):
+        writes.append(name)
+        if len(writes) == 2:
+            raise OSError(errno.ENOSPC, "simulated full disk")
+        return real_write(name, data)
+
+    queue._write_entry = write_entry
+    await queue.start(handler)
+    await queue.submit("kv/ns/k")
+    assert await queue.drain(5)
+    await asyncio.gather(*resubmits)
+    assert calls == ["kv/ns/k", "kv/ns/k"] and len(writes) == 2
+    await queue.submit("cas/next")
+    assert await queue.drain(5)
+    assert calls[-1] == "cas/next"
+    await queue.close()
+
+
+async def test_unexpected_error_keeps_the_worker_and_the_entry(tmp_path, monkeypatch, caplog):
+    """Any exception out of one item is logged; its key is no longer pending here (drain() can go idle),
+    its journal entry stays for the next start, and the worker handles the next items."""
+    queue = UploadQueue(tmp_path / "q", workers=1)
+    handler = Recorder()
+    real_handle = queue._handle
+
+    async def handle(key):
+        if key == "cas/bug":
+            raise RuntimeError("simulated bug")
+        await real_handle(key)
+
+    queue._handle = handle
+    await queue.start(handler)
+    for key in ("cas/bug", "cas/b", "cas/c"):
+        await queue.submit(key)
+    assert await queue.drain(5)
+    assert handler.done == ["cas/b", "cas/c"]
+    assert "simulated bug" in caplog.text
+    await queue.close()
+    assert journal_files(tmp_path / "q") == [entry_name("cas/bug")]
+
+
+# -- refill ---------------------------------------------------------------------------------------------
+async def test_items_overflowing_during_a_refill_scan_are_not_stranded(tmp_path):
+    """Items that overflow to the journal while a refill scans were dropped from its recount: if everything
+    the scan found then fitted in memory, nothing ever refilled them (until a restart)."""
+    journal = tmp_path / "q"
+    journal.mkdir()
+    old = [f"cas/old{i}" for i in range(40)]  # a previous run left 40 items
+    for key in old:
+        (journal / entry_name(key)).write_bytes(encode_entry(key))
+    handled: list[str] = []
+    gate, room_made, go = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def handler(key):
+        await gate.wait()
+        handled.append(key)
+        if len(handled) == 45:  # now the scan's 40 findings fit in the memory queue
+            room_made.set()
+            await go.wait()
+
+    queue = UploadQueue(journal, workers=1, maxsize=64)
+    scanned, release = threading.Event(), threading.Event()
+    real_read = queue._read_journal
+
+    def held_read(known, room):
+        found = real_read(known, room)
+        scanned.set()
+        release.wait(10)
+        return found
+
+    queue._read_journal = held_read
+    try:
+        await queue.start(handler)  # its refill scans, then waits for `release`
+        assert await asyncio.to_thread(scanned.wait, 10)
+        new = [f"cas/new{i}" for i in range(70)]  # the queue fills; the rest overflow to the journal
+        for key in new:
+            await queue.submit(key)
+        assert queue._overflow >= 5
+        gate.set()
+        await room_made.wait()
+        refill = queue._refill
+        release.set()
+        await refill
+        go.set()
+        assert await queue.drain(10)
+    finally:
+        release.set()
+        await queue.close()
+    assert sorted(handled) == sorted(old + new)
+    assert os.listdir(journal) == []
+
+
+async def test_bad_entry_set_aside_by_another_daemon_first(tmp_path, monkeypatch):
+    """Two daemons find the same unreadable entry; the one whose rename to `.bad` comes second must carry
+    on (the refill task used to die there, and with it the good entries it had found)."""
+    journal = tmp_path / "q"
+    journal.mkdir()
+    (journal / ("0" * 40)).write_bytes(b"garbage")
+    (journal / ("1" * 40)).write_bytes(encode_entry("cas/good"))
+    real_replace = os.replace
+
+    def racing_replace(src, dst, *args, **kw):
+        if str(dst).endswith(".bad"):
+            real_replace(src, dst)  # the other daemon sets it aside first
+        return real_replace(src, dst, *args, **kw)
+
+    monkeypatch.setattr(upload_queue.os, "replace", racing_replace)
+    queue = UploadQueue(journal, workers=1)
+    handler = Recorder()
+    await queue.start(handler)
+    assert await queue.drain(5)
+    assert handler.done == ["cas/good"]
+    assert os.listdir(journal) == ["0" * 40 + ".bad"]
+    await queue.close()
