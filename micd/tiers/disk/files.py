@@ -141,6 +141,8 @@ class TempArea:
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.path = tmp_root / name
         os.rename(staging, self.path)
+        self.unnamed_files = libc.linkat is not None and hasattr(os, "O_TMPFILE")
+        """Whether `publish_unsynced` may use O_TMPFILE files here; turned off by the first failure."""
 
     def release(self) -> None:
         """Remove the directory and drop the lock (idempotent)."""
@@ -290,41 +292,66 @@ def exists_all(paths: list[str]) -> list[bool]:
     return list(map(os.access, paths, itertools.repeat(os.F_OK)))
 
 
+_NO_TMPFILE_ERRNOS = frozenset(
+    {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT, errno.EPERM, errno.EACCES}
+)
+"""How `open(O_TMPFILE)` fails where the filesystem lacks it (EOPNOTSUPP; EISDIR or EINVAL from kernels or
+FUSE/overlayfs that do not know the flag) and `linkat` through /proc where /proc is absent or restricted
+(ENOENT, EPERM, EACCES)."""
+
+
 def publish_unsynced(area: TempArea, final: str, data: bytes) -> Sig | None:
     """Publish verified, journaled `data` at `final` with no fsync (blocking); None if a file is already there.
 
     Linux: an unnamed `O_TMPFILE` file in the final directory, linked into place once written: no temp name
     to create and remove, no cross-directory rename (the kernel serialises those), nothing left by a crash.
-    Elsewhere: a temp file in `area` renamed into place. No writeback hint: `sync_file_range` on a 4 KiB
-    file cost ~0.5 ms of CPU; the journal's background `syncfs` writes these files back in bulk.
+    Elsewhere, and on filesystems without `O_TMPFILE` (NFS, CIFS, some FUSE and overlayfs): a temp file in
+    `area` renamed into place. The first such failure turns the unnamed path off for `area`'s lifetime, so it is
+    not retried (and failed) on every put. No writeback hint: `sync_file_range` on a 4 KiB file cost ~0.5 ms
+    of CPU; the journal's background `syncfs` writes these files back in bulk.
     """
-    if libc.linkat is not None and hasattr(os, "O_TMPFILE"):
+    if area.unnamed_files:
         try:
-            fd = os.open(final.rpartition("/")[0], os.O_WRONLY | os.O_TMPFILE, 0o600)
-        except FileNotFoundError:  # the shard directory was removed by hand: recreate it
-            Path(final).parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(final.rpartition("/")[0], os.O_WRONLY | os.O_TMPFILE, 0o600)
-        try:
-            _write_all(fd, data)
-            sig = Sig.of(os.fstat(fd))
-            source = f"/proc/self/fd/{fd}".encode()
-            try:
-                libc.check(
-                    libc.linkat(libc.AT_FDCWD, source, libc.AT_FDCWD, final.encode(), libc.AT_SYMLINK_FOLLOW),
-                    "linkat",
-                    final,
+            return _publish_unnamed(final, data)
+        except OSError as exc:
+            if exc.errno not in _NO_TMPFILE_ERRNOS:
+                raise
+            if area.unnamed_files:
+                area.unnamed_files = False
+                log.warning(
+                    "no unnamed temp files on the filesystem of %s (%s): using named ones", area.path, exc
                 )
-            except FileExistsError:
-                return None
-            return sig
-        finally:
-            os.close(fd)
     writer = TempWriter(area.path)
     try:
         writer.write([data], None)
         return writer.publish(final, sync=False)
     finally:
         writer.abort()
+
+
+def _publish_unnamed(final: str, data: bytes) -> Sig | None:
+    """The `O_TMPFILE` + `linkat` half of `publish_unsynced`."""
+    directory = final.rpartition("/")[0]
+    try:
+        fd = os.open(directory, os.O_WRONLY | os.O_TMPFILE, 0o600)
+    except FileNotFoundError:  # the shard directory was removed by hand: recreate it
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory, os.O_WRONLY | os.O_TMPFILE, 0o600)
+    try:
+        _write_all(fd, data)
+        sig = Sig.of(os.fstat(fd))
+        source = f"/proc/self/fd/{fd}".encode()
+        try:
+            libc.check(
+                libc.linkat(libc.AT_FDCWD, source, libc.AT_FDCWD, final.encode(), libc.AT_SYMLINK_FOLLOW),
+                "linkat",
+                final,
+            )
+        except FileExistsError:
+            return None
+        return sig
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
