@@ -4,6 +4,7 @@ a live writer's temp files survive another daemon's start, and a SIGKILLed write
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from micd.store import Digest, Record
+from micd.tiers.disk import files as disk_files
 from tests.micd.helpers import blob
 
 WRITER = """
@@ -61,7 +63,9 @@ def start_writer(root: Path, mode: str) -> subprocess.Popen:
 
 def temp_files(root: Path) -> list[Path]:
     return [
-        p for p in (root / "v1" / "tmp").rglob("*") if p.is_file() and p.name != "lock" and p.parent.name != "journal"
+        p
+        for p in (root / "v1" / "tmp").rglob("*")
+        if p.is_file() and p.name != "lock" and p.parent.name != "journal"
     ]
 
 
@@ -169,3 +173,74 @@ async def test_sigkill_mid_upload_leaves_no_partial_blob_and_temp_is_cleaned(mak
     assert list((root / "v1" / "cas").rglob("*.*")) == []
     await tier.put_bytes(digest, data)  # the upload can simply be retried
     assert await tier.get_bytes(digest) == data
+
+
+def assert_live_area(tmp_root: Path, area: disk_files.TempArea) -> None:
+    """`area` is the only directory under `tmp_root`, its lock is held, and a cleaner leaves it alone."""
+    assert [p.name for p in tmp_root.iterdir()] == [area.path.name]
+    fd = os.open(area.path / "lock", os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+    assert disk_files.clean_dead_temp(tmp_root, lambda path: 0) == 0
+    assert area.path.is_dir()
+
+
+def clean_before_flock(monkeypatch, tmp_root: Path, age_ns: int = 0) -> list[int]:
+    """Make the next `flock` of a new TempArea's lock first let another daemon's cleaner run (after making the
+    staging directory `age_ns` old: an owner stalled that long). Returns what the cleaner removed, once run."""
+    real_flock = fcntl.flock
+    cleaned: list[int] = []
+    running = []
+
+    def flock_after_a_cleaner(fd, op):
+        if not running:
+            running.append(True)
+            if age_ns:
+                (staging,) = tmp_root.iterdir()
+                old = time.time_ns() - age_ns
+                os.utime(staging, ns=(old, old))
+            cleaned.append(disk_files.clean_dead_temp(tmp_root, lambda path: 0))
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(disk_files.fcntl, "flock", flock_after_a_cleaner)
+    return cleaned
+
+
+def test_a_cleaner_between_lock_creation_and_flock_leaves_the_new_area_alone(tmp_path, monkeypatch):
+    """The lock file exists before its owner holds it: a cleaner must not judge the owner dead by it."""
+    tmp_root = tmp_path / "tmp"
+    tmp_root.mkdir()
+    cleaned = clean_before_flock(monkeypatch, tmp_root)
+    area = disk_files.TempArea(tmp_root)
+    monkeypatch.undo()
+    assert cleaned == [0]
+    assert_live_area(tmp_root, area)
+    area.release()
+
+
+def test_an_owner_stalled_past_the_stray_age_starts_over_under_a_new_name(tmp_path, monkeypatch):
+    """A cleaner takes an old staging directory by renaming it away, so the owner's own rename fails and it
+    retries: it never runs with a directory a cleaner removed."""
+    tmp_root = tmp_path / "tmp"
+    tmp_root.mkdir()
+    cleaned = clean_before_flock(monkeypatch, tmp_root, age_ns=2 * disk_files._STRAY_AGE_NS)
+    area = disk_files.TempArea(tmp_root)
+    monkeypatch.undo()
+    assert cleaned == [1]
+    assert_live_area(tmp_root, area)
+    area.release()
+
+
+def test_staging_directories_left_by_a_crash_are_removed_once_old(tmp_path):
+    tmp_root = tmp_path / "tmp"
+    young, old = tmp_root / ".new-1-young", tmp_root / ".new-2-old"
+    for path in (young, old):
+        path.mkdir(parents=True)
+        (path / "lock").touch()  # created, never flocked: exactly what a live owner's looks like at first
+    stamp = time.time_ns() - 2 * disk_files._STRAY_AGE_NS
+    os.utime(old, ns=(stamp, stamp))
+    assert disk_files.clean_dead_temp(tmp_root, lambda path: 0) == 1
+    assert [p.name for p in tmp_root.iterdir()] == [young.name]

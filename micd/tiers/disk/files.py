@@ -3,7 +3,9 @@
 Temp files live in a per-instance directory `<root>/v1/tmp/<pid>-<token>/` whose `lock` file is held with
 `flock` for the instance's lifetime. The kernel drops that lock when the process dies, even by SIGKILL, so an
 opening instance removes exactly the temp directories of dead writers and never a live writer's file (several
-daemons share one root). The same directory holds the instance's small-blob journal (`journal.py`), which
+daemons share one root). It is created as `.new-<name>`, flocked, then renamed: cleaners judge only named
+directories by their lock and remove `.new-*` ones only when old, taking them by an atomic rename first (see
+`_take_stale_staging`). The same directory holds the instance's small-blob journal (`journal.py`), which
 whoever removes a dead writer's directory replays first.
 
 Publishing is write → fsync → rename for streamed blobs and records. Small blobs in memory are made durable by
@@ -59,6 +61,9 @@ log = logging.getLogger(__name__)
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _LOCK = "lock"
+_STAGING = ".new-"
+"""Prefix of a `TempArea` directory not yet locked and named."""
+_STAGING_ATTEMPTS = 3
 _STRAY_AGE_NS = 60 * 10**9
 TOUCH_EVERY_NS = 60 * 10**9
 """Reads rewrite a file's atime at most this often: a hint for other processes' eviction, not a log."""
@@ -93,7 +98,11 @@ def _try_lock(path: Path) -> int | None:
 
 def clean_dead_temp(tmp_root: Path, replay: Callable[[Path], object]) -> int:
     """Remove temp directories whose owner died (lock not held), each after `replay(dir)` restored what its
-    journal acknowledged (a failing replay keeps the directory for a later attempt); returns how many."""
+    journal acknowledged (a failing replay keeps the directory for a later attempt); returns how many.
+
+    A `TempArea` being created (`_STAGING*`) is never judged by its lock: its owner creates the lock file before
+    it can flock it. See `_take_stale_staging`.
+    """
     removed = 0
     now = time.time_ns()
     for entry in os.scandir(tmp_root):
@@ -105,11 +114,14 @@ def clean_dead_temp(tmp_root: Path, replay: Callable[[Path], object]) -> int:
                     path.unlink()
                     removed += 1
             continue
+        if entry.name.startswith(_STAGING):
+            removed += _take_stale_staging(entry, now)
+            continue
         lock = path / _LOCK
         fd = _try_lock(lock)
         if fd is None:
-            # Held (live owner), or no lock file yet: an owner between mkdir and lock creation, or a crash
-            # right there. Only the latter gets old.
+            # Held (live owner), or no lock file: a crash of a cleaner in the middle of removing it (an owner
+            # creates the lock before the directory gets this name). Only the latter gets old.
             if lock.exists():
                 continue
             with contextlib.suppress(FileNotFoundError):
@@ -129,20 +141,43 @@ def clean_dead_temp(tmp_root: Path, replay: Callable[[Path], object]) -> int:
     return removed
 
 
+def _take_stale_staging(entry: os.DirEntry[str], now: int) -> int:
+    """Remove a `TempArea` staging directory older than `_STRAY_AGE_NS` (its owner died, or stalled that long,
+    before renaming it into place); 1 if removed.
+
+    Taken by renaming it away first: rename is atomic, so either the owner's rename into place wins (ours fails
+    and the live area is untouched) or ours does (the owner's fails and it starts over under a new name). Never
+    a window where a live area can be removed. It needs no replay: an area gets its journal only once named.
+    """
+    try:
+        if now - entry.stat(follow_symlinks=False).st_mtime_ns <= _STRAY_AGE_NS:
+            return 0
+        taken = Path(entry.path).with_name(f"{_STAGING}dead-{secrets.token_hex(6)}")  # keeps its old mtime
+        os.rename(entry.path, taken)
+    except FileNotFoundError:
+        return 0
+    shutil.rmtree(taken, ignore_errors=True)
+    return 1
+
+
 class TempArea:
     """The temp directory of one DiskTier instance, locked for as long as the instance is open."""
 
     def __init__(self, tmp_root: Path) -> None:
-        name = f"{os.getpid()}-{secrets.token_hex(6)}"
         # Lock before the directory gets its visible name, so no cleaner ever sees it unlocked while we live.
-        staging = tmp_root / f".new-{name}"
-        staging.mkdir(parents=True)
-        self._fd: int | None = os.open(staging / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self.path = tmp_root / name
-        os.rename(staging, self.path)
-        self.unnamed_files = libc.linkat is not None and hasattr(os, "O_TMPFILE")
-        """Whether `publish_unsynced` may use O_TMPFILE files here; turned off by the first failure."""
+        # Until then it is a `_STAGING` directory, which cleaners leave alone unless it is old; if one took it
+        # all the same (we stalled that long, or an older version's cleaner raced us), start over.
+        for _ in range(_STAGING_ATTEMPTS):
+            name = f"{os.getpid()}-{secrets.token_hex(6)}"
+            fd = _create_locked(tmp_root, name)
+            if fd is None:
+                continue
+            self._fd: int | None = fd
+            self.path = tmp_root / name
+            self.unnamed_files = libc.linkat is not None and hasattr(os, "O_TMPFILE")
+            """Whether `publish_unsynced` may use O_TMPFILE files here; turned off by the first failure."""
+            return
+        raise OSError(errno.EAGAIN, f"other daemons' cleaners kept removing our new temp area in {tmp_root}")
 
     def release(self) -> None:
         """Remove the directory and drop the lock (idempotent)."""
@@ -151,6 +186,27 @@ class TempArea:
         shutil.rmtree(self.path, ignore_errors=True)
         os.close(self._fd)
         self._fd = None
+
+
+def _create_locked(tmp_root: Path, name: str) -> int | None:
+    """Create `tmp_root/name` whose lock file we flocked before it got that name: the lock's fd, or None if a
+    cleaner took the staging directory meanwhile."""
+    staging = tmp_root / f"{_STAGING}{name}"
+    staging.mkdir(parents=True)
+    try:
+        fd = os.open(staging / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(staging, tmp_root / name)
+    except (BlockingIOError, FileNotFoundError):
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
