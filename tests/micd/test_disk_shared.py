@@ -244,3 +244,118 @@ def test_staging_directories_left_by_a_crash_are_removed_once_old(tmp_path):
     os.utime(old, ns=(stamp, stamp))
     assert disk_files.clean_dead_temp(tmp_root, lambda path: 0) == 1
     assert [p.name for p in tmp_root.iterdir()] == [young.name]
+
+
+def republish_at_the_last_moment(monkeypatch, path: Path, data: bytes) -> dict[str, int]:
+    """Another daemon evicts `path` and publishes the same blob there again (a new inode, acknowledged to its
+    client) just after this process last looked at it before removing it: after a `stat` of it returns, or just
+    before it is renamed. Returns {"ino": the new inode} once that happened."""
+    real_stat, real_rename = os.stat, os.rename
+    done: dict[str, int] = {}
+
+    def republish() -> None:
+        if done:
+            return
+        done["ino"] = 0
+        os.unlink(path)
+        other = path.with_name("other-daemon.tmp")
+        other.write_bytes(data)
+        real_rename(other, path)
+        done["ino"] = real_stat(path).st_ino
+
+    def stat(p, *args, **kw):
+        st = real_stat(p, *args, **kw)
+        if str(p) == str(path):
+            republish()
+        return st
+
+    def rename(src, dst, *args, **kw):
+        if str(src) == str(path):
+            republish()
+        return real_rename(src, dst, *args, **kw)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "rename", rename)
+    return done
+
+
+async def test_eviction_keeps_a_blob_another_daemon_published_again_after_the_check(make_tier, monkeypatch):
+    tier = await make_tier(soft_cap=10_000, hard_cap=20_000)
+    blobs = [blob(1000, seed=500 + i) for i in range(10)]
+    for data in blobs:
+        await tier.put_bytes(Digest.of(data), data)
+    victim = tier.layout.blob_path(Digest.of(blobs[0]))
+    republished = republish_at_the_last_moment(monkeypatch, victim, blobs[0])
+    extra = blob(1000, seed=600)
+    await tier.put_bytes(Digest.of(extra), extra)  # over the soft cap: evicts blobs[0] (oldest) first
+    monkeypatch.undo()
+    assert republished["ino"]
+    assert victim.stat().st_ino == republished["ino"], "the other daemon's acknowledged blob was deleted"
+    assert await tier.get_bytes(Digest.of(blobs[0])) == blobs[0]
+    assert tier.used_bytes <= 10_000  # others were evicted instead
+    assert temp_files(tier.layout.root) == []
+
+
+async def test_a_corrupt_blob_replaced_by_another_daemon_is_not_deleted(make_tier, monkeypatch):
+    tier = await make_tier()
+    data = blob(1000, seed=700)
+    digest = Digest.of(data)
+    await tier.put_bytes(digest, data)
+    path = tier.layout.blob_path(digest)
+    path.write_bytes(bytes(len(data)))  # damaged in place (same inode) ...
+    stamp = time.time_ns() - 3600 * 10**9
+    os.utime(
+        path, ns=(stamp, stamp)
+    )  # ... long ago: the other daemon's copy is newer even if it gets this inode
+    republished = republish_at_the_last_moment(monkeypatch, path, data)
+    assert await tier.get_bytes(digest) is None  # this read found it corrupt: a miss
+    monkeypatch.undo()
+    assert republished["ino"] and tier.corruptions == 1
+    assert path.stat().st_ino == republished["ino"]
+    assert await tier.get_bytes(digest) == data
+    assert temp_files(tier.layout.root) == []
+
+
+CRASHING_EVICTOR = """
+import asyncio, os, random, signal, sys
+from pathlib import Path
+from micd.store import Digest
+from micd.tiers.disk import DiskTier
+from micd.tiers.disk import files
+
+root, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+data = random.Random(seed).randbytes(size)  # streamed, not journaled: a journal replay would restore it
+real_stat = os.stat
+
+def stat(path, *args, **kw):
+    if "/taken." in str(path):  # the victim was just taken into the temp area: die right there
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_stat(path, *args, **kw)
+
+async def main():
+    tier = DiskTier(Path(root), soft_cap=1 << 34, hard_cap=1 << 35)
+    await tier.open()
+    await tier.put_bytes(Digest.of(data), data)
+    files.os.stat = stat
+    await tier.evict(0)
+
+asyncio.run(main())
+"""
+
+
+async def test_an_evictor_killed_after_taking_a_victim_leaves_a_miss_and_nothing_behind(make_tier, tmp_path):
+    root = tmp_path / "cache"
+    data = blob(2 << 20, seed=800)
+    digest = Digest.of(data)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CRASHING_EVICTOR, str(root), str(len(data)), "800"
+    )
+    assert await asyncio.wait_for(proc.wait(), 60) == -signal.SIGKILL
+    assert [p.name.partition(".")[0] for p in temp_files(root)] == ["taken"]  # in the dead writer's area
+    tier = await make_tier(root)
+    assert temp_files(root) == []
+    assert [p.name for p in (root / "v1" / "tmp").iterdir()] == [tier._temp_area().path.name]
+    assert await tier.find_missing([digest]) == [digest]
+    assert await tier.get(digest) is None and tier.corruptions == 0
+    await tier.put_bytes(digest, data)
+    assert await tier.get_bytes(digest) == data

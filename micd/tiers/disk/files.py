@@ -65,6 +65,7 @@ _STAGING = ".new-"
 """Prefix of a `TempArea` directory not yet locked and named."""
 _STAGING_ATTEMPTS = 3
 _STRAY_AGE_NS = 60 * 10**9
+_taken = itertools.count()  # names of files `unlink_if_same` took into a temp area
 TOUCH_EVERY_NS = 60 * 10**9
 """Reads rewrite a file's atime at most this often: a hint for other processes' eviction, not a log."""
 
@@ -276,15 +277,37 @@ class TempWriter:
                 self.path.unlink(missing_ok=True)
 
 
-def unlink_if_same(path: Path, ino: int) -> bool:
-    """Remove `path` only if it is still the inode we judged (another process may have replaced it)."""
+def unlink_if_same(
+    path: Path | str, area: Path, sig: Sig, atime_ns: int | None = None
+) -> tuple[bool, os.stat_result] | None:
+    """Remove the file at `path` only if it is still the one we judged (blocking): signature `sig` and, if
+    given, an atime no newer than `atime_ns` (else someone read it since). None if nothing is at `path`, else
+    whether it was removed and the stat of the file that was there.
+
+    Why not stat, then unlink by name: in between, another daemon may evict the file and publish the blob
+    again (a new file, just acknowledged to its client), and we would delete that. So whatever is at the name
+    is first taken atomically, by a rename into our temp area `area`, and judged there. A file that was not
+    ours to remove is linked back, unless the name exists again by then (a newer copy: nothing is lost). A
+    crash in between leaves the name absent (a miss, never wrong bytes) and the taken file in our temp area,
+    which the next cleaning of dead writers' areas removes.
+
+    A whole `Sig`, not just the inode: a freed inode number is reused at once. A caller holding the judged
+    file open meanwhile (so its inode cannot be freed) makes the check exact.
+    """
+    taken = os.path.join(area, f"taken.{next(_taken)}")
     try:
-        if os.stat(path).st_ino != ino:
-            return False
-        os.unlink(path)
+        os.rename(path, taken)
     except FileNotFoundError:
-        return False
-    return True
+        return None
+    try:
+        st = os.stat(taken)
+        same = Sig.of(st) == sig and (atime_ns is None or st.st_atime_ns <= atime_ns)
+        if not same:
+            with contextlib.suppress(FileExistsError):
+                os.link(taken, path)
+    finally:
+        os.unlink(taken)
+    return same, st
 
 
 def read_small(path: Path, digest: Digest) -> tuple[os.stat_result, bytes, bool] | None:
@@ -416,7 +439,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def read_file(path: Path) -> tuple[bytes, int]:
-    """A whole small file (a KV record) and its inode."""
+def read_file(path: Path) -> tuple[bytes, Sig]:
+    """A whole small file (a KV record) and its signature."""
     with open(path, "rb") as handle:
-        return handle.read(), os.fstat(handle.fileno()).st_ino
+        return handle.read(), Sig.of(os.fstat(handle.fileno()))

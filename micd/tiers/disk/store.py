@@ -189,7 +189,7 @@ class DiskTier(IndexState):
                 return None
             st, data, ok = result
             if not ok:
-                await self._discard_corrupt(key, path, st.st_ino)
+                await self._discard_corrupt(key, path, files.Sig.of(st))
                 return None
             self._seen(key, digest.size)
             return BytesBlob(data, offset, limit)
@@ -199,19 +199,21 @@ class DiskTier(IndexState):
             self._forget(key)
             return None
         fd, st = opened
+        sig = files.Sig.of(st)
         if st.st_size != digest.size:
-            await asyncio.to_thread(os.close, fd)
-            await self._discard_corrupt(key, path, st.st_ino)
+            try:  # discarded while still open: its inode number cannot be reused meanwhile
+                await self._discard_corrupt(key, path, sig)
+            finally:
+                await asyncio.to_thread(os.close, fd)
             return None
         self._seen(key, digest.size)
-        sig = files.Sig.of(st)
         trusted = self._verified.get(key) == sig
 
         def verified() -> None:
             self._verified[key] = sig
 
-        async def corrupt() -> None:
-            await self._discard_corrupt(key, path, st.st_ino)
+        async def corrupt() -> None:  # called while FileBlob still holds the fd open
+            await self._discard_corrupt(key, path, sig)
 
         return FileBlob(
             fd, digest, offset, length, path=path if trusted else None, verify=not trusted,
@@ -353,7 +355,7 @@ class DiskTier(IndexState):
         check_kv_name(namespace, key)
         path, ikey = self.layout.kv_path(namespace, key), kv_key(namespace, key)
         try:
-            data, ino = await asyncio.to_thread(files.read_file, path)
+            data, sig = await asyncio.to_thread(files.read_file, path)
         except FileNotFoundError:
             self._forget(ikey)
             return None
@@ -363,7 +365,7 @@ class DiskTier(IndexState):
                 raise FormatError("disk kv record file", "names a different record", got=(got_ns, got_key))
             record = decode_record(raw)
         except FormatError:
-            await self._discard_corrupt(ikey, path, ino)
+            await self._discard_corrupt(ikey, path, sig)
             return None
         self._lru.add(
             ikey, len(data), time.time_ns()
