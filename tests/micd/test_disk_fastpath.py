@@ -7,11 +7,13 @@ are held from before the first byte until the write ends, and concurrent writes 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import os
 
 import pytest
 
+from micd import libc
 from micd.errors import IntegrityError, StoreFull
 from micd.store import Digest
 from micd.tiers.disk import DiskTier, FilesystemFull
@@ -166,6 +168,54 @@ async def test_the_journal_is_durable_before_the_name_is_visible(make_tier, monk
     monkeypatch.setattr(disk_journal.os, "fdatasync", checking_fdatasync)
     await tier.put_bytes(Digest.of(data), data)
     assert seen == [False] and final.read_bytes() == data
+
+
+@pytest.mark.parametrize("code", [errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL])
+async def test_a_filesystem_without_unnamed_files_publishes_through_named_temp_files(
+    make_tier, monkeypatch, code
+):
+    """NFS, CIFS, older FUSE/overlayfs refuse `open(dir, O_TMPFILE)`: small puts still land, and only the first
+    one tries."""
+    tier = await make_tier()
+    real_open = os.open
+    tries: list[int] = []
+
+    def open_without_tmpfile(path, flags, *args, **kw):
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            tries.append(flags)
+            raise OSError(code, os.strerror(code), path)
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(disk_files.os, "open", open_without_tmpfile)
+    pool = [blob(4096, seed=300 + i) for i in range(3)]
+    for data in pool:
+        await tier.put_bytes(Digest.of(data), data)
+    monkeypatch.undo()
+    assert len(tries) == 1
+    assert [await tier.get_bytes(Digest.of(data)) for data in pool] == pool
+    assert temp_files(tier) == []
+
+
+@pytest.mark.parametrize("code", [errno.ENOENT, errno.EPERM])
+async def test_a_failing_link_through_proc_publishes_through_named_temp_files(make_tier, monkeypatch, code):
+    """No /proc (ENOENT) or a restricted one (EPERM): linkat cannot name the unnamed file, so the same bytes are
+    published through a named temp file, and later puts skip the unnamed file."""
+    tier = await make_tier()
+    tries: list[bytes] = []
+
+    def failing_linkat(olddirfd, oldpath, newdirfd, newpath, flags):
+        tries.append(newpath)
+        ctypes.set_errno(code)
+        return -1
+
+    monkeypatch.setattr(libc, "linkat", failing_linkat)
+    pool = [blob(4096, seed=310 + i) for i in range(3)]
+    for data in pool:
+        await tier.put_bytes(Digest.of(data), data)
+    monkeypatch.undo()
+    assert len(tries) == 1
+    assert [await tier.get_bytes(Digest.of(data)) for data in pool] == pool
+    assert temp_files(tier) == []
 
 
 async def test_concurrent_small_puts_all_land_and_a_fresh_instance_reads_them(make_tier, tmp_path):

@@ -4,6 +4,7 @@ a live writer's temp files survive another daemon's start, and a SIGKILLed write
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from micd.store import Digest, Record
+from micd.tiers.disk import files as disk_files
 from tests.micd.helpers import blob
 
 WRITER = """
@@ -61,7 +63,9 @@ def start_writer(root: Path, mode: str) -> subprocess.Popen:
 
 def temp_files(root: Path) -> list[Path]:
     return [
-        p for p in (root / "v1" / "tmp").rglob("*") if p.is_file() and p.name != "lock" and p.parent.name != "journal"
+        p
+        for p in (root / "v1" / "tmp").rglob("*")
+        if p.is_file() and p.name != "lock" and p.parent.name != "journal"
     ]
 
 
@@ -168,4 +172,190 @@ async def test_sigkill_mid_upload_leaves_no_partial_blob_and_temp_is_cleaned(mak
     assert tier.entry_count == 0 and tier.used_bytes == 0
     assert list((root / "v1" / "cas").rglob("*.*")) == []
     await tier.put_bytes(digest, data)  # the upload can simply be retried
+    assert await tier.get_bytes(digest) == data
+
+
+def assert_live_area(tmp_root: Path, area: disk_files.TempArea) -> None:
+    """`area` is the only directory under `tmp_root`, its lock is held, and a cleaner leaves it alone."""
+    assert [p.name for p in tmp_root.iterdir()] == [area.path.name]
+    fd = os.open(area.path / "lock", os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+    assert disk_files.clean_dead_temp(tmp_root, lambda path: 0) == 0
+    assert area.path.is_dir()
+
+
+def clean_before_flock(monkeypatch, tmp_root: Path, age_ns: int = 0) -> list[int]:
+    """Make the next `flock` of a new TempArea's lock first let another daemon's cleaner run (after making the
+    staging directory `age_ns` old: an owner stalled that long). Returns what the cleaner removed, once run."""
+    real_flock = fcntl.flock
+    cleaned: list[int] = []
+    running = []
+
+    def flock_after_a_cleaner(fd, op):
+        if not running:
+            running.append(True)
+            if age_ns:
+                (staging,) = tmp_root.iterdir()
+                old = time.time_ns() - age_ns
+                os.utime(staging, ns=(old, old))
+            cleaned.append(disk_files.clean_dead_temp(tmp_root, lambda path: 0))
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(disk_files.fcntl, "flock", flock_after_a_cleaner)
+    return cleaned
+
+
+def test_a_cleaner_between_lock_creation_and_flock_leaves_the_new_area_alone(tmp_path, monkeypatch):
+    """The lock file exists before its owner holds it: a cleaner must not judge the owner dead by it."""
+    tmp_root = tmp_path / "tmp"
+    tmp_root.mkdir()
+    cleaned = clean_before_flock(monkeypatch, tmp_root)
+    area = disk_files.TempArea(tmp_root)
+    monkeypatch.undo()
+    assert cleaned == [0]
+    assert_live_area(tmp_root, area)
+    area.release()
+
+
+def test_an_owner_stalled_past_the_stray_age_starts_over_under_a_new_name(tmp_path, monkeypatch):
+    """A cleaner takes an old staging directory by renaming it away, so the owner's own rename fails and it
+    retries: it never runs with a directory a cleaner removed."""
+    tmp_root = tmp_path / "tmp"
+    tmp_root.mkdir()
+    cleaned = clean_before_flock(monkeypatch, tmp_root, age_ns=2 * disk_files._STRAY_AGE_NS)
+    area = disk_files.TempArea(tmp_root)
+    monkeypatch.undo()
+    assert cleaned == [1]
+    assert_live_area(tmp_root, area)
+    area.release()
+
+
+def test_staging_directories_left_by_a_crash_are_removed_once_old(tmp_path):
+    tmp_root = tmp_path / "tmp"
+    young, old = tmp_root / ".new-1-young", tmp_root / ".new-2-old"
+    for path in (young, old):
+        path.mkdir(parents=True)
+        (path / "lock").touch()  # created, never flocked: exactly what a live owner's looks like at first
+    stamp = time.time_ns() - 2 * disk_files._STRAY_AGE_NS
+    os.utime(old, ns=(stamp, stamp))
+    assert disk_files.clean_dead_temp(tmp_root, lambda path: 0) == 1
+    assert [p.name for p in tmp_root.iterdir()] == [young.name]
+
+
+def republish_at_the_last_moment(monkeypatch, path: Path, data: bytes) -> dict[str, int]:
+    """Another daemon evicts `path` and publishes the same blob there again (a new inode, acknowledged to its
+    client) just after this process last looked at it before removing it: after a `stat` of it returns, or just
+    before it is renamed. Returns {"ino": the new inode} once that happened."""
+    real_stat, real_rename = os.stat, os.rename
+    done: dict[str, int] = {}
+
+    def republish() -> None:
+        if done:
+            return
+        done["ino"] = 0
+        os.unlink(path)
+        other = path.with_name("other-daemon.tmp")
+        other.write_bytes(data)
+        real_rename(other, path)
+        done["ino"] = real_stat(path).st_ino
+
+    def stat(p, *args, **kw):
+        st = real_stat(p, *args, **kw)
+        if str(p) == str(path):
+            republish()
+        return st
+
+    def rename(src, dst, *args, **kw):
+        if str(src) == str(path):
+            republish()
+        return real_rename(src, dst, *args, **kw)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "rename", rename)
+    return done
+
+
+async def test_eviction_keeps_a_blob_another_daemon_published_again_after_the_check(make_tier, monkeypatch):
+    tier = await make_tier(soft_cap=10_000, hard_cap=20_000)
+    blobs = [blob(1000, seed=500 + i) for i in range(10)]
+    for data in blobs:
+        await tier.put_bytes(Digest.of(data), data)
+    victim = tier.layout.blob_path(Digest.of(blobs[0]))
+    republished = republish_at_the_last_moment(monkeypatch, victim, blobs[0])
+    extra = blob(1000, seed=600)
+    await tier.put_bytes(Digest.of(extra), extra)  # over the soft cap: evicts blobs[0] (oldest) first
+    monkeypatch.undo()
+    assert republished["ino"]
+    assert victim.stat().st_ino == republished["ino"], "the other daemon's acknowledged blob was deleted"
+    assert await tier.get_bytes(Digest.of(blobs[0])) == blobs[0]
+    assert tier.used_bytes <= 10_000  # others were evicted instead
+    assert temp_files(tier.layout.root) == []
+
+
+async def test_a_corrupt_blob_replaced_by_another_daemon_is_not_deleted(make_tier, monkeypatch):
+    tier = await make_tier()
+    data = blob(1000, seed=700)
+    digest = Digest.of(data)
+    await tier.put_bytes(digest, data)
+    path = tier.layout.blob_path(digest)
+    path.write_bytes(bytes(len(data)))  # damaged in place (same inode) ...
+    stamp = time.time_ns() - 3600 * 10**9
+    os.utime(
+        path, ns=(stamp, stamp)
+    )  # ... long ago: the other daemon's copy is newer even if it gets this inode
+    republished = republish_at_the_last_moment(monkeypatch, path, data)
+    assert await tier.get_bytes(digest) is None  # this read found it corrupt: a miss
+    monkeypatch.undo()
+    assert republished["ino"] and tier.corruptions == 1
+    assert path.stat().st_ino == republished["ino"]
+    assert await tier.get_bytes(digest) == data
+    assert temp_files(tier.layout.root) == []
+
+
+CRASHING_EVICTOR = """
+import asyncio, os, random, signal, sys
+from pathlib import Path
+from micd.store import Digest
+from micd.tiers.disk import DiskTier
+from micd.tiers.disk import files
+
+root, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+data = random.Random(seed).randbytes(size)  # streamed, not journaled: a journal replay would restore it
+real_stat = os.stat
+
+def stat(path, *args, **kw):
+    if "/taken." in str(path):  # the victim was just taken into the temp area: die right there
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_stat(path, *args, **kw)
+
+async def main():
+    tier = DiskTier(Path(root), soft_cap=1 << 34, hard_cap=1 << 35)
+    await tier.open()
+    await tier.put_bytes(Digest.of(data), data)
+    files.os.stat = stat
+    await tier.evict(0)
+
+asyncio.run(main())
+"""
+
+
+async def test_an_evictor_killed_after_taking_a_victim_leaves_a_miss_and_nothing_behind(make_tier, tmp_path):
+    root = tmp_path / "cache"
+    data = blob(2 << 20, seed=800)
+    digest = Digest.of(data)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CRASHING_EVICTOR, str(root), str(len(data)), "800"
+    )
+    assert await asyncio.wait_for(proc.wait(), 60) == -signal.SIGKILL
+    assert [p.name.partition(".")[0] for p in temp_files(root)] == ["taken"]  # in the dead writer's area
+    tier = await make_tier(root)
+    assert temp_files(root) == []
+    assert [p.name for p in (root / "v1" / "tmp").iterdir()] == [tier._temp_area().path.name]
+    assert await tier.find_missing([digest]) == [digest]
+    assert await tier.get(digest) is None and tier.corruptions == 0
+    await tier.put_bytes(digest, data)
     assert await tier.get_bytes(digest) == data

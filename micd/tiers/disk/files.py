@@ -3,7 +3,9 @@
 Temp files live in a per-instance directory `<root>/v1/tmp/<pid>-<token>/` whose `lock` file is held with
 `flock` for the instance's lifetime. The kernel drops that lock when the process dies, even by SIGKILL, so an
 opening instance removes exactly the temp directories of dead writers and never a live writer's file (several
-daemons share one root). The same directory holds the instance's small-blob journal (`journal.py`), which
+daemons share one root). It is created as `.new-<name>`, flocked, then renamed: cleaners judge only named
+directories by their lock and remove `.new-*` ones only when old, taking them by an atomic rename first (see
+`_take_stale_staging`). The same directory holds the instance's small-blob journal (`journal.py`), which
 whoever removes a dead writer's directory replays first.
 
 Publishing is write → fsync → rename for streamed blobs and records. Small blobs in memory are made durable by
@@ -59,7 +61,11 @@ log = logging.getLogger(__name__)
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _LOCK = "lock"
+_STAGING = ".new-"
+"""Prefix of a `TempArea` directory not yet locked and named."""
+_STAGING_ATTEMPTS = 3
 _STRAY_AGE_NS = 60 * 10**9
+_taken = itertools.count()  # names of files `unlink_if_same` took into a temp area
 TOUCH_EVERY_NS = 60 * 10**9
 """Reads rewrite a file's atime at most this often: a hint for other processes' eviction, not a log."""
 
@@ -93,7 +99,11 @@ def _try_lock(path: Path) -> int | None:
 
 def clean_dead_temp(tmp_root: Path, replay: Callable[[Path], object]) -> int:
     """Remove temp directories whose owner died (lock not held), each after `replay(dir)` restored what its
-    journal acknowledged (a failing replay keeps the directory for a later attempt); returns how many."""
+    journal acknowledged (a failing replay keeps the directory for a later attempt); returns how many.
+
+    A `TempArea` being created (`_STAGING*`) is never judged by its lock: its owner creates the lock file before
+    it can flock it. See `_take_stale_staging`.
+    """
     removed = 0
     now = time.time_ns()
     for entry in os.scandir(tmp_root):
@@ -105,11 +115,14 @@ def clean_dead_temp(tmp_root: Path, replay: Callable[[Path], object]) -> int:
                     path.unlink()
                     removed += 1
             continue
+        if entry.name.startswith(_STAGING):
+            removed += _take_stale_staging(entry, now)
+            continue
         lock = path / _LOCK
         fd = _try_lock(lock)
         if fd is None:
-            # Held (live owner), or no lock file yet: an owner between mkdir and lock creation, or a crash
-            # right there. Only the latter gets old.
+            # Held (live owner), or no lock file: a crash of a cleaner in the middle of removing it (an owner
+            # creates the lock before the directory gets this name). Only the latter gets old.
             if lock.exists():
                 continue
             with contextlib.suppress(FileNotFoundError):
@@ -129,18 +142,43 @@ def clean_dead_temp(tmp_root: Path, replay: Callable[[Path], object]) -> int:
     return removed
 
 
+def _take_stale_staging(entry: os.DirEntry[str], now: int) -> int:
+    """Remove a `TempArea` staging directory older than `_STRAY_AGE_NS` (its owner died, or stalled that long,
+    before renaming it into place); 1 if removed.
+
+    Taken by renaming it away first: rename is atomic, so either the owner's rename into place wins (ours fails
+    and the live area is untouched) or ours does (the owner's fails and it starts over under a new name). Never
+    a window where a live area can be removed. It needs no replay: an area gets its journal only once named.
+    """
+    try:
+        if now - entry.stat(follow_symlinks=False).st_mtime_ns <= _STRAY_AGE_NS:
+            return 0
+        taken = Path(entry.path).with_name(f"{_STAGING}dead-{secrets.token_hex(6)}")  # keeps its old mtime
+        os.rename(entry.path, taken)
+    except FileNotFoundError:
+        return 0
+    shutil.rmtree(taken, ignore_errors=True)
+    return 1
+
+
 class TempArea:
     """The temp directory of one DiskTier instance, locked for as long as the instance is open."""
 
     def __init__(self, tmp_root: Path) -> None:
-        name = f"{os.getpid()}-{secrets.token_hex(6)}"
         # Lock before the directory gets its visible name, so no cleaner ever sees it unlocked while we live.
-        staging = tmp_root / f".new-{name}"
-        staging.mkdir(parents=True)
-        self._fd: int | None = os.open(staging / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self.path = tmp_root / name
-        os.rename(staging, self.path)
+        # Until then it is a `_STAGING` directory, which cleaners leave alone unless it is old; if one took it
+        # all the same (we stalled that long, or an older version's cleaner raced us), start over.
+        for _ in range(_STAGING_ATTEMPTS):
+            name = f"{os.getpid()}-{secrets.token_hex(6)}"
+            fd = _create_locked(tmp_root, name)
+            if fd is None:
+                continue
+            self._fd: int | None = fd
+            self.path = tmp_root / name
+            self.unnamed_files = libc.linkat is not None and hasattr(os, "O_TMPFILE")
+            """Whether `publish_unsynced` may use O_TMPFILE files here; turned off by the first failure."""
+            return
+        raise OSError(errno.EAGAIN, f"other daemons' cleaners kept removing our new temp area in {tmp_root}")
 
     def release(self) -> None:
         """Remove the directory and drop the lock (idempotent)."""
@@ -149,6 +187,27 @@ class TempArea:
         shutil.rmtree(self.path, ignore_errors=True)
         os.close(self._fd)
         self._fd = None
+
+
+def _create_locked(tmp_root: Path, name: str) -> int | None:
+    """Create `tmp_root/name` whose lock file we flocked before it got that name: the lock's fd, or None if a
+    cleaner took the staging directory meanwhile."""
+    staging = tmp_root / f"{_STAGING}{name}"
+    staging.mkdir(parents=True)
+    try:
+        fd = os.open(staging / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(staging, tmp_root / name)
+    except (BlockingIOError, FileNotFoundError):
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
@@ -218,15 +277,37 @@ class TempWriter:
                 self.path.unlink(missing_ok=True)
 
 
-def unlink_if_same(path: Path, ino: int) -> bool:
-    """Remove `path` only if it is still the inode we judged (another process may have replaced it)."""
+def unlink_if_same(
+    path: Path | str, area: Path, sig: Sig, atime_ns: int | None = None
+) -> tuple[bool, os.stat_result] | None:
+    """Remove the file at `path` only if it is still the one we judged (blocking): signature `sig` and, if
+    given, an atime no newer than `atime_ns` (else someone read it since). None if nothing is at `path`, else
+    whether it was removed and the stat of the file that was there.
+
+    Why not stat, then unlink by name: in between, another daemon may evict the file and publish the blob
+    again (a new file, just acknowledged to its client), and we would delete that. So whatever is at the name
+    is first taken atomically, by a rename into our temp area `area`, and judged there. A file that was not
+    ours to remove is linked back, unless the name exists again by then (a newer copy: nothing is lost). A
+    crash in between leaves the name absent (a miss, never wrong bytes) and the taken file in our temp area,
+    which the next cleaning of dead writers' areas removes.
+
+    A whole `Sig`, not just the inode: a freed inode number is reused at once. A caller holding the judged
+    file open meanwhile (so its inode cannot be freed) makes the check exact.
+    """
+    taken = os.path.join(area, f"taken.{next(_taken)}")
     try:
-        if os.stat(path).st_ino != ino:
-            return False
-        os.unlink(path)
+        os.rename(path, taken)
     except FileNotFoundError:
-        return False
-    return True
+        return None
+    try:
+        st = os.stat(taken)
+        same = Sig.of(st) == sig and (atime_ns is None or st.st_atime_ns <= atime_ns)
+        if not same:
+            with contextlib.suppress(FileExistsError):
+                os.link(taken, path)
+    finally:
+        os.unlink(taken)
+    return same, st
 
 
 def read_small(path: Path, digest: Digest) -> tuple[os.stat_result, bytes, bool] | None:
@@ -290,35 +371,35 @@ def exists_all(paths: list[str]) -> list[bool]:
     return list(map(os.access, paths, itertools.repeat(os.F_OK)))
 
 
+_NO_TMPFILE_ERRNOS = frozenset(
+    {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT, errno.EPERM, errno.EACCES}
+)
+"""How `open(O_TMPFILE)` fails where the filesystem lacks it (EOPNOTSUPP; EISDIR or EINVAL from kernels or
+FUSE/overlayfs that do not know the flag) and `linkat` through /proc where /proc is absent or restricted
+(ENOENT, EPERM, EACCES)."""
+
+
 def publish_unsynced(area: TempArea, final: str, data: bytes) -> Sig | None:
     """Publish verified, journaled `data` at `final` with no fsync (blocking); None if a file is already there.
 
     Linux: an unnamed `O_TMPFILE` file in the final directory, linked into place once written: no temp name
     to create and remove, no cross-directory rename (the kernel serialises those), nothing left by a crash.
-    Elsewhere: a temp file in `area` renamed into place. No writeback hint: `sync_file_range` on a 4 KiB
-    file cost ~0.5 ms of CPU; the journal's background `syncfs` writes these files back in bulk.
+    Elsewhere, and on filesystems without `O_TMPFILE` (NFS, CIFS, some FUSE and overlayfs): a temp file in
+    `area` renamed into place. The first such failure turns the unnamed path off for `area`'s lifetime, so it is
+    not retried (and failed) on every put. No writeback hint: `sync_file_range` on a 4 KiB file cost ~0.5 ms
+    of CPU; the journal's background `syncfs` writes these files back in bulk.
     """
-    if libc.linkat is not None and hasattr(os, "O_TMPFILE"):
+    if area.unnamed_files:
         try:
-            fd = os.open(final.rpartition("/")[0], os.O_WRONLY | os.O_TMPFILE, 0o600)
-        except FileNotFoundError:  # the shard directory was removed by hand: recreate it
-            Path(final).parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(final.rpartition("/")[0], os.O_WRONLY | os.O_TMPFILE, 0o600)
-        try:
-            _write_all(fd, data)
-            sig = Sig.of(os.fstat(fd))
-            source = f"/proc/self/fd/{fd}".encode()
-            try:
-                libc.check(
-                    libc.linkat(libc.AT_FDCWD, source, libc.AT_FDCWD, final.encode(), libc.AT_SYMLINK_FOLLOW),
-                    "linkat",
-                    final,
+            return _publish_unnamed(final, data)
+        except OSError as exc:
+            if exc.errno not in _NO_TMPFILE_ERRNOS:
+                raise
+            if area.unnamed_files:
+                area.unnamed_files = False
+                log.warning(
+                    "no unnamed temp files on the filesystem of %s (%s): using named ones", area.path, exc
                 )
-            except FileExistsError:
-                return None
-            return sig
-        finally:
-            os.close(fd)
     writer = TempWriter(area.path)
     try:
         writer.write([data], None)
@@ -327,13 +408,38 @@ def publish_unsynced(area: TempArea, final: str, data: bytes) -> Sig | None:
         writer.abort()
 
 
+def _publish_unnamed(final: str, data: bytes) -> Sig | None:
+    """The `O_TMPFILE` + `linkat` half of `publish_unsynced`."""
+    directory = final.rpartition("/")[0]
+    try:
+        fd = os.open(directory, os.O_WRONLY | os.O_TMPFILE, 0o600)
+    except FileNotFoundError:  # the shard directory was removed by hand: recreate it
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory, os.O_WRONLY | os.O_TMPFILE, 0o600)
+    try:
+        _write_all(fd, data)
+        sig = Sig.of(os.fstat(fd))
+        source = f"/proc/self/fd/{fd}".encode()
+        try:
+            libc.check(
+                libc.linkat(libc.AT_FDCWD, source, libc.AT_FDCWD, final.encode(), libc.AT_SYMLINK_FOLLOW),
+                "linkat",
+                final,
+            )
+        except FileExistsError:
+            return None
+        return sig
+    finally:
+        os.close(fd)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
 
-def read_file(path: Path) -> tuple[bytes, int]:
-    """A whole small file (a KV record) and its inode."""
+def read_file(path: Path) -> tuple[bytes, Sig]:
+    """A whole small file (a KV record) and its signature."""
     with open(path, "rb") as handle:
-        return handle.read(), os.fstat(handle.fileno()).st_ino
+        return handle.read(), Sig.of(os.fstat(handle.fileno()))

@@ -34,8 +34,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from micd.blobs import BytesBlob, Verifier, aiter_bytes, clamp_range
 from micd.errors import FormatError, IntegrityError
@@ -52,6 +53,35 @@ from micd.tiers.disk.upkeep import IndexState
 __all__ = ["DiskTier", "FilesystemFull"]
 
 _FAST_MAX = 1 << 20  # blobs up to this size are group-committed through the journal
+
+_T = TypeVar("_T")
+
+
+async def _to_thread_owned(make: Callable[[], _T], release: Callable[[_T], object]) -> _T:
+    """`await asyncio.to_thread(make)` for a `make` that creates a resource (an fd, a temp file).
+
+    Why: a cancelled await (a client disconnecting) cannot stop the thread, which still creates the resource,
+    and nobody would receive it to close it: leaked fds (EMFILE, evicted files' space kept allocated) and temp
+    files. So if the awaiting task is cancelled, `release` gets the resource once the thread finishes. It runs
+    on the event loop, so it must be quick (close an fd, unlink a temp file).
+    """
+    future = asyncio.get_running_loop().run_in_executor(None, make)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(lambda done: _release_orphan(done, release))
+        raise
+
+
+def _release_orphan(done: asyncio.Future, release: Callable[[_T], object]) -> None:
+    """Release what a thread created for a cancelled caller (nothing if it failed)."""
+    if not done.cancelled() and done.exception() is None:
+        release(done.result())
+
+
+def _close_opened(opened: tuple[int, os.stat_result] | None) -> None:
+    if opened is not None:
+        os.close(opened[0])
 
 
 class DiskTier(IndexState):
@@ -159,29 +189,31 @@ class DiskTier(IndexState):
                 return None
             st, data, ok = result
             if not ok:
-                await self._discard_corrupt(key, path, st.st_ino)
+                await self._discard_corrupt(key, path, files.Sig.of(st))
                 return None
             self._seen(key, digest.size)
             return BytesBlob(data, offset, limit)
         length = clamp_range(digest.size, offset, limit)
-        opened = await asyncio.to_thread(files.open_large, path)
+        opened = await _to_thread_owned(lambda: files.open_large(path), _close_opened)
         if opened is None:
             self._forget(key)
             return None
         fd, st = opened
+        sig = files.Sig.of(st)
         if st.st_size != digest.size:
-            await asyncio.to_thread(os.close, fd)
-            await self._discard_corrupt(key, path, st.st_ino)
+            try:  # discarded while still open: its inode number cannot be reused meanwhile
+                await self._discard_corrupt(key, path, sig)
+            finally:
+                await asyncio.to_thread(os.close, fd)
             return None
         self._seen(key, digest.size)
-        sig = files.Sig.of(st)
         trusted = self._verified.get(key) == sig
 
         def verified() -> None:
             self._verified[key] = sig
 
-        async def corrupt() -> None:
-            await self._discard_corrupt(key, path, st.st_ino)
+        async def corrupt() -> None:  # called while FileBlob still holds the fd open
+            await self._discard_corrupt(key, path, sig)
 
         return FileBlob(
             fd, digest, offset, length, path=path if trusted else None, verify=not trusted,
@@ -234,7 +266,7 @@ class DiskTier(IndexState):
             return
         await self._reserve(digest.size)
         try:
-            writer = await asyncio.to_thread(files.TempWriter, self._temp_area().path)
+            writer = await self._new_writer()
             try:
                 verifier = Verifier(digest)
                 pipeline = Pipeline(writer, verifier)
@@ -263,6 +295,11 @@ class DiskTier(IndexState):
             self._reserved -= digest.size
         self._published(key, digest.size, sig)
         await self._after_write(key)
+
+    async def _new_writer(self) -> files.TempWriter:
+        """A new temp file in our temp area, aborted (not leaked) if the caller is cancelled meanwhile."""
+        directory = self._temp_area().path
+        return await _to_thread_owned(lambda: files.TempWriter(directory), files.TempWriter.abort)
 
     async def put_bytes(self, digest: Digest, data: bytes) -> None:
         """`put` for bytes already in memory: group-committed through the journal when small.
@@ -318,7 +355,7 @@ class DiskTier(IndexState):
         check_kv_name(namespace, key)
         path, ikey = self.layout.kv_path(namespace, key), kv_key(namespace, key)
         try:
-            data, ino = await asyncio.to_thread(files.read_file, path)
+            data, sig = await asyncio.to_thread(files.read_file, path)
         except FileNotFoundError:
             self._forget(ikey)
             return None
@@ -328,7 +365,7 @@ class DiskTier(IndexState):
                 raise FormatError("disk kv record file", "names a different record", got=(got_ns, got_key))
             record = decode_record(raw)
         except FormatError:
-            await self._discard_corrupt(ikey, path, ino)
+            await self._discard_corrupt(ikey, path, sig)
             return None
         self._lru.add(
             ikey, len(data), time.time_ns()
@@ -341,7 +378,7 @@ class DiskTier(IndexState):
         data = encode_kv_file(namespace, key, encode_record(record))
         await self._reserve(len(data))
         try:
-            writer = await asyncio.to_thread(files.TempWriter, self._temp_area().path)
+            writer = await self._new_writer()
             try:
                 await asyncio.to_thread(writer.write, [data], None)
                 await asyncio.to_thread(writer.publish, self.layout.kv_path(namespace, key))

@@ -83,10 +83,12 @@ class IndexState:
             self._changes += 1
         self._verified.pop(key, None)
 
-    async def _discard_corrupt(self, key: str, path: Path, ino: int) -> None:
+    async def _discard_corrupt(self, key: str, path: Path, sig: files.Sig) -> None:
+        """Count and forget a corrupt file, and delete it unless another process replaced it meanwhile."""
         self.corruptions += 1
         self._forget(key)
-        await asyncio.to_thread(files.unlink_if_same, path, ino)
+        if self._area is not None:  # closed: the next read finds it corrupt again
+            await asyncio.to_thread(files.unlink_if_same, path, self._area.path, sig)
 
     def _reserve_now(self, size: int) -> bool:
         """Reserve `size` without awaiting if no rescan is due and it fits as is; False means use `_reserve`."""
@@ -149,7 +151,9 @@ class IndexState:
             victims = self._lru.victims(max(target, 0), skip=skip)
             if not victims:
                 break
-            for key, outcome, atime in await asyncio.to_thread(evict.check_and_unlink, self.layout, victims):
+            for key, outcome, atime in await asyncio.to_thread(
+                evict.check_and_unlink, self.layout, victims, self._temp_area().path
+            ):
                 if outcome is evict.Outcome.USED:
                     self._lru.touch(key, atime)
                     continue
