@@ -27,7 +27,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["IGNORED", "Index", "ScanResult", "Token", "file_mode", "hash_path", "scan", "scan_paths"]
+__all__ = [
+    "IGNORED", "Index", "ScanResult", "Token", "file_mode", "hash_path", "scan", "scan_paths", "stat_key",
+    "stat_key_of",
+]
 
 IGNORED = frozenset({".mic", ".git"})
 RACY_NS = 100_000_000
@@ -66,6 +69,16 @@ def hash_path(path: str | Path, mode: int) -> bytes:
 
 def _key(e: Entry) -> tuple[int, int, int, int]:
     return (e[1], e[0], e[2], e[4])
+
+
+def stat_key(e: Entry) -> tuple[int, int, int, int]:
+    """The stat key an entry was recorded with (compare with `stat_key_of` of a fresh stat)."""
+    return _key(e)
+
+
+def stat_key_of(st: os.stat_result, mode: int) -> tuple[int, int, int, int]:
+    """A file's stat key as the scan builds it (the walk inlines this for speed)."""
+    return (st.st_mtime_ns, st.st_size, st.st_ino, mode)
 
 
 def _change(e: Entry) -> Change | None:
@@ -326,9 +339,23 @@ class Index:
         self.saved_token = self.token
 
     def set_base(self, rel: str, full: Path, h: bytes, mode: int, size: int) -> None:
-        """Record that `rel` now holds the base content (after checkout, land or update wrote or kept it)."""
+        """Record that `rel` now holds the base content, just written by checkout or update.
+
+        Only for a file mic itself has just written with that content: a fresh stat is paired with `h`."""
         st = full.lstat()
         self.entries[rel] = (st.st_size, st.st_mtime_ns, st.st_ino, h, mode, h, mode, size)
+
+    def set_landed(self, rel: str, h: bytes, mode: int, size: int) -> None:
+        """Record that the content a scan hashed for `rel` (hash `h`) is now the base, after it landed.
+
+        The entry keeps the stat the scan took together with that hash. Why not a fresh `lstat`: the file may
+        have been edited since the scan (a land takes seconds on S3), and a new stat paired with the old hash
+        would make that edit invisible. An edit since the scan changes the stat, so the next scan re-hashes it."""
+        e = self.entries.get(rel)
+        if e is None or e[3] != h or e[4] != mode:  # not what the scan recorded: let the next scan decide
+            self.set_base_unverified(rel, (h, mode, size))
+            return
+        self.entries[rel] = (*e[:5], h, mode, size, *e[8:])
 
     def set_base_unverified(self, rel: str, base: tuple[bytes, int, int] | None) -> None:
         """Record `rel`'s base (hash, mode, size) without vouching for the file: the next scan re-hashes it.
