@@ -28,6 +28,7 @@ from mic.formats.head import Head, encode_head
 from mic.formats.landing import Landing, encode_landing
 from mic.formats.session import Change, Session, encode_session
 from mic.objects import Project, landing_key
+from mic.paths import check_path
 from mic.session import update_session
 from mic.tree import Tree
 
@@ -153,9 +154,12 @@ async def land(
         goal: overrides the session goal for the record.
 
     Raises:
+        BadRequest: a path mic cannot track (`mic.paths`); nothing was written.
         Conflict: a landing since the session's base touched one of these paths (nothing changed), or the race
             was lost `max_attempts` times.
     """
+    for path in changes:  # before anything is written: a path mic cannot track never reaches a record
+        check_path(path)
     paths = frozenset(changes)
     ordered = tuple(sorted(paths))
     tree = Tree(project)

@@ -27,12 +27,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mic.paths import skipped_names
+
 __all__ = [
-    "IGNORED", "Index", "ScanResult", "Token", "file_mode", "hash_path", "scan", "scan_paths", "stat_key",
+    "Index", "ScanResult", "Token", "file_mode", "hash_path", "scan", "scan_paths", "stat_key",
     "stat_key_of",
 ]
 
-IGNORED = frozenset({".mic", ".git"})
 RACY_NS = 100_000_000
 _VERSION = 5  # 5 adds the watcher token to the (delta, changes) part; 4 is still read
 _MAGIC = b"MICI"
@@ -388,15 +389,17 @@ def _walk_dir(prefix: str, directory: str, keys: dict, seen: list[str], suspects
     then an `fstatat` on a name, no path walk in the kernel), one tuple compare per unchanged file.
     """
     get = keys.get
+    skip = skipped_names(prefix)  # the root's `.mic`, and `.git` anywhere (see mic.paths)
     subdirs = []
     fd = os.open(directory, _DIR_FLAGS)
     try:
         with os.scandir(fd) as it:
             for dirent in it:
                 name = dirent.name
+                if name in skip:
+                    continue
                 if dirent.is_dir(follow_symlinks=False):
-                    if name not in IGNORED:
-                        subdirs.append((prefix + name + "/", directory + "/" + name))
+                    subdirs.append((prefix + name + "/", directory + "/" + name))
                     continue
                 st = dirent.stat(follow_symlinks=False)
                 kind = st.st_mode & 0o170000
@@ -553,7 +556,7 @@ def scan_paths(root: Path, index: Index, paths: list[str]) -> ScanResult:
     """`scan` looking only at `paths` (a watcher's report): files, and directory prefixes ending in "/" whose
     subtree is walked. Every other cached entry is taken as it is: the caller vouches that nothing else changed
     since the index's token. A path counts only where the full scan would find it: below real directories (not
-    symlinks, not `.mic`/`.git`), a regular file or symlink.
+    symlinks, not skipped by `mic.paths`), a regular file or symlink not skipped either.
     """
     if not paths:
         return ScanResult(dict(index.changes()), 0)
@@ -571,7 +574,7 @@ def scan_paths(root: Path, index: Index, paths: list[str]) -> ScanResult:
     def real_dir(prefix: str) -> bool:
         if prefix not in is_dir:
             parent = prefix[: prefix.rfind("/", 0, -1) + 1]
-            ok = prefix[len(parent) : -1] not in IGNORED and real_dir(parent)
+            ok = prefix[len(parent) : -1] not in skipped_names(parent) and real_dir(parent)
             if ok:
                 try:
                     ok = stat.S_ISDIR(os.lstat(top + "/" + prefix[:-1]).st_mode)  # no "/": it follows links
@@ -588,7 +591,8 @@ def scan_paths(root: Path, index: Index, paths: list[str]) -> ScanResult:
             _walk_all([(prefix, top + "/" + prefix[:-1])], keys, seen, suspects)
     checked = [rel for rel in set(paths) if not rel.endswith("/") and not _under(rel, walked)]
     for rel in checked:
-        if not real_dir(rel[: rel.rfind("/") + 1]):
+        parent = rel[: rel.rfind("/") + 1]
+        if rel[len(parent) :] in skipped_names(parent) or not real_dir(parent):
             continue
         try:
             st = os.lstat(top + "/" + rel)
