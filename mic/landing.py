@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from mic.bloom import Bloom
-from mic.errors import Conflict, PreconditionFailed
+from mic.errors import Conflict, IntegrityError, PreconditionFailed
 from mic.formats.btree_node import FileEntry
 from mic.formats.head import Head, encode_head
 from mic.formats.landing import Landing, encode_landing
@@ -30,7 +30,7 @@ from mic.formats.session import Change, Session, encode_session
 from mic.objects import Project, landing_key
 from mic.paths import check_path
 from mic.session import update_session
-from mic.tree import Tree
+from mic.tree import EMPTY_ROOT, Tree
 
 __all__ = ["KILL_POINTS", "LandResult", "land", "roll_forward"]
 
@@ -133,6 +133,31 @@ async def _finish_session(project: Project, session: Session, rec: Landing, chan
         await project.ensure(f"sessions/{session.id}", encode_session(mark(session)))
 
 
+async def _landed_changes(project: Project, rec: Landing) -> tuple[Change, ...]:
+    """The changes `rec` made, from its own path list and trees.
+
+    Crash recovery finds a landing of this session made by an earlier run; what landed is that record's paths,
+    not the paths the current run was asked to land (the workspace may have moved on)."""
+    if rec.position == 1:
+        before_tree = EMPTY_ROOT
+    else:
+        before = await project.landing(rec.position - 1)
+        if before is None:
+            raise IntegrityError(f"landing/{rec.position - 1} is missing below landing/{rec.position}")
+        before_tree = before.tree
+    tree = Tree(project)
+    changes = []
+    for path in rec.paths:
+        if await tree.lookup(rec.tree, path) is None:
+            kind = "deleted"
+        elif await tree.lookup(before_tree, path) is None:
+            kind = "added"
+        else:
+            kind = "modified"
+        changes.append(Change(kind, path))
+    return tuple(changes)
+
+
 async def land(
     project: Project,
     session: Session,
@@ -171,7 +196,7 @@ async def land(
         _maybe_kill(kill_at, "checked")
         if own is not None:  # an earlier, interrupted attempt of this session already landed: finish it
             await _advance_head(project, own)
-            await _finish_session(project, session, own, tuple(Change(kinds[p], p) for p in ordered))
+            await _finish_session(project, session, own, await _landed_changes(project, own))
             return LandResult(own, own.tree, 0, attempt, recovered=True)
         if blobs_written < 0:
             blobs_written = await write_blobs()

@@ -123,3 +123,27 @@ async def test_file_and_directory_clash_is_a_conflict(project):
     with pytest.raises(Conflict) as info:
         await _land(project, {"d": b"now a file"}, base=1)
     assert info.value.paths == ("d",)
+
+
+async def test_recovery_records_what_landed_not_what_was_asked(project):
+    """A rerun after a crash finds its session already landed: the session lists that landing's changes, not the
+    rerun's (which may hold later work that did not land)."""
+    from mic.session import load_session
+
+    await _land(project, {"old": b"0", "gone": b"0"})
+    session = await start_session(project, "g", 1, 5)
+
+    async def run(files: dict[str, bytes | None]):
+        changes = {p: None if d is None else FileEntry(content_hash(d), len(d), 0) for p, d in files.items()}
+
+        async def write_blobs() -> int:
+            return sum([(await project.put_content(d))[1] for d in files.values() if d is not None])
+
+        kinds = {p: "deleted" if d is None else "added" for p, d in files.items()}
+        return await land(project, session, changes, kinds, write_blobs, hlc=lambda t: t + 1)
+
+    first = await run({"a": b"1", "old": b"1", "gone": None})  # lands; the process dies before it is recorded
+    second = await run({"a": b"1", "b": b"new work"})  # the rerun: same session, more work since
+    assert second.recovered and second.landing.paths == first.landing.paths == ("a", "gone", "old")
+    stored, _ = await load_session(project, session.id)
+    assert [(c.kind, c.path) for c in stored.changes] == [("added", "a"), ("deleted", "gone"), ("modified", "old")]
