@@ -28,8 +28,12 @@ def skipped_names(prefix: str) -> frozenset[str]:
 
 
 def show_path(path: str) -> str:
-    """`path` quoted for a message; bytes that are not UTF-8 (surrogate escapes from `os.scandir`) as \\xNN."""
-    return repr(os.fsencode(path).decode("utf-8", "backslashreplace"))
+    """`path` quoted for a message; a name that is not UTF-8 (surrogate escapes from `os.scandir`) as bytes."""
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        return repr(os.fsencode(path))  # b'caf\xe9.txt'
+    return repr(path)
 
 
 def path_problem(path: str) -> str | None:

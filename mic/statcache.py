@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mic.paths import skipped_names
+from mic.paths import check_path, skipped_names
 
 __all__ = [
     "Index", "ScanResult", "Token", "file_mode", "hash_path", "scan", "scan_paths", "stat_key",
@@ -507,13 +507,15 @@ def scan(root: Path, index: Index) -> ScanResult:
 def _record(
     entries: dict[str, Entry], changes: dict[str, Change], suspects: list[Suspect], stat_since_ns: int
 ) -> int:
-    """Hash the suspects into `entries` and `changes`; return how many.
+    """Hash the suspects into `entries` and `changes`; return how many. Raise BadRequest for a path mic cannot
+    track (`mic.paths`: a name that is not UTF-8); the walk already skips the others.
 
     A file modified within `RACY_NS` before its stat (taken after `stat_since_ns`) is stored smudged at once: a
     same-size write in the same clock tick after our stat would leave its stat key unchanged, and the save-time
     rule alone misses that when the index is saved long after the scan (as `mic land` does)."""
     racy_from = stat_since_ns - RACY_NS
     for rel, full, size, mtime_ns, ino, mode, ctime_ns in suspects:
+        check_path(rel)  # a name mic cannot store (not UTF-8) fails here, before any land writes anything
         e = entries.get(rel)
         base = (e[5], e[6], e[7]) if e is not None else (None, 0, 0)
         cur = hash_path(full, mode)

@@ -59,7 +59,7 @@ async def test_land_refuses_a_git_or_root_mic_path_before_writing(tmp_path):
     await project.create(1)
     session = await start_session(project, "g", 0, 5)
     called = []
-    for bad in ("sub/.git/config", ".mic/state.json"):
+    for bad in ("sub/.git/config", ".mic/state.json", os.fsdecode(b"caf\xe9.txt")):
 
         async def write_blobs() -> int:
             called.append(1)
@@ -117,3 +117,44 @@ def test_checkout_never_writes_into_a_nested_git_directory(tmp_path):
     with pytest.raises(Exception, match="nested git repository"):
         ws.write_file("sub/.git/hooks/post-checkout", b"#!/bin/sh\n", 1)
     assert not os.path.exists(tmp_path / "sub")
+
+
+def _store_files(store) -> set[str]:
+    return {
+        str(p.relative_to(store))
+        for p in store.rglob("*")
+        if p.is_file() and not p.name.endswith(".lock") and ".locks" not in p.parts and ".tmp" not in p.parts
+    }
+
+
+def test_a_non_utf8_file_name_is_a_clear_error_and_land_writes_nothing(local_store_env, mic, tmp_path):
+    mic(tmp_path, "project", "create", "p")
+    ws = tmp_path / "ws"
+    mic(tmp_path, "checkout", "p", str(ws))
+    (ws / "fine.txt").write_text("ok\n")
+    with open(os.path.join(os.fsencode(ws), b"caf\xe9.txt"), "wb") as fh:
+        fh.write(b"latin-1 name\n")
+    before = _store_files(tmp_path / "store")
+    for args in (["status"], ["land", "add files"]):
+        err = mic.json(ws, *args, code=2)
+        assert err["error"] == (
+            "cannot track b'caf\\xe9.txt': its name is not valid UTF-8 (mic stores paths as UTF-8); rename it"
+        )
+    assert _store_files(tmp_path / "store") == before  # no session record, blob or landing
+    os.rename(os.path.join(os.fsencode(ws), b"caf\xe9.txt"), ws / "cafe.txt")
+    assert mic.json(ws, "land", "add files")["paths"] == ["cafe.txt", "fine.txt"]
+
+
+def test_import_refuses_a_non_utf8_path_naming_it(local_store_env, mic, tmp_path):
+    require_tool("git")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    with open(os.path.join(os.fsencode(repo), b"caf\xe9.txt"), "wb") as fh:
+        fh.write(b"x\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "init")
+    mic(tmp_path, "project", "create", "p")
+    err = mic.json(tmp_path, "import", "git", str(repo), "--project", "p", code=2)
+    assert "b'caf\\xe9.txt'" in err["error"] and "not valid UTF-8" in err["error"]
+    assert mic.json(tmp_path, "log", "--project", "p")["landings"] == []
