@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from mic.bloom import Bloom
-from mic.errors import Conflict, IntegrityError, PreconditionFailed
+from mic.errors import Conflict, LostLanding, PreconditionFailed
 from mic.formats.btree_node import FileEntry
 from mic.formats.head import Head, encode_head
 from mic.formats.landing import Landing, encode_landing
@@ -78,14 +78,17 @@ def _nesting_clashes(ours: frozenset[str], our_dirs: set[str], theirs: tuple[str
 
 
 async def _check(project: Project, session: Session, paths: frozenset[str], tip: int) -> Landing | None:
-    """Raise Conflict for landings in (base, tip] touching `paths`; return this session's own landing if any."""
+    """Raise Conflict for landings in (base, tip] touching `paths`; return this session's own landing if any.
+
+    Raises LostLanding if a record in (base, tip] is missing."""
     conflict_paths: set[str] = set()
     conflict_sessions: list[str] = []
     our_dirs: set[str] | None = None
-    records = await asyncio.gather(*(project.landing(p) for p in range(session.base + 1, tip + 1)))
-    for rec in records:
-        if rec is None:
-            continue
+    positions = range(session.base + 1, tip + 1)
+    records = await asyncio.gather(*(project.landing(p) for p in positions))
+    for position, rec in zip(positions, records, strict=True):
+        if rec is None:  # below the rolled-forward tip every record exists; skipping one could miss a conflict
+            raise LostLanding(position)
         if rec.session == session.id:
             return rec
         hit: set[str] = set()
@@ -143,7 +146,7 @@ async def _landed_changes(project: Project, rec: Landing) -> tuple[Change, ...]:
     else:
         before = await project.landing(rec.position - 1)
         if before is None:
-            raise IntegrityError(f"landing/{rec.position - 1} is missing below landing/{rec.position}")
+            raise LostLanding(rec.position - 1)
         before_tree = before.tree
     tree = Tree(project)
     changes = []

@@ -147,3 +147,20 @@ async def test_recovery_records_what_landed_not_what_was_asked(project):
     assert second.recovered and second.landing.paths == first.landing.paths == ("a", "gone", "old")
     stored, _ = await load_session(project, session.id)
     assert [(c.kind, c.path) for c in stored.changes] == [("added", "a"), ("deleted", "gone"), ("modified", "old")]
+
+
+async def test_a_lost_landing_record_below_the_tip_stops_the_land(project, store_url):  # noqa: F811
+    """A conflict check that skipped the lost record would let this land overwrite `a` without a conflict."""
+    from mic.errors import LostLanding
+
+    await _land(project, {"a": b"1"})
+    await _land(project, {"b": b"2"})
+    await project.store.delete(project.key(landing_key(1)))
+    url, endpoint = store_url
+    fresh = Project(open_store(url, s3_endpoint_url=endpoint), "p")  # no record cached in memory
+    try:
+        with pytest.raises(LostLanding, match="landing/1 is missing"):
+            await _land(fresh, {"a": b"overwrite"}, base=0)
+        assert await fresh.landing(3) is None
+    finally:
+        await fresh.store.close()
