@@ -156,11 +156,19 @@ async def land_cmd(env: Env, goal: str | None) -> None:
     data = {
         "position": rec.position, "session": rec.session, "goal": rec.goal, "paths": list(rec.paths),
         "objects_written": out.result.objects_written, "attempts": out.result.attempts,
-        "synced_from_others": out.synced, "recovered": out.result.recovered,
+        "synced_from_others": out.synced, "recovered": out.result.recovered, "kept_local_edits": list(out.kept),
     }
     emit(env, data, f"landed session {rec.session} at @{rec.position}: {len(rec.paths)} path(s), "
                     f"{out.result.objects_written} object(s) written"
                     + (f", {out.synced} path(s) updated from other sessions" if out.synced else ""))
+    if out.kept and not env.as_json:
+        click.echo(
+            f"warning: {len(out.kept)} file(s) that other sessions changed were edited here while landing and were "
+            f"NOT updated (your version is kept): {', '.join(out.kept)}\n"
+            f"  they now show as modified against @{rec.position}; see the landed version with `mic cat <path>` "
+            "and merge it by hand before landing them, or landing them undoes the other session's change",
+            err=True,
+        )
 
 
 def register(group: click.Group) -> None:

@@ -13,6 +13,7 @@ __all__ = [
     "Conflict",
     "FormatError",
     "IntegrityError",
+    "LostLanding",
     "MicError",
     "NotFound",
     "PreconditionFailed",
@@ -40,3 +41,18 @@ class ConfigError(MicError):
 
 class WorkspaceError(MicError):
     """The current directory is not a usable mic workspace (or the workspace state is inconsistent)."""
+
+
+class LostLanding(IntegrityError):
+    """A landing record at or below the tip is missing: the store lost data.
+
+    Landing records are never deleted, and a conflict check that skipped a lost one could miss a conflict, so
+    landing stops instead."""
+
+    def __init__(self, position: int) -> None:
+        self.expected, self.got, self.what = f"landing/{position}", "nothing", "landing record"
+        MicError.__init__(
+            self,
+            f"landing record landing/{position} is missing though later landings exist: the store lost data, and "
+            "conflicts cannot be checked without it; restore it (e.g. from a backup) before landing",
+        )

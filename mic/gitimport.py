@@ -19,6 +19,7 @@ from mic.formats.session import Session
 from mic.hlc import Clock
 from mic.landing import land, roll_forward
 from mic.objects import Project, content_hash
+from mic.paths import path_problem, show_path
 from mic.session import new_session_id
 
 __all__ = ["GitCommit", "ImportResult", "import_git", "read_history"]
@@ -70,7 +71,7 @@ def _changes(repo: Path, parent: str | None, sha: str) -> tuple[list[tuple[str, 
     fields = raw.split(b"\0")
     out, skipped, i = [], 0, 0
     while i + 1 < len(fields) and fields[i]:
-        meta, path = fields[i].decode().lstrip(":").split(" "), fields[i + 1].decode()
+        meta, path = fields[i].decode().lstrip(":").split(" "), fields[i + 1].decode("utf-8", "surrogateescape")
         i += 2
         _old_mode, new_mode, _old_sha, new_sha, status = meta
         if status.startswith("D"):
@@ -122,6 +123,12 @@ async def import_git(
     try:
         for commit in commits:
             listed, skipped = await asyncio.to_thread(_changes, repo, parent, commit.sha)
+            for path, *_ in listed:  # the rule checkout and the scan follow: refuse before this commit writes
+                if (problem := path_problem(path)) is not None:
+                    raise BadRequest(
+                        f"cannot import commit {commit.sha[:12]} of {repo}: path {show_path(path)}: {problem}"
+                        + (f"; commits up to @{last} were imported" if last else "; nothing was imported")
+                    )
             skipped_total += skipped
             parent = commit.sha
             if not listed:

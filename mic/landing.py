@@ -22,14 +22,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from mic.bloom import Bloom
-from mic.errors import Conflict, PreconditionFailed
+from mic.errors import Conflict, LostLanding, PreconditionFailed
 from mic.formats.btree_node import FileEntry
 from mic.formats.head import Head, encode_head
 from mic.formats.landing import Landing, encode_landing
 from mic.formats.session import Change, Session, encode_session
 from mic.objects import Project, landing_key
+from mic.paths import check_path
 from mic.session import update_session
-from mic.tree import Tree
+from mic.tree import EMPTY_ROOT, Tree
 
 __all__ = ["KILL_POINTS", "LandResult", "land", "roll_forward"]
 
@@ -77,14 +78,17 @@ def _nesting_clashes(ours: frozenset[str], our_dirs: set[str], theirs: tuple[str
 
 
 async def _check(project: Project, session: Session, paths: frozenset[str], tip: int) -> Landing | None:
-    """Raise Conflict for landings in (base, tip] touching `paths`; return this session's own landing if any."""
+    """Raise Conflict for landings in (base, tip] touching `paths`; return this session's own landing if any.
+
+    Raises LostLanding if a record in (base, tip] is missing."""
     conflict_paths: set[str] = set()
     conflict_sessions: list[str] = []
     our_dirs: set[str] | None = None
-    records = await asyncio.gather(*(project.landing(p) for p in range(session.base + 1, tip + 1)))
-    for rec in records:
-        if rec is None:
-            continue
+    positions = range(session.base + 1, tip + 1)
+    records = await asyncio.gather(*(project.landing(p) for p in positions))
+    for position, rec in zip(positions, records, strict=True):
+        if rec is None:  # below the rolled-forward tip every record exists; skipping one could miss a conflict
+            raise LostLanding(position)
         if rec.session == session.id:
             return rec
         hit: set[str] = set()
@@ -132,6 +136,31 @@ async def _finish_session(project: Project, session: Session, rec: Landing, chan
         await project.ensure(f"sessions/{session.id}", encode_session(mark(session)))
 
 
+async def _landed_changes(project: Project, rec: Landing) -> tuple[Change, ...]:
+    """The changes `rec` made, from its own path list and trees.
+
+    Crash recovery finds a landing of this session made by an earlier run; what landed is that record's paths,
+    not the paths the current run was asked to land (the workspace may have moved on)."""
+    if rec.position == 1:
+        before_tree = EMPTY_ROOT
+    else:
+        before = await project.landing(rec.position - 1)
+        if before is None:
+            raise LostLanding(rec.position - 1)
+        before_tree = before.tree
+    tree = Tree(project)
+    changes = []
+    for path in rec.paths:
+        if await tree.lookup(rec.tree, path) is None:
+            kind = "deleted"
+        elif await tree.lookup(before_tree, path) is None:
+            kind = "added"
+        else:
+            kind = "modified"
+        changes.append(Change(kind, path))
+    return tuple(changes)
+
+
 async def land(
     project: Project,
     session: Session,
@@ -153,9 +182,12 @@ async def land(
         goal: overrides the session goal for the record.
 
     Raises:
+        BadRequest: a path mic cannot track (`mic.paths`); nothing was written.
         Conflict: a landing since the session's base touched one of these paths (nothing changed), or the race
             was lost `max_attempts` times.
     """
+    for path in changes:  # before anything is written: a path mic cannot track never reaches a record
+        check_path(path)
     paths = frozenset(changes)
     ordered = tuple(sorted(paths))
     tree = Tree(project)
@@ -167,7 +199,7 @@ async def land(
         _maybe_kill(kill_at, "checked")
         if own is not None:  # an earlier, interrupted attempt of this session already landed: finish it
             await _advance_head(project, own)
-            await _finish_session(project, session, own, tuple(Change(kinds[p], p) for p in ordered))
+            await _finish_session(project, session, own, await _landed_changes(project, own))
             return LandResult(own, own.tree, 0, attempt, recovered=True)
         if blobs_written < 0:
             blobs_written = await write_blobs()

@@ -1,8 +1,8 @@
 """The workspace scan and its stat cache (`.mic/index`): `mic status` re-hashes only files whose stat changed.
 
-The index maps each path to (size, mtime_ns, inode, content hash, mode) as last seen on disk, plus the (hash,
-mode, size) the base tree holds for it (None for a file not in the base). A file whose size, mtime, inode and mode
-match its entry is not read again. Linux file timestamps are coarse (a few ms), so when the index is saved, every
+The index maps each path to (size, mtime_ns, inode, content hash, mode, ctime_ns) as last seen on disk, plus the
+(hash, mode, size) the base tree holds for it (None for a file not in the base). A file whose size, mtime, inode,
+mode and ctime match its entry is not read again (ctime as in git: a rewrite restoring mtime cannot restore it). Linux file timestamps are coarse (a few ms), so when the index is saved, every
 entry whose mtime is within `RACY_NS` of that moment is "smudged" (mtime -1) and re-hashed next time: a change
 made in the same clock tick as our hash cannot hide behind an unchanged mtime. This is git's racy-index rule, and
 like git it lets a fresh checkout trust every file written more than `RACY_NS` before the index was saved. A
@@ -10,7 +10,7 @@ file a scan hashes is also judged against the scan's start, so saving long after
 cannot widen the window.
 
 The file is one `marshal`led tuple written with temp + rename (layout in `Index`). `mic status` on an unchanged
-tree decodes only the stat keys (path → (mtime, size, inode, mode)) and the changes against the base; the full
+tree decodes only the stat keys (path → (mtime, size, inode, mode, ctime)) and the changes against the base; the full
 entries are decoded only when some file's stat changed, and a save after a small change writes a delta.
 
 With the workspace watcher (`mic.watch`) the index also stores the watcher token it is valid for, and `scan_paths`
@@ -27,20 +27,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["IGNORED", "Index", "ScanResult", "Token", "file_mode", "hash_path", "scan", "scan_paths"]
+from mic.paths import check_path, skipped_names
 
-IGNORED = frozenset({".mic", ".git"})
+__all__ = [
+    "Index", "ScanResult", "Token", "file_mode", "hash_path", "scan", "scan_paths", "stat_key",
+    "stat_key_of",
+]
+
 RACY_NS = 100_000_000
-_VERSION = 5  # 5 adds the watcher token to the (delta, changes) part; 4 is still read
+_VERSION = 6  # 6 adds ctime to the stat key; 5 added the watcher token; 4 and 5 are read (see `_upgraded`)
 _MAGIC = b"MICI"
 _HEADER = struct.Struct("<BxxxQQQ")  # version, then the byte lengths of the three parts
 _FORK_MIN = 20_000  # cached files below which a second walker process costs more than it saves
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
-# entry = (size, mtime_ns, ino, cur_hash | None, cur_mode, base_hash | None, base_mode, base_size); cur_hash is
+# entry = (size, mtime_ns, ino, cur_hash | None, cur_mode, base_hash | None, base_mode, base_size, ctime_ns);
+# ctime is in the stat key (as in git) because a rewrite that restores mtime and size (cp -p, rsync -t, tar x,
+# touch -r) cannot restore ctime. -1 in mtime or ctime never matches a stat: re-hash next time. cur_hash is
 # None for a base file found gone (see `_record_gone`): a scan of only the watcher's paths must still report it
-Entry = tuple[int, int, int, bytes | None, int, bytes | None, int, int]
+Entry = tuple[int, int, int, bytes | None, int, bytes | None, int, int, int]  # ... base_size, ctime_ns
 Change = tuple[str, bytes | None, int, int]
+Key = tuple[int, int, int, int, int]  # the stat key: (mtime_ns, size, inode, mode, ctime_ns)
 Token = tuple[str, int]  # (watcher generation, sequence number): see mic.watch
 
 
@@ -64,8 +71,18 @@ def hash_path(path: str | Path, mode: int) -> bytes:
     return hasher.digest()
 
 
-def _key(e: Entry) -> tuple[int, int, int, int]:
-    return (e[1], e[0], e[2], e[4])
+def _key(e: Entry) -> Key:
+    return (e[1], e[0], e[2], e[4], e[8])
+
+
+def stat_key(e: Entry) -> Key:
+    """The stat key an entry was recorded with (compare with `stat_key_of` of a fresh stat)."""
+    return _key(e)
+
+
+def stat_key_of(st: os.stat_result, mode: int) -> Key:
+    """A file's stat key as the scan builds it (the walk inlines this for speed)."""
+    return (st.st_mtime_ns, st.st_size, st.st_ino, mode, st.st_ctime_ns)
 
 
 def _change(e: Entry) -> Change | None:
@@ -78,9 +95,9 @@ def _change(e: Entry) -> Change | None:
     return None
 
 
-def _summaries(entries: dict[str, Entry]) -> tuple[dict[str, tuple[int, int, int, int]], dict[str, Change]]:
+def _summaries(entries: dict[str, Entry]) -> tuple[dict[str, Key], dict[str, Change]]:
     """(path → stat key, path → change against the base) for every entry."""
-    keys = {rel: (e[1], e[0], e[2], e[4]) for rel, e in entries.items()}
+    keys = {rel: _key(e) for rel, e in entries.items()}
     changes: dict[str, Change] = {}
     for rel, e in entries.items():
         c = _change(e)
@@ -148,7 +165,7 @@ class Index:
         self._delta: set[str] = set()  # paths whose entry differs from the blobs
         self._pending_delta: dict[str, Entry] = {}  # the delta read from disk, until the entries are decoded
         # path → stat key and path → change, in step with the entries as of the last `_sync`
-        self._keys: dict[str, tuple[int, int, int, int]] | None = {} if entries is None else None
+        self._keys: dict[str, Key] | None = {} if entries is None else None
         self._keys_lazy = False  # `_keys` is still to be decoded from `_keys_blob` (plus `_delta`)
         self._changes: dict[str, Change] = {}
         self.outdated = False  # loaded from an older format: worth saving even when no file changed
@@ -191,7 +208,7 @@ class Index:
                 keys[rel] = _key(e)
         self._keys = keys
 
-    def _sync(self, keys_needed: bool = True) -> tuple[dict[str, tuple[int, int, int, int]], dict[str, Change]]:
+    def _sync(self, keys_needed: bool = True) -> tuple[dict[str, Key], dict[str, Change]]:
         """Bring the stat keys (unless not `keys_needed` and not yet decoded) and changes up to date with the
         entries; return them."""
         if keys_needed and self._keys_lazy:
@@ -244,36 +261,42 @@ class Index:
             if raw[:4] == _MAGIC:  # header, key blob, (delta, changes[, token]), entry blob: no copies made
                 version, n_keys, n_meta, n_entries = _HEADER.unpack_from(raw, 4)
                 view = memoryview(raw)[4 + _HEADER.size :]
-                if version not in (4, _VERSION) or len(view) != n_keys + n_meta + n_entries:
+                if version not in (4, 5, _VERSION) or len(view) != n_keys + n_meta + n_entries:
                     return cls(path)
                 keys_blob, entries_blob = view[:n_keys], view[n_keys + n_meta :]
                 meta = marshal.loads(view[n_keys : n_keys + n_meta])
                 delta, changes = meta[:2]
-                token = meta[2] if version == _VERSION else None
+                token = meta[2] if version >= 5 else None
                 if token is not None and not (
                     isinstance(token, tuple) and len(token) == 2
                     and isinstance(token[0], str) and isinstance(token[1], int)
                 ):
                     return cls(path)
-                return cls._from_parts(path, keys_blob, entries_blob, delta, changes, token, outdated=False)
+                index = cls._from_parts(path, keys_blob, entries_blob, delta, changes, token, outdated=False)
+                return index if version == _VERSION else cls._upgraded(index)
             else:
-                data, outdated = marshal.loads(raw), True
+                data = marshal.loads(raw)
             if isinstance(data, tuple) and len(data) == 2 and data[0] == 1 and isinstance(data[1], dict):
-                index = cls(path, data[1])  # the version-1 format: just the entries
-                index.outdated = True
-                return index
+                return cls._upgraded(cls(path, data[1]))  # the version-1 format: just the entries
             if isinstance(data, tuple) and len(data) == 4 and data[0] == 2:
-                index = cls(path, marshal.loads(data[3]))  # version 2: (2, keys, changes, entries blob)
-                index.outdated = True
-                return index
+                return cls._upgraded(cls(path, marshal.loads(data[3])))  # version 2: (2, keys, changes, entries)
             _, keys_blob, entries_blob, delta, changes = data  # version 3: this tuple, marshalled
             if data[0] != 3:
                 return cls(path)
-            return cls._from_parts(path, keys_blob, entries_blob, delta, changes, None, outdated=outdated)
+            return cls._upgraded(cls._from_parts(path, keys_blob, entries_blob, delta, changes, None, outdated=True))
         except FileNotFoundError:
             return cls(path)
         except (EOFError, ValueError, TypeError, struct.error):
             return cls(path)  # a damaged cache only costs re-hashing; the base is rebuilt by `mic status`
+
+    @classmethod
+    def _upgraded(cls, old: Index) -> Index:
+        """`old`, read from a format before 6, with ctime -1 in every entry: its stat keys lack ctime, so each
+        file is re-hashed once by the next scan. The bases (what the workspace is based on) are kept."""
+        entries = {rel: (*e[:8], -1) for rel, e in old.entries.items()}
+        index = cls(old.path, entries)
+        index.outdated = True
+        return index
 
     @classmethod
     def _from_parts(
@@ -326,9 +349,23 @@ class Index:
         self.saved_token = self.token
 
     def set_base(self, rel: str, full: Path, h: bytes, mode: int, size: int) -> None:
-        """Record that `rel` now holds the base content (after checkout, land or update wrote or kept it)."""
+        """Record that `rel` now holds the base content, just written by checkout or update.
+
+        Only for a file mic itself has just written with that content: a fresh stat is paired with `h`."""
         st = full.lstat()
-        self.entries[rel] = (st.st_size, st.st_mtime_ns, st.st_ino, h, mode, h, mode, size)
+        self.entries[rel] = (st.st_size, st.st_mtime_ns, st.st_ino, h, mode, h, mode, size, st.st_ctime_ns)
+
+    def set_landed(self, rel: str, h: bytes, mode: int, size: int) -> None:
+        """Record that the content a scan hashed for `rel` (hash `h`) is now the base, after it landed.
+
+        The entry keeps the stat the scan took together with that hash. Why not a fresh `lstat`: the file may
+        have been edited since the scan (a land takes seconds on S3), and a new stat paired with the old hash
+        would make that edit invisible. An edit since the scan changes the stat, so the next scan re-hashes it."""
+        e = self.entries.get(rel)
+        if e is None or e[3] != h or e[4] != mode:  # not what the scan recorded: let the next scan decide
+            self.set_base_unverified(rel, (h, mode, size))
+            return
+        self.entries[rel] = (*e[:5], h, mode, size, *e[8:])
 
     def set_base_unverified(self, rel: str, base: tuple[bytes, int, int] | None) -> None:
         """Record `rel`'s base (hash, mode, size) without vouching for the file: the next scan re-hashes it.
@@ -340,7 +377,7 @@ class Index:
             return
         size, ino, cur, mode = (e[0], e[2], e[3], e[4]) if e is not None else (-1, -1, b"", 0)
         b_hash, b_mode, b_size = base if base is not None else (None, 0, 0)
-        self.entries[rel] = (size, -1, ino, cur, mode, b_hash, b_mode, b_size)
+        self.entries[rel] = (size, -1, ino, cur, mode, b_hash, b_mode, b_size, -1)
 
 
 @dataclass
@@ -351,7 +388,7 @@ class ScanResult:
     rehashed: int
 
 
-Suspect = tuple[str, str, int, int, int, int]  # (rel, absolute path, size, mtime_ns, inode, mode)
+Suspect = tuple[str, str, int, int, int, int, int]  # (rel, absolute path, size, mtime_ns, inode, mode, ctime_ns)
 
 
 def _walk_dir(prefix: str, directory: str, keys: dict, seen: list[str], suspects: list[Suspect]) -> list:
@@ -361,15 +398,17 @@ def _walk_dir(prefix: str, directory: str, keys: dict, seen: list[str], suspects
     then an `fstatat` on a name, no path walk in the kernel), one tuple compare per unchanged file.
     """
     get = keys.get
+    skip = skipped_names(prefix)  # the root's `.mic`, and `.git` anywhere (see mic.paths)
     subdirs = []
     fd = os.open(directory, _DIR_FLAGS)
     try:
         with os.scandir(fd) as it:
             for dirent in it:
                 name = dirent.name
+                if name in skip:
+                    continue
                 if dirent.is_dir(follow_symlinks=False):
-                    if name not in IGNORED:
-                        subdirs.append((prefix + name + "/", directory + "/" + name))
+                    subdirs.append((prefix + name + "/", directory + "/" + name))
                     continue
                 st = dirent.stat(follow_symlinks=False)
                 kind = st.st_mode & 0o170000
@@ -381,8 +420,10 @@ def _walk_dir(prefix: str, directory: str, keys: dict, seen: list[str], suspects
                     continue  # sockets, fifos, devices are not content
                 rel = prefix + name
                 seen.append(rel)
-                if get(rel) != (st.st_mtime_ns, st.st_size, st.st_ino, mode):
-                    suspects.append((rel, directory + "/" + name, st.st_size, st.st_mtime_ns, st.st_ino, mode))
+                if get(rel) != (st.st_mtime_ns, st.st_size, st.st_ino, mode, st.st_ctime_ns):  # `stat_key_of`
+                    suspects.append(
+                        (rel, directory + "/" + name, st.st_size, st.st_mtime_ns, st.st_ino, mode, st.st_ctime_ns)
+                    )
     finally:
         os.close(fd)
     return subdirs
@@ -466,17 +507,19 @@ def scan(root: Path, index: Index) -> ScanResult:
 def _record(
     entries: dict[str, Entry], changes: dict[str, Change], suspects: list[Suspect], stat_since_ns: int
 ) -> int:
-    """Hash the suspects into `entries` and `changes`; return how many.
+    """Hash the suspects into `entries` and `changes`; return how many. Raise BadRequest for a path mic cannot
+    track (`mic.paths`: a name that is not UTF-8); the walk already skips the others.
 
     A file modified within `RACY_NS` before its stat (taken after `stat_since_ns`) is stored smudged at once: a
     same-size write in the same clock tick after our stat would leave its stat key unchanged, and the save-time
     rule alone misses that when the index is saved long after the scan (as `mic land` does)."""
     racy_from = stat_since_ns - RACY_NS
-    for rel, full, size, mtime_ns, ino, mode in suspects:
+    for rel, full, size, mtime_ns, ino, mode, ctime_ns in suspects:
+        check_path(rel)  # a name mic cannot store (not UTF-8) fails here, before any land writes anything
         e = entries.get(rel)
         base = (e[5], e[6], e[7]) if e is not None else (None, 0, 0)
         cur = hash_path(full, mode)
-        entries[rel] = (size, mtime_ns if mtime_ns < racy_from else -1, ino, cur, mode, *base)
+        entries[rel] = (size, mtime_ns if mtime_ns < racy_from else -1, ino, cur, mode, *base, ctime_ns)
         changes.pop(rel, None)
         if base[0] is None:
             changes[rel] = ("added", cur, mode, size)
@@ -493,7 +536,7 @@ def _record_gone(entries: dict[str, Entry], changes: dict[str, Change], gone: li
         if e[5] is not None:
             changes[rel] = ("deleted", None, 0, 0)
             if e[3] is not None:
-                entries[rel] = (-1, -1, -1, None, 0, e[5], e[6], e[7])
+                entries[rel] = (-1, -1, -1, None, 0, e[5], e[6], e[7], -1)
         else:
             del entries[rel]  # an untracked file that went away
             changes.pop(rel, None)
@@ -507,7 +550,7 @@ class _EntryKeys:
     def __init__(self, entries: dict[str, Entry]) -> None:
         self._entries = entries
 
-    def get(self, rel: str) -> tuple[int, int, int, int] | None:
+    def get(self, rel: str) -> Key | None:
         e = self._entries.get(rel)
         return None if e is None else _key(e)
 
@@ -526,7 +569,7 @@ def scan_paths(root: Path, index: Index, paths: list[str]) -> ScanResult:
     """`scan` looking only at `paths` (a watcher's report): files, and directory prefixes ending in "/" whose
     subtree is walked. Every other cached entry is taken as it is: the caller vouches that nothing else changed
     since the index's token. A path counts only where the full scan would find it: below real directories (not
-    symlinks, not `.mic`/`.git`), a regular file or symlink.
+    symlinks, not skipped by `mic.paths`), a regular file or symlink not skipped either.
     """
     if not paths:
         return ScanResult(dict(index.changes()), 0)
@@ -544,7 +587,7 @@ def scan_paths(root: Path, index: Index, paths: list[str]) -> ScanResult:
     def real_dir(prefix: str) -> bool:
         if prefix not in is_dir:
             parent = prefix[: prefix.rfind("/", 0, -1) + 1]
-            ok = prefix[len(parent) : -1] not in IGNORED and real_dir(parent)
+            ok = prefix[len(parent) : -1] not in skipped_names(parent) and real_dir(parent)
             if ok:
                 try:
                     ok = stat.S_ISDIR(os.lstat(top + "/" + prefix[:-1]).st_mode)  # no "/": it follows links
@@ -561,7 +604,8 @@ def scan_paths(root: Path, index: Index, paths: list[str]) -> ScanResult:
             _walk_all([(prefix, top + "/" + prefix[:-1])], keys, seen, suspects)
     checked = [rel for rel in set(paths) if not rel.endswith("/") and not _under(rel, walked)]
     for rel in checked:
-        if not real_dir(rel[: rel.rfind("/") + 1]):
+        parent = rel[: rel.rfind("/") + 1]
+        if rel[len(parent) :] in skipped_names(parent) or not real_dir(parent):
             continue
         try:
             st = os.lstat(top + "/" + rel)
@@ -575,8 +619,8 @@ def scan_paths(root: Path, index: Index, paths: list[str]) -> ScanResult:
         else:
             continue
         seen.append(rel)
-        if keys.get(rel) != (st.st_mtime_ns, st.st_size, st.st_ino, mode):
-            suspects.append((rel, top + "/" + rel, st.st_size, st.st_mtime_ns, st.st_ino, mode))
+        if keys.get(rel) != stat_key_of(st, mode):
+            suspects.append((rel, top + "/" + rel, st.st_size, st.st_mtime_ns, st.st_ino, mode, st.st_ctime_ns))
     changes = dict(index.changes())
     present = set(seen)
     gone = [rel for rel in checked if rel not in present and rel in entries]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +18,14 @@ from mic.formats.session import Session
 from mic.landing import LandResult, land, roll_forward
 from mic.objects import Project, content_hash
 from mic.session import load_session, start_session
-from mic.statcache import ScanResult, scan
+from mic.statcache import ScanResult, file_mode, hash_path, scan, stat_key, stat_key_of
 from mic.tree import EMPTY_ROOT, Tree
 from mic.watch.client import WatchSettings, scan_workspace
 from mic.workspace import Workspace, WorkspaceState
 
-__all__ = ["LandOutcome", "checkout", "land_workspace", "resolve_position", "status", "sync_to", "tree_at"]
+__all__ = [
+    "LandOutcome", "Synced", "checkout", "land_workspace", "resolve_position", "status", "sync_to", "tree_at",
+]
 
 _PARALLEL = 16
 
@@ -50,13 +53,58 @@ def resolve_position(text: str | None) -> int | None:
     return int(digits)
 
 
-async def sync_to(project: Project, ws: Workspace, target_tree: bytes, skip: frozenset[str] = frozenset()) -> int:
-    """Make the workspace files match `target_tree` for every path that differs from the base (except `skip`)."""
+@dataclass(frozen=True)
+class Synced:
+    """What `sync_to` did: paths written or removed, and paths left alone because they had local edits."""
+
+    updated: int
+    kept: tuple[str, ...] = ()
+
+
+def _disk_matches(ws: Workspace, rel: str, expected: FileEntry | None) -> bool:
+    """Whether the workspace file `rel` is exactly `expected` (None: nothing there).
+
+    The stat cache answers for a file whose stat is what the last scan hashed; anything else is re-hashed."""
+    full = ws.file(rel)
+    try:
+        st = full.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return expected is None
+    if expected is None or not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        return False
+    mode = file_mode(st)
+    if mode != expected.mode:
+        return False
+    e = ws.index.entries.get(rel)
+    if e is not None and e[3] == expected.hash and stat_key(e) == stat_key_of(st, mode):
+        return True
+    try:
+        return hash_path(full, mode) == expected.hash
+    except OSError:
+        return False
+
+
+async def sync_to(
+    project: Project, ws: Workspace, target_tree: bytes, skip: frozenset[str] = frozenset()
+) -> Synced:
+    """Make the workspace files match `target_tree` for every path that differs from the base (except `skip`).
+
+    A file is replaced or removed only while it still holds its base version. One edited since the last scan
+    (say, during a `mic land`), or an untracked file in the way, is never overwritten: it is kept as it is, the
+    index records the target version as its base (so `mic status` shows it changed against what landed), and
+    its path is returned in `kept` for the caller to report."""
     tree = Tree(project)
     diffs = [d async for d in tree.diff(ws.base_tree, target_tree) if d[0] not in skip]
+    ws.index.entries  # noqa: B018  (decode the index here, not lazily and concurrently in the worker threads)
     sem = asyncio.Semaphore(_PARALLEL)
+    kept: list[str] = []
 
-    async def one(path: str, new: FileEntry | None) -> None:
+    async def one(path: str, old: FileEntry | None, new: FileEntry | None) -> None:
+        if not await asyncio.to_thread(_disk_matches, ws, path, old):
+            if not await asyncio.to_thread(_disk_matches, ws, path, new):
+                kept.append(path)  # a local edit: keep it (when it already is the target, nothing is lost)
+            ws.index.set_base_unverified(path, None if new is None else (new.hash, new.mode, new.size))
+            return
         if new is None:
             await asyncio.to_thread(ws.remove_file, path)
             ws.index.entries.pop(path, None)
@@ -66,8 +114,8 @@ async def sync_to(project: Project, ws: Workspace, target_tree: bytes, skip: fro
         full = await asyncio.to_thread(ws.write_file, path, data, new.mode)
         ws.index.set_base(path, full, new.hash, new.mode, new.size)
 
-    await asyncio.gather(*(one(path, new) for path, _, new in diffs))
-    return len(diffs)
+    await asyncio.gather(*(one(path, old, new) for path, old, new in diffs))
+    return Synced(len(diffs) - len(kept), tuple(sorted(kept)))
 
 
 async def checkout(
@@ -106,6 +154,7 @@ class LandOutcome:
     session: Session
     synced: int
     changes: dict[str, str]
+    kept: tuple[str, ...] = ()  # files other sessions changed, edited here during the land: left as they are
 
 
 async def _session_for_land(project: Project, ws: Workspace, goal: str | None) -> Session:
@@ -164,11 +213,11 @@ async def land_workspace(
         elif entry is None:
             ws.index.entries.pop(path, None)
         else:
-            ws.index.set_base(path, ws.file(path), entry.hash, entry.mode, entry.size)
+            ws.index.set_landed(path, entry.hash, entry.mode, entry.size)
     synced = await sync_to(project, ws, result.previous_tree, skip=frozenset(changes))
     ws.state.base, ws.state.base_tree, ws.state.session = result.landing.position, result.landing.tree.hex(), None
     await asyncio.to_thread(ws.save)
-    return LandOutcome(result, session, synced, kinds)
+    return LandOutcome(result, session, synced.updated, kinds, synced.kept)
 
 
 def _read_verified(path: Path, entry: FileEntry) -> bytes:

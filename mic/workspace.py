@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mic.errors import WorkspaceError
 from mic.hlc import Clock
+from mic.paths import path_problem, show_path
 from mic.statcache import Index
 
 __all__ = ["Workspace", "WorkspaceState"]
@@ -103,11 +104,11 @@ class Workspace:
         os.replace(tmp, self.dot / "state.json")
 
     def file(self, rel: str) -> Path:
-        """The absolute path of a workspace-relative path, refusing anything that escapes the workspace."""
-        if rel.startswith("/") or any(part in ("", ".", "..") for part in rel.split("/")):
-            raise WorkspaceError(f"refusing unsafe path {rel!r}")
-        if rel.split("/", 1)[0] in (".mic",):
-            raise WorkspaceError(f"refusing path inside .mic: {rel!r}")
+        """The absolute path of a workspace-relative path, refusing anything that escapes the workspace or that
+        mic does not track (`mic.paths`)."""
+        problem = path_problem(rel)  # the rule the scan follows too: what it would not see is never written
+        if problem is not None:
+            raise WorkspaceError(f"refusing path {show_path(rel)}: {problem}")
         return self.root / rel
 
     def write_file(self, rel: str, data: bytes, mode: int) -> Path:

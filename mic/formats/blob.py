@@ -6,7 +6,8 @@ Layout (little-endian):
     4       1      version (1)
     5       4      u32 uncompressed size (≤ 4 MiB + a little: larger files are MICC)
     9       …      one zstd frame whose content is exactly `size` bytes
-Invariant: the frame decompresses to exactly `size` bytes (checked; a bomb cannot allocate more).
+Invariant: the frame decompresses to exactly `size` bytes (checked; a bomb cannot allocate more: a frame that
+declares another content size is refused before decompressing, one that declares none is read in pieces).
 """
 
 from __future__ import annotations
@@ -44,6 +45,18 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return decompressor
 
 
+def _decompress_bounded(body: bytes, size: int) -> bytes:
+    """Decompress a frame that does not declare its size (mic writes none, others may) in pieces, stopping
+    past `size`: memory follows the real output, not the header's claim, and a bomb stops at `size` + 1 MiB."""
+    out = bytearray()
+    with _decompressor().stream_reader(body) as reader:
+        while piece := reader.read(1 << 20):
+            out += piece
+            if len(out) > size:
+                break
+    return bytes(out)
+
+
 def encode_blob(data: bytes, *, level: int = 3) -> bytes:
     """Encode `data` (at most 4 GiB; callers chunk above 4 MiB) as a MICB object."""
     if len(data) > MAX_SIZE:
@@ -61,8 +74,18 @@ def decode_blob(raw: bytes | memoryview) -> bytes:
     if len(raw) < _HEADER.size:
         raise FormatError("MICB", "truncated header", offset=0, expected=_HEADER.size, got=len(raw))
     _, _, size = _HEADER.unpack_from(raw)
+    body = bytes(raw[_HEADER.size :])
     try:
-        out = _decompressor().decompress(bytes(raw[_HEADER.size :]), max_output_size=size)
+        # zstd allocates what the frame declares, ignoring max_output_size: compare it with the header first
+        declared = zstandard.get_frame_parameters(body).content_size
+        if declared == zstandard.CONTENTSIZE_UNKNOWN:
+            out = _decompress_bounded(body, size)
+        elif declared != size:
+            raise FormatError(
+                "MICB", "frame size differs from the header's", offset=5, expected=size, got=declared
+            )
+        else:
+            out = _decompressor().decompress(body, max_output_size=size)
     except zstandard.ZstdError as exc:
         raise FormatError("MICB", f"corrupt zstd frame: {exc}", offset=_HEADER.size) from exc
     if len(out) != size:

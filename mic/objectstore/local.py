@@ -6,6 +6,9 @@ Crash and race safety comes from the file system, not from a daemon:
 - `put_if_match` takes an exclusive `flock` on a per-key lock file, re-reads the object, compares its ETag, and
   publishes the new bytes with temp + fsync + `rename` while still holding the lock. Every writer of an existing
   key (`put_if_match`, `delete`) holds that lock, so the read-compare-replace is atomic.
+- Durability: an object's bytes are fsynced before it is linked, and the directory it is linked into is
+  fsynced before the write returns (and each directory's entry in its parent, once per process). Without the
+  directory fsync a power cut could keep `head` yet lose `landing/<n>` or a tree node it refers to.
 - The ETag is the BLAKE3 of the bytes (truncated to 128 bits): it changes whenever the content does, and
   compare-and-swap of identical bytes is harmless.
 Blocking work runs in `asyncio.to_thread`. Temp and lock files live under `.tmp/` and `.locks/`, which no valid key
@@ -29,6 +32,15 @@ from mic.objectstore import Obj, validate_key
 __all__ = ["LocalObjectStore", "etag_of"]
 
 
+def _fsync_dir(directory: Path) -> None:
+    """Make the entries just linked, renamed or created in `directory` survive a power cut."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def etag_of(data: bytes) -> str:
     """The ETag of `data` in a local store."""
     return blake3.blake3(data).hexdigest()[:32]
@@ -39,7 +51,8 @@ class LocalObjectStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self._made: set[Path] = set()  # directories known to exist: skips a mkdir syscall per write
+        self._made: set[Path] = set()  # directories known to exist (and durable): skips syscalls per write
+        self._durable: set[Path] = set()  # directories whose entry in their parent this process fsynced
 
     def __repr__(self) -> str:
         return f"LocalObjectStore({str(self.root)!r})"
@@ -52,7 +65,7 @@ class LocalObjectStore:
     def _write_temp(self, data: bytes) -> Path:
         tmp_dir = self.root / ".tmp"
         try:
-            self._mkdir(tmp_dir)
+            self._mkdir(tmp_dir, durable=False)  # temp files only pass through
         except OSError as exc:
             raise StoreUnavailable(
                 f"cannot create the local store at {self.root}: {exc.strerror}; set MIC_STORE_URL (or --store) "
@@ -63,7 +76,7 @@ class LocalObjectStore:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileNotFoundError:  # the directory went away under our cache of it
             self._made.discard(tmp_dir)
-            self._mkdir(tmp_dir)
+            self._mkdir(tmp_dir, durable=False)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             view = memoryview(data)
@@ -74,9 +87,17 @@ class LocalObjectStore:
             os.close(fd)
         return tmp
 
-    def _mkdir(self, directory: Path) -> None:
+    def _mkdir(self, directory: Path, *, durable: bool = True) -> None:
+        """Create `directory` if needed; when `durable`, also make its path from the store's root survive a
+        power cut (fsync each parent once per process: another process may have created it and not synced yet)."""
         if directory not in self._made:
             directory.mkdir(parents=True, exist_ok=True)
+            if durable:
+                d = directory
+                while d != self.root and d not in self._durable:
+                    _fsync_dir(d.parent)
+                    self._durable.add(d)
+                    d = d.parent
             self._made.add(directory)
 
     def _get(self, key: str) -> Obj | None:
@@ -97,6 +118,7 @@ class LocalObjectStore:
                 self._made.discard(path.parent)
                 self._mkdir(path.parent)
                 os.link(tmp, path)
+            _fsync_dir(path.parent)  # the new name itself must survive before anything refers to it
         except FileExistsError:
             raise PreconditionFailed(key, "already exists") from None
         finally:
@@ -105,7 +127,7 @@ class LocalObjectStore:
 
     def _lock(self, key: str) -> int:
         lock_dir = self.root / ".locks"
-        self._mkdir(lock_dir)
+        self._mkdir(lock_dir, durable=False)
         fd = os.open(lock_dir / blake3.blake3(key.encode()).hexdigest()[:24], os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd
@@ -125,6 +147,7 @@ class LocalObjectStore:
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
+            _fsync_dir(path.parent)
         finally:
             os.close(fd)  # releases the flock
         return etag_of(data)

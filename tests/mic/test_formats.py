@@ -165,3 +165,40 @@ def test_bloom_has_no_false_negatives(members, probe):
     assert all(bloom.may_contain(p) for p in members)
     if probe in members:
         assert bloom.may_contain(probe)
+
+
+def test_blob_frame_claiming_far_more_than_the_header_is_refused_before_allocating():
+    """zstd allocates the frame's declared content size whatever max_output_size says: the header must win."""
+    import struct
+    import tracemalloc
+
+    import zstandard
+
+    # a valid frame header declaring 64 GiB, then one raw 3-byte last block; the MICB header says 3 bytes
+    frame = bytes([0x28, 0xB5, 0x2F, 0xFD, 0xC0, 0x58]) + struct.pack("<Q", 2**36) + bytes([0x19, 0, 0]) + b"abc"
+    with pytest.raises(FormatError):
+        decode_blob(struct.pack("<4sBI", b"MICB", 1, 3) + frame)
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * (128 << 20))  # ~4 KiB declaring 128 MiB
+    unsized = zstandard.ZstdCompressor(write_content_size=False).compress(b"\0" * (64 << 20))
+    tracemalloc.start()
+    try:
+        for body in (bomb, unsized):
+            with pytest.raises(FormatError):
+                decode_blob(struct.pack("<4sBI", b"MICB", 1, 10) + body)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < (4 << 20), f"allocated {peak >> 20} MiB for blobs whose header says 10 bytes"
+
+
+def test_blob_whose_frame_does_not_declare_its_size_still_decodes():
+    import os
+    import struct
+
+    import zstandard
+
+    data = os.urandom(3000) * 700  # 2.1 MB: several pieces of the bounded read
+    body = zstandard.ZstdCompressor(write_content_size=False).compress(data)
+    assert decode_blob(struct.pack("<4sBI", b"MICB", 1, len(data)) + body) == data
+    with pytest.raises(FormatError):
+        decode_blob(struct.pack("<4sBI", b"MICB", 1, len(data) - 1) + body)

@@ -44,7 +44,7 @@ def test_scan_rehashes_only_changed_files(tmp_path):
     first = scan(tmp_path, index)
     assert first.rehashed == 50 and set(first.changes) == {f"f{i}" for i in range(50)}
     for rel, e in list(index.entries.items()):  # make every file part of the base
-        index.entries[rel] = (*e[:5], e[3], e[4], e[0])
+        index.entries[rel] = (*e[:5], e[3], e[4], e[0], *e[8:])
     index.save()
     index = Index.load(tmp_path / ".mic" / "index")
     second = scan(tmp_path, index)
@@ -87,7 +87,7 @@ def _tracked_tree(tmp_path, n=40):
     index = Index(tmp_path / ".mic" / "index")
     scan(tmp_path, index)
     for rel, e in list(index.entries.items()):  # make every file part of the base
-        index.entries[rel] = (*e[:5], e[3], e[4], e[0])
+        index.entries[rel] = (*e[:5], e[3], e[4], e[0], *e[8:])
     index.save()
     return Index.load(tmp_path / ".mic" / "index")
 
@@ -116,7 +116,7 @@ def test_entries_written_directly_are_seen_by_the_next_scan(tmp_path):
     index = _tracked_tree(tmp_path)
     assert scan(tmp_path, index).changes == {}
     e = index.entries["d0/f0"]
-    index.entries["d0/f0"] = (*e[:5], b"\x01" * 32, e[6], e[7])  # the base moved on (as after a landing)
+    index.entries["d0/f0"] = (*e[:5], b"\x01" * 32, e[6], e[7], *e[8:])  # the base moved on (as after a landing)
     changed = scan(tmp_path, index)
     assert changed.rehashed == 0 and list(changed.changes) == ["d0/f0"]
     index.save()
@@ -216,3 +216,28 @@ def test_same_tick_rewrite_after_a_scan_is_seen_even_when_the_index_is_saved_lat
     result = scan(tmp_path, index)
     assert result.rehashed == 1
     assert result.changes["f"][1] == hash_path(f, 0)  # the new content's hash, not the first one's
+
+
+def test_a_rewrite_that_restores_size_and_mtime_is_seen(tmp_path):
+    """cp -p, rsync -t --inplace, tar x and touch -r restore mtime; ctime in the stat key still tells (as in git)."""
+    import shutil
+
+    import blake3
+
+    (tmp_path / ".mic").mkdir()
+    f = tmp_path / "config.txt"
+    f.write_text("port = 8080\n")
+    _age(f, 10)
+    index = Index(tmp_path / ".mic" / "index")
+    assert scan(tmp_path, index).changes["config.txt"][0] == "added"
+    index.save()
+    time.sleep(0.05)  # a later clock tick for the ctime of the rewrite
+    src = tmp_path / "other.txt"
+    src.write_text("port = 9090\n")
+    os.utime(src, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns))
+    ino = f.stat().st_ino
+    shutil.copy2(src, f)  # what `cp -p` does: same inode, same size, content rewritten, mtime restored
+    src.unlink()
+    assert f.stat().st_ino == ino and f.stat().st_mtime_ns == index.entries["config.txt"][1]
+    result = scan(tmp_path, Index.load(tmp_path / ".mic" / "index"))
+    assert result.changes["config.txt"][1] == blake3.blake3(b"port = 9090\n").digest()

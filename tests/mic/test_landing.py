@@ -123,3 +123,44 @@ async def test_file_and_directory_clash_is_a_conflict(project):
     with pytest.raises(Conflict) as info:
         await _land(project, {"d": b"now a file"}, base=1)
     assert info.value.paths == ("d",)
+
+
+async def test_recovery_records_what_landed_not_what_was_asked(project):
+    """A rerun after a crash finds its session already landed: the session lists that landing's changes, not the
+    rerun's (which may hold later work that did not land)."""
+    from mic.session import load_session
+
+    await _land(project, {"old": b"0", "gone": b"0"})
+    session = await start_session(project, "g", 1, 5)
+
+    async def run(files: dict[str, bytes | None]):
+        changes = {p: None if d is None else FileEntry(content_hash(d), len(d), 0) for p, d in files.items()}
+
+        async def write_blobs() -> int:
+            return sum([(await project.put_content(d))[1] for d in files.values() if d is not None])
+
+        kinds = {p: "deleted" if d is None else "added" for p, d in files.items()}
+        return await land(project, session, changes, kinds, write_blobs, hlc=lambda t: t + 1)
+
+    first = await run({"a": b"1", "old": b"1", "gone": None})  # lands; the process dies before it is recorded
+    second = await run({"a": b"1", "b": b"new work"})  # the rerun: same session, more work since
+    assert second.recovered and second.landing.paths == first.landing.paths == ("a", "gone", "old")
+    stored, _ = await load_session(project, session.id)
+    assert [(c.kind, c.path) for c in stored.changes] == [("added", "a"), ("deleted", "gone"), ("modified", "old")]
+
+
+async def test_a_lost_landing_record_below_the_tip_stops_the_land(project, store_url):  # noqa: F811
+    """A conflict check that skipped the lost record would let this land overwrite `a` without a conflict."""
+    from mic.errors import LostLanding
+
+    await _land(project, {"a": b"1"})
+    await _land(project, {"b": b"2"})
+    await project.store.delete(project.key(landing_key(1)))
+    url, endpoint = store_url
+    fresh = Project(open_store(url, s3_endpoint_url=endpoint), "p")  # no record cached in memory
+    try:
+        with pytest.raises(LostLanding, match="landing/1 is missing"):
+            await _land(fresh, {"a": b"overwrite"}, base=0)
+        assert await fresh.landing(3) is None
+    finally:
+        await fresh.store.close()

@@ -85,7 +85,7 @@ def make_workspace(root: Path, dirs: int = 4, per_dir: int = 5) -> dict:
     index = Index(root / ".mic" / "index")
     scan(root, index)
     for rel, e in list(index.entries.items()):
-        index.entries[rel] = (*e[:5], e[3], e[4], e[0])
+        index.entries[rel] = (*e[:5], e[3], e[4], e[0], *e[8:])
     index.save()
     return dict(index.entries)
 
@@ -157,7 +157,7 @@ OPERATIONS = {
         (r / "d0" / "sub" / "f1.txt").unlink(), _write(r / "d0" / "sub" / "f1.txt" / "inner", "x")),
     "directory becomes a symlink": lambda r: (shutil.rmtree(r / "d1"), os.symlink("d0", r / "d1")),
     "directory named .git is ignored": lambda r: _write(r / "d0" / ".git" / "HEAD", "ref"),
-    "file named .git is not": lambda r: _write(r / "d0" / ".git", "gitdir: elsewhere"),
+    "file named .git is ignored too": lambda r: _write(r / "d0" / ".git", "gitdir: elsewhere"),  # mic.paths
     "touch without change": lambda r: os.utime(r / "d0" / "sub" / "f3.txt"),
 }
 
@@ -169,7 +169,7 @@ def test_each_change_is_reported_as_a_full_scan_would(ws, op):
     expected = truth(root, base)
     assert status.fast() == expected
     assert status.fast() == expected  # and again, from the saved index and the new token
-    if op not in ("touch without change", "directory named .git is ignored"):
+    if op not in ("touch without change", "directory named .git is ignored", "file named .git is ignored too"):
         assert expected
 
 
@@ -198,7 +198,9 @@ def test_a_deletion_found_by_a_watched_scan_survives_the_save(ws):
     assert status.fast() == expected
 
 
-def test_a_version_4_index_is_read_and_rescanned_once(ws):
+@pytest.mark.parametrize("version", [4, 5])
+def test_an_older_index_is_read_and_rescanned_once(ws, version):
+    """Versions 4 and 5 (stat keys without ctime) are read: bases kept, every file re-hashed once."""
     import marshal
     import struct
 
@@ -206,15 +208,19 @@ def test_a_version_4_index_is_read_and_rescanned_once(ws):
     path = root / ".mic" / "index"
     raw = path.read_bytes()
     header = struct.Struct("<BxxxQQQ")
-    version, n_keys, n_meta, n_entries = header.unpack_from(raw, 4)
+    current, n_keys, n_meta, _n_entries = header.unpack_from(raw, 4)
     start = 4 + header.size
     delta, changes, token = marshal.loads(raw[start + n_keys : start + n_keys + n_meta])
-    assert version == 5 and token is not None
-    meta = marshal.dumps((delta, changes))  # version 4: no token
-    path.write_bytes(raw[:4] + header.pack(4, n_keys, len(meta), n_entries) + raw[start : start + n_keys] + meta
-                     + raw[start + n_keys + n_meta :])
+    assert current == 6 and token is not None
+    old_entries = marshal.dumps({rel: e[:8] for rel, e in base.items()})  # no ctime
+    old_keys = marshal.dumps({rel: (e[1], e[0], e[2], e[4]) for rel, e in base.items()})
+    meta = marshal.dumps((delta, changes) if version == 4 else (delta, changes, token))
+    path.write_bytes(raw[:4] + header.pack(version, len(old_keys), len(meta), len(old_entries)) + old_keys + meta
+                     + old_entries)
     old = Index.load(path)
-    assert old.token is None and old.entries == base
+    assert old.token is None and old.unsaved
+    assert {rel: e[:8] for rel, e in old.entries.items()} == {rel: e[:8] for rel, e in base.items()}
+    assert all(e[8] == -1 for e in old.entries.values())  # no stat matches: each file is re-hashed once
     _write(root / "d0" / "sub" / "f0.txt", "changed")
     full = status.full
     assert status() == truth(root, base) and status.full == full + 1
