@@ -158,3 +158,8 @@ class Kv(Protocol):
 
 class Store(Cas, Kv, Protocol):
     """What protocol modules receive: one CAS shared by all tools plus namespaced KV records."""
+
+    async def contains_locally(self, digest: Digest) -> bool:
+        """True if a local tier holds the blob; never asks a remote tier. For an upload deciding whether to
+        take the bytes: asking S3 there would repeat the client's own FindMissing."""
+        ...

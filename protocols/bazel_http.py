@@ -152,7 +152,7 @@ async def handle_put_cas(request: web.Request, store: Store) -> web.StreamRespon
     digest = parse_digest("sha256", hex_, size)
     if not encoded and request.content_length is not None and request.content_length != size:
         raise IntegrityError(f"{size} bytes", f"Content-Length {request.content_length}", what="upload size")
-    if await store.contains(digest):
+    if await store.contains_locally(digest):
         async for _ in request_body(request):  # drain, so the keep-alive connection stays usable
             pass
     else:

@@ -168,6 +168,13 @@ class TieredStore:
         """Tell whether some tier has the blob (S3 asked only on a local miss)."""
         return not await self.find_missing([digest], tool=tool)
 
+    async def contains_locally(self, digest: Digest) -> bool:
+        """Tell whether memory or disk holds the blob, never asking S3: what an upload checks before taking
+        the bytes (the client's FindMissing already asked S3, and its answer is not cached when negative)."""
+        if not await self.memory.find_missing([digest]):
+            return True
+        return self.disk is not None and not await self.disk.find_missing([digest])
+
     async def find_missing(self, digests: Iterable[Digest], *, tool: str = _DIRECT) -> list[Digest]:
         """Local tiers first; S3 (batched, bounded, existence-cached) only for what is missing locally."""
         missing = await self.memory.find_missing(digests)

@@ -29,6 +29,9 @@ class ToolView:
     async def contains(self, digest: Digest) -> bool:
         return await self._store.contains(digest, tool=self.tool)
 
+    async def contains_locally(self, digest: Digest) -> bool:
+        return await self._store.contains_locally(digest)
+
     async def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
         return await self._store.find_missing(digests, tool=self.tool)
 

@@ -77,7 +77,7 @@ class ByteStreamServicer(bs_grpc.ByteStreamServicer):
         if first is None:
             raise BadRequest("empty Write stream")
         name = parse_write_name(first.resource_name)
-        if await self._store.contains(name.digest):
+        if await self._store.contains_locally(name.digest):
             # Early return: the client stops sending; -1 marks a compressed upload (REAPI spec).
             return bs_pb2.WriteResponse(committed_size=-1 if name.compressor else name.digest.size)
         whole = first.finish_write and first.write_offset == 0 and self.uploads.get(name) is None

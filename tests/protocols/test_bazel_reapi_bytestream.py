@@ -13,9 +13,10 @@ from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
 from micd.tiers.tiered import TieredStore
 from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
+from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi.bytestream import MAX_READ_CHUNK
 from protocols.bazel_reapi.compression import PIECE, compress_bytes, decompress_bytes
-from tests.protocols.bazel_support import blob, new_store, reapi_server
+from tests.protocols.bazel_support import blob, new_store, pd, reapi_server
 
 CHUNK = 64 << 10
 
@@ -383,3 +384,43 @@ async def test_a_small_compressed_message_of_a_big_blob_streams_into_the_store()
         write = reapi.bytestream.Write(iter(requests(name, packed, chunk=len(packed))))
         await expect_code(write, grpc.StatusCode.INVALID_ARGUMENT)
         assert not await store.contains(wrong)
+
+
+class _CountingS3:
+    """A remote tier that holds nothing and counts the existence questions it is asked."""
+
+    state = "ok"
+
+    def __init__(self) -> None:
+        self.asked: list[Digest] = []
+
+    def known(self, digest: Digest) -> bool:
+        return False
+
+    async def find_missing(self, digests):
+        digests = list(digests)
+        self.asked += digests
+        return digests
+
+
+class _NoQueue:
+    depth = 0
+
+    async def submit(self, key: str) -> None:
+        pass
+
+
+async def test_an_upload_after_find_missing_asks_s3_once():
+    """Bazel's upload is FindMissingBlobs, then a Write per missing blob: the Write's early-return check
+    looks at the local tiers only, so each new blob costs one S3 existence request, not two."""
+    s3 = _CountingS3()
+    store = TieredStore(memory=MemoryTier(), s3=s3, queue=_NoQueue())
+    data, digest = blob(3000)
+    async with reapi_server(store) as reapi:
+        request = re_pb2.FindMissingBlobsRequest(blob_digests=[pd(digest)])
+        assert len((await reapi.cas.FindMissingBlobs(request)).missing_blob_digests) == 1
+        write = await reapi.bytestream.Write(iter(requests(upload_name(digest), data)))
+        assert write.committed_size == digest.size
+        again = await reapi.bytestream.Write(iter(requests(upload_name(digest, uuid="u-2"), data)))
+        assert again.committed_size == digest.size  # held locally now: early return, S3 not asked
+    assert s3.asked == [digest]
