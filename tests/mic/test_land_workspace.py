@@ -55,13 +55,19 @@ async def test_an_edit_of_a_landed_file_during_the_land_shows_in_status(project,
     assert result.changes["f.txt"][0] == "modified"
 
 
-async def test_a_file_edited_during_the_land_is_not_overwritten_by_the_sync(project, tmp_path, monkeypatch):
+async def _behind_on_g(project, tmp_path):
+    """Our workspace, with g.txt at "base\n" while another session has landed "their change\n" over it."""
     ours = await _checkout(project, tmp_path / "ours")
     (ours.root / "g.txt").write_text("base\n")
     await vcs.land_workspace(project, ours, "add g")
     theirs = await _checkout(project, tmp_path / "theirs")
     (theirs.root / "g.txt").write_text("their change\n")
     await vcs.land_workspace(project, theirs, "change g")
+    return ours
+
+
+async def test_a_file_edited_during_the_land_is_not_overwritten_by_the_sync(project, tmp_path, monkeypatch):
+    ours = await _behind_on_g(project, tmp_path)
 
     # we land an unrelated file; while landing, we edit g.txt, which the sync would bring to their version
     (ours.root / "f.txt").write_text("f\n")
@@ -76,12 +82,7 @@ async def test_a_file_edited_during_the_land_is_not_overwritten_by_the_sync(proj
 
 
 async def test_the_sync_still_updates_untouched_files(project, tmp_path):
-    ours = await _checkout(project, tmp_path / "ours")
-    (ours.root / "g.txt").write_text("base\n")
-    await vcs.land_workspace(project, ours, "add g")
-    theirs = await _checkout(project, tmp_path / "theirs")
-    (theirs.root / "g.txt").write_text("their change\n")
-    await vcs.land_workspace(project, theirs, "change g")
+    ours = await _behind_on_g(project, tmp_path)
 
     (ours.root / "f.txt").write_text("f\n")
     out = await vcs.land_workspace(project, ours, "add f")

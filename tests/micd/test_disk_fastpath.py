@@ -187,7 +187,13 @@ async def test_a_filesystem_without_unnamed_files_publishes_through_named_temp_f
         return real_open(path, flags, *args, **kw)
 
     monkeypatch.setattr(disk_files.os, "open", open_without_tmpfile)
-    pool = [blob(4096, seed=300 + i) for i in range(3)]
+    await _three_puts_land_and_leave_nothing(tier, monkeypatch, tries, seed=300)
+
+
+async def _three_puts_land_and_leave_nothing(tier, monkeypatch, tries: list, seed: int) -> None:
+    """With the unnamed-file path failing (patched by the caller): three small puts all land, the failing
+    path was tried once only, and no temp file is left."""
+    pool = [blob(4096, seed=seed + i) for i in range(3)]
     for data in pool:
         await tier.put_bytes(Digest.of(data), data)
     monkeypatch.undo()
@@ -209,13 +215,7 @@ async def test_a_failing_link_through_proc_publishes_through_named_temp_files(ma
         return -1
 
     monkeypatch.setattr(libc, "linkat", failing_linkat)
-    pool = [blob(4096, seed=310 + i) for i in range(3)]
-    for data in pool:
-        await tier.put_bytes(Digest.of(data), data)
-    monkeypatch.undo()
-    assert len(tries) == 1
-    assert [await tier.get_bytes(Digest.of(data)) for data in pool] == pool
-    assert temp_files(tier) == []
+    await _three_puts_land_and_leave_nothing(tier, monkeypatch, tries, seed=310)
 
 
 async def test_concurrent_small_puts_all_land_and_a_fresh_instance_reads_them(make_tier, tmp_path):
