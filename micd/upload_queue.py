@@ -199,13 +199,19 @@ class UploadQueue:
     async def submit(self, key: str) -> None:
         """Journal `key` and queue it. Never waits for the remote; a full queue leaves it to the journal."""
         name = hashlib.sha256(key.encode()).hexdigest()[:40]
-        if name in self._inflight:
-            self._again.add(name)
-            return
-        # Even when the key is queued here already, its entry must exist now: another daemon's worker may
-        # have taken it (and read the source) before this submit's write.
+        # The entry is written first, always: even when the key is queued or in flight here, a worker (ours,
+        # or another daemon's) may have taken the old entry and read the source before this submit, and
+        # until an upload reads the source after now, only the journal keeps this submit from being lost.
         data = encode_entry(key)
-        existed = await asyncio.to_thread(self._write_entry, name, data)
+        try:
+            existed = await asyncio.to_thread(self._write_entry, name, data)
+        except OSError:
+            if name in self._inflight:
+                self._again.add(name)  # not journaled (the caller hears why), but uploaded once more now
+            raise
+        if name in self._inflight:
+            self._again.add(name)  # the worker runs it once more, taking this entry first
+            return
         if name in self._keys:  # queued here (before, or concurrently while we were writing)
             return
         try:
@@ -292,6 +298,9 @@ class UploadQueue:
                 await self._handle(key)
                 if name not in self._again:
                     break
+                # Resubmitted meanwhile: take its fresh entry too (it replaces ours), then upload again.
+                retaken = await self._journal_step(f"take {key}", self._take, name)
+                taken = taken or retaken
             if taken:
                 await self._journal_step(f"remove {key}", _unlink, self.journal_dir / f"{name}.inflight")
         except asyncio.CancelledError:

@@ -375,8 +375,8 @@ async def test_journal_unlink_error_keeps_the_worker(tmp_path, monkeypatch, capl
 
 
 async def test_rejournal_error_still_uploads_the_resubmit(tmp_path):
-    """A resubmit that lands while the finished upload's entry is being removed is journaled again; a full
-    disk (ENOSPC) there is logged, the item is still uploaded once more, and the worker lives on."""
+    """A resubmit while the item's upload runs, whose journal write fails (ENOSPC): the caller hears of it,
+    the running worker still uploads the item once more, and lives on."""
     queue = UploadQueue(tmp_path / "q", workers=1)
     calls: list[str] = []
     resubmits: list[asyncio.Task] = []
@@ -399,8 +399,10 @@ async def test_rejournal_error_still_uploads_the_resubmit(tmp_path):
     await queue.start(handler)
     await queue.submit("kv/ns/k")
     assert await queue.drain(5)
-    await asyncio.gather(*resubmits)
-    assert calls == ["kv/ns/k", "kv/ns/k"] and len(writes) == 2
+    (failed,) = await asyncio.gather(*resubmits, return_exceptions=True)
+    assert isinstance(failed, OSError) and failed.errno == errno.ENOSPC
+    assert calls == ["kv/ns/k", "kv/ns/k"]
+    assert len(writes) == 3  # the first submit, the failed resubmit, and the worker journaling it after all
     await queue.submit("cas/next")
     assert await queue.drain(5)
     assert calls[-1] == "cas/next"
@@ -503,3 +505,54 @@ async def test_bad_entry_set_aside_by_another_daemon_first(tmp_path, monkeypatch
     assert handler.done == ["cas/good"]
     assert os.listdir(journal) == ["0" * 40 + ".bad"]
     await queue.close()
+
+
+async def test_resubmit_while_waiting_for_another_daemons_lock_stays_journaled(tmp_path):
+    """Daemon B took the entry and read v1; A's worker waits for B's lock when A stores v2 and resubmits.
+    If A then stops before uploading, v2 must still be journaled (a resubmit in flight is written first)."""
+    journal = tmp_path / "q"
+    local = {"kv/ns/k": "v1", "kv/ns/other": "x"}  # the shared disk
+    remote: dict[str, str] = {}
+    b_read, b_go, a_busy_go = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def handler_a(key):
+        if key == "kv/ns/other":
+            await a_busy_go.wait()  # A's only worker is busy (slow S3)
+        remote[key] = local[key]
+
+    async def handler_b(key):
+        value = local[key]
+        b_read.set()
+        await b_go.wait()
+        remote[key] = value
+
+    a = UploadQueue(journal, workers=1, base_delay=0.01, max_delay=0.05)
+    b = UploadQueue(journal, workers=1, base_delay=0.01, max_delay=0.05)
+    await a.start(handler_a)
+    await b.start(handler_b)
+    await a.submit("kv/ns/other")
+    await a.submit("kv/ns/k")  # journaled, queued in A behind "other"
+    await b.submit("kv/ns/k")  # B's worker locks the key, takes the entry, reads v1
+    await b_read.wait()
+    a_busy_go.set()  # A's worker now picks "k" up and waits for B's lock
+    name = entry_name("kv/ns/k")
+    for _ in range(200):
+        if name in a._inflight:
+            break
+        await asyncio.sleep(0.01)
+    local["kv/ns/k"] = "v2"  # A stores a newer record ...
+    await a.submit("kv/ns/k")  # ... and acknowledges it
+    await a.drain(0.2)  # S3 is slow: A's shutdown drain times out
+    await a.close()
+    b_go.set()
+    assert await b.drain(5)
+    await b.close()
+    c = UploadQueue(journal, workers=1)  # the next daemon replays the journal
+
+    async def handler_c(key):
+        remote[key] = local[key]
+
+    await c.start(handler_c)
+    assert await c.drain(5)
+    await c.close()
+    assert remote["kv/ns/k"] == "v2"
