@@ -4,6 +4,7 @@ a live writer's temp files survive another daemon's start, and a SIGKILLed write
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import os
 import signal
@@ -359,3 +360,26 @@ async def test_an_evictor_killed_after_taking_a_victim_leaves_a_miss_and_nothing
     assert await tier.get(digest) is None and tier.corruptions == 0
     await tier.put_bytes(digest, data)
     assert await tier.get_bytes(digest) == data
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+def test_a_file_that_cannot_be_linked_back_is_renamed_back(tmp_path, monkeypatch, code):
+    """The file at the name was not the judged one (another daemon published the blob again): when linking
+    it back fails (no space for the new link, an I/O error), it is renamed back, never deleted."""
+    area = tmp_path / "tmp" / "area"
+    area.mkdir(parents=True)
+    blob_path = tmp_path / "cas" / "ab" / "blob"
+    blob_path.parent.mkdir(parents=True)
+    blob_path.write_bytes(b"judged copy")
+    judged = disk_files.Sig.of(os.stat(blob_path))
+    blob_path.unlink()
+    blob_path.write_bytes(b"newer copy")  # another daemon's, just acknowledged
+
+    def failing_link(src, dst, *args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(disk_files.os, "link", failing_link)
+    same, _ = disk_files.unlink_if_same(blob_path, area, judged)
+    assert not same
+    assert blob_path.read_bytes() == b"newer copy"
+    assert list(area.iterdir()) == []

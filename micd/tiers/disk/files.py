@@ -301,13 +301,31 @@ def unlink_if_same(
         return None
     try:
         st = os.stat(taken)
-        same = Sig.of(st) == sig and (atime_ns is None or st.st_atime_ns <= atime_ns)
-        if not same:
-            with contextlib.suppress(FileExistsError):
-                os.link(taken, path)
-    finally:
+    except BaseException:
+        _give_back(taken, path)
+        raise
+    same = Sig.of(st) == sig and (atime_ns is None or st.st_atime_ns <= atime_ns)
+    if same:
         os.unlink(taken)
-    return same, st
+        return True, st
+    try:
+        os.link(taken, path)
+    except FileExistsError:
+        pass  # a newer copy is there already: nothing is lost
+    except OSError:
+        _give_back(taken, path)  # e.g. ENOSPC for the new link: a rename needs no new space
+        return False, st
+    os.unlink(taken)
+    return False, st
+
+
+def _give_back(taken: str, path: Path | str) -> None:
+    """Put a file taken by `unlink_if_same` back at its name; if even that fails, keep it where it is and
+    say so (the next cleaning of temp areas removes it: then the blob is a miss)."""
+    try:
+        os.rename(taken, path)
+    except OSError as exc:
+        log.error("could not put %s back at %s (%s); that blob will be a miss", taken, path, exc)
 
 
 def read_small(path: Path, digest: Digest) -> tuple[os.stat_result, bytes, bool] | None:
