@@ -217,8 +217,8 @@ class UploadQueue:
         try:
             self._queue.put_nowait(name)
         except asyncio.QueueFull:
-            if existed:
-                return  # already pending, held by the journal: a refill or another daemon will handle it
+            # Journal-only now. Counted even when the entry existed: it may be a daemon's that died, counted
+            # by nobody; counting it twice only lasts until the next refill recounts the journal.
             self._overflow += 1
             if self._scan_overflowed is not None:
                 self._scan_overflowed.add(name)

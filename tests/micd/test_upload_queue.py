@@ -556,3 +556,27 @@ async def test_resubmit_while_waiting_for_another_daemons_lock_stays_journaled(t
     assert await c.drain(5)
     await c.close()
     assert remote["kv/ns/k"] == "v2"
+
+
+async def test_an_entry_left_by_a_dead_daemon_is_uploaded_when_resubmitted_into_a_full_queue(tmp_path):
+    """The key's entry exists (journaled by another daemon that then died) and this daemon's queue is full
+    when the key is submitted: it must still be uploaded once there is room, not wait for a restart."""
+    journal = tmp_path / "q"
+    release = asyncio.Event()
+    done: list[str] = []
+
+    async def handler(key):
+        await release.wait()
+        done.append(key)
+
+    queue = UploadQueue(journal, workers=1, maxsize=2)
+    await queue.start(handler)
+    for key in ("cas/a", "cas/b", "cas/c"):  # one in flight, two queued: full, nothing journal-only
+        await queue.submit(key)
+        await asyncio.sleep(0)
+    (journal / entry_name("cas/left")).write_bytes(encode_entry("cas/left"))  # the dead daemon's entry
+    await queue.submit("cas/left")
+    release.set()
+    assert await queue.drain(10)
+    assert sorted(done) == ["cas/a", "cas/b", "cas/c", "cas/left"]
+    await queue.close()
