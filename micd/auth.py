@@ -119,11 +119,10 @@ async def _noop(request: object, context: grpc.aio.ServicerContext) -> None:  # 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
     """grpc.aio interceptor: UNAUTHENTICATED unless the `authorization` metadata carries the session token."""
 
-    def __init__(self, token: str, on_call: Callable[[], None] | None = None) -> None:
+    def __init__(self, token: str) -> None:
         if not token:
             raise ValueError("TokenInterceptor needs a non-empty token")
         self._token = token
-        self._on_call = on_call
 
     async def intercept_service(
         self,
@@ -138,8 +137,6 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
                 header = value.decode("latin-1") if isinstance(value, bytes) else value
                 break
         if token_matches(header, self._token):
-            if self._on_call is not None:  # only callers with the token keep the daemon from idling out
-                self._on_call()
             return handler
         # Unknown methods are denied too, so an unauthenticated caller cannot probe which services exist.
         return _deny_handler(handler or grpc.unary_unary_rpc_method_handler(_noop))

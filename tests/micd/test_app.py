@@ -159,7 +159,9 @@ async def test_activity_counts_requests_in_flight(aiohttp_client, config):
 
 
 async def test_grpc_server_checks_token_and_allows_large_messages(config):
-    server = create_grpc_server(_Store(), config, token=TOKEN, activity=Activity())
+    activity = Activity()
+    quiet_since = activity.last
+    server = create_grpc_server(_Store(), config, token=TOKEN, activity=activity)
 
     async def echo(request: bytes, context) -> bytes:
         return request
@@ -180,6 +182,7 @@ async def test_grpc_server_checks_token_and_allows_large_messages(config):
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await call(b"x")
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert activity.last == quiet_since  # a call without the token is not activity
             big = b"\x5a" * (20 << 20)  # Bazel batches are ≤ 4 MiB, but others send more; we allow ≥ 16 MiB
             assert await call(big, metadata=(("authorization", f"Bearer {TOKEN}"),)) == big
     finally:
