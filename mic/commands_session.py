@@ -56,13 +56,17 @@ def _active(ws: Workspace) -> str:
 
 
 async def _update_active(env: Env, change: Callable[[Session, int], Session]) -> Session:
-    """Apply `change(session, stamp)` to the active session (stamp: a fresh clock tick); save the workspace."""
+    """Apply `change(session, stamp)` to the active session (stamp: a fresh clock tick); save the clock.
+
+    Under the workspace lock, with the state as it is then: a note during a `mic land` waits for it (and then
+    finds no active session) instead of writing back the pre-land base and session."""
     from mic.session import update_session
 
     ws = env.workspace()
-    stamp = ws.clock.tick()
-    session = await update_session(env.project(), _active(ws), lambda s: change(s, stamp))
-    ws.save()
+    with ws.locked():
+        stamp = ws.clock.tick()
+        session = await update_session(env.project(ws.state.project), _active(ws), lambda s: change(s, stamp))
+        ws.save_state()  # only the clock moved
     return session
 
 
@@ -81,11 +85,12 @@ async def start(env: Env, goal: str) -> None:
     from mic.session import start_session
 
     ws = env.workspace()
-    if ws.state.session:
-        raise WorkspaceError(f"session {ws.state.session} is already active: land or abandon it first")
-    session = await start_session(env.project(), goal, ws.state.base, ws.clock.tick())
-    ws.state.session = session.id
-    ws.save()
+    with ws.locked():
+        if ws.state.session:
+            raise WorkspaceError(f"session {ws.state.session} is already active: land or abandon it first")
+        session = await start_session(env.project(ws.state.project), goal, ws.state.base, ws.clock.tick())
+        ws.state.session = session.id
+        ws.save_state()
     emit(env, session_json(session), f"started session {session.id}: {goal}")
 
 
@@ -158,9 +163,10 @@ async def abandon(env: Env) -> None:
             raise WorkspaceError(f"session {s.id} is already {s.status}")
         return s.with_(status="abandoned")
 
-    session = await update_session(env.project(), _active(ws), mark)
-    ws.state.session = None
-    ws.save()
+    with ws.locked():
+        session = await update_session(env.project(ws.state.project), _active(ws), mark)
+        ws.state.session = None
+        ws.save_state()
     emit(env, session_json(session), f"abandoned session {session.id}")
 
 

@@ -101,13 +101,39 @@ async def checkout_cmd(env: Env, project_name: str, directory: Path | None, at: 
 
     project = project_name
     root = (directory or Path(validate_project_name(project))).resolve()
+    skipped: list[str] = []
     ws = await checkout(
         Project(env.store, project), root, store_url=env.config.store_url,
-        s3_endpoint_url=env.config.s3_endpoint_url, position=resolve_position(at),
+        s3_endpoint_url=env.config.s3_endpoint_url, position=resolve_position(at), skipped=skipped,
     )
     files = len(ws.index.entries)
-    emit(env, {"project": project, "workspace": str(root), "position": ws.state.base, "files": files},
+    emit(env, {"project": project, "workspace": str(root), "position": ws.state.base, "files": files,
+               "skipped": skipped},
          f"checked out {project} @{ws.state.base} ({files} files) into {root}")
+    _warn_skipped(env, skipped)
+
+
+def _warn_skipped(env: Env, skipped: list[str] | tuple[str, ...]) -> None:
+    """Warn (stderr) about paths in history that mic no longer tracks and did not write (see `mic.vcs.sync_to`)."""
+    if skipped:
+        shown = ", ".join(skipped[:20]) + (" …" if len(skipped) > 20 else "")
+        click.echo(f"warning: {len(skipped)} path(s) in the project's history have a .git component (or are "
+                   f"otherwise not trackable) and were not written: {shown}", err=True)
+
+
+def _restore_index(env: Env, ws: Workspace) -> None:
+    """Rebuild a lost or damaged index from the base tree (needs the store; rare, so asyncio is loaded only here)."""
+    import asyncio
+
+    from mic.vcs import restore_index_base
+
+    async def run() -> None:
+        try:
+            await restore_index_base(env.project(ws.state.project), ws)
+        finally:
+            await env.close()
+
+    asyncio.run(run())
 
 
 @click.command("status")
@@ -117,9 +143,16 @@ def status_cmd(env: Env) -> None:
     from mic.watch.client import WatchSettings, scan_workspace
 
     ws = env.workspace()
-    result = scan_workspace(ws.root, ws.index, WatchSettings.from_config(env.config))
-    if result.rehashed or ws.index.unsaved:
-        ws.index.save()
+    settings = WatchSettings.from_config(env.config)
+    with ws.locked():  # a land meanwhile is waited for: its new base and index, not a half-written mix
+        for _ in range(2):  # a second round when the scan itself found the stored entries damaged
+            if ws.index.lost and ws.state.base > 0:  # position 0 is the empty tree: nothing to restore
+                _restore_index(env, ws)
+            result = scan_workspace(ws.root, ws.index, settings)
+            if not ws.index.lost:
+                break
+        if result.rehashed or ws.index.unsaved:
+            ws.index.save()
     changes = [{"path": p, "kind": c[0]} for p, c in sorted(result.changes.items())]
     data = {"project": ws.state.project, "base": ws.state.base, "session": ws.state.session, "changes": changes}
 
@@ -157,14 +190,17 @@ async def land_cmd(env: Env, goal: str | None) -> None:
         "position": rec.position, "session": rec.session, "goal": rec.goal, "paths": list(rec.paths),
         "objects_written": out.result.objects_written, "attempts": out.result.attempts,
         "synced_from_others": out.synced, "recovered": out.result.recovered, "kept_local_edits": list(out.kept),
+        "skipped": list(out.skipped),
     }
     emit(env, data, f"landed session {rec.session} at @{rec.position}: {len(rec.paths)} path(s), "
                     f"{out.result.objects_written} object(s) written"
                     + (f", {out.synced} path(s) updated from other sessions" if out.synced else ""))
+    if not env.as_json:
+        _warn_skipped(env, out.skipped)
     if out.kept and not env.as_json:
         click.echo(
-            f"warning: {len(out.kept)} file(s) that other sessions changed were edited here while landing and were "
-            f"NOT updated (your version is kept): {', '.join(out.kept)}\n"
+            f"warning: {len(out.kept)} file(s) that landed (from other sessions, or from this session's interrupted "
+            f"land) differ here and were NOT updated (your version is kept): {', '.join(out.kept)}\n"
             f"  they now show as modified against @{rec.position}; see the landed version with `mic cat <path>` "
             "and merge it by hand before landing them, or landing them undoes the other session's change",
             err=True,

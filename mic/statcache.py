@@ -169,6 +169,9 @@ class Index:
         self._keys_lazy = False  # `_keys` is still to be decoded from `_keys_blob` (plus `_delta`)
         self._changes: dict[str, Change] = {}
         self.outdated = False  # loaded from an older format: worth saving even when no file changed
+        # loaded from nothing (no file, or a damaged one): it no longer knows the base, which only the base tree
+        # can restore (`mic.vcs.restore_index_base`); the caller clears this once it has
+        self.lost = False
         self.token: Token | None = None
         self.saved_token: Token | None = None  # the token on disk
 
@@ -183,7 +186,7 @@ class Index:
                     loaded = None
                 if not isinstance(loaded, dict):  # damaged: start over (a full save, everything re-hashed)
                     self._keys, self._changes, self._entries_blob, loaded = None, {}, None, {}
-                    self._keys_lazy, self.token = False, None
+                    self._keys_lazy, self.token, self.lost = False, None, True
                 for rel in self._delta:
                     loaded.pop(rel, None)
                 loaded.update(self._pending_delta)
@@ -256,6 +259,13 @@ class Index:
 
     @classmethod
     def load(cls, path: Path) -> Index:
+        index = cls._load(path)
+        if index._entries is None and index._entries_blob is None:  # nothing was read: see `lost`
+            index.lost = True
+        return index
+
+    @classmethod
+    def _load(cls, path: Path) -> Index:
         try:
             raw = path.read_bytes()
             if raw[:4] == _MAGIC:  # header, key blob, (delta, changes[, token]), entry blob: no copies made
@@ -287,7 +297,7 @@ class Index:
         except FileNotFoundError:
             return cls(path)
         except (EOFError, ValueError, TypeError, struct.error):
-            return cls(path)  # a damaged cache only costs re-hashing; the base is rebuilt by `mic status`
+            return cls(path)  # damaged: `lost`, the caller rebuilds the base from the base tree
 
     @classmethod
     def _upgraded(cls, old: Index) -> Index:
@@ -339,7 +349,7 @@ class Index:
     def _write(self, delta: dict[str, Entry | None], changes: dict[str, Change]) -> None:
         assert self._keys_blob is not None and self._entries_blob is not None
         meta = marshal.dumps((delta, changes, self.token))
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")  # concurrent writers never share one
         with tmp.open("wb") as fh:
             fh.write(_MAGIC + _HEADER.pack(_VERSION, len(self._keys_blob), len(meta), len(self._entries_blob)))
             for part in (self._keys_blob, meta, self._entries_blob):

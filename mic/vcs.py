@@ -17,6 +17,7 @@ from mic.formats.btree_node import FileEntry
 from mic.formats.session import Session
 from mic.landing import LandResult, land, roll_forward
 from mic.objects import Project, content_hash
+from mic.paths import path_problem
 from mic.session import load_session, start_session
 from mic.statcache import ScanResult, file_mode, hash_path, scan, stat_key, stat_key_of
 from mic.tree import EMPTY_ROOT, Tree
@@ -24,7 +25,8 @@ from mic.watch.client import WatchSettings, scan_workspace
 from mic.workspace import Workspace, WorkspaceState
 
 __all__ = [
-    "LandOutcome", "Synced", "checkout", "land_workspace", "resolve_position", "status", "sync_to", "tree_at",
+    "LandOutcome", "Synced", "checkout", "land_workspace", "resolve_position", "restore_index_base", "status",
+    "sync_to", "tree_at",
 ]
 
 _PARALLEL = 16
@@ -55,10 +57,12 @@ def resolve_position(text: str | None) -> int | None:
 
 @dataclass(frozen=True)
 class Synced:
-    """What `sync_to` did: paths written or removed, and paths left alone because they had local edits."""
+    """What `sync_to` did: paths written or removed, paths left alone because they had local edits, and paths
+    skipped because mic no longer tracks them (`mic.paths`)."""
 
     updated: int
     kept: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
 
 
 def _disk_matches(ws: Workspace, rel: str, expected: FileEntry | None) -> bool:
@@ -84,44 +88,98 @@ def _disk_matches(ws: Workspace, rel: str, expected: FileEntry | None) -> bool:
         return False
 
 
+def _remove_if_unchanged(ws: Workspace, rel: str, old: FileEntry | None) -> bool:
+    """Remove `rel` (and the directories it leaves empty) if it still holds `old`; whether it did.
+
+    Check and removal are one call in one thread, so an edit can slip in only in between (microseconds)."""
+    if not _disk_matches(ws, rel, old):
+        return False
+    ws.remove_file(rel)
+    return True
+
+
+def _write_if_unchanged(ws: Workspace, rel: str, old: FileEntry | None, new: FileEntry, data: bytes) -> Path | None:
+    """Write `data` (content of `new`) at `rel` if the disk still holds `old`; the path written, or None if not.
+
+    Checked here, after the content was fetched and just before the write: an edit made while the fetch ran
+    (seconds on S3) is seen and kept. An empty directory where the base has no file (left by the tracked files
+    this sync removed) counts as nothing there; a non-empty one, or a parent that is a file, is kept."""
+    full = ws.file(rel)
+    if old is None:
+        try:
+            os.rmdir(full)  # fails unless it is an empty directory
+        except OSError:
+            pass
+    if not _disk_matches(ws, rel, old):
+        return None
+    try:
+        return ws.write_file(rel, data, new.mode)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, WorkspaceError):
+        return None  # a parent is a file (kept as a local edit), or a directory is in the way
+
+
 async def sync_to(
     project: Project, ws: Workspace, target_tree: bytes, skip: frozenset[str] = frozenset()
 ) -> Synced:
     """Make the workspace files match `target_tree` for every path that differs from the base (except `skip`).
 
-    A file is replaced or removed only while it still holds its base version. One edited since the last scan
-    (say, during a `mic land`), or an untracked file in the way, is never overwritten: it is kept as it is, the
-    index records the target version as its base (so `mic status` shows it changed against what landed), and
-    its path is returned in `kept` for the caller to report."""
+    A file is replaced or removed only while it still holds its base version, checked right before the write
+    (after the content was fetched). One edited since the last scan (say, during a `mic land`), or an untracked
+    file in the way, is never overwritten: it is kept as it is, the index records the target version as its base
+    (so `mic status` shows it changed against what landed), and its path is returned in `kept` for the caller to
+    report.
+
+    All removals run before any write: a directory replaced by a file (`d/x` → `d`) must be gone, and a file
+    replaced by a directory (`d` → `d/x`) removed, before the new path can be written. A path mic no longer
+    tracks (a `.git` component, allowed by older versions) is left alone and returned in `skipped`: one such
+    path in history must not make every checkout fail."""
     tree = Tree(project)
-    diffs = [d async for d in tree.diff(ws.base_tree, target_tree) if d[0] not in skip]
+    diffs: list[tuple[str, FileEntry | None, FileEntry | None]] = []
+    skipped: list[str] = []
+    async for d in tree.diff(ws.base_tree, target_tree):
+        if d[0] in skip:
+            continue
+        if path_problem(d[0]) is not None:
+            skipped.append(d[0])
+            continue
+        diffs.append(d)
     ws.index.entries  # noqa: B018  (decode the index here, not lazily and concurrently in the worker threads)
     sem = asyncio.Semaphore(_PARALLEL)
     kept: list[str] = []
 
-    async def one(path: str, old: FileEntry | None, new: FileEntry | None) -> None:
-        if not await asyncio.to_thread(_disk_matches, ws, path, old):
-            if not await asyncio.to_thread(_disk_matches, ws, path, new):
-                kept.append(path)  # a local edit: keep it (when it already is the target, nothing is lost)
-            ws.index.set_base_unverified(path, None if new is None else (new.hash, new.mode, new.size))
-            return
-        if new is None:
-            await asyncio.to_thread(ws.remove_file, path)
-            ws.index.entries.pop(path, None)
-            return
-        async with sem:
-            data = await project.read_content(new.hash)
-        full = await asyncio.to_thread(ws.write_file, path, data, new.mode)
-        ws.index.set_base(path, full, new.hash, new.mode, new.size)
+    async def settle(path: str, new: FileEntry | None) -> None:
+        """The disk did not hold the base version: leave it, and record the target as the base."""
+        if not await asyncio.to_thread(_disk_matches, ws, path, new):
+            kept.append(path)  # a local edit: keep it (when it already is the target, nothing is lost)
+        ws.index.set_base_unverified(path, None if new is None else (new.hash, new.mode, new.size))
 
-    await asyncio.gather(*(one(path, old, new) for path, old, new in diffs))
-    return Synced(len(diffs) - len(kept), tuple(sorted(kept)))
+    async def remove(path: str, old: FileEntry | None) -> None:
+        if await asyncio.to_thread(_remove_if_unchanged, ws, path, old):
+            ws.index.entries.pop(path, None)
+        else:
+            await settle(path, None)
+
+    async def write(path: str, old: FileEntry | None, new: FileEntry) -> None:
+        async with sem:  # held through the write: at most _PARALLEL contents in memory
+            data = await project.read_content(new.hash)
+            full = await asyncio.to_thread(_write_if_unchanged, ws, path, old, new, data)
+        if full is None:
+            await settle(path, new)
+        else:
+            ws.index.set_base(path, full, new.hash, new.mode, new.size)
+
+    await asyncio.gather(*(remove(path, old) for path, old, new in diffs if new is None))
+    await asyncio.gather(*(write(path, old, new) for path, old, new in diffs if new is not None))
+    return Synced(len(diffs) - len(kept), tuple(sorted(kept)), tuple(sorted(skipped)))
 
 
 async def checkout(
-    project: Project, root: Path, *, store_url: str, s3_endpoint_url: str | None, position: int | None = None
+    project: Project, root: Path, *, store_url: str, s3_endpoint_url: str | None, position: int | None = None,
+    skipped: list[str] | None = None,
 ) -> Workspace:
-    """Create a workspace at `root` holding the project at `position` (default: the tip)."""
+    """Create a workspace at `root` holding the project at `position` (default: the tip).
+
+    Paths of that tree mic no longer tracks (see `sync_to`) are not written; they are appended to `skipped`."""
     pos, tree_hash = await tree_at(project, position)
     head, _ = await project.read_head()
     if root.exists() and any(p.name != ".mic" for p in root.iterdir()):
@@ -130,21 +188,56 @@ async def checkout(
         root, WorkspaceState(project.name, 0, EMPTY_ROOT.hex()), store_url=store_url, s3_endpoint_url=s3_endpoint_url
     )
     ws.clock.observe(head.hlc)
-    await sync_to(project, ws, tree_hash)
-    ws.state.base, ws.state.base_tree = pos, tree_hash.hex()
-    await asyncio.to_thread(ws.save)
+    with ws.locked():
+        synced = await sync_to(project, ws, tree_hash)
+        ws.state.base, ws.state.base_tree = pos, tree_hash.hex()
+        await asyncio.to_thread(ws.save)
+    if skipped is not None:
+        skipped.extend(synced.skipped)
     return ws
 
 
-async def status(ws: Workspace, *, save: bool = True, watch: WatchSettings | None = None) -> ScanResult:
-    """Scan the workspace against its base, using and refreshing the stat cache (saved unless `save` is False);
-    through the workspace's file watcher unless `watch` is None or disabled."""
-    if watch is None:
-        result = await asyncio.to_thread(scan, ws.root, ws.index)
-    else:
-        result = await asyncio.to_thread(scan_workspace, ws.root, ws.index, watch)
-    if (result.rehashed or ws.index.unsaved) and save:
-        await asyncio.to_thread(ws.index.save)
+async def restore_index_base(project: Project, ws: Workspace) -> None:
+    """Re-seed a lost or damaged index (`Index.lost`) with the base tree's entries, their stat unknown.
+
+    The index is the only local record of what the base holds: without this, a base file deleted from disk is
+    not reported (nothing says it was there) and every other one shows as "added". Seeded entries never match a
+    stat, so the next scan re-hashes each file against its base."""
+    if ws.index.lost and ws.base_tree != EMPTY_ROOT:
+        entries = ws.index.entries
+        async for path, entry in Tree(project).items(ws.base_tree):
+            e = entries.get(path)
+            if e is None or e[5] is None:
+                entries[path] = (-1, -1, -1, b"", 0, entry.hash, entry.mode, entry.size, -1)
+    ws.index.lost = False
+
+
+async def status(
+    ws: Workspace, *, save: bool = True, watch: WatchSettings | None = None, project: Project | None = None
+) -> ScanResult:
+    """Scan the workspace against its base, using and refreshing the stat cache (saved, under the workspace
+    lock, unless `save` is False); through the workspace's file watcher unless `watch` is None or disabled.
+
+    Given `project`, a lost or damaged index is first rebuilt from the base tree (`restore_index_base`)."""
+    if not save:
+        return await _scan(ws, watch, project)
+    with ws.locked():
+        result = await _scan(ws, watch, project)
+        if result.rehashed or ws.index.unsaved:
+            await asyncio.to_thread(ws.index.save)
+    return result
+
+
+async def _scan(ws: Workspace, watch: WatchSettings | None, project: Project | None) -> ScanResult:
+    for _ in range(2):  # a second round when the scan itself found the stored entries damaged
+        if project is not None and ws.index.lost:
+            await restore_index_base(project, ws)
+        if watch is None:
+            result = await asyncio.to_thread(scan, ws.root, ws.index)
+        else:
+            result = await asyncio.to_thread(scan_workspace, ws.root, ws.index, watch)
+        if project is None or not ws.index.lost:
+            break
     return result
 
 
@@ -154,7 +247,8 @@ class LandOutcome:
     session: Session
     synced: int
     changes: dict[str, str]
-    kept: tuple[str, ...] = ()  # files other sessions changed, edited here during the land: left as they are
+    kept: tuple[str, ...] = ()  # files that landed, edited here during the land: left as they are
+    skipped: tuple[str, ...] = ()  # paths that landed which mic no longer tracks (`Synced.skipped`): not written
 
 
 async def _session_for_land(project: Project, ws: Workspace, goal: str | None) -> Session:
@@ -175,8 +269,18 @@ async def land_workspace(
     project: Project, ws: Workspace, goal: str | None, *, kill_at: str | None = None,
     watch: WatchSettings | None = None,
 ) -> LandOutcome:
-    """Land every change in the workspace as its active session (or a new one with `goal`)."""
-    scanned = await status(ws, save=False, watch=watch)  # the index is saved once, with the landing's new base
+    """Land every change in the workspace as its active session (or a new one with `goal`).
+
+    Runs under the workspace lock, from the scan to the saved new base: a `mic session note` meanwhile waits
+    instead of writing back the state it read before the land."""
+    with ws.locked():
+        return await _land_locked(project, ws, goal, kill_at=kill_at, watch=watch)
+
+
+async def _land_locked(
+    project: Project, ws: Workspace, goal: str | None, *, kill_at: str | None, watch: WatchSettings | None
+) -> LandOutcome:
+    scanned = await status(ws, save=False, watch=watch, project=project)  # saved once, with the new base
     if not scanned.changes:
         if scanned.rehashed:
             await asyncio.to_thread(ws.index.save)
@@ -205,19 +309,40 @@ async def land_workspace(
     result = await land(
         project, session, changes, kinds, write_blobs, hlc=stamp, goal=goal, kill_at=kill_at
     )
-    landed_tree = Tree(project)
-    for path, entry in changes.items():
-        if result.recovered:  # an earlier run landed; the files may have moved on since: re-check them
-            now = await landed_tree.lookup(result.landing.tree, path)
-            ws.index.set_base_unverified(path, None if now is None else (now.hash, now.mode, now.size))
-        elif entry is None:
-            ws.index.entries.pop(path, None)
-        else:
-            ws.index.set_landed(path, entry.hash, entry.mode, entry.size)
-    synced = await sync_to(project, ws, result.previous_tree, skip=frozenset(changes))
+    reverted: list[str] = []
+    if result.recovered:
+        skip = await _recovered_bases(project, ws, result, changes, reverted)
+    else:
+        for path, entry in changes.items():
+            if entry is None:
+                ws.index.entries.pop(path, None)
+            else:
+                ws.index.set_landed(path, entry.hash, entry.mode, entry.size)
+        skip = frozenset(changes)
+    synced = await sync_to(project, ws, result.previous_tree, skip=skip)
     ws.state.base, ws.state.base_tree, ws.state.session = result.landing.position, result.landing.tree.hex(), None
     await asyncio.to_thread(ws.save)
-    return LandOutcome(result, session, synced.updated, kinds, synced.kept)
+    kept = tuple(sorted({*synced.kept, *reverted}))
+    return LandOutcome(result, session, synced.updated, kinds, kept, synced.skipped)
+
+
+async def _recovered_bases(
+    project: Project, ws: Workspace, result: LandResult, changes: dict[str, FileEntry | None], reverted: list[str]
+) -> frozenset[str]:
+    """After crash recovery (an earlier run of this session landed `result.landing`): make what landed the base
+    of the landing's paths, unverified, and return them as the paths the sync must not touch.
+
+    The files may have moved on since that run. One the scan no longer reports as changed was put back to its old
+    base by the user after the crash: it is kept as it is, like any local edit, and appended to `reverted` for
+    the caller to report; the sync must not overwrite it with the version that landed."""
+    landed_tree = Tree(project)
+    own = frozenset(result.landing.paths)
+    for path in sorted(own):
+        now = await landed_tree.lookup(result.landing.tree, path)
+        ws.index.set_base_unverified(path, None if now is None else (now.hash, now.mode, now.size))
+        if path not in changes:
+            reverted.append(path)
+    return own
 
 
 def _read_verified(path: Path, entry: FileEntry) -> bytes:

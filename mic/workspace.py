@@ -3,13 +3,21 @@
 Files in `.mic/`: `state.json` (project, base position and tree, active session, last HLC), `config.toml` (the
 store this workspace came from, read by `mic.config` as part of the workspace layer) and `index` (the stat cache,
 see `mic.statcache`). State is written with temp + rename, so a killed command leaves the old or the new state.
+
+Two mic commands may run in one workspace at once (an agent's `mic session note` during its `mic land`). Each
+read-modify-write of `state.json` and `index` happens under `Workspace.locked()`, an exclusive `flock` on
+`.mic/lock` that re-reads both files once held: without it the later writer restores what the earlier one read
+(a land's new base undone by a note). Temp files carry the writer's pid, so two writers never share one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from mic.errors import WorkspaceError
@@ -30,6 +38,40 @@ class WorkspaceState:
     session: str | None = None
     hlc: int = 0
 
+    @classmethod
+    def from_json(cls, raw: object) -> WorkspaceState:
+        """Build from parsed JSON, raising ValueError for a missing or unknown field or a value of the wrong type
+        (a hand-edited or damaged file must give the "unreadable" error, not a traceback later)."""
+        if not isinstance(raw, dict):
+            raise TypeError("not a JSON object")
+        names = {f.name for f in fields(cls)}
+        unknown = set(raw) - names
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
+        state = cls(**raw)  # TypeError for a missing required field
+        for name, ok in (
+            ("project", isinstance(state.project, str) and state.project != ""),
+            ("base", _is_int(state.base) and state.base >= 0),
+            ("base_tree", isinstance(state.base_tree, str) and len(state.base_tree) == 64
+             and all(c in "0123456789abcdef" for c in state.base_tree)),
+            ("session", state.session is None or isinstance(state.session, str)),
+            ("hlc", _is_int(state.hlc) and state.hlc >= 0),
+        ):
+            if not ok:
+                raise ValueError(f"bad value for {name!r}: {getattr(state, name)!r}")
+        return state
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _read_state(root: Path) -> WorkspaceState:
+    try:
+        return WorkspaceState.from_json(json.loads((root / ".mic" / "state.json").read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise WorkspaceError(f"{root}/.mic/state.json is unreadable ({exc}); check the workspace out again") from exc
+
 
 def _toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string literal is a valid TOML basic string
@@ -43,6 +85,7 @@ class Workspace:
         self.state = state
         self.clock = Clock(state.hlc)
         self._index: Index | None = None
+        self._lock_fd: int | None = None  # held by `locked()`
 
     @property
     def dot(self) -> Path:
@@ -83,12 +126,29 @@ class Workspace:
             raise WorkspaceError(
                 "not in a mic workspace (no .mic/ here or above): run `mic checkout <project> [dir]` or `mic init`"
             )
+        return cls(root, _read_state(root))
+
+    @contextmanager
+    def locked(self) -> Iterator[Workspace]:
+        """Hold the workspace lock (exclusive `flock` on `.mic/lock`, waiting for it) for a read-modify-write of
+        state and index. On taking it, `state` is re-read and the index dropped (reloaded on next use): another
+        command may have changed both while we waited. Re-entrant on one Workspace object.
+
+        The lock file is opened close-on-exec, so the watcher (a spawned process) never inherits it."""
+        if self._lock_fd is not None:
+            yield self
+            return
+        fd = os.open(self.dot / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            raw = json.loads((root / ".mic" / "state.json").read_text())
-            state = WorkspaceState(**raw)
-        except (OSError, ValueError, TypeError) as exc:
-            raise WorkspaceError(f"{root}/.mic/state.json is unreadable ({exc}); check the workspace out again") from exc
-        return cls(root, state)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_fd = fd
+            self.state = _read_state(self.root)
+            self.clock.observe(self.state.hlc)
+            self._index = None
+            yield self
+        finally:
+            self._lock_fd = None
+            os.close(fd)  # releases the flock
 
     def save(self) -> None:
         """Persist state (and the index, if loaded) atomically."""
@@ -99,7 +159,7 @@ class Workspace:
     def save_state(self) -> None:
         """Persist `state.json` alone (the index is a cache: an older one on disk only costs re-hashing)."""
         self.state.hlc = max(self.state.hlc, self.clock.last)
-        tmp = self.dot / "state.json.tmp"
+        tmp = self.dot / f"state.json.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(asdict(self.state), indent=1))
         os.replace(tmp, self.dot / "state.json")
 

@@ -89,3 +89,161 @@ async def test_the_sync_still_updates_untouched_files(project, tmp_path):
     assert (ours.root / "g.txt").read_text() == "their change\n"
     assert out.kept == () and out.synced == 1
     assert (await vcs.status(Workspace.open(ours.root))).changes == {}
+
+
+async def test_an_edit_made_while_the_sync_fetches_is_kept(project, tmp_path, monkeypatch):
+    """The sync checks a file still holds its base version after fetching the new content (seconds on S3), right
+    before writing it: an edit made during the fetch is kept and reported, never overwritten."""
+    ours = await _behind_on_g(project, tmp_path)
+    (ours.root / "f.txt").write_text("f\n")
+    g = ours.root / "g.txt"
+    real_read = Project.read_content
+
+    async def read_then_edit(self, h):
+        data = await real_read(self, h)
+        if data == b"their change\n":
+            g.write_text("our edit, made while the sync fetched\n")
+            await asyncio.sleep(0.15)  # past the racy window
+        return data
+
+    monkeypatch.setattr(Project, "read_content", read_then_edit)
+    out = await vcs.land_workspace(project, ours, "add f")
+
+    assert g.read_text() == "our edit, made while the sync fetched\n"
+    assert out.kept == ("g.txt",)
+    assert (await vcs.status(Workspace.open(ours.root))).changes["g.txt"][0] == "modified"
+
+
+async def _two_workspaces(project, tmp_path, files: dict[str, str]) -> tuple[Workspace, Workspace]:
+    """`theirs` lands `files` (plus other.txt); `ours` is checked out at that landing."""
+    theirs = await _checkout(project, tmp_path / "theirs")
+    for rel, text in {**files, "other.txt": "o\n"}.items():
+        (theirs.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (theirs.root / rel).write_text(text)
+    await vcs.land_workspace(project, theirs, "base")
+    return theirs, await _checkout(project, tmp_path / "ours")
+
+
+async def test_a_directory_replaced_by_a_file_is_synced(project, tmp_path):
+    """Removals run before writes: `d` is written once the removal of `d/x` has pruned the directory (the old
+    sync checked `d` while `d/x` was still there, kept it as a "local edit", and the next land deleted it)."""
+    theirs, ours = await _two_workspaces(project, tmp_path, {"d/x": "x\n", "d/y/z": "z\n"})
+    (theirs.root / "d" / "x").unlink()
+    (theirs.root / "d" / "y" / "z").unlink()
+    (theirs.root / "d" / "y").rmdir()
+    (theirs.root / "d").rmdir()
+    (theirs.root / "d").write_text("now a file\n")
+    await vcs.land_workspace(project, theirs, "d becomes a file")
+
+    (ours.root / "other.txt").write_text("o2\n")
+    out = await vcs.land_workspace(project, ours, "edit other")
+    assert out.kept == ()
+    assert (ours.root / "d").read_text() == "now a file\n"
+    assert (await vcs.status(Workspace.open(ours.root))).changes == {}
+
+
+async def test_a_file_replaced_by_a_directory_is_synced(project, tmp_path):
+    theirs, ours = await _two_workspaces(project, tmp_path, {"d": "file\n"})
+    (theirs.root / "d").unlink()
+    (theirs.root / "d").mkdir()
+    (theirs.root / "d" / "x").write_text("x\n")
+    await vcs.land_workspace(project, theirs, "d becomes a directory")
+
+    (ours.root / "other.txt").write_text("o2\n")
+    out = await vcs.land_workspace(project, ours, "edit other")
+    assert out.kept == ()
+    assert (ours.root / "d" / "x").read_text() == "x\n"
+    assert (await vcs.status(Workspace.open(ours.root))).changes == {}
+
+
+async def test_a_local_edit_blocking_a_file_directory_swap_is_kept(project, tmp_path, monkeypatch):
+    """An edit (made during the land) in the way of a file<->directory replacement is kept and reported; the
+    sync does not fail."""
+    theirs, ours = await _two_workspaces(project, tmp_path, {"d/x": "x\n", "e": "e\n"})
+    (theirs.root / "d" / "x").unlink()
+    (theirs.root / "d").rmdir()
+    (theirs.root / "d").write_text("now a file\n")
+    (theirs.root / "e").unlink()
+    (theirs.root / "e").mkdir()
+    (theirs.root / "e" / "y").write_text("y\n")
+    await vcs.land_workspace(project, theirs, "swap d and e")
+
+    def edit() -> None:
+        (ours.root / "d" / "x").write_text("our x\n")  # d/x stays, so the file d cannot be written
+        (ours.root / "e").write_text("our e\n")  # e stays a file, so e/y cannot be written
+
+    _edit_during_land(monkeypatch, edit)
+    (ours.root / "other.txt").write_text("o2\n")
+    out = await vcs.land_workspace(project, ours, "edit other")
+
+    assert out.kept == ("d", "d/x", "e", "e/y")
+    assert (ours.root / "d" / "x").read_text() == "our x\n"
+    assert (ours.root / "e").read_text() == "our e\n"
+
+
+async def test_crash_recovery_keeps_a_file_reverted_after_the_crash(project, tmp_path, monkeypatch):
+    """An interrupted land landed a.txt and b.txt; the user then put a.txt back. The re-run finishes the landing
+    but keeps the user's a.txt (reported as kept, shown as modified) instead of writing the landed version."""
+    ws = await _checkout(project, tmp_path / "ws")
+    (ws.root / "a.txt").write_text("base\n")
+    await vcs.land_workspace(project, ws, "base")
+    (ws.root / "a.txt").write_text("changed by the interrupted land\n")
+    (ws.root / "b.txt").write_text("b\n")
+    real_land = vcs.land
+
+    async def land_then_crash(*args, **kwargs):
+        await real_land(*args, **kwargs)
+        raise RuntimeError("killed after landing")
+
+    monkeypatch.setattr(vcs, "land", land_then_crash)
+    with pytest.raises(RuntimeError):
+        await vcs.land_workspace(project, ws, "interrupted")
+    monkeypatch.setattr(vcs, "land", real_land)
+
+    ws = Workspace.open(ws.root)
+    assert ws.state.session is not None  # the workspace still names the session that landed
+    (ws.root / "a.txt").write_text("base\n")
+    await asyncio.sleep(0.15)  # past the racy window
+    out = await vcs.land_workspace(project, ws, None)
+
+    assert out.result.recovered
+    assert (ws.root / "a.txt").read_text() == "base\n"
+    assert out.kept == ("a.txt",)
+    changes = (await vcs.status(Workspace.open(ws.root))).changes
+    assert set(changes) == {"a.txt"} and changes["a.txt"][0] == "modified"
+
+
+async def test_a_git_path_in_older_history_is_skipped_not_fatal(project, tmp_path, monkeypatch):
+    """Older versions could land `sub/.git` (a submodule link). Checkout and the sync skip it and say so; the
+    workspace works, and the path stays in history."""
+    from mic import landing
+    from mic.formats.btree_node import FileEntry
+    from mic.objects import content_hash
+    from mic.session import start_session
+
+    monkeypatch.setattr(landing, "check_path", lambda path: None)  # as the older versions did
+    session = await start_session(project, "old history", 0, 1)
+    files = {"ok.txt": b"ok\n", "sub/.git": b"gitdir: ../.git/modules/sub\n"}
+    changes = {p: FileEntry(content_hash(d), len(d), 0) for p, d in files.items()}
+
+    async def write_blobs() -> int:
+        return sum([(await project.put_content(d))[1] for d in files.values()])
+
+    await landing.land(project, session, changes, dict.fromkeys(files, "added"), write_blobs, hlc=lambda t: t + 1)
+    monkeypatch.undo()
+
+    skipped: list[str] = []
+    ws = await vcs.checkout(
+        project, tmp_path / "ws", store_url=f"file://{tmp_path / 'store'}", s3_endpoint_url=None, skipped=skipped
+    )
+    assert skipped == ["sub/.git"]
+    assert (ws.root / "ok.txt").read_text() == "ok\n" and not (ws.root / "sub").exists()
+    assert (await vcs.status(Workspace.open(ws.root))).changes == {}
+
+    early = await vcs.checkout(
+        project, tmp_path / "early", store_url=f"file://{tmp_path / 'store'}", s3_endpoint_url=None, position=0
+    )
+    (early.root / "new.txt").write_text("n\n")
+    out = await vcs.land_workspace(project, early, "after the old history")  # its sync meets sub/.git
+    assert out.skipped == ("sub/.git",)
+    assert (early.root / "ok.txt").read_text() == "ok\n"
