@@ -106,3 +106,30 @@ def test_submodule_that_becomes_a_file_is_added(local_store_env, mic, tmp_path):
         assert _mic_tree(mic, tmp_path, pos) == _git_tree(repo, sha)
     assert mic.json(tmp_path, "show", "@2", "--project", "imp")["changes"] == [
         {"kind": "deleted", "path": ".gitmodules"}, {"kind": "added", "path": "sub"}]
+
+
+def test_import_refuses_a_project_that_is_not_empty(local_store_env, mic, tmp_path):
+    """Commits land as diffs; on top of other content the trees would silently differ from git's."""
+    require_tool("git")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "a").write_text("a\n")
+    _commit(repo, "c1")
+    (repo / "b").write_text("b\n")
+    _commit(repo, "c2")
+    mic(tmp_path, "project", "create", "imp")
+    assert mic.json(tmp_path, "import", "git", str(repo), "--project", "imp")["last"] == 2
+
+    err = mic.json(tmp_path, "import", "git", str(repo), "--project", "imp", code=2)
+    assert "not empty (tip @2)" in err["error"] and "mic project create" in err["error"]
+    assert [r["position"] for r in mic.json(tmp_path, "log", "--project", "imp")["landings"]] == [2, 1]
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "own.txt").write_text("mine\n")
+    mic(ws, "init", "--project", "p")
+    mic(ws, "land", "own work")
+    err = mic.json(tmp_path, "import", "git", str(repo), "--project", "p", code=2)
+    assert "not empty (tip @1)" in err["error"]
+    assert [e["path"] for e in mic.json(tmp_path, "ls", "@1", "--project", "p")["entries"]] == ["own.txt"]
