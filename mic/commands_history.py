@@ -141,25 +141,65 @@ async def ls_cmd(env: Env, path: str | None, position: str | None, recursive: bo
     emit(env, {"position": pos, "entries": list(rows.values())}, "\n".join(str(r["path"]) for r in rows.values()))
 
 
-def _unified(path: str, old: bytes | None, new: bytes | None, a: str, b: str) -> list[str]:
+_GIT_MODES = ("100644", "100755", "120000")  # mic's file, exec and symlink modes as git writes them
+
+Side = tuple[bytes, int]  # one side of a file diff: content (a symlink's target) and mode; None when absent
+
+
+def _lines(text: str) -> list[str]:
+    """Split on "\n" only, keeping it: `str.splitlines` also breaks at \f, \v, \x1c-\x1e, \x85, \u2028 and
+    \u2029, which gave a bogus "No newline at end of file" mid-file and patches that do not apply."""
+    parts = text.split("\n")
+    return [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
+def _unified(path: str, old: Side | None, new: Side | None, a: str, b: str) -> list[str]:
+    """A git-style patch for one path: `diff --git` header, mode lines (chmod, new or deleted file), line diff.
+
+    A change between a symlink and anything else is written as a deletion then a creation, as git does."""
+    if old is not None and new is not None and (old[1] == 2) != (new[1] == 2):
+        return _unified(path, old, None, a, b) + _unified(path, None, new, a, b)
+    lines = [f"diff --git {a}/{path} {b}/{path}\n"]
+    if old is None and new is not None:
+        lines.append(f"new file mode {_GIT_MODES[new[1]]}\n")
+    elif new is None and old is not None:
+        lines.append(f"deleted file mode {_GIT_MODES[old[1]]}\n")
+    elif old is not None and new is not None and old[1] != new[1]:
+        lines += [f"old mode {_GIT_MODES[old[1]]}\n", f"new mode {_GIT_MODES[new[1]]}\n"]
+    old_data = b"" if old is None else old[0]
+    new_data = b"" if new is None else new[0]
+    if old_data == new_data:
+        return lines
     try:
-        old_lines = (old or b"").decode().splitlines(keepends=True)
-        new_lines = (new or b"").decode().splitlines(keepends=True)
+        old_lines, new_lines = _lines(old_data.decode()), _lines(new_data.decode())
     except UnicodeDecodeError:
-        return [f"Binary files {a}/{path} and {b}/{path} differ\n"]
-    lines = list(difflib.unified_diff(
+        return [*lines, f"Binary files {a}/{path} and {b}/{path} differ\n"]
+    diff = difflib.unified_diff(
         old_lines, new_lines, fromfile=f"{a}/{path}" if old is not None else "/dev/null",
         tofile=f"{b}/{path}" if new is not None else "/dev/null",
-    ))
-    return [line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines]
+    )
+    return lines + [line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in diff]
 
 
-async def _workspace_side(env: Env, project: Project) -> tuple[bytes, dict[str, bytes | None]]:
-    from mic.vcs import status
+async def _workspace_side(env: Env, project: Project) -> tuple[bytes, dict[str, Side | None]]:
+    """The workspace's changed files as the scan saw them, read by mode: a symlink is its target, never followed
+    (a dangling link is a change like any other), exactly what `mic land` would store."""
+    from mic.errors import WorkspaceError
+    from mic.formats.btree_node import FileEntry
+    from mic.vcs import _read_verified, status
 
     ws = env.workspace()
     result = await status(ws)
-    files = {p: (None if c[1] is None else ws.file(p).read_bytes()) for p, c in result.changes.items()}
+    files: dict[str, Side | None] = {}
+    for path, (_kind, digest, mode, size) in result.changes.items():
+        if digest is None:
+            files[path] = None
+            continue
+        try:
+            data = await asyncio.to_thread(_read_verified, ws.file(path), FileEntry(digest, size, mode))
+        except WorkspaceError as exc:
+            raise WorkspaceError(f"{path} changed while diffing; run `mic diff` again") from exc
+        files[path] = (data, mode)
     return ws.base_tree, files
 
 
@@ -169,46 +209,44 @@ async def _workspace_side(env: Env, project: Project) -> tuple[bytes, dict[str, 
 @project_option
 @command_options
 async def diff_cmd(env: Env, old: str | None, new: str | None) -> None:
-    """Unified line diff from OLD (@N, default: the workspace base) to NEW (@N, default: the workspace files)."""
+    """Git-style diff from OLD (@N, default: the workspace base) to NEW (@N, default: the workspace files)."""
+    from mic.formats.btree_node import FileEntry
     from mic.tree import Tree
     from mic.vcs import resolve_position, tree_at
 
     project = env.project()
     tree = Tree(project)
+
+    async def side(entry: FileEntry | None) -> Side | None:
+        return None if entry is None else (await project.read_content(entry.hash), entry.mode)
+
     chunks: list[dict[str, object]] = []
+    pairs: list[tuple[str, Side | None, Side | None]] = []
     if new is None:
         base_root, files = await _workspace_side(env, project)
         _old_pos, old_root = (None, base_root) if old is None else await tree_at(project, resolve_position(old))
-        pairs: list[tuple[str, bytes | None, bytes | None]] = []
         changed = set(files)
         if old is not None:
             changed |= {p async for p, _, _ in tree.diff(old_root, base_root)}
         for path in sorted(changed):
-            before_entry = await tree.lookup(old_root, path)
-            after: bytes | None
-            if path in files:
-                after = files[path]
-            else:
-                now = await tree.lookup(base_root, path)
-                after = None if now is None else await project.read_content(now.hash)
-            pairs.append((path, None if before_entry is None else await project.read_content(before_entry.hash), after))
+            after = files[path] if path in files else await side(await tree.lookup(base_root, path))
+            pairs.append((path, await side(await tree.lookup(old_root, path)), after))
         a, b = (old or "base"), "workspace"
     else:
         if old is None:
             raise BadRequest("give OLD when giving NEW")
         _, old_root = await tree_at(project, resolve_position(old))
         _, new_root = await tree_at(project, resolve_position(new))
-        pairs = []
         async for path, old_entry, new_entry in tree.diff(old_root, new_root):
-            pairs.append((path, None if old_entry is None else await project.read_content(old_entry.hash),
-                          None if new_entry is None else await project.read_content(new_entry.hash)))
+            pairs.append((path, await side(old_entry), await side(new_entry)))
         a, b = old, new
     text = []
     for path, before, after in pairs:
-        if before == after:
+        if before == after:  # content and mode: a chmod alone is a change
             continue
         lines = _unified(path, before, after, a.lstrip("@") or "a", b.lstrip("@"))
-        chunks.append({"path": path, "diff": "".join(lines)})
+        chunks.append({"path": path, "old_mode": None if before is None else _GIT_MODES[before[1]],
+                       "new_mode": None if after is None else _GIT_MODES[after[1]], "diff": "".join(lines)})
         text.extend(lines)
     emit(env, {"from": a, "to": b, "files": chunks}, lambda: click.echo("".join(text), nl=False))
 

@@ -25,11 +25,14 @@ def import_group() -> None:
 @project_option
 @command_options
 async def import_git_cmd(env: Env, repo: Path, rev: str) -> None:
-    """Import REPO's first-parent history into the project: each commit lands as a session (goal = message)."""
-    from mic.gitimport import GitCommit, import_git, read_history
+    """Import REPO's first-parent history into an empty project: each commit lands as a session (goal = message).
+
+    Submodules have no content here and are skipped (counted in the output)."""
+    from mic.gitimport import GitCommit, import_git, read_history, require_empty
 
     project = env.project()
     await project.read_head()  # fail early, with the standard message, if the project does not exist
+    await require_empty(project)  # before the progress bar; import_git checks again
     if not (repo / ".git").exists() and not (repo / "HEAD").exists():
         raise BadRequest("not a git repository", str(repo))
     total = len(read_history(repo, rev))

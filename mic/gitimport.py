@@ -2,7 +2,9 @@
 
 Uses git's own plumbing through subprocesses (`git log -z`, `git diff-tree -r -z`, `git cat-file --batch`), so
 no git library is needed and every object git can read, mic can import. Submodule entries (mode 160000) have no
-content in this repository and are skipped (counted in the result).
+content in this repository and are skipped (counted in the result): mic never holds a file at a submodule's path.
+
+The project must be empty (tip @0): each landing then holds exactly its commit's tree.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from mic.objects import Project, content_hash
 from mic.paths import path_problem, show_path
 from mic.session import new_session_id
 
-__all__ = ["GitCommit", "ImportResult", "import_git", "read_history"]
+__all__ = ["GitCommit", "ImportResult", "import_git", "read_history", "require_empty"]
 
 _MODES = {"100644": 0, "100664": 0, "100755": 1, "120000": 2}
+_SUBMODULE = "160000"
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,12 @@ def read_history(repo: Path, rev: str = "HEAD") -> list[GitCommit]:
 
 
 def _changes(repo: Path, parent: str | None, sha: str) -> tuple[list[tuple[str, str, str, str]], int]:
-    """(path, kind, mode, blob sha) for each changed path, and the number of submodule entries skipped."""
+    """(path, kind, mode, blob sha) for each changed path, and the number of submodule entries skipped.
+
+    A submodule (mode 160000) is never in mic's tree, so git's type changes are mapped onto what mic holds:
+    a file that becomes a submodule is deleted, a submodule that becomes a file is added, and a submodule's own
+    additions, updates and deletions are skipped (mic never had the path).
+    """
     args = ["diff-tree", "-r", "-z", "--no-renames", "--no-commit-id"]
     raw = _git(repo, *args, parent, sha) if parent else _git(repo, *args, "--root", sha)
     fields = raw.split(b"\0")
@@ -73,13 +81,17 @@ def _changes(repo: Path, parent: str | None, sha: str) -> tuple[list[tuple[str, 
     while i + 1 < len(fields) and fields[i]:
         meta, path = fields[i].decode().lstrip(":").split(" "), fields[i + 1].decode("utf-8", "surrogateescape")
         i += 2
-        _old_mode, new_mode, _old_sha, new_sha, status = meta
-        if status.startswith("D"):
-            out.append((path, "deleted", "", ""))
-        elif new_mode not in _MODES:
+        old_mode, new_mode, _old_sha, new_sha, status = meta
+        had_file = old_mode in _MODES  # "000000" for an addition, "160000" for a submodule
+        if _SUBMODULE in (old_mode, new_mode):
             skipped += 1
+        if status.startswith("D") or new_mode not in _MODES:
+            if had_file:
+                out.append((path, "deleted", "", ""))
+            elif new_mode != _SUBMODULE and old_mode != _SUBMODULE:
+                raise MicError(f"git diff-tree gave an entry mic cannot import: {fields[i - 2].decode()!r}")
         else:
-            out.append((path, "added" if status.startswith("A") else "modified", new_mode, new_sha))
+            out.append((path, "modified" if had_file else "added", new_mode, new_sha))
     return out, skipped
 
 
@@ -108,11 +120,29 @@ class _CatFile:
         self.proc.wait()
 
 
+async def require_empty(project: Project) -> None:
+    """Refuse a project that has landings: an import lands each commit as a diff, which only reproduces git's
+    trees when applied from an empty tree."""
+    tip, _ = await roll_forward(project)
+    if tip.position != 0:
+        raise BadRequest(
+            f"project {project.name} is not empty (tip @{tip.position}); `mic import git` needs an empty project "
+            f"so that every landing equals its commit: import into a new one (`mic project create <name>`)"
+        )
+
+
 async def import_git(
     project: Project, repo: Path, *, clock: Clock, progress: Callable[[GitCommit], None] | None = None,
     rev: str = "HEAD",
 ) -> ImportResult:
-    """Land each first-parent commit of `repo` as one session on `project`, oldest first."""
+    """Land each first-parent commit of `repo` as one session on `project`, oldest first.
+
+    Raises:
+        BadRequest: the project already has landings. Each commit is applied as its diff against the previous
+            one, so on top of other content the landed trees would silently differ from git's; replacing or
+            merging the project's content is not what an import should decide, so it refuses instead.
+    """
+    await require_empty(project)
     commits = await asyncio.to_thread(read_history, repo, rev)
     if not commits:
         raise BadRequest(f"{repo} has no commits to import")
@@ -147,7 +177,8 @@ async def import_git(
 
             tip, _ = await roll_forward(project)
             clock.observe(tip.hlc)
-            session = Session(new_session_id(), commit.message, tip.position, clock.tick())
+            # based on the previous imported landing, so a concurrent landing on these paths is a conflict
+            session = Session(new_session_id(), commit.message, last, clock.tick())
 
             def stamp(tip_hlc: int) -> int:
                 clock.observe(tip_hlc)
