@@ -189,7 +189,7 @@ async def _workspace_side(env: Env, project: Project) -> tuple[bytes, dict[str, 
     from mic.vcs import _read_verified, status
 
     ws = env.workspace()
-    result = await status(ws)
+    result = await status(ws, project=project)  # with the project: a lost index is rebuilt from the base
     files: dict[str, Side | None] = {}
     for path, (_kind, digest, mode, size) in result.changes.items():
         if digest is None:

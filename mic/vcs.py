@@ -91,7 +91,12 @@ def _disk_matches(ws: Workspace, rel: str, expected: FileEntry | None) -> bool:
 def _remove_if_unchanged(ws: Workspace, rel: str, old: FileEntry | None) -> bool:
     """Remove `rel` (and the directories it leaves empty) if it still holds `old`; whether it did.
 
-    Check and removal are one call in one thread, so an edit can slip in only in between (microseconds)."""
+    Check and removal are one call in one thread, so an edit can slip in only in between (microseconds). Below
+    a symlink (kept as a local edit) nothing is touched: it would act on wherever the link points."""
+    try:
+        ws.refuse_symlinked_parent(rel)
+    except WorkspaceError:
+        return False
     if not _disk_matches(ws, rel, old):
         return False
     ws.remove_file(rel)
@@ -105,6 +110,10 @@ def _write_if_unchanged(ws: Workspace, rel: str, old: FileEntry | None, new: Fil
     (seconds on S3) is seen and kept. An empty directory where the base has no file (left by the tracked files
     this sync removed) counts as nothing there; a non-empty one, or a parent that is a file, is kept."""
     full = ws.file(rel)
+    try:
+        ws.refuse_symlinked_parent(rel)  # below a symlink kept as a local edit: writing would leave the workspace
+    except WorkspaceError:
+        return None
     if old is None:
         try:
             os.rmdir(full)  # fails unless it is an empty directory

@@ -171,9 +171,19 @@ class Workspace:
             raise WorkspaceError(f"refusing path {show_path(rel)}: {problem}")
         return self.root / rel
 
+    def refuse_symlinked_parent(self, rel: str) -> None:
+        """Refuse to write or remove below a symlink (one kept as a local edit where the tree now has a
+        directory): the write would land wherever the link points, outside the workspace."""
+        parent = self.root
+        for part in rel.split("/")[:-1]:
+            parent = parent / part
+            if parent.is_symlink():
+                raise WorkspaceError(f"cannot write {show_path(rel)}: {show_path(str(parent.relative_to(self.root)))} is a symlink")
+
     def write_file(self, rel: str, data: bytes, mode: int) -> Path:
         """Write one file as the tree says (creating directories; replacing whatever was there)."""
         path = self.file(rel)
+        self.refuse_symlinked_parent(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_symlink() or path.exists():
             if path.is_dir() and not path.is_symlink():
@@ -191,6 +201,7 @@ class Workspace:
     def remove_file(self, rel: str) -> None:
         """Delete a file and any directories it leaves empty."""
         path = self.file(rel)
+        self.refuse_symlinked_parent(rel)
         path.unlink(missing_ok=True)
         parent = path.parent
         while parent != self.root:

@@ -247,3 +247,22 @@ async def test_a_git_path_in_older_history_is_skipped_not_fatal(project, tmp_pat
     out = await vcs.land_workspace(project, early, "after the old history")  # its sync meets sub/.git
     assert out.skipped == ("sub/.git",)
     assert (early.root / "ok.txt").read_text() == "ok\n"
+
+
+async def test_the_sync_never_writes_through_a_symlink_made_during_the_land(project, tmp_path, monkeypatch):
+    """Another session landed d/x; while we land, a symlink d appears here pointing outside the workspace. The
+    sync must not write x through it (outside the workspace): the path is kept and reported."""
+    ours = await _checkout(project, tmp_path / "ours")
+    theirs = await _checkout(project, tmp_path / "theirs")
+    (theirs.root / "d").mkdir()
+    (theirs.root / "d" / "x").write_text("theirs\n")
+    await vcs.land_workspace(project, theirs, "add d/x")
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (ours.root / "f.txt").write_text("f\n")
+    _edit_during_land(monkeypatch, lambda: (ours.root / "d").symlink_to(outside))
+    out = await vcs.land_workspace(project, ours, "add f")
+
+    assert list(outside.iterdir()) == []
+    assert "d/x" in out.kept
