@@ -11,6 +11,7 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,8 +63,12 @@ class StatePaths:
         return self.root / "access.log"
 
     def ensure(self) -> StatePaths:
-        """Create the state dir (mode 0700) if needed."""
+        """Create the state dir (mode 0700) if needed; one that exists (say, a MIC_STATE_DIR made by hand) loses
+        group and other access too: it holds the session token, the bazelrc and the logs."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = self.root.stat()
+        if st.st_mode & 0o077 and st.st_uid == os.getuid():
+            os.chmod(self.root, stat.S_IMODE(st.st_mode) & 0o700)
         return self
 
 

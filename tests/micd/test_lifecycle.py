@@ -177,6 +177,10 @@ def test_token_file_is_private_and_survives_restarts(micd, tmp_path):
     third = micd()
     assert third.token != token and stat.S_IMODE(token_file.stat().st_mode) == 0o600
     assert third.stop() == 0
+    third.state.chmod(0o755)  # a state dir others can list: tightened at the next start
+    fourth = micd()
+    assert stat.S_IMODE(fourth.state.stat().st_mode) == 0o700
+    assert fourth.stop() == 0
 
 
 def test_second_daemon_for_the_same_state_dir_refuses(micd, tmp_path):
