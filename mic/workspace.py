@@ -1,6 +1,6 @@
 """A mic workspace: a directory with `.mic/` holding its project, base position, active session and stat cache.
 
-Files in `.mic/`: `state.json` (project, base position and tree, active session, last HLC), `config.toml` (the
+Files in `.mic/`: `state.json` (project, base position and tree, active session, last HLC, unmerged paths), `config.toml` (the
 store this workspace came from, read by `mic.config` as part of the workspace layer) and `index` (the stat cache,
 see `mic.statcache`). State is written with temp + rename, so a killed command leaves the old or the new state.
 
@@ -15,9 +15,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from mic.errors import WorkspaceError
@@ -30,13 +30,21 @@ __all__ = ["Workspace", "WorkspaceState"]
 
 @dataclass
 class WorkspaceState:
-    """What `.mic/state.json` holds."""
+    """What `.mic/state.json` holds.
+
+    `unmerged` maps a path to the session whose landed change to it the sync after a `mic land` could not apply,
+    because the file had a local edit here (kept as it is; the landed version became its base). Landing the file
+    as it is would silently undo that change, so `mic land` refuses while any path is unmerged. A path leaves the
+    map through `mic resolve` or when its content equals the landed version again (`clear_merged`). The session
+    is "" when no single landing named the path (a directory in the way of a file). Absent from older files (and
+    left out of the file when empty, so older versions still read it)."""
 
     project: str
     base: int
     base_tree: str
     session: str | None = None
     hlc: int = 0
+    unmerged: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, raw: object) -> WorkspaceState:
@@ -56,6 +64,8 @@ class WorkspaceState:
              and all(c in "0123456789abcdef" for c in state.base_tree)),
             ("session", state.session is None or isinstance(state.session, str)),
             ("hlc", _is_int(state.hlc) and state.hlc >= 0),
+            ("unmerged", isinstance(state.unmerged, dict)
+             and all(isinstance(k, str) and k and isinstance(v, str) for k, v in state.unmerged.items())),
         ):
             if not ok:
                 raise ValueError(f"bad value for {name!r}: {getattr(state, name)!r}")
@@ -160,8 +170,20 @@ class Workspace:
         """Persist `state.json` alone (the index is a cache: an older one on disk only costs re-hashing)."""
         self.state.hlc = max(self.state.hlc, self.clock.last)
         tmp = self.dot / f"state.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(asdict(self.state), indent=1))
+        raw = asdict(self.state)
+        if not raw["unmerged"]:
+            del raw["unmerged"]  # an older mic reads this file as long as nothing is unmerged
+        tmp.write_text(json.dumps(raw, indent=1))
         os.replace(tmp, self.dot / "state.json")
+
+    def clear_merged(self, changes: Mapping[str, object]) -> list[str]:
+        """Drop from `state.unmerged` every path the scan (`changes`, against the base) no longer reports: its
+        content equals the landed version again (the user took theirs). Returns the paths dropped; the caller
+        saves the state, under the lock. A deleted file shows as a change: deletion wins only via `mic resolve`."""
+        cleared = [p for p in self.state.unmerged if p not in changes]
+        for p in cleared:
+            del self.state.unmerged[p]
+        return sorted(cleared)
 
     def file(self, rel: str) -> Path:
         """The absolute path of a workspace-relative path, refusing anything that escapes the workspace or that
