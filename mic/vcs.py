@@ -12,7 +12,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from mic.errors import BadRequest, NotFound, WorkspaceError
+from mic.errors import BadRequest, Conflict, NotFound, WorkspaceError
 from mic.formats.btree_node import FileEntry
 from mic.formats.session import Session
 from mic.landing import LandResult, land, roll_forward
@@ -136,7 +136,7 @@ async def sync_to(
     (after the content was fetched). One edited since the last scan (say, during a `mic land`), or an untracked
     file in the way, is never overwritten: it is kept as it is, the index records the target version as its base
     (so `mic status` shows it changed against what landed), and its path is returned in `kept` for the caller to
-    report.
+    report (`mic land` records it as unmerged: `WorkspaceState.unmerged`).
 
     All removals run before any write: a directory replaced by a file (`d/x` → `d`) must be gone, and a file
     replaced by a directory (`d` → `d/x`) removed, before the new path can be written. A path mic no longer
@@ -258,6 +258,7 @@ class LandOutcome:
     changes: dict[str, str]
     kept: tuple[str, ...] = ()  # files that landed, edited here during the land: left as they are
     skipped: tuple[str, ...] = ()  # paths that landed which mic no longer tracks (`Synced.skipped`): not written
+    unmerged: tuple[str, ...] = ()  # kept files another session changed too: now `WorkspaceState.unmerged`
 
 
 async def _session_for_land(project: Project, ws: Workspace, goal: str | None) -> Session:
@@ -290,6 +291,10 @@ async def _land_locked(
     project: Project, ws: Workspace, goal: str | None, *, kill_at: str | None, watch: WatchSettings | None
 ) -> LandOutcome:
     scanned = await status(ws, save=False, watch=watch, project=project)  # saved once, with the new base
+    if ws.clear_merged(scanned.changes):
+        await asyncio.to_thread(ws.save_state)
+    if ws.state.unmerged:
+        raise _unmerged_conflict(ws)
     if not scanned.changes:
         if scanned.rehashed:
             await asyncio.to_thread(ws.index.save)
@@ -328,11 +333,47 @@ async def _land_locked(
             else:
                 ws.index.set_landed(path, entry.hash, entry.mode, entry.size)
         skip = frozenset(changes)
+    old_base = ws.state.base
     synced = await sync_to(project, ws, result.previous_tree, skip=skip)
+    # every path the sync diffs was changed by a landing after our base: one kept with a local edit is unmerged
+    # (paths in `reverted` are this session's own landing, put back by the user: nothing of another's is lost)
+    ws.state.unmerged.update(await _changed_by(project, synced.kept, old_base, result.landing.position))
     ws.state.base, ws.state.base_tree, ws.state.session = result.landing.position, result.landing.tree.hex(), None
     await asyncio.to_thread(ws.save)
     kept = tuple(sorted({*synced.kept, *reverted}))
-    return LandOutcome(result, session, synced.updated, kinds, kept, synced.skipped)
+    return LandOutcome(result, session, synced.updated, kinds, kept, synced.skipped, synced.kept)
+
+
+async def _changed_by(project: Project, paths: tuple[str, ...], old_base: int, position: int) -> dict[str, str]:
+    """For each of `paths`, the session of the last landing in (old_base, position) that touched it ("" if none
+    named it exactly, e.g. a directory that another landing's file replaced)."""
+    if not paths:
+        return {}
+    positions = range(old_base + 1, position)
+    records = await asyncio.gather(*(project.landing(p) for p in positions))
+    found = dict.fromkeys(paths, "")
+    wanted = frozenset(paths)
+    for rec in records:
+        if rec is not None and rec.session:
+            for p in wanted.intersection(rec.paths):
+                found[p] = rec.session
+    return found
+
+
+def _unmerged_conflict(ws: Workspace) -> Conflict:
+    """The error `mic land` gives while paths are unmerged (see `WorkspaceState.unmerged`)."""
+    paths = sorted(ws.state.unmerged)
+    sessions = tuple(dict.fromkeys(s for p in paths if (s := ws.state.unmerged[p])))
+    shown = ", ".join(
+        f"{p} (changed by session {s})" if (s := ws.state.unmerged[p]) else p for p in paths[:20]
+    ) + (" …" if len(paths) > 20 else "")
+    return Conflict(
+        f"{len(paths)} unmerged path(s): {shown}. Another session's landed change to them was not applied here "
+        f"because you had local edits, and landing your version would undo it. Merge its version "
+        f"(`mic cat <path>`, the base @{ws.state.base}) into yours and run `mic resolve <path>`, or take theirs by "
+        "making the file equal to it; nothing was landed",
+        paths=tuple(paths), sessions=sessions,
+    )
 
 
 async def _recovered_bases(

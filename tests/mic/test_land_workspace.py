@@ -209,6 +209,7 @@ async def test_crash_recovery_keeps_a_file_reverted_after_the_crash(project, tmp
     assert out.result.recovered
     assert (ws.root / "a.txt").read_text() == "base\n"
     assert out.kept == ("a.txt",)
+    assert out.unmerged == () and ws.state.unmerged == {}  # only our own landed change: nothing of another's lost
     changes = (await vcs.status(Workspace.open(ws.root))).changes
     assert set(changes) == {"a.txt"} and changes["a.txt"][0] == "modified"
 
