@@ -16,7 +16,7 @@ __all__ = ["COMMAND_MODULES", "main"]
 # against what the modules really register.
 COMMAND_MODULES = {
     **dict.fromkeys(("config", "daemon", "stats"), "mic.commands_daemon"),
-    **dict.fromkeys(("checkout", "init", "land", "project", "status"), "mic.commands_vcs"),
+    **dict.fromkeys(("checkout", "init", "land", "project", "resolve", "status"), "mic.commands_vcs"),
     **dict.fromkeys(("cat", "diff", "log", "ls", "show"), "mic.commands_history"),
     "import": "mic.commands_import",
     "session": "mic.commands_session",

@@ -6,6 +6,7 @@ read-only history commands in `mic.commands_history`.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -153,8 +154,12 @@ def status_cmd(env: Env) -> None:
                 break
         if result.rehashed or ws.index.unsaved:
             ws.index.save()
+        if ws.clear_merged(result.changes):  # the user took their version: nothing left to merge
+            ws.save_state()
     changes = [{"path": p, "kind": c[0]} for p, c in sorted(result.changes.items())]
-    data = {"project": ws.state.project, "base": ws.state.base, "session": ws.state.session, "changes": changes}
+    unmerged = [{"path": p, "session": s or None} for p, s in sorted(ws.state.unmerged.items())]
+    data = {"project": ws.state.project, "base": ws.state.base, "session": ws.state.session, "changes": changes,
+            "unmerged": unmerged}
 
     def human() -> None:
         click.echo(f"project {ws.state.project} @{ws.state.base}"
@@ -163,6 +168,13 @@ def status_cmd(env: Env) -> None:
             click.echo(f"{_KIND_LETTER[c['kind']]} {c['path']}")
         if not changes:
             click.echo("no changes")
+        if unmerged:
+            click.echo(f"unmerged ({len(unmerged)}): another session changed these while you had local edits; "
+                       "`mic land` refuses until each is merged")
+            for u in unmerged:
+                click.echo(f"U {u['path']}" + (f"  (changed by session {u['session']})" if u["session"] else ""))
+            click.echo(f"  merge the landed version (`mic cat <path>`, @{ws.state.base}) into yours, then "
+                       "`mic resolve <path>`; or make the file equal to it (take theirs)")
 
     emit(env, data, human)
 
@@ -190,7 +202,7 @@ async def land_cmd(env: Env, goal: str | None) -> None:
         "position": rec.position, "session": rec.session, "goal": rec.goal, "paths": list(rec.paths),
         "objects_written": out.result.objects_written, "attempts": out.result.attempts,
         "synced_from_others": out.synced, "recovered": out.result.recovered, "kept_local_edits": list(out.kept),
-        "skipped": list(out.skipped),
+        "skipped": list(out.skipped), "unmerged": list(out.unmerged),
     }
     emit(env, data, f"landed session {rec.session} at @{rec.position}: {len(rec.paths)} path(s), "
                     f"{out.result.objects_written} object(s) written"
@@ -205,10 +217,54 @@ async def land_cmd(env: Env, goal: str | None) -> None:
             "and merge it by hand before landing them, or landing them undoes the other session's change",
             err=True,
         )
+    if out.unmerged and not env.as_json:
+        click.echo(
+            f"warning: {len(out.unmerged)} path(s) are now unmerged (another session changed them too): "
+            f"{', '.join(out.unmerged)}\n  `mic land` refuses until you merge them and run `mic resolve <path>` "
+            "(see `mic status`)",
+            err=True,
+        )
+
+
+def _workspace_rel(ws: Workspace, path: str) -> str:
+    """PATH as given on the command line (relative to the current directory) as a workspace-relative path."""
+    full = os.path.normpath(os.path.join(os.getcwd(), path))
+    rel = os.path.relpath(full, ws.root)
+    if rel == "." or rel == ".." or rel.startswith("../"):
+        raise BadRequest(f"{path} is not a file inside the workspace {ws.root}")
+    return rel
+
+
+@click.command("resolve")
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+@command_options
+def resolve_cmd(env: Env, paths: tuple[str, ...]) -> None:
+    """Mark unmerged PATHs as merged, so that `mic land` lands them as they are now.
+
+    A path is unmerged when a `mic land` kept your local edit of a file that another session had changed too (its
+    landed version is now the file's base: `mic cat PATH`); landing your version unchanged would undo that change,
+    so `mic land` refuses while any path is unmerged (`mic status` lists them). Merge the landed version into
+    yours by hand, then run `mic resolve PATH`. Taking theirs (making the file equal to the landed version) needs
+    no resolve: `mic status` and `mic land` clear it. Deleting the file counts only once resolved: deletion wins
+    only explicitly. A PATH that is not unmerged is an error, and then nothing is marked.
+    """
+    ws = env.workspace()
+    with ws.locked():
+        rels = list(dict.fromkeys(_workspace_rel(ws, p) for p in paths))
+        unknown = [r for r in rels if r not in ws.state.unmerged]
+        if unknown:
+            listed = ", ".join(sorted(ws.state.unmerged)) or "none"
+            raise BadRequest(f"not unmerged: {', '.join(unknown)} (unmerged paths: {listed}); nothing was marked")
+        for r in rels:
+            del ws.state.unmerged[r]
+        ws.save_state()
+        left = sorted(ws.state.unmerged)
+    emit(env, {"resolved": rels, "unmerged": left},
+         f"resolved {', '.join(rels)}" + (f"; still unmerged: {', '.join(left)}" if left else ""))
 
 
 def register(group: click.Group) -> None:
     """Attach the workspace commands to the root `mic` group (session, history and import commands live in
     their own modules, so `mic status` does not load them)."""
-    for command in (project_group, init, checkout_cmd, status_cmd, land_cmd):
+    for command in (project_group, init, checkout_cmd, status_cmd, land_cmd, resolve_cmd):
         group.add_command(command)
