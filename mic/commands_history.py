@@ -184,9 +184,8 @@ def _unified(path: str, old: Side | None, new: Side | None, a: str, b: str) -> l
 async def _workspace_side(env: Env, project: Project) -> tuple[bytes, dict[str, Side | None]]:
     """The workspace's changed files as the scan saw them, read by mode: a symlink is its target, never followed
     (a dangling link is a change like any other), exactly what `mic land` would store."""
-    from mic.errors import WorkspaceError
     from mic.formats.btree_node import FileEntry
-    from mic.vcs import _read_verified, status
+    from mic.vcs import read_workspace_file, status
 
     ws = env.workspace()
     result = await status(ws, project=project)  # with the project: a lost index is rebuilt from the base
@@ -195,11 +194,8 @@ async def _workspace_side(env: Env, project: Project) -> tuple[bytes, dict[str, 
         if digest is None:
             files[path] = None
             continue
-        try:
-            data = await asyncio.to_thread(_read_verified, ws.file(path), FileEntry(digest, size, mode))
-        except WorkspaceError as exc:
-            raise WorkspaceError(f"{path} changed while diffing; run `mic diff` again") from exc
-        files[path] = (data, mode)
+        entry = FileEntry(digest, size, mode)
+        files[path] = (await asyncio.to_thread(read_workspace_file, ws.file(path), entry, action="diff"), mode)
     return ws.base_tree, files
 
 

@@ -25,8 +25,8 @@ from mic.watch.client import WatchSettings, scan_workspace
 from mic.workspace import Workspace, WorkspaceState
 
 __all__ = [
-    "LandOutcome", "Synced", "checkout", "land_workspace", "resolve_position", "restore_index_base", "status",
-    "sync_to", "tree_at",
+    "LandOutcome", "Synced", "checkout", "land_workspace", "read_workspace_file", "resolve_position",
+    "restore_index_base", "status", "sync_to", "tree_at",
 ]
 
 _PARALLEL = 16
@@ -309,7 +309,7 @@ async def _land_locked(
     async def put_one(path: str, entry: FileEntry) -> int:
         full = ws.file(path)
         async with sem:
-            data = await asyncio.to_thread(_read_verified, full, entry)
+            data = await asyncio.to_thread(read_workspace_file, full, entry)
             return (await project.put_content(data, entry.hash))[1]
 
     async def write_blobs() -> int:
@@ -395,8 +395,10 @@ async def _recovered_bases(
     return own
 
 
-def _read_verified(path: Path, entry: FileEntry) -> bytes:
+def read_workspace_file(path: Path, entry: FileEntry, *, action: str = "land") -> bytes:
+    """A workspace file's content as mic stores it (a symlink is its target, never followed), checked against
+    the hash the scan saw; WorkspaceError naming `action` to rerun if the file changed since."""
     data = os.fsencode(os.readlink(path)) if entry.mode == 2 else path.read_bytes()
     if content_hash(data) != entry.hash:
-        raise WorkspaceError(f"{path} changed while landing; run `mic land` again")
+        raise WorkspaceError(f"{path} changed while running `mic {action}`; run `mic {action}` again")
     return data
