@@ -374,17 +374,31 @@ async def test_journal_unlink_error_keeps_the_worker(tmp_path, monkeypatch, capl
     await queue.close()
 
 
-async def test_rejournal_error_still_uploads_the_resubmit(tmp_path):
-    """A resubmit while the item's upload runs, whose journal write fails (ENOSPC): the caller hears of it,
-    the running worker still uploads the item once more, and lives on."""
+@pytest.mark.parametrize("phase", ["uploading", "finishing"])
+async def test_failed_resubmit_in_flight_is_still_uploaded(tmp_path, phase):
+    """A resubmit whose journal write fails (ENOSPC) while the item is in flight, during its upload or while
+    the worker removes the taken entry: the caller hears of it, the worker still uploads the item once more
+    (journaling it after all if it can), and lives on."""
     queue = UploadQueue(tmp_path / "q", workers=1)
     calls: list[str] = []
-    resubmits: list[asyncio.Task] = []
+    failures: list[BaseException | None] = []
+
+    async def resubmit_and_wait(key):
+        task = asyncio.ensure_future(queue.submit(key))
+        await asyncio.wait([task])  # the write has failed before the worker goes on
+        failures.append(task.exception())
 
     async def handler(key):
         calls.append(key)
-        if len(calls) == 1:  # the client replaces the record just as its first upload finishes
-            resubmits.append(asyncio.ensure_future(queue.submit(key)))
+        if phase == "uploading" and len(calls) == 1:
+            await resubmit_and_wait(key)
+
+    real_step = queue._journal_step
+
+    async def journal_step(what, func, *args):
+        if phase == "finishing" and what.startswith("remove") and not failures:
+            await resubmit_and_wait("kv/ns/k")
+        return await real_step(what, func, *args)
 
     real_write = queue._write_entry
     writes: list[str] = []
@@ -396,13 +410,16 @@ async def test_rejournal_error_still_uploads_the_resubmit(tmp_path):
         return real_write(name, data)
 
     queue._write_entry = write_entry
+    queue._journal_step = journal_step
     await queue.start(handler)
     await queue.submit("kv/ns/k")
     assert await queue.drain(5)
-    (failed,) = await asyncio.gather(*resubmits, return_exceptions=True)
+    (failed,) = failures
     assert isinstance(failed, OSError) and failed.errno == errno.ENOSPC
     assert calls == ["kv/ns/k", "kv/ns/k"]
-    assert len(writes) == 3  # the first submit, the failed resubmit, and the worker journaling it after all
+    # Uploading: the same locked run uploads again. Finishing: the worker journals it after all, then uploads.
+    assert len(writes) == {"uploading": 2, "finishing": 3}[phase]
+    assert os.listdir(queue.journal_dir) == []
     await queue.submit("cas/next")
     assert await queue.drain(5)
     assert calls[-1] == "cas/next"
