@@ -3,7 +3,8 @@
 Routes (all need the session token; see micd/auth.py):
 
     PUT  /cas/{function}/{hex}/{size}  body = the blob (Content-Length or chunked); 201 (idempotent)
-    GET  /cas/{function}/{hex}/{size}  200 with the blob, 206 for `Range: bytes=…`, 404 on a miss
+    GET  /cas/{function}/{hex}/{size}  200 with the blob, 206 for `Range: bytes=…` (416 if it lies past the
+                                       end, 400 if malformed or several), 404 on a miss
     HEAD /cas/{function}/{hex}/{size}  200 with Content-Length if present, else 404 (never reads the body)
 
 `function` is `sha256` or `blake3`, `hex` the lowercase 64-hex hash, `size` decimal bytes. The size is in the
@@ -38,10 +39,15 @@ def parse_digest_path(request: web.Request) -> Digest:
     return parse_digest(info["function"], info["hex"], info["size"])
 
 
+class RangeNotSatisfiable(Exception):
+    """A well-formed range with no byte inside the blob: 416 (RFC 9110 §15.5.17), not a client error."""
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """Parse a single `Range: bytes=a-b` into (offset, length); None means the whole blob.
 
-    Raises BadRequest for multiple ranges, malformed or unsatisfiable ranges.
+    Raises BadRequest for multiple or malformed ranges (last before first included), RangeNotSatisfiable for
+    one that starts past the end or asks for an empty suffix.
     """
     if header is None:
         return None
@@ -52,12 +58,14 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if first == "":  # suffix range: the last N bytes
         length = min(int(last), size)
         if length == 0:
-            raise BadRequest(f"range not satisfiable for a {size}-byte blob", header)
+            raise RangeNotSatisfiable
         return size - length, length
     start = int(first)
+    if last != "" and int(last) < start:
+        raise BadRequest("malformed Range header (last byte before first)", header)
+    if start >= size:
+        raise RangeNotSatisfiable
     end = size - 1 if last == "" else min(int(last), size - 1)
-    if start >= size or end < start:
-        raise BadRequest(f"range not satisfiable for a {size}-byte blob", header)
     return start, end - start + 1
 
 
@@ -72,7 +80,10 @@ async def handle_head_blob(request: web.Request, store: Store) -> web.StreamResp
 
 async def handle_get_blob(request: web.Request, store: Store) -> web.StreamResponse:
     digest = parse_digest_path(request)
-    wanted = parse_range(request.headers.get("Range"), digest.size)
+    try:
+        wanted = parse_range(request.headers.get("Range"), digest.size)
+    except RangeNotSatisfiable:
+        return web.Response(status=416, headers={"Content-Range": f"bytes */{digest.size}"})
     offset, length = wanted or (0, None)
     blob = await store.get(digest, offset, length)
     if blob is None:

@@ -141,9 +141,14 @@ async def test_ranges(client):
         start = len(data) - len(expected) if header.startswith("bytes=-") else int(header[6:].split("-")[0])
         assert response.headers["Content-Range"] == f"bytes {start}-{start + len(expected) - 1}/{len(data)}"
     huge = "9" * 5000  # int() refuses over 4300 digits: must be a 400, not a 500
-    bad_ranges = ("bytes=20000-", "bytes=9-3", "bytes=0-1,5-6", "items=0-1", "bytes=-", "bytes=-0")
-    for bad in (*bad_ranges, f"bytes=0-{huge}", f"bytes={huge}-", f"bytes=-{huge}"):
+    malformed = ("bytes=9-3", "bytes=0-1,5-6", "items=0-1", "bytes=-")
+    malformed += (f"bytes=0-{huge}", f"bytes={huge}-", f"bytes=-{huge}")
+    for bad in malformed:
         assert (await client.get(_url(digest), headers={"Range": bad})).status == 400, bad
+    for past_the_end in ("bytes=10240-", "bytes=20000-20001", "bytes=-0"):
+        response = await client.get(_url(digest), headers={"Range": past_the_end})
+        assert response.status == 416, past_the_end
+        assert response.headers["Content-Range"] == f"bytes */{len(data)}", past_the_end
 
 
 class _FileBlob:
