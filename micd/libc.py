@@ -10,18 +10,33 @@ import ctypes
 import os
 from typing import Any
 
-__all__ = ["check", "linkat", "malloc_trim", "mallopt", "sync_file_range", "syncfs"]
+__all__ = [
+    "UTIME_OMIT",
+    "Timespec",
+    "check",
+    "linkat",
+    "malloc_trim",
+    "mallopt",
+    "sync_file_range",
+    "syncfs",
+    "utimensat",
+]
 
 AT_FDCWD = -100
 AT_SYMLINK_FOLLOW = 0x400
 SYNC_FILE_RANGE_WRITE = 2
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+UTIME_OMIT = (1 << 30) - 2
 
 try:
     _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
 except OSError:
     _LIBC = None
+
+
+class Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
 
 def _bind(name: str, argtypes: list[Any]) -> Any:
@@ -51,3 +66,5 @@ linkat = _bind("linkat", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_
 malloc_trim = _bind("malloc_trim", [ctypes.c_size_t])
 #: tune glibc malloc (returns 1 on success)
 mallopt = _bind("mallopt", [ctypes.c_int, ctypes.c_int])
+#: set one timestamp of a file and leave the other (UTIME_OMIT), by path: os.utime must set both
+utimensat = _bind("utimensat", [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(Timespec), ctypes.c_int])

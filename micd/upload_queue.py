@@ -204,7 +204,7 @@ class UploadQueue:
         # until an upload reads the source after now, only the journal keeps this submit from being lost.
         data = encode_entry(key)
         try:
-            existed = await asyncio.to_thread(self._write_entry, name, data)
+            await asyncio.to_thread(self._write_entry, name, data)
         except OSError:
             if name in self._inflight:
                 self._again.add(name)  # not journaled (the caller hears why), but uploaded once more now

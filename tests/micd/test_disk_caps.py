@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from micd import libc
 from micd.errors import StoreFull
 from micd.store import Digest, Record
 from micd.tiers.disk import DiskTier, FilesystemFull
@@ -138,6 +139,50 @@ async def test_eviction_spares_a_blob_another_process_used(make_tier):
     await put_many(tier, 1, 1000, first_seed=100)
     missing = await tier.find_missing([d for d, _ in blobs])
     assert missing == [blobs[1][0], blobs[2][0]]
+
+
+async def test_eviction_spares_a_blob_another_process_reported_present(make_tier, monkeypatch):
+    """A FindMissing answer "present" marks the file used, as a read does: another daemon sharing the root
+    must not evict the blob between that answer and the client's use of it."""
+    from micd.tiers.disk import evict
+
+    monkeypatch.setattr(evict, "ATIME_SLACK_NS", 0)  # no clock jitter to allow for: the atimes set are exact
+    first = await make_tier(soft_cap=10_000, hard_cap=20_000)
+    blobs = await put_many(first, 10, 1000)
+    second = await make_tier(soft_cap=10_000, hard_cap=20_000)
+    monkeypatch.setattr(disk_files, "TOUCH_EVERY_NS", 0)  # as if a minute had passed since `second` used it
+    assert await second.find_missing([blobs[0][0]]) == []
+    await put_many(first, 1, 1000, first_seed=100)
+    assert await first.find_missing([d for d, _ in blobs]) == [blobs[1][0], blobs[2][0]]
+
+
+async def test_present_blobs_are_marked_used_at_most_once_a_minute(make_tier, monkeypatch):
+    """The atime write is throttled like a read's: within a minute of this process marking a blob used, a
+    FindMissing leaves the file alone (a hot blob costs one `access` per check, not a metadata write)."""
+    tier = await make_tier(soft_cap=10_000, hard_cap=20_000)
+    ((digest, _),) = await put_many(tier, 1, 1000)
+    path = tier.layout.blob_path(digest)
+    old, mtime = time.time_ns() - 3600 * 10**9, path.stat().st_mtime_ns
+    os.utime(path, ns=(old, mtime))
+    assert await tier.find_missing([digest]) == []
+    assert path.stat().st_atime_ns == old  # written here a moment ago: already marked used
+    monkeypatch.setattr(disk_files, "TOUCH_EVERY_NS", 0)  # a minute later
+    assert await tier.find_missing([digest]) == []
+    assert path.stat().st_atime_ns > old and path.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("how", ["utimensat", "os.utime"])
+def test_set_atime_keeps_the_mtime_and_reports_an_absent_file(tmp_path, monkeypatch, how):
+    if how == "os.utime":  # where the C library has no utimensat
+        monkeypatch.setattr(libc, "utimensat", None)
+    path = tmp_path / "blob"
+    path.write_bytes(b"x")
+    before = path.stat()
+    when = before.st_atime_ns + 5 * 10**9 + 123
+    assert disk_files.set_atime(str(path), when)
+    after = path.stat()
+    assert (after.st_atime_ns, after.st_mtime_ns) == (when, before.st_mtime_ns)
+    assert not disk_files.set_atime(str(tmp_path / "absent"), when)
 
 
 async def test_records_are_evicted_like_blobs(make_tier):

@@ -24,6 +24,7 @@ fsync finds little left to flush; without it a 1 GiB upload waits for the whole 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import itertools
@@ -44,6 +45,7 @@ from micd.store import Digest, new_hasher
 
 __all__ = [
     "FULL_ERRNOS",
+    "TOUCH_EVERY_NS",
     "Sig",
     "TempArea",
     "TempWriter",
@@ -54,6 +56,7 @@ __all__ = [
     "publish_unsynced",
     "read_file",
     "read_small",
+    "set_atime",
     "unlink_if_same",
 ]
 
@@ -67,7 +70,8 @@ _STAGING_ATTEMPTS = 3
 _STRAY_AGE_NS = 60 * 10**9
 _taken = itertools.count()  # names of files `unlink_if_same` took into a temp area
 TOUCH_EVERY_NS = 60 * 10**9
-"""Reads rewrite a file's atime at most this often: a hint for other processes' eviction, not a log."""
+"""Reads and existence checks rewrite a file's atime at most this often: a hint for other processes'
+eviction, not a log."""
 
 
 class Sig(NamedTuple):
@@ -379,14 +383,42 @@ def bump_atime(fd: int, st: os.stat_result) -> None:
             os.utime(fd, ns=(now, st.st_mtime_ns))
 
 
-def exists_all(paths: list[str]) -> list[bool]:
-    """One existence check per path, no body read: what `find_missing` needs.
+def exists_all(paths: list[str], touch: frozenset[int] = frozenset(), now_ns: int = 0) -> list[bool]:
+    """One existence check per path, no body read: what `find_missing` needs. Present paths at the indexes
+    in `touch` also get their atime set to `now_ns` (`set_atime`), which re-checks that they exist.
 
     `access(F_OK)` mapped in C: no stat result to build, no exception per absent file (≈2x a stat loop).
     Sizes need no check here: they are in the names, and a visible name was published only after its bytes
     were durable (fsync, or the journal record that replay restores them from).
     """
-    return list(map(os.access, paths, itertools.repeat(os.F_OK)))
+    present = list(map(os.access, paths, itertools.repeat(os.F_OK)))
+    for i in touch:
+        if present[i]:
+            present[i] = set_atime(paths[i], now_ns)
+    return present
+
+
+def set_atime(path: str, now_ns: int) -> bool:
+    """Record a use in the file's atime, mtime untouched (it is part of `Sig`); False if the file is absent.
+
+    A blob reported present must look used to other processes' eviction (`evict.py`) just as a read does,
+    or another daemon may delete it between our answer and the client's use of it. One `utimensat` call;
+    a file we may not touch (another user's) is only checked for existence."""
+    if libc.utimensat is not None:
+        times = (libc.Timespec * 2)(libc.Timespec(*divmod(now_ns, 10**9)), libc.Timespec(0, libc.UTIME_OMIT))
+        if libc.utimensat(libc.AT_FDCWD, os.fsencode(path), times, 0) == 0:
+            return True
+        code = ctypes.get_errno()
+        if code == errno.ENOENT:
+            return False
+        return os.access(path, os.F_OK)
+    try:
+        os.utime(path, ns=(now_ns, os.stat(path).st_mtime_ns))
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return os.access(path, os.F_OK)
+    return True
 
 
 _NO_TMPFILE_ERRNOS = frozenset(

@@ -152,18 +152,22 @@ class DiskTier(IndexState):
 
     async def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
         """Absent digests in input order: one existence check each (all in one thread call), no body read;
-        present ones count as used. Per digest: a string path, an `access` call, an LRU touch."""
+        present ones count as used, here (LRU) and for other processes: a file this process has not marked
+        used for `TOUCH_EVERY_NS` gets its atime set, as a read would, so no other daemon evicts a blob just
+        reported present. Per digest: a string path, an `access` or `utimensat` call, an LRU touch."""
         wanted = [d for d in digests if d.size]
         if not wanted:
             return []
         cas = self.layout.cas_prefix  # `Layout.blob_file` inlined: this list is built per call of 1,000s
         paths = [f"{cas}{d.function}/{d.hex[:2]}/{d.hex}.{d.size}" for d in wanted]
-        present = await asyncio.to_thread(files.exists_all, paths)
+        keys = [f"{d.function}/{d.hex}.{d.size}" for d in wanted]  # blob_key, inlined: this loop is hot
         now = time.time_ns()
         lru = self._lru
+        stale_before, last_access = now - files.TOUCH_EVERY_NS, lru.last_access
+        touch = frozenset([i for i, key in enumerate(keys) if (last_access(key) or 0) < stale_before])
+        present = await asyncio.to_thread(files.exists_all, paths, touch, now)
         missing = []
-        for digest, here in zip(wanted, present, strict=True):
-            key = f"{digest.function}/{digest.hex}.{digest.size}"  # blob_key, inlined: this loop is hot
+        for digest, key, here in zip(wanted, keys, present, strict=True):
             if here:
                 if not lru.touch(key, now):
                     lru.add(key, digest.size, now)  # written by another process
