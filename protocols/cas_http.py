@@ -9,7 +9,8 @@ Routes (all need the session token; see micd/auth.py):
 
 `function` is `sha256` or `blake3`, `hex` the lowercase 64-hex hash, `size` decimal bytes. The size is in the
 path because the core's digests carry it (as REAPI resource names do); it also keeps these four-segment paths
-disjoint from Bazel's `/cas/<hex>` and `/<instance>/cas/<hex>`. Segments are matched loosely and then checked
+disjoint from Bazel's `/cas/<hex>` and `/<instance>/cas/<hex>` (`_ROUTE` keeps an instance `cas/<x>` Bazel's).
+Segments are matched loosely and then checked
 by `micd.validate.parse_digest`, so a traversal such as `..%2F` or a malformed hash is a 400, not a 404.
 
 Bodies stream both ways: PUT feeds the request body (`_http.request_body`) to `store.put` (which hashes while
@@ -30,7 +31,10 @@ from protocols._http import CONTENT_TYPE, bind, request_body, send_blob, status_
 __all__ = ["PREFIX", "parse_range", "routes", "status_for"]
 
 PREFIX = "/cas"
-_ROUTE = PREFIX + "/{function}/{hex}/{size}"
+# The hash segment is never `ac` or `cas`: `/cas/<x>/cas/<hex>` is Bazel's cache under the instance `cas/<x>`
+# (protocols/bazel_http.py). aiohttp tries routes under the longest literal prefix first, so only this
+# pattern, not the order of registration, can leave such a path to Bazel's routes.
+_ROUTE = PREFIX + "/{function}/{hex:(?!(?:ac|cas)/)[^/]+}/{size}"
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")  # 19 digits cover any blob size; int() of more is slow
 
 

@@ -160,6 +160,20 @@ async def test_instance_prefix_is_its_own_namespace_shared_with_grpc(env):
     assert await (await env.get(f"/main/inst/cas/{out_hex}", headers=STD)).read() == out
 
 
+@pytest.mark.parametrize("instance", ["cas/x", "cas/sha256", "ac/cas"])
+async def test_an_instance_that_looks_like_the_generic_cas_route_is_still_bazels(env, instance):
+    """`/cas/<x>/cas/<hex>` has the generic CAS endpoint's four segments: it must reach Bazel's cache."""
+    data, hex_ = _blob()
+    assert (await env.put(f"/{instance}/cas/{hex_}", data=data, headers=STD)).status == 200
+    assert await (await env.get(f"/{instance}/cas/{hex_}", headers=STD)).read() == data
+    _, key = _blob()
+    body = _result((data, hex_))
+    assert (await env.put(f"/{instance}/ac/{key}", data=body, headers=STD)).status == 200
+    assert await (await env.get(f"/{instance}/ac/{key}", headers=STD)).read() == body
+    # and the generic endpoint still answers a malformed digest with a 400, not a 404
+    assert (await env.get(f"/cas/sha256/{hex_[:10]}/{len(data)}", headers=STD)).status == 400
+
+
 async def test_results_uploaded_over_grpc_are_served_with_their_blobs(env):
     """A blob stored without its size being known to HTTP becomes readable once an AC hit names it."""
     out, out_hex = _blob()
