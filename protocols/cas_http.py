@@ -10,8 +10,8 @@ Routes (all need the session token; see micd/auth.py):
 `function` is `sha256` or `blake3`, `hex` the lowercase 64-hex hash, `size` decimal bytes. The size is in the
 path because the core's digests carry it (as REAPI resource names do); it also keeps these four-segment paths
 disjoint from Bazel's `/cas/<hex>` and `/<instance>/cas/<hex>` (`_ROUTE` keeps an instance `cas/<x>` Bazel's).
-Segments are matched loosely and then checked
-by `micd.validate.parse_digest`, so a traversal such as `..%2F` or a malformed hash is a 400, not a 404.
+Segments are matched loosely and then checked by `micd.validate.parse_digest`, so a traversal such as `..%2F`
+or a malformed hash is a 400, not a 404.
 
 Bodies stream both ways: PUT feeds the request body (`_http.request_body`) to `store.put` (which hashes while
 writing and publishes only on a match); GET uses sendfile when the blob is a verified file, else bounded chunks.
