@@ -4,10 +4,11 @@ Layout (little-endian):
     offset  width  field
     0       4      magic  b"MICB"
     4       1      version (1)
-    5       4      u32 uncompressed size (≤ 4 MiB + a little: larger files are MICC)
+    5       4      u32 uncompressed size (≤ MAX_SIZE, 4 MiB: larger files are MICC, chunks of this size)
     9       …      one zstd frame whose content is exactly `size` bytes
-Invariant: the frame decompresses to exactly `size` bytes (checked; a bomb cannot allocate more: a frame that
-declares another content size is refused before decompressing, one that declares none is read in pieces).
+Invariants: `size` ≤ MAX_SIZE, and the frame decompresses to exactly `size` bytes (both checked; a bomb cannot
+allocate more: a header over the bound is refused, a frame that declares another content size is refused
+before decompressing, one that declares none is read in pieces).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ __all__ = ["MAGIC", "MAX_SIZE", "VERSION", "decode_blob", "encode_blob"]
 
 MAGIC = b"MICB"
 VERSION = 1
-MAX_SIZE = 0xFFFFFFFF
+MAX_SIZE = 4 * 1024 * 1024
+"""The largest MICB: a file's chunk size (`chunked.CHUNK_SIZE`), so an object from shared storage can make a
+reader allocate at most this much."""
 _HEADER = struct.Struct("<4sBI")
 _local = threading.local()  # zstd contexts are costly to create and not thread-safe: one per thread
 
@@ -58,7 +61,7 @@ def _decompress_bounded(body: bytes, size: int) -> bytes:
 
 
 def encode_blob(data: bytes, *, level: int = 3) -> bytes:
-    """Encode `data` (at most 4 GiB; callers chunk above 4 MiB) as a MICB object."""
+    """Encode `data` (at most MAX_SIZE bytes; callers chunk larger files) as a MICB object."""
     if len(data) > MAX_SIZE:
         raise ValueError(f"MICB holds at most {MAX_SIZE} bytes, got {len(data)}")
     return _HEADER.pack(MAGIC, VERSION, len(data)) + _compressor(level).compress(data)
@@ -68,12 +71,15 @@ def decode_blob(raw: bytes | memoryview) -> bytes:
     """Decode a MICB object to its uncompressed bytes.
 
     Raises:
-        FormatError: bad magic or version, truncated header, corrupt frame, or a size mismatch.
+        FormatError: bad magic or version, truncated header, a size over MAX_SIZE, corrupt frame, or a size
+            mismatch.
     """
     check_header("MICB", raw, MAGIC, (VERSION,))
     if len(raw) < _HEADER.size:
         raise FormatError("MICB", "truncated header", offset=0, expected=_HEADER.size, got=len(raw))
     _, _, size = _HEADER.unpack_from(raw)
+    if size > MAX_SIZE:
+        raise FormatError("MICB", "size over the 4 MiB bound", offset=5, expected=MAX_SIZE, got=size)
     body = bytes(raw[_HEADER.size :])
     try:
         # zstd allocates what the frame declares, ignoring max_output_size: compare it with the header first

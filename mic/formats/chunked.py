@@ -17,12 +17,13 @@ import struct
 from mic.errors import FormatError
 
 from ._io import check_header
+from .blob import MAX_SIZE
 
 __all__ = ["CHUNK_SIZE", "MAGIC", "VERSION", "decode_chunked", "encode_chunked"]
 
 MAGIC = b"MICC"
 VERSION = 1
-CHUNK_SIZE = 4 * 1024 * 1024
+CHUNK_SIZE = MAX_SIZE
 _HEADER = struct.Struct("<4sBI")
 
 

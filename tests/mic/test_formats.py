@@ -191,6 +191,25 @@ def test_blob_frame_claiming_far_more_than_the_header_is_refused_before_allocati
     assert peak < (4 << 20), f"allocated {peak >> 20} MiB for blobs whose header says 10 bytes"
 
 
+def test_blob_over_the_chunk_size_is_refused_both_ways():
+    """A header and frame that agree on a huge size would still make the reader allocate it: MICB is a chunk,
+    so nothing over 4 MiB is decoded (or written)."""
+    import struct
+
+    import zstandard
+
+    from mic.formats.blob import MAX_SIZE
+    from mic.formats.chunked import CHUNK_SIZE
+
+    assert MAX_SIZE == CHUNK_SIZE == 4 << 20
+    decode_blob(encode_blob(b"\0" * MAX_SIZE))
+    body = zstandard.ZstdCompressor().compress(b"\0" * (MAX_SIZE + 1))
+    with pytest.raises(FormatError, match="4 MiB"):
+        decode_blob(struct.pack("<4sBI", b"MICB", 1, MAX_SIZE + 1) + body)
+    with pytest.raises(ValueError, match="at most"):
+        encode_blob(b"\0" * (MAX_SIZE + 1))
+
+
 def test_blob_whose_frame_does_not_declare_its_size_still_decodes():
     import os
     import struct
