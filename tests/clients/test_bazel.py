@@ -69,7 +69,7 @@ class Daemon:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=60)
+                self.process.wait(timeout=150)  # past MIC_DRAIN_TIMEOUT: a slow drain is not cut short
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

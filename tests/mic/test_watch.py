@@ -107,6 +107,8 @@ class Status:
             return scan(*args)
 
         monkeypatch.setattr(client, "scan", counting_scan)
+        # a loaded machine may answer late; a late answer falls back to a full scan, which `fast` would fail
+        monkeypatch.setattr(client, "_ANSWER_TIMEOUT", 30.0)
 
     def __call__(self) -> dict:
         index = Index.load(self.root / ".mic" / "index")
@@ -373,8 +375,8 @@ def test_disabled_watcher_is_neither_asked_nor_started(ws, monkeypatch):
 def test_a_broken_watcher_never_makes_status_wrong(tmp_path, monkeypatch):
     root = tmp_path / "ws"
     base = make_workspace(root)
-    monkeypatch.setattr(client, "_ANSWER_TIMEOUT", 0.5)
     status = Status(root, monkeypatch)
+    monkeypatch.setattr(client, "_ANSWER_TIMEOUT", 0.5)  # after Status, which sets a generous one
     answers = iter([b"garbage", json.dumps(["x"]).encode(), None])  # junk, wrong shape, then silence
     dot_fd = os.open(root / ".mic", os.O_PATH)
     server = socket.socket(socket.AF_UNIX)
@@ -440,12 +442,12 @@ def test_two_concurrent_statuses_start_one_watcher(tmp_path, local_store_env, mi
         t.join()
     results = [json.loads(o[0].stdout) for o in outs]
     assert results[0] == results[1] and [c["path"] for c in results[0]["changes"]] == ["d0/f0"]
-    time.sleep(0.5)  # a second watcher, had one started, would have exited on the lock by now
     pid = int((root / ".mic" / PID).read_text())
-    assert watcher_pids(tmp_path) == [pid]
+    # a second watcher, had one started, exits on the lock (its teardown may outlast the status that forked it)
+    wait_for(lambda: watcher_pids(tmp_path) == [pid], what="only the first watcher")
     client.start(root, 60)  # one more, for certain after the first: it finds the lock taken and leaves
-    time.sleep(0.5)
-    assert watcher_pids(tmp_path) == [pid] and int((root / ".mic" / PID).read_text()) == pid
+    wait_for(lambda: watcher_pids(tmp_path) == [pid], what="the extra watcher to leave")
+    assert int((root / ".mic" / PID).read_text()) == pid
     assert mic.json(root, "status")["changes"] == results[0]["changes"]
 
 

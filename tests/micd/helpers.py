@@ -72,3 +72,11 @@ async def start_held_put(tier: DiskTier, data: bytes, release: asyncio.Event, he
         await asyncio.sleep(0.01)
     assert tier.stats()["reserved_bytes"] >= len(data)
     return task
+
+
+async def wait_until(condition, timeout: float = 10) -> None:
+    """Poll `condition` on the event loop until it holds; fail after `timeout` seconds (a loaded CI machine)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)

@@ -20,6 +20,7 @@ from micd.config import load_config
 from micd.metrics import Metrics
 from micd.store import Digest
 from micd.tiers.memory import MemoryTier
+from tests.micd.helpers import wait_until
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -222,19 +223,12 @@ async def test_grpc_calls_in_flight_are_not_idleness(config):
             unary = asyncio.ensure_future(channel.unary_unary("/test.Slow/Unary")(b"u", metadata=metadata))
             stream = channel.unary_stream("/test.Slow/Stream")(b"s", metadata=metadata)
             assert await stream.read() == b"s"
-            for _ in range(100):
-                if activity.in_flight == 2:
-                    break
-                await asyncio.sleep(0.01)
-            assert activity.in_flight == 2 and activity.idle_for() == 0.0
+            await wait_until(lambda: activity.in_flight == 2)
+            assert activity.idle_for() == 0.0
             release.set()
             assert await unary == b"u"
             assert await stream.read() == b"s"
             assert await stream.read() == grpc.aio.EOF
-        for _ in range(100):
-            if activity.in_flight == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert activity.in_flight == 0
+        await wait_until(lambda: activity.in_flight == 0)
     finally:
         await server.stop(None)

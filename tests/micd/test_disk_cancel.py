@@ -50,8 +50,8 @@ async def cancel_while_held(start: Callable[[], Awaitable[object]], entered: thr
 
 
 async def until(condition: Callable[[], bool]) -> bool:
-    """Wait (bounded: 5 s) for the thread to finish and the release to run on the loop."""
-    for _ in range(500):
+    """Wait (bounded: 30 s, for a loaded machine) for the thread to finish and the release to run on the loop."""
+    for _ in range(3000):
         if condition():
             return True
         await asyncio.sleep(0.01)

@@ -212,10 +212,10 @@ def test_idle_timeout_stops_the_daemon(micd):
     for _ in range(4):  # requests keep it alive past the timeout
         time.sleep(0.5)
         assert daemon.request("GET", "/stats")[0] == 200
+    last_request = time.monotonic()  # after the response: the daemon's idle time started before this
     assert daemon.process.poll() is None
-    started = time.monotonic()
     assert daemon.process.wait(15) == 0
-    assert 1.0 <= time.monotonic() - started < 10
+    assert 1.0 <= time.monotonic() - last_request < 15
     assert "stopping: idle for 1.5s" in (daemon.state / "daemon.log").read_text()
     assert not (daemon.state / "ports.json").exists()
 
@@ -248,10 +248,8 @@ def test_unauthenticated_requests_do_not_keep_the_daemon_alive(micd):
         finally:
             connection.close()
         time.sleep(0.2)
-    try:
-        assert daemon.process.wait(10) == 0
-    except subprocess.TimeoutExpired:
-        pytest.fail("401s kept the daemon alive")
+    assert time.monotonic() < deadline, "401s kept the daemon alive"
+    assert daemon.process.wait(30) == 0
     assert "stopping: idle for 1.5s" in (daemon.state / "daemon.log").read_text()
 
 

@@ -15,6 +15,7 @@ import pytest
 from micd import upload_queue
 from micd.errors import FormatError, TierUnavailable
 from micd.upload_queue import MAGIC, UploadQueue, decode_entry, encode_entry
+from tests.micd.helpers import wait_until
 
 
 class Recorder:
@@ -144,16 +145,20 @@ async def test_full_queue_never_blocks_submit_and_loses_nothing(tmp_path):
 
 
 async def test_duplicate_submit_is_one_item(tmp_path):
+    """Two submits of a key still queued are one upload. (One submitted again while in flight runs again:
+    test_resubmit_while_in_flight_runs_again.) The worker is kept busy so the key stays queued."""
     queue = UploadQueue(tmp_path / "q", workers=1)
     handler = Recorder()
     handler.gate.clear()
     await queue.start(handler)
+    await queue.submit("cas/busy")
+    await wait_until(lambda: "cas/busy" in handler.calls)
     await queue.submit("cas/same")
     await queue.submit("cas/same")
-    assert queue.depth == 1
+    assert queue.depth == 2
     handler.gate.set()
     assert await queue.drain(5)
-    assert handler.done == ["cas/same"]
+    assert handler.done == ["cas/busy", "cas/same"]
     await queue.close()
 
 
@@ -164,8 +169,7 @@ async def test_resubmit_while_in_flight_runs_again(tmp_path):
     handler.gate.clear()
     await queue.start(handler)
     await queue.submit("kv/ns/k")
-    while "kv/ns/k" not in handler.calls:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: "kv/ns/k" in handler.calls)
     await queue.submit("kv/ns/k")
     handler.gate.set()
     assert await queue.drain(5)
@@ -181,7 +185,7 @@ async def test_drain_times_out_when_remote_is_down(tmp_path):
     loop = asyncio.get_running_loop()
     started = loop.time()
     assert await queue.drain(0.3) is False
-    assert 0.25 <= loop.time() - started < 2
+    assert 0.25 <= loop.time() - started < 10
     assert queue.depth == 1
     await queue.close()
     assert len(journal_files(tmp_path / "q")) == 1
@@ -553,10 +557,7 @@ async def test_resubmit_while_waiting_for_another_daemons_lock_stays_journaled(t
     await b_read.wait()
     a_busy_go.set()  # A's worker now picks "k" up and waits for B's lock
     name = entry_name("kv/ns/k")
-    for _ in range(200):
-        if name in a._inflight:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: name in a._inflight)
     local["kv/ns/k"] = "v2"  # A stores a newer record ...
     await a.submit("kv/ns/k")  # ... and acknowledges it
     await a.drain(0.2)  # S3 is slow: A's shutdown drain times out

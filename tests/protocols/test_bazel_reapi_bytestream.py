@@ -208,21 +208,21 @@ async def test_client_cancel_mid_stream_keeps_the_upload_resumable(env):
     call = env.bytestream.Write(gen())
     await sent.wait()
     query = bs_pb2.QueryWriteStatusRequest(resource_name=name)
-    for _ in range(100):  # the server may still be consuming the last chunks
-        if (await env.bytestream.QueryWriteStatus(query)).committed_size == 1 << 20:
-            break
+    deadline = asyncio.get_running_loop().time() + 15  # bounds for a loaded machine, not expectations
+    while (await env.bytestream.QueryWriteStatus(query)).committed_size != 1 << 20:
+        assert asyncio.get_running_loop().time() < deadline, "the server never consumed the sent chunks"
         await asyncio.sleep(0.02)
     call.cancel()
     assert (await env.bytestream.QueryWriteStatus(query)).committed_size == 1 << 20
     rest = requests(name, data[1 << 20 :], offset=1 << 20)
-    for _ in range(
-        100
-    ):  # ABORTED while the server has not yet noticed the cancelled stream: retry, as Bazel does
+    deadline = asyncio.get_running_loop().time() + 15
+    while True:  # ABORTED while the server has not yet noticed the cancelled stream: retry, as Bazel does
         try:
             resp = await env.bytestream.Write(iter(rest))
             break
         except grpc.aio.AioRpcError as err:
             assert err.code() == grpc.StatusCode.ABORTED, err.details()
+            assert asyncio.get_running_loop().time() < deadline, "the cancelled upload never let go"
             await asyncio.sleep(0.02)
     assert resp.committed_size == digest.size
     assert await env.store.get_bytes(digest) == data
