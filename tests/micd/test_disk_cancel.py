@@ -107,3 +107,37 @@ async def test_a_cancelled_put_removes_the_temp_file_its_thread_created(make_tie
     assert await until(released)
     assert temp_files(tier) == []
     assert tier.stats()["reserved_bytes"] == 0
+
+
+@pytest.mark.parametrize("kind", ["streamed blob", "small blob", "record"])
+async def test_a_write_cancelled_while_publishing_is_still_counted(make_tier, monkeypatch, kind):
+    """The thread (or group commit) publishes anyway: usage and LRU must count it now, not at the next
+    rescan (up to a minute later, while the caps would be enforced on a wrong total)."""
+    tier: DiskTier = await make_tier()
+    entered, proceed = threading.Event(), threading.Event()
+
+    def held(publish):
+        def publish_when_let(*args, **kwargs):
+            entered.set()
+            proceed.wait(10)
+            return publish(*args, **kwargs)
+
+        return publish_when_let
+
+    if kind == "small blob":  # group-committed: published by the commit's thread
+        monkeypatch.setattr(disk_files, "publish_unsynced", held(disk_files.publish_unsynced))
+    else:  # held inside TempWriter.publish, under its lock (an abort queued meanwhile waits for it)
+        monkeypatch.setattr(disk_files.Sig, "of", staticmethod(held(disk_files.Sig.of)))
+    before = tier.used_bytes
+    if kind == "record":
+        start = lambda: tier.put_record("ns", "key", Record(b"v" * 100))
+    else:
+        data = blob(2 << 20 if kind == "streamed blob" else 1000, seed=3)
+        start = lambda: tier.put_bytes(Digest.of(data), data)
+    await cancel_while_held(start, entered, proceed)
+    assert await until(lambda: tier.used_bytes > before)
+    if kind == "record":
+        assert (await tier.get_record("ns", "key")).value == b"v" * 100
+    else:
+        assert tier.used_bytes == before + len(data) and await tier.get_bytes(Digest.of(data)) == data
+    assert tier.stats()["entries"] == 1 and tier.stats()["reserved_bytes"] == 0

@@ -34,7 +34,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -57,24 +58,29 @@ _FAST_MAX = 1 << 20  # blobs up to this size are group-committed through the jou
 _T = TypeVar("_T")
 
 
-async def _to_thread_owned(make: Callable[[], _T], release: Callable[[_T], object]) -> _T:
-    """`await asyncio.to_thread(make)` for a `make` that creates a resource (an fd, a temp file).
+async def _completing(work: Awaitable[_T], on_orphan: Callable[[_T], object]) -> _T:
+    """Await `work`, which goes on to the end even if the awaiting task is cancelled (a thread's job, a group
+    commit): then `on_orphan` gets its result once it is done, on the event loop, so it must be quick.
 
-    Why: a cancelled await (a client disconnecting) cannot stop the thread, which still creates the resource,
-    and nobody would receive it to close it: leaked fds (EMFILE, evicted files' space kept allocated) and temp
-    files. So if the awaiting task is cancelled, `release` gets the resource once the thread finishes. It runs
-    on the event loop, so it must be quick (close an fd, unlink a temp file).
+    Why: a cancelled await (a client disconnecting) cannot stop a thread, so what it creates (an fd, a temp
+    file) would leak and what it publishes would go uncounted (usage and LRU wrong until the next rescan).
     """
-    future = asyncio.get_running_loop().run_in_executor(None, make)
+    future = asyncio.ensure_future(work)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
-        future.add_done_callback(lambda done: _release_orphan(done, release))
+        future.add_done_callback(lambda done: _release_orphan(done, on_orphan))
         raise
 
 
+async def _to_thread_owned(make: Callable[[], _T], release: Callable[[_T], object]) -> _T:
+    """`await asyncio.to_thread(make)` for a `make` that creates a resource (an fd, a temp file), which
+    `release` gets if the caller was cancelled (`_completing`)."""
+    return await _completing(asyncio.get_running_loop().run_in_executor(None, make), release)
+
+
 def _release_orphan(done: asyncio.Future, release: Callable[[_T], object]) -> None:
-    """Release what a thread created for a cancelled caller (nothing if it failed)."""
+    """Hand what finished for a cancelled caller to `release` (nothing if it failed)."""
     if not done.cancelled() and done.exception() is None:
         release(done.result())
 
@@ -288,7 +294,9 @@ class DiskTier(IndexState):
                 finally:
                     await pipeline.settle()
                 verifier.check()
-                sig = await asyncio.to_thread(writer.publish, path)
+                sig = await _completing(
+                    asyncio.to_thread(writer.publish, path), partial(self._count_orphan, key, digest.size)
+                )
             except OSError as exc:
                 if exc.errno in files.FULL_ERRNOS:
                     raise self._fs_full(digest.size, exc) from exc
@@ -323,7 +331,10 @@ class DiskTier(IndexState):
         if self._commit is None:
             raise RuntimeError("DiskTier is not open")
         try:
-            sig = await self._commit.put(digest, self.layout.blob_file(digest), data)
+            sig = await _completing(
+                self._commit.put(digest, self.layout.blob_file(digest), data),
+                partial(self._count_orphan, key, digest.size),
+            )
         except OSError as exc:
             if exc.errno in files.FULL_ERRNOS:
                 raise self._fs_full(digest.size, exc) from exc
@@ -335,6 +346,11 @@ class DiskTier(IndexState):
             return
         self._published(key, digest.size, sig)
         await self._after_write(key)
+
+    def _count_orphan(self, key: str, size: int, _result: object) -> None:
+        """Count a write published although its caller was cancelled meanwhile (`_completing`)."""
+        self._lru.add(key, size, time.time_ns())
+        self._changes += 1
 
     def _published(self, key: str, size: int, sig: files.Sig) -> None:
         self._lru.add(key, size, time.time_ns())
@@ -385,7 +401,10 @@ class DiskTier(IndexState):
             writer = await self._new_writer()
             try:
                 await asyncio.to_thread(writer.write, [data], None)
-                await asyncio.to_thread(writer.publish, self.layout.kv_path(namespace, key))
+                await _completing(
+                    asyncio.to_thread(writer.publish, self.layout.kv_path(namespace, key)),
+                    partial(self._count_orphan, kv_key(namespace, key), len(data)),
+                )
             except OSError as exc:
                 if exc.errno in files.FULL_ERRNOS:
                     raise self._fs_full(len(data), exc) from exc
