@@ -40,13 +40,16 @@ def fds_to(path: Path) -> list[int]:
 
 async def cancel_while_held(start: Callable[[], Awaitable[object]], entered: threading.Event,
                             proceed: threading.Event) -> None:  # fmt: skip
-    """Start a request, cancel it while its creating call is held in the thread, then let that call go on."""
+    """Start a request, cancel it while its creating call is held in the thread, then let that call go on.
+
+    The call is let go before the cancelled task is awaited: its clean-up may wait for that call (an abort
+    waits for a publish holding the temp file's lock), as it would in production."""
     task = asyncio.ensure_future(start())
     assert await asyncio.to_thread(entered.wait, 10)
-    task.cancel()
+    task.cancel()  # the task's awaited future is cancelled now: it sees CancelledError whatever the thread does
+    proceed.set()
     with pytest.raises(asyncio.CancelledError):
         await task
-    proceed.set()
 
 
 async def until(condition: Callable[[], bool]) -> bool:
