@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from mic.errors import BadRequest, Conflict, NotFound, WorkspaceError
 from mic.formats.btree_node import FileEntry
+from mic.formats.chunked import CHUNK_SIZE
 from mic.formats.session import Session
 from mic.landing import LandResult, land, roll_forward
 from mic.objects import Project, content_hash
@@ -308,7 +311,9 @@ async def _land_locked(
 
     async def put_one(path: str, entry: FileEntry) -> int:
         full = ws.file(path)
-        async with sem:
+        async with sem:  # at most _PARALLEL contents (or chunks) in memory
+            if entry.mode != 2 and entry.size > CHUNK_SIZE:
+                return await _put_large_file(project, full, entry)
             data = await asyncio.to_thread(read_workspace_file, full, entry)
             return (await project.put_content(data, entry.hash))[1]
 
@@ -400,5 +405,28 @@ def read_workspace_file(path: Path, entry: FileEntry, *, action: str = "land") -
     the hash the scan saw; WorkspaceError naming `action` to rerun if the file changed since."""
     data = os.fsencode(os.readlink(path)) if entry.mode == 2 else path.read_bytes()
     if content_hash(data) != entry.hash:
-        raise WorkspaceError(f"{path} changed while running `mic {action}`; run `mic {action}` again")
+        raise _changed(path, action)
     return data
+
+
+def _changed(path: Path, action: str) -> WorkspaceError:
+    return WorkspaceError(f"{path} changed while running `mic {action}`; run `mic {action}` again")
+
+
+async def _put_large_file(project: Project, path: Path, entry: FileEntry) -> int:
+    """Store a regular file above the chunk size chunk by chunk (`Project.put_chunks`), never whole in memory;
+    return the objects written. Its MICC list is stored only if the file is still what the scan saw (its hash
+    and size), else WorkspaceError as from `read_workspace_file` (chunks already stored are harmless orphans)."""
+    with await asyncio.to_thread(open, path, "rb") as f:
+        h, size, chunk_hashes, written = await project.put_chunks(_pieces(f, entry.size))
+    if h != entry.hash or size != entry.size:
+        raise _changed(path, "land")
+    return written + await project.put_chunk_list(h, chunk_hashes)
+
+
+def _pieces(f: BinaryIO, size: int) -> Iterator[bytes]:
+    """`f` in CHUNK_SIZE pieces, stopping once past `size` bytes: a file that keeps growing (a log) ends the read."""
+    done = 0
+    while done <= size and (piece := f.read(CHUNK_SIZE)):
+        done += len(piece)
+        yield piece

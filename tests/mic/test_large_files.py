@@ -1,0 +1,123 @@
+"""Files above the chunk size are landed and checked out chunk by chunk, never whole in memory."""
+
+from __future__ import annotations
+
+import os
+import tracemalloc
+
+import pytest
+
+from mic import objects, vcs
+from mic.errors import WorkspaceError
+from mic.formats.chunked import CHUNK_SIZE, decode_chunked
+from mic.objects import Project, content_hash
+from mic.objectstore import open_store
+from mic.workspace import Workspace
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+async def project(tmp_path):
+    store = open_store(f"file://{tmp_path / 'store'}")
+    p = Project(store, "p")
+    await p.create(1)
+    yield p
+    await store.close()
+
+
+async def _checkout(project: Project, root) -> Workspace:
+    return await vcs.checkout(project, root, store_url=f"file://{root.parent / 'store'}", s3_endpoint_url=None)
+
+
+def _write_random(path, size: int) -> None:
+    """A file of `size` random (incompressible) bytes, written a chunk at a time."""
+    with open(path, "wb") as f:
+        f.writelines(os.urandom(min(CHUNK_SIZE, size - start)) for start in range(0, size, CHUNK_SIZE))
+
+
+def _refuse_whole_large_content(monkeypatch) -> None:
+    """Make holding a large file whole in memory through `Project` an error: land and checkout must stream."""
+    real_put, real_read = Project.put_content, Project.read_content
+
+    async def put_content(self, data, digest=None):
+        assert len(data) <= CHUNK_SIZE, "a large file was handed to put_content whole"
+        return await real_put(self, data, digest)
+
+    async def read_content(self, h):
+        assert (await self._blob_object(h))[:4] != b"MICC", "a large file was read whole"
+        return await real_read(self, h)
+
+    monkeypatch.setattr(Project, "put_content", put_content)
+    monkeypatch.setattr(Project, "read_content", read_content)
+
+
+async def _blobs(project: Project) -> dict[str, bytes]:
+    """Every blob object of `project`, by key below the project."""
+    keys = await project.store.list(f"{project.name}/blobs/")
+    return {key: (await project.store.get(key)).data for key in keys}
+
+
+async def test_landing_streams_and_stores_the_objects_put_content_stores(project, tmp_path, monkeypatch):
+    """The streamed objects are byte for byte what `put_content` writes (same keys, same encoding): projects
+    written before streaming read the same, and a file landed either way is stored once."""
+    data = os.urandom(3 * CHUNK_SIZE + 1)
+    reference = Project(open_store(f"file://{tmp_path / 'reference'}"), "p")
+    h, written = await reference.put_content(data)
+    assert written == 5  # four MICB chunks and the MICC list
+
+    _refuse_whole_large_content(monkeypatch)
+    ws = await _checkout(project, tmp_path / "ws")
+    (ws.root / "big.bin").write_bytes(data)
+    await vcs.land_workspace(project, ws, "add a large file")
+
+    blobs = await _blobs(project)
+    assert blobs == await _blobs(reference)
+    assert decode_chunked(blobs[f"p/blobs/{h.hex()[:2]}/{h.hex()}"])[-1] == content_hash(data[-1:])
+    await reference.store.close()
+
+
+@pytest.mark.parametrize("change", ["same size", "grown"])
+async def test_a_file_changed_between_chunks_fails_the_land(project, tmp_path, monkeypatch, change):
+    """An edit made while the file is read (after its first chunk) is caught by the whole file's hash (or size):
+    the land fails as when the file changed before it was read, and no MICC object claims the scanned hash."""
+    ws = await _checkout(project, tmp_path / "ws")
+    big = ws.root / "big.bin"
+    _write_random(big, 3 * CHUNK_SIZE + 1)
+    expected = content_hash(big.read_bytes())
+    real_encode = objects.encode_blob
+    edited = []
+
+    def encode_then_edit(data, **kwargs):
+        if not edited:
+            edited.append(True)
+            with open(big, "r+b") as f:
+                if change == "grown":
+                    f.seek(0, os.SEEK_END)
+                else:
+                    f.seek(2 * CHUNK_SIZE)
+                f.write(b"edited while mic land read the file")
+        return real_encode(data, **kwargs)
+
+    monkeypatch.setattr(objects, "encode_blob", encode_then_edit)
+    with pytest.raises(WorkspaceError, match=r"changed while running `mic land`; run `mic land` again"):
+        await vcs.land_workspace(project, ws, "add a large file")
+    assert edited
+    assert await project.get(f"blobs/{expected.hex()[:2]}/{expected.hex()}") is None
+    assert (await project.read_head())[0].position == 0
+
+
+async def test_landing_a_64_mib_file_holds_a_few_chunks_in_memory(project, tmp_path):
+    """Python's peak allocation stays far below the file's size (the whole-file code peaked above 64 MiB)."""
+    ws = await _checkout(project, tmp_path / "a")
+    _write_random(ws.root / "big.bin", 64 * MiB)
+
+    tracemalloc.start()
+    try:
+        await vcs.land_workspace(project, ws, "add a 64 MiB file")
+        land_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    print(f"peak: land {land_peak / MiB:.1f} MiB")
+    assert land_peak < 24 * MiB
