@@ -10,6 +10,7 @@ import asyncio
 import os
 import stat
 from collections.abc import Iterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -106,8 +107,11 @@ def _remove_if_unchanged(ws: Workspace, rel: str, old: FileEntry | None) -> bool
     return True
 
 
-def _write_if_unchanged(ws: Workspace, rel: str, old: FileEntry | None, new: FileEntry, data: bytes) -> Path | None:
-    """Write `data` (content of `new`) at `rel` if the disk still holds `old`; the path written, or None if not.
+def _write_if_unchanged(
+    ws: Workspace, rel: str, old: FileEntry | None, new: FileEntry, data: bytes | Path
+) -> Path | None:
+    """Write `data` (content of `new`, or a `Workspace.temp_file` holding it, then moved into place) at `rel` if
+    the disk still holds `old`; the path written, or None if not.
 
     Checked here, after the content was fetched and just before the write: an edit made while the fetch ran
     (seconds on S3) is seen and kept. An empty directory where the base has no file (left by the tracked files
@@ -125,9 +129,32 @@ def _write_if_unchanged(ws: Workspace, rel: str, old: FileEntry | None, new: Fil
     if not _disk_matches(ws, rel, old):
         return None
     try:
+        if isinstance(data, Path):
+            return ws.install(rel, data, new.mode)
         return ws.write_file(rel, data, new.mode)
-    except (FileExistsError, NotADirectoryError, IsADirectoryError, WorkspaceError):
-        return None  # a parent is a file (kept as a local edit), or a directory is in the way
+    except (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, WorkspaceError):
+        return None  # a parent is a file (kept as a local edit), or was removed, or a directory is in the way
+
+
+async def _stream_if_unchanged(
+    project: Project, ws: Workspace, rel: str, old: FileEntry | None, new: FileEntry
+) -> Path | None:
+    """`_write_if_unchanged` for a file above the chunk size, which is never whole in memory: each chunk goes to
+    the temp file as it is fetched and verified, and `_write_if_unchanged` moves it over `rel` (the disk checked
+    right before) once the whole file's BLAKE3 matched. The temp file is removed on every failure, so a corrupt
+    chunk (IntegrityError) leaves the workspace file as it was."""
+    try:
+        tmp = await asyncio.to_thread(ws.temp_file, rel)
+    except (FileExistsError, NotADirectoryError, WorkspaceError):
+        return None  # a parent is a file (kept as a local edit), or a symlink
+    try:
+        with await asyncio.to_thread(open, tmp, "wb") as out:
+            async with aclosing(project.iter_content(new.hash)) as chunks:
+                async for chunk in chunks:
+                    await asyncio.to_thread(out.write, chunk)
+        return await asyncio.to_thread(_write_if_unchanged, ws, rel, old, new, tmp)
+    finally:
+        tmp.unlink(missing_ok=True)  # not awaited: it must run even in a task being cancelled
 
 
 async def sync_to(
@@ -172,9 +199,12 @@ async def sync_to(
             await settle(path, None)
 
     async def write(path: str, old: FileEntry | None, new: FileEntry) -> None:
-        async with sem:  # held through the write: at most _PARALLEL contents in memory
-            data = await project.read_content(new.hash)
-            full = await asyncio.to_thread(_write_if_unchanged, ws, path, old, new, data)
+        async with sem:  # held through the write: at most _PARALLEL contents (or chunks) in memory
+            if new.mode != 2 and new.size > CHUNK_SIZE:
+                full = await _stream_if_unchanged(project, ws, path, old, new)
+            else:
+                data = await project.read_content(new.hash)
+                full = await asyncio.to_thread(_write_if_unchanged, ws, path, old, new, data)
         if full is None:
             await settle(path, new)
         else:
