@@ -14,21 +14,9 @@ from mic.formats.chunked import CHUNK_SIZE, decode_chunked, encode_chunked
 from mic.objects import Project, content_hash
 from mic.objectstore import open_store
 from mic.workspace import Workspace
+from tests.mic.test_land_workspace import _checkout
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-async def project(tmp_path):
-    store = open_store(f"file://{tmp_path / 'store'}")
-    p = Project(store, "p")
-    await p.create(1)
-    yield p
-    await store.close()
-
-
-async def _checkout(project: Project, root) -> Workspace:
-    return await vcs.checkout(project, root, store_url=f"file://{root.parent / 'store'}", s3_endpoint_url=None)
 
 
 def _write_random(path, size: int) -> None:
