@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 
 import blake3
 
@@ -44,6 +46,28 @@ async def list_projects(store: ObjectStore) -> list[str]:
 def content_hash(data: bytes) -> bytes:
     """The BLAKE3 address of a file's content."""
     return blake3.blake3(data).digest()
+
+
+def _next_chunk(pieces: Iterator[bytes], whole: blake3.blake3) -> tuple[bytes, int, bytes] | None:
+    """The next piece's (hash, size, MICB object), added to the `whole` file's hash; None past the last."""
+    piece = next(pieces, b"")
+    if not piece:
+        return None
+    whole.update(piece)
+    return content_hash(piece), len(piece), encode_blob(piece)
+
+
+def _verified(data: bytes, h: bytes, what: str) -> bytes:
+    if content_hash(data) != h:
+        raise IntegrityError(h.hex(), content_hash(data).hex(), what=what)
+    return data
+
+
+def _verified_chunk(raw: bytes, h: bytes, whole: blake3.blake3) -> bytes:
+    """A chunk's bytes from its MICB object, checked against its hash and added to the `whole` file's hash."""
+    chunk = _verified(decode_blob(raw), h, "chunk")
+    whole.update(chunk)
+    return chunk
 
 
 def landing_key(position: int) -> str:
@@ -125,15 +149,35 @@ class Project:
 
     async def put_content(self, data: bytes, digest: bytes | None = None) -> tuple[bytes, int]:
         """Store a file's bytes (MICB, or MICC + MICB chunks above 4 MiB); return (hash, objects written)."""
-        h = digest or content_hash(data)
         if len(data) <= CHUNK_SIZE:
+            h = digest or content_hash(data)
             return h, await self.ensure(_hashed("blobs", h), encode_blob(data))
-        chunks = [data[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE)]
-        hashes = [content_hash(c) for c in chunks]
-        written = 0
-        for chunk_hash, chunk in zip(hashes, chunks, strict=True):
-            written += await self.ensure(_hashed("blobs", chunk_hash), encode_blob(chunk))
-        return h, written + await self.ensure(_hashed("blobs", h), encode_chunked(hashes))
+        pieces = (data[i : i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE))
+        h, _, hashes, written = await self.put_chunks(pieces)
+        if digest is not None and digest != h:
+            raise ValueError(f"put_content: the data hashes to {h.hex()}, not the digest given ({digest.hex()})")
+        return h, written + await self.put_chunk_list(h, hashes)
+
+    async def put_chunks(self, pieces: Iterator[bytes]) -> tuple[bytes, int, list[bytes], int]:
+        """Store each piece of a file (CHUNK_SIZE bytes, the last one shorter) as a MICB chunk, one at a time.
+
+        `pieces` is advanced in a worker thread (it may read a file), where each piece is hashed and compressed
+        too: memory holds one chunk whatever the file's size, and the event loop stays free. Returns (the whole
+        file's BLAKE3, its size, the chunk hashes, objects written). The MICC list is left to `put_chunk_list`,
+        so that a caller can first check the file is the one it meant to store."""
+        whole = blake3.blake3()
+        hashes: list[bytes] = []
+        size = written = 0
+        while (chunk := await asyncio.to_thread(_next_chunk, pieces, whole)) is not None:
+            chunk_hash, length, encoded = chunk
+            written += await self.ensure(_hashed("blobs", chunk_hash), encoded)
+            hashes.append(chunk_hash)
+            size += length
+        return whole.digest(), size, hashes, written
+
+    async def put_chunk_list(self, h: bytes, chunk_hashes: list[bytes]) -> int:
+        """Store the MICC list of a file stored by `put_chunks` under its hash `h`; 1 if this call wrote it."""
+        return await self.ensure(_hashed("blobs", h), encode_chunked(chunk_hashes))
 
     async def _blob_object(self, h: bytes) -> bytes:
         obj = await self.get(_hashed("blobs", h))
@@ -141,22 +185,26 @@ class Project:
             raise NotFound(f"blob {h.hex()} is missing from project {self.name!r}")
         return obj.data
 
+    async def iter_content(self, h: bytes) -> AsyncIterator[bytes]:
+        """A file's bytes, chunk by chunk, each verified against its BLAKE3 as it comes (IntegrityError).
+
+        The whole file's BLAKE3 is checked after the last chunk, by the iteration itself: content is verified
+        only for a reader that reached the end. Memory holds one chunk; chunks decode in a worker thread."""
+        raw = await self._blob_object(h)
+        if raw[:4] != MICC_MAGIC:
+            yield _verified(decode_blob(raw), h, "blob")
+            return
+        whole = blake3.blake3()
+        for chunk_hash in decode_chunked(raw):
+            chunk = await asyncio.to_thread(_verified_chunk, await self._blob_object(chunk_hash), chunk_hash, whole)
+            yield chunk
+        if whole.digest() != h:
+            raise IntegrityError(h.hex(), whole.hexdigest(), what="blob")
+
     async def read_content(self, h: bytes) -> bytes:
         """Return a file's bytes, verified against its BLAKE3 (IntegrityError on mismatch)."""
-        raw = await self._blob_object(h)
-        if raw[:4] == MICC_MAGIC:
-            parts = []
-            for chunk_hash in decode_chunked(raw):
-                chunk = decode_blob(await self._blob_object(chunk_hash))
-                if content_hash(chunk) != chunk_hash:
-                    raise IntegrityError(chunk_hash.hex(), content_hash(chunk).hex(), what="chunk")
-                parts.append(chunk)
-            data = b"".join(parts)
-        else:
-            data = decode_blob(raw)
-        if content_hash(data) != h:
-            raise IntegrityError(h.hex(), content_hash(data).hex(), what="blob")
-        return data
+        async with aclosing(self.iter_content(h)) as chunks:
+            return b"".join([chunk async for chunk in chunks])
 
     # -- tree nodes (NodeSource) ---------------------------------------------------------------------------------
 

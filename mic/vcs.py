@@ -9,11 +9,15 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from mic.errors import BadRequest, Conflict, NotFound, WorkspaceError
 from mic.formats.btree_node import FileEntry
+from mic.formats.chunked import CHUNK_SIZE
 from mic.formats.session import Session
 from mic.landing import LandResult, land, roll_forward
 from mic.objects import Project, content_hash
@@ -103,8 +107,11 @@ def _remove_if_unchanged(ws: Workspace, rel: str, old: FileEntry | None) -> bool
     return True
 
 
-def _write_if_unchanged(ws: Workspace, rel: str, old: FileEntry | None, new: FileEntry, data: bytes) -> Path | None:
-    """Write `data` (content of `new`) at `rel` if the disk still holds `old`; the path written, or None if not.
+def _write_if_unchanged(
+    ws: Workspace, rel: str, old: FileEntry | None, new: FileEntry, data: bytes | Path
+) -> Path | None:
+    """Write `data` (content of `new`, or a `Workspace.temp_file` holding it, then moved into place) at `rel` if
+    the disk still holds `old`; the path written, or None if not.
 
     Checked here, after the content was fetched and just before the write: an edit made while the fetch ran
     (seconds on S3) is seen and kept. An empty directory where the base has no file (left by the tracked files
@@ -122,9 +129,32 @@ def _write_if_unchanged(ws: Workspace, rel: str, old: FileEntry | None, new: Fil
     if not _disk_matches(ws, rel, old):
         return None
     try:
+        if isinstance(data, Path):
+            return ws.install(rel, data, new.mode)
         return ws.write_file(rel, data, new.mode)
-    except (FileExistsError, NotADirectoryError, IsADirectoryError, WorkspaceError):
-        return None  # a parent is a file (kept as a local edit), or a directory is in the way
+    except (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, WorkspaceError):
+        return None  # a parent is a file (kept as a local edit), or was removed, or a directory is in the way
+
+
+async def _stream_if_unchanged(
+    project: Project, ws: Workspace, rel: str, old: FileEntry | None, new: FileEntry
+) -> Path | None:
+    """`_write_if_unchanged` for a file above the chunk size, which is never whole in memory: each chunk goes to
+    the temp file as it is fetched and verified, and `_write_if_unchanged` moves it over `rel` (the disk checked
+    right before) once the whole file's BLAKE3 matched. The temp file is removed on every failure, so a corrupt
+    chunk (IntegrityError) leaves the workspace file as it was."""
+    try:
+        tmp = await asyncio.to_thread(ws.temp_file, rel)
+    except (FileExistsError, NotADirectoryError, WorkspaceError):
+        return None  # a parent is a file (kept as a local edit), or a symlink
+    try:
+        with await asyncio.to_thread(open, tmp, "wb") as out:
+            async with aclosing(project.iter_content(new.hash)) as chunks:
+                async for chunk in chunks:
+                    await asyncio.to_thread(out.write, chunk)
+        return await asyncio.to_thread(_write_if_unchanged, ws, rel, old, new, tmp)
+    finally:
+        tmp.unlink(missing_ok=True)  # not awaited: it must run even in a task being cancelled
 
 
 async def sync_to(
@@ -169,9 +199,12 @@ async def sync_to(
             await settle(path, None)
 
     async def write(path: str, old: FileEntry | None, new: FileEntry) -> None:
-        async with sem:  # held through the write: at most _PARALLEL contents in memory
-            data = await project.read_content(new.hash)
-            full = await asyncio.to_thread(_write_if_unchanged, ws, path, old, new, data)
+        async with sem:  # held through the write: at most _PARALLEL contents (or chunks) in memory
+            if new.mode != 2 and new.size > CHUNK_SIZE:
+                full = await _stream_if_unchanged(project, ws, path, old, new)
+            else:
+                data = await project.read_content(new.hash)
+                full = await asyncio.to_thread(_write_if_unchanged, ws, path, old, new, data)
         if full is None:
             await settle(path, new)
         else:
@@ -308,7 +341,9 @@ async def _land_locked(
 
     async def put_one(path: str, entry: FileEntry) -> int:
         full = ws.file(path)
-        async with sem:
+        async with sem:  # at most _PARALLEL contents (or chunks) in memory
+            if entry.mode != 2 and entry.size > CHUNK_SIZE:
+                return await _put_large_file(project, full, entry)
             data = await asyncio.to_thread(read_workspace_file, full, entry)
             return (await project.put_content(data, entry.hash))[1]
 
@@ -400,5 +435,28 @@ def read_workspace_file(path: Path, entry: FileEntry, *, action: str = "land") -
     the hash the scan saw; WorkspaceError naming `action` to rerun if the file changed since."""
     data = os.fsencode(os.readlink(path)) if entry.mode == 2 else path.read_bytes()
     if content_hash(data) != entry.hash:
-        raise WorkspaceError(f"{path} changed while running `mic {action}`; run `mic {action}` again")
+        raise _changed(path, action)
     return data
+
+
+def _changed(path: Path, action: str) -> WorkspaceError:
+    return WorkspaceError(f"{path} changed while running `mic {action}`; run `mic {action}` again")
+
+
+async def _put_large_file(project: Project, path: Path, entry: FileEntry) -> int:
+    """Store a regular file above the chunk size chunk by chunk (`Project.put_chunks`), never whole in memory;
+    return the objects written. Its MICC list is stored only if the file is still what the scan saw (its hash
+    and size), else WorkspaceError as from `read_workspace_file` (chunks already stored are harmless orphans)."""
+    with await asyncio.to_thread(open, path, "rb") as f:
+        h, size, chunk_hashes, written = await project.put_chunks(_pieces(f, entry.size))
+    if h != entry.hash or size != entry.size:
+        raise _changed(path, "land")
+    return written + await project.put_chunk_list(h, chunk_hashes)
+
+
+def _pieces(f: BinaryIO, size: int) -> Iterator[bytes]:
+    """`f` in CHUNK_SIZE pieces, stopping once past `size` bytes: a file that keeps growing (a log) ends the read."""
+    done = 0
+    while done <= size and (piece := f.read(CHUNK_SIZE)):
+        done += len(piece)
+        yield piece

@@ -204,21 +204,42 @@ class Workspace:
 
     def write_file(self, rel: str, data: bytes, mode: int) -> Path:
         """Write one file as the tree says (creating directories; replacing whatever was there)."""
+        if mode == 2:
+            path = self.file(rel)
+            self.refuse_symlinked_parent(rel)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._refuse_directory(rel, path)
+            path.unlink(missing_ok=True)
+            os.symlink(os.fsdecode(data), path)
+            return path
+        tmp = self.temp_file(rel)
+        try:
+            tmp.write_bytes(data)
+            return self.install(rel, tmp, mode)
+        finally:
+            tmp.unlink(missing_ok=True)  # a failed write leaves no temp file (after `install` there is none)
+
+    def temp_file(self, rel: str) -> Path:
+        """The temp file next to `rel` (its directories created) that a write fills before `install` moves it
+        over `rel`: a reader never sees a partly written file. The caller removes it if it is not installed."""
         path = self.file(rel)
         self.refuse_symlinked_parent(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_symlink() or path.exists():
-            if path.is_dir() and not path.is_symlink():
-                raise WorkspaceError(f"cannot write file {rel}: a directory is in the way")
-            path.unlink()
-        if mode == 2:
-            os.symlink(os.fsdecode(data), path)
-        else:
-            tmp = path.with_name(f".{path.name}.mic-tmp")
-            tmp.write_bytes(data)
-            os.chmod(tmp, 0o755 if mode == 1 else 0o644)
-            os.replace(tmp, path)
+        return path.with_name(f".{path.name}.mic-tmp")
+
+    def install(self, rel: str, tmp: Path, mode: int) -> Path:
+        """Move the filled `temp_file(rel)` over `rel` (replacing a file or symlink there) with `mode`'s permissions."""
+        path = self.file(rel)
+        self.refuse_symlinked_parent(rel)
+        self._refuse_directory(rel, path)
+        os.chmod(tmp, 0o755 if mode == 1 else 0o644)
+        os.replace(tmp, path)
         return path
+
+    @staticmethod
+    def _refuse_directory(rel: str, path: Path) -> None:
+        if path.is_dir() and not path.is_symlink():
+            raise WorkspaceError(f"cannot write file {rel}: a directory is in the way")
 
     def remove_file(self, rel: str) -> None:
         """Delete a file and any directories it leaves empty."""

@@ -13,6 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from mic.cli import main
+from mic.objects import Project
+from mic.objectstore import open_store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,6 +59,16 @@ class Mic:
 @pytest.fixture
 def mic(monkeypatch):
     return Mic(monkeypatch)
+
+
+@pytest.fixture
+async def project(tmp_path):
+    """Project "p" in a fresh local store at `tmp_path/store` (modules testing every store kind define their own)."""
+    store = open_store(f"file://{tmp_path / 'store'}")
+    p = Project(store, "p")
+    await p.create(1)
+    yield p
+    await store.close()
 
 
 def run_mic(cwd: Path, *args: str, env_extra: dict[str, str] | None = None, timeout: float = 60):

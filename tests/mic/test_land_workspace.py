@@ -8,17 +8,7 @@ import pytest
 
 from mic import vcs
 from mic.objects import Project
-from mic.objectstore import open_store
 from mic.workspace import Workspace
-
-
-@pytest.fixture
-async def project(tmp_path):
-    store = open_store(f"file://{tmp_path / 'store'}")
-    p = Project(store, "p")
-    await p.create(1)
-    yield p
-    await store.close()
 
 
 async def _checkout(project: Project, root) -> Workspace:
