@@ -143,32 +143,56 @@ async def test_eviction_spares_a_blob_another_process_used(make_tier):
 
 async def test_eviction_spares_a_blob_another_process_reported_present(make_tier, monkeypatch):
     """A FindMissing answer "present" marks the file used, as a read does: another daemon sharing the root
-    must not evict the blob between that answer and the client's use of it."""
+    must not evict the blob between that answer and the client's use of it. The file's atime decides: the
+    answering daemon's own LRU says "just used" (it loaded the index a moment ago) and must not stop the write."""
     from micd.tiers.disk import evict
 
     monkeypatch.setattr(evict, "ATIME_SLACK_NS", 0)  # no clock jitter to allow for: the atimes set are exact
     first = await make_tier(soft_cap=10_000, hard_cap=20_000)
     blobs = await put_many(first, 10, 1000)
+    path = first.layout.blob_path(blobs[0][0])
+    hour_ago = time.time_ns() - 3600 * 10**9  # nobody has read it for an hour
+    os.utime(path, ns=(hour_ago, path.stat().st_mtime_ns))
     second = await make_tier(soft_cap=10_000, hard_cap=20_000)
-    monkeypatch.setattr(disk_files, "TOUCH_EVERY_NS", 0)  # as if a minute had passed since `second` used it
     assert await second.find_missing([blobs[0][0]]) == []
     await put_many(first, 1, 1000, first_seed=100)
     assert await first.find_missing([d for d, _ in blobs]) == [blobs[1][0], blobs[2][0]]
 
 
 async def test_present_blobs_are_marked_used_at_most_once_a_minute(make_tier, monkeypatch):
-    """The atime write is throttled like a read's: within a minute of this process marking a blob used, a
-    FindMissing leaves the file alone (a hot blob costs one `access` per check, not a metadata write)."""
+    """The atime rule of reads: a file used within the last minute is left alone, an older atime is rewritten
+    (the mtime, part of `Sig`, never). A file this process marked is not even stat'ed again within the
+    minute: a hot blob costs an `access` per check, not a stat or a metadata write."""
     tier = await make_tier(soft_cap=10_000, hard_cap=20_000)
-    ((digest, _),) = await put_many(tier, 1, 1000)
+    (recent_digest, _), (old_digest, _) = await put_many(tier, 2, 1000)
+    recent_path, old_path = tier.layout.blob_path(recent_digest), tier.layout.blob_path(old_digest)
+    mtime = old_path.stat().st_mtime_ns
+    recent, old = time.time_ns() - 10 * 10**9, time.time_ns() - 3600 * 10**9
+    os.utime(recent_path, ns=(recent, recent_path.stat().st_mtime_ns))
+    os.utime(old_path, ns=(old, mtime))
+    assert await tier.find_missing([recent_digest, old_digest]) == []
+    assert recent_path.stat().st_atime_ns == recent
+    assert old_path.stat().st_atime_ns > old and old_path.stat().st_mtime_ns == mtime
+    stats: list[str] = []
+    real_stat = disk_files.os.stat
+    monkeypatch.setattr(disk_files.os, "stat", lambda path, **kw: stats.append(path) or real_stat(path, **kw))
+    assert await tier.find_missing([recent_digest, old_digest]) == []
+    assert stats == []
+
+
+@pytest.mark.parametrize("size", [1000, 2 << 20], ids=["group-committed", "streamed"])
+async def test_uploading_a_stored_blob_again_marks_it_used(make_tier, size):
+    """A client that uploads a blob means to use it (an action result naming it comes next): like a
+    FindMissing "present", the idempotent put marks the file used for other daemons' eviction."""
+    tier = await make_tier(soft_cap=10 << 20, hard_cap=20 << 20)
+    data = blob(size, seed=7)
+    digest = Digest.of(data)
+    await tier.put_bytes(digest, data)
     path = tier.layout.blob_path(digest)
-    old, mtime = time.time_ns() - 3600 * 10**9, path.stat().st_mtime_ns
-    os.utime(path, ns=(old, mtime))
-    assert await tier.find_missing([digest]) == []
-    assert path.stat().st_atime_ns == old  # written here a moment ago: already marked used
-    monkeypatch.setattr(disk_files, "TOUCH_EVERY_NS", 0)  # a minute later
-    assert await tier.find_missing([digest]) == []
-    assert path.stat().st_atime_ns > old and path.stat().st_mtime_ns == mtime
+    old = time.time_ns() - 3600 * 10**9
+    os.utime(path, ns=(old, path.stat().st_mtime_ns))
+    await tier.put_bytes(digest, data)
+    assert path.stat().st_atime_ns > old
 
 
 @pytest.mark.parametrize("how", ["utimensat", "os.utime"])

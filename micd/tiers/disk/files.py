@@ -52,6 +52,7 @@ __all__ = [
     "bump_atime",
     "clean_dead_temp",
     "exists_all",
+    "mark_used",
     "open_large",
     "publish_unsynced",
     "read_file",
@@ -383,27 +384,41 @@ def bump_atime(fd: int, st: os.stat_result) -> None:
             os.utime(fd, ns=(now, st.st_mtime_ns))
 
 
-def exists_all(paths: list[str], touch: frozenset[int] = frozenset(), now_ns: int = 0) -> list[bool]:
-    """One existence check per path, no body read: what `find_missing` needs. Present paths at the indexes
-    in `touch` also get their atime set to `now_ns` (`set_atime`), which re-checks that they exist.
+def exists_all(paths: list[str], unmarked: list[int], now_ns: int) -> list[bool]:
+    """One existence check per path, no body read: what `find_missing` needs. The present files at the
+    indexes in `unmarked` also count as used at `now_ns` (`mark_used`).
 
-    `access(F_OK)` mapped in C: no stat result to build, no exception per absent file (≈2x a stat loop).
-    Sizes need no check here: they are in the names, and a visible name was published only after its bytes
-    were durable (fsync, or the journal record that replay restores them from).
+    `access(F_OK)` mapped in C: no stat result to build, no exception per absent file (≈2x a stat loop), the
+    common case when a client asks what to upload. Sizes need no check here: they are in the names, and a
+    visible name was published only after its bytes were durable (fsync, or the journal record that replay
+    restores them from).
     """
     present = list(map(os.access, paths, itertools.repeat(os.F_OK)))
-    for i in touch:
+    for i in unmarked:
         if present[i]:
-            present[i] = set_atime(paths[i], now_ns)
+            present[i] = mark_used(paths[i], now_ns)
     return present
 
 
-def set_atime(path: str, now_ns: int) -> bool:
-    """Record a use in the file's atime, mtime untouched (it is part of `Sig`); False if the file is absent.
+def mark_used(path: str, now_ns: int) -> bool:
+    """Whether the file at `path` exists; if its atime is older than TOUCH_EVERY_NS, it is set to `now_ns`.
 
-    A blob reported present must look used to other processes' eviction (`evict.py`) just as a read does,
-    or another daemon may delete it between our answer and the client's use of it. One `utimensat` call;
-    a file we may not touch (another user's) is only checked for existence."""
+    A blob reported present (or uploaded again) must look used to other processes' eviction (`evict.py`) just
+    as a read does (`bump_atime`, the same rule), or another daemon sharing the root may delete it between our
+    answer and the client's use of it. The file's own atime decides, not this process's LRU: the LRU also
+    records loads and rescans, which write no atime."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return now_ns - st.st_atime_ns <= TOUCH_EVERY_NS or set_atime(path, now_ns)
+
+
+def set_atime(path: str, now_ns: int) -> bool:
+    """Set the file's atime to `now_ns`, its mtime untouched (it is part of `Sig`); False if it is absent.
+
+    One `utimensat` call by path (os.utime must set both times: a stat, and a race with a replacement); a
+    file we may not touch (another user's) is only checked for existence."""
     if libc.utimensat is not None:
         times = (libc.Timespec * 2)(libc.Timespec(*divmod(now_ns, 10**9)), libc.Timespec(0, libc.UTIME_OMIT))
         if libc.utimensat(libc.AT_FDCWD, os.fsencode(path), times, 0) == 0:

@@ -29,6 +29,7 @@ import functools
 import os
 import struct
 import threading
+import time
 import zlib
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
@@ -401,6 +402,7 @@ class GroupCommit:
         fresh: list[_Pending] = []
         copies: list[tuple[_Pending, _Pending]] = []
         seen: dict[str, _Pending] = {}
+        now = time.time_ns()
         for item in batch:
             hasher = new_hasher(item.digest.function)
             hasher.update(item.data)
@@ -410,7 +412,7 @@ class GroupCommit:
                 settled.append((item, IntegrityError(item.digest.hex, got, what=f"blob {item.digest}")))
             elif item.final in seen:
                 copies.append((item, seen[item.final]))
-            elif os.access(item.final, os.F_OK):
+            elif files.mark_used(item.final, now):  # stored already: uploaded again counts as used
                 settled.append((item, None))
             else:
                 seen[item.final] = item

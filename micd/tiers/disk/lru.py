@@ -10,7 +10,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-__all__ = ["Entry", "Lru"]
+__all__ = ["Entry", "Lru", "Marked"]
 
 
 class Entry(NamedTuple):
@@ -47,11 +47,6 @@ class Lru:
     def get(self, key: str) -> Entry | None:
         entry = self._entries.get(key)
         return None if entry is None else Entry(*entry)
-
-    def last_access(self, key: str) -> int | None:
-        """The key's last access (ns), or None if unknown: cheaper than `get` in hot loops."""
-        entry = self._entries.get(key)
-        return None if entry is None else entry[1]
 
     def keys(self) -> list[str]:
         """A copy of the keys, oldest first."""
@@ -115,3 +110,29 @@ class Lru:
             if excess <= 0:
                 break
         return out
+
+
+class Marked:
+    """Keys whose file this process saw or made used (atime) within the last `window_ns`: `find_missing` need
+    not stat them again. Two generations, each one half-window epoch, so memory holds one window's keys.
+
+    Not the LRU's access times: those also record index loads and rescans, which write no atime."""
+
+    def __init__(self, window_ns: int) -> None:
+        self._half = max(1, window_ns // 2)
+        self._current: set[str] = set()
+        self._previous: set[str] = set()
+        self._epoch = 0
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._current or key in self._previous
+
+    def rotate(self, now_ns: int) -> None:
+        """Forget keys marked before the previous epoch: a known key was marked less than a window ago."""
+        epoch = now_ns // self._half
+        if epoch != self._epoch:
+            self._previous = self._current if epoch == self._epoch + 1 else set()
+            self._current, self._epoch = set(), epoch
+
+    def add(self, keys: Iterable[str]) -> None:
+        self._current.update(keys)

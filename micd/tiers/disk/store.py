@@ -49,6 +49,7 @@ from micd.tiers.disk.ingest import WRITE_BATCH, FilesystemFull, Pipeline, collec
 from micd.tiers.disk.journal import RECORD_OVERHEAD, GroupCommit, Journal
 from micd.tiers.disk.kvfile import decode_kv_file, encode_kv_file
 from micd.tiers.disk.layout import Layout, blob_key, check_kv_name, kv_key
+from micd.tiers.disk.lru import Marked
 from micd.tiers.disk.upkeep import IndexState
 
 __all__ = ["DiskTier", "FilesystemFull"]
@@ -113,6 +114,7 @@ class DiskTier(IndexState):
         self._small_max = min(_FAST_MAX, journal_segment_bytes - RECORD_OVERHEAD)
         self._journal: Journal | None = None
         self._commit: GroupCommit | None = None
+        self._marked = Marked(files.TOUCH_EVERY_NS)
 
     # -- lifecycle and stats -----------------------------------------------------------------------
     async def open(self) -> None:
@@ -158,9 +160,10 @@ class DiskTier(IndexState):
 
     async def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
         """Absent digests in input order: one existence check each (all in one thread call), no body read;
-        present ones count as used, here (LRU) and for other processes: a file this process has not marked
-        used for `TOUCH_EVERY_NS` gets its atime set, as a read would, so no other daemon evicts a blob just
-        reported present. Per digest: a string path, an `access` or `utimensat` call, an LRU touch."""
+        present ones count as used, here (LRU) and for other processes (the file's atime, as a read would set
+        it: `files.mark_used`), so no other daemon evicts a blob just reported present. Per digest: a string
+        path, an `access` call, an LRU touch; a stat (and maybe an atime write) only for a present file not
+        marked used by this process within `TOUCH_EVERY_NS` (`self._marked`)."""
         wanted = [d for d in digests if d.size]
         if not wanted:
             return []
@@ -168,10 +171,12 @@ class DiskTier(IndexState):
         paths = [f"{cas}{d.function}/{d.hex[:2]}/{d.hex}.{d.size}" for d in wanted]
         keys = [f"{d.function}/{d.hex}.{d.size}" for d in wanted]  # blob_key, inlined: this loop is hot
         now = time.time_ns()
+        marked = self._marked
+        marked.rotate(now)
+        unmarked = [i for i, key in enumerate(keys) if key not in marked]
+        present = await asyncio.to_thread(files.exists_all, paths, unmarked, now)
+        marked.add([keys[i] for i in unmarked if present[i]])
         lru = self._lru
-        stale_before, last_access = now - files.TOUCH_EVERY_NS, lru.last_access
-        touch = frozenset([i for i, key in enumerate(keys) if (last_access(key) or 0) < stale_before])
-        present = await asyncio.to_thread(files.exists_all, paths, touch, now)
         missing = []
         for digest, key, here in zip(wanted, keys, present, strict=True):
             if here:
@@ -269,7 +274,7 @@ class DiskTier(IndexState):
 
     async def _put_streaming(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
         key, path = blob_key(digest), self.layout.blob_file(digest)
-        if digest.is_empty or (await asyncio.to_thread(files.exists_all, [path]))[0]:
+        if digest.is_empty or await asyncio.to_thread(files.mark_used, path, time.time_ns()):
             await self._drain_verify(digest, chunks)  # idempotent, but wrong bytes are still an error
             if not digest.is_empty:
                 self._seen(key, digest.size)
