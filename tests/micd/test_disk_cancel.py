@@ -144,3 +144,33 @@ async def test_a_write_cancelled_while_publishing_is_still_counted(make_tier, mo
     else:
         assert tier.used_bytes == before + len(data) and await tier.get_bytes(Digest.of(data)) == data
     assert tier.stats()["entries"] == 1 and tier.stats()["reserved_bytes"] == 0
+
+
+@pytest.mark.parametrize("kind", ["streamed blob", "record"])
+async def test_a_write_cancelled_while_cleaning_up_after_its_publish_is_still_counted(
+    make_tier, monkeypatch, kind
+):
+    """One await later than the publish: the writer's abort (a no-op once published) still runs in a thread,
+    and a cancel there must not lose the count of what was published."""
+    tier: DiskTier = await make_tier()
+    entered, proceed = threading.Event(), threading.Event()
+    real_abort = disk_files.TempWriter.abort
+
+    def held_abort(writer) -> None:
+        if writer._moved:  # the abort that follows a successful publish
+            entered.set()
+            proceed.wait(10)
+        real_abort(writer)
+
+    monkeypatch.setattr(disk_files.TempWriter, "abort", held_abort)
+    if kind == "record":
+        size = None
+        start = lambda: tier.put_record("ns", "key", Record(b"v" * 100))
+    else:
+        data = blob(2 << 20, seed=4)
+        size = len(data)
+        start = lambda: tier.put_bytes(Digest.of(data), data)
+    await cancel_while_held(start, entered, proceed)
+    assert tier.stats()["entries"] == 1 and tier.used_bytes > 0
+    if size is not None:
+        assert tier.used_bytes == size

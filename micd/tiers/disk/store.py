@@ -302,6 +302,7 @@ class DiskTier(IndexState):
                 sig = await _completing(
                     asyncio.to_thread(writer.publish, path), partial(self._count_orphan, key, digest.size)
                 )
+                self._published(key, digest.size, sig)  # before the abort's await: a cancel there loses no count
             except OSError as exc:
                 if exc.errno in files.FULL_ERRNOS:
                     raise self._fs_full(digest.size, exc) from exc
@@ -310,7 +311,6 @@ class DiskTier(IndexState):
                 await asyncio.to_thread(writer.abort)
         finally:
             self._reserved -= digest.size
-        self._published(key, digest.size, sig)
         await self._after_write(key)
 
     async def _new_writer(self) -> files.TempWriter:
@@ -410,6 +410,7 @@ class DiskTier(IndexState):
                     asyncio.to_thread(writer.publish, self.layout.kv_path(namespace, key)),
                     partial(self._count_orphan, kv_key(namespace, key), len(data)),
                 )
+                self._lru.add(kv_key(namespace, key), len(data), time.time_ns())  # before the abort's await
             except OSError as exc:
                 if exc.errno in files.FULL_ERRNOS:
                     raise self._fs_full(len(data), exc) from exc
@@ -418,5 +419,4 @@ class DiskTier(IndexState):
                 await asyncio.to_thread(writer.abort)
         finally:
             self._reserved -= len(data)
-        self._lru.add(kv_key(namespace, key), len(data), time.time_ns())
         await self._after_write(kv_key(namespace, key))
