@@ -31,6 +31,7 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,7 +53,9 @@ _ZERO_CHUNK = bytes(1 << 20)
 
 def _settle(outcomes: list[tuple[_Pending, object]]) -> None:
     for item, outcome in outcomes:
-        if item.future.done():  # the caller was cancelled
+        if item.future.done():  # the caller was cancelled: what was stored anyway goes to its `on_orphan`
+            if item.on_orphan is not None and not isinstance(outcome, BaseException):
+                item.on_orphan(outcome)
             continue
         if isinstance(outcome, BaseException):
             item.future.set_exception(outcome)
@@ -311,10 +314,18 @@ class Journal:
 
 
 class _Pending:
-    __slots__ = ("data", "digest", "final", "future")
+    __slots__ = ("data", "digest", "final", "future", "on_orphan")
 
-    def __init__(self, digest: Digest, final: str, data: bytes, future: asyncio.Future) -> None:
+    def __init__(
+        self,
+        digest: Digest,
+        final: str,
+        data: bytes,
+        future: asyncio.Future,
+        on_orphan: Callable[[files.Sig | None], object] | None,
+    ) -> None:
         self.digest, self.final, self.data, self.future = digest, final, data, future
+        self.on_orphan = on_orphan
 
 
 def _split(items: list[_Pending], ways: int) -> list[list[_Pending]]:
@@ -344,14 +355,23 @@ class GroupCommit:
         self._in_flight: set[asyncio.Future] = set()
         self._append_lock = threading.Lock()
 
-    async def put(self, digest: Digest, final: str, data: bytes) -> files.Sig | None:
+    async def put(
+        self,
+        digest: Digest,
+        final: str,
+        data: bytes,
+        on_orphan: Callable[[files.Sig | None], object] | None = None,
+    ) -> files.Sig | None:
         """Durably store `data` at `final`: its Sig, or None if it was already there (bytes still verified).
+
+        A cancelled caller does not stop a queued or running commit: what it still stored is then passed to
+        `on_orphan` (on the event loop), so the caller's bookkeeping can count it.
 
         Raises IntegrityError (nothing written) or the OSError that kept it out of the journal or its file.
         """
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.append(_Pending(digest, final, data, future))
+        self._queue.append(_Pending(digest, final, data, future, on_orphan))
         if len(self._queue) == 1 and len(self._in_flight) < self._IN_FLIGHT:
             loop.call_soon(self._launch, loop)  # after the puts started in this same loop pass
         return await future

@@ -302,7 +302,8 @@ class DiskTier(IndexState):
                 sig = await _completing(
                     asyncio.to_thread(writer.publish, path), partial(self._count_orphan, key, digest.size)
                 )
-                self._published(key, digest.size, sig)  # before the abort's await: a cancel there loses no count
+                # Counted before the abort's await below: a cancel there must not lose the count.
+                self._published(key, digest.size, sig)
             except OSError as exc:
                 if exc.errno in files.FULL_ERRNOS:
                     raise self._fs_full(digest.size, exc) from exc
@@ -336,9 +337,8 @@ class DiskTier(IndexState):
         if self._commit is None:
             raise RuntimeError("DiskTier is not open")
         try:
-            sig = await _completing(
-                self._commit.put(digest, self.layout.blob_file(digest), data),
-                partial(self._count_orphan, key, digest.size),
+            sig = await self._commit.put(
+                digest, self.layout.blob_file(digest), data, partial(self._count_orphan, key, digest.size)
             )
         except OSError as exc:
             if exc.errno in files.FULL_ERRNOS:
