@@ -87,6 +87,8 @@ async def handle_get_blob(request: web.Request, store: Store) -> web.StreamRespo
     try:
         wanted = parse_range(request.headers.get("Range"), digest.size)
     except RangeNotSatisfiable:
+        if not await store.contains(digest):  # a 416 names the blob's size: only for one that is stored
+            return web.Response(status=404, text="blob not found\n")
         return web.Response(status=416, headers={"Content-Range": f"bytes */{digest.size}"})
     offset, length = wanted or (0, None)
     blob = await store.get(digest, offset, length)

@@ -149,6 +149,8 @@ async def test_ranges(client):
         response = await client.get(_url(digest), headers={"Range": past_the_end})
         assert response.status == 416, past_the_end
         assert response.headers["Content-Range"] == f"bytes */{len(data)}", past_the_end
+    absent = Digest.of(b"not stored")
+    assert (await client.get(_url(absent), headers={"Range": "bytes=999-"})).status == 404
 
 
 class _FileBlob:
