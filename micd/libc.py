@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from typing import Any
 
 __all__ = [
@@ -66,5 +67,10 @@ linkat = _bind("linkat", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_
 malloc_trim = _bind("malloc_trim", [ctypes.c_size_t])
 #: tune glibc malloc (returns 1 on success)
 mallopt = _bind("mallopt", [ctypes.c_int, ctypes.c_int])
-#: set one timestamp of a file and leave the other (UTIME_OMIT), by path: os.utime must set both
-utimensat = _bind("utimensat", [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(Timespec), ctypes.c_int])
+#: set one timestamp of a file and leave the other (UTIME_OMIT), by path: os.utime must set both. Linux
+#: only: UTIME_OMIT and AT_FDCWD above are Linux's values (BSDs and macOS differ).
+utimensat = (
+    _bind("utimensat", [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(Timespec), ctypes.c_int])
+    if sys.platform.startswith("linux")
+    else None
+)
