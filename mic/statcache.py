@@ -26,6 +26,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from mic.paths import TEMP_SUFFIX, check_path, skipped, skipped_names
 
@@ -134,7 +135,7 @@ class _Entries(dict):  # type: ignore[type-arg]
         self.all_touched = True
         super().update(*args, **kwargs)
 
-    def __ior__(self, other: object) -> _Entries:
+    def __ior__(self, other: object) -> Self:
         self.all_touched = True
         return super().__ior__(other)  # type: ignore[no-any-return]
 
