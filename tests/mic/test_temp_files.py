@@ -9,17 +9,111 @@ import signal
 import subprocess
 import sys
 
-from mic import vcs
+import pytest
+
+from mic import landing, vcs
+from mic.formats.btree_node import FileEntry
 from mic.formats.chunked import CHUNK_SIZE
+from mic.objects import content_hash
+from mic.session import start_session
 from mic.workspace import Workspace
 from tests.mic.conftest import ROOT
-from tests.mic.test_large_files import _land_large
+from tests.mic.test_land_workspace import _checkout
+from tests.mic.test_large_files import _land_large, _write_random
 
 SIZES = {"small": 100, "large": 2 * CHUNK_SIZE + 1}  # written whole, or streamed chunk by chunk
 
 
 def _temp_files(root) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*.mic-tmp"))
+
+
+def _victim(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious, outside the workspace\n")
+    victim.chmod(0o600)
+    return victim
+
+
+def _victim_intact(victim) -> bool:
+    return victim.read_text() == "precious, outside the workspace\n" and victim.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_a_symlink_at_the_old_temp_name_is_never_followed(project, tmp_path, size):
+    """The temp name used to be the fixed `.<name>.mic-tmp`: a symlink there (made locally, or landed by an older
+    version) had the sync write and chmod the file it points to, outside the workspace."""
+    victim = _victim(tmp_path)
+    a = await _checkout(project, tmp_path / "a")
+    b = await _checkout(project, tmp_path / "b")
+    _write_random(a.root / "f.bin", SIZES[size])
+    (a.root / "f.bin").chmod(0o755)
+    await vcs.land_workspace(project, a, "add f.bin")
+    os.symlink(victim, b.root / ".f.bin.mic-tmp")
+
+    synced = await vcs.sync_to(project, b, (await vcs.tree_at(project, None))[1])
+
+    assert synced.kept == ()
+    assert _victim_intact(victim)
+    assert (b.root / "f.bin").read_bytes() == (a.root / "f.bin").read_bytes()
+    assert not (b.root / "f.bin").is_symlink() and os.access(b.root / "f.bin", os.X_OK)
+    assert os.readlink(b.root / ".f.bin.mic-tmp") == str(victim)  # not ours to touch: left as it was
+    assert (await vcs.status(b, save=False)).changes == {}
+
+
+async def test_a_temp_name_landed_by_an_older_version_is_skipped_by_checkout(project, tmp_path, monkeypatch):
+    """History may hold a symlink at a temp name (older versions landed one): checkout does not write it."""
+    victim = _victim(tmp_path)
+    monkeypatch.setattr(landing, "check_path", lambda path: None)  # as the older versions did
+    session = await start_session(project, "old history", 0, 1)
+    link = os.fsencode(victim)
+    changes = {".big.bin.mic-tmp": FileEntry(content_hash(link), len(link), 2)}
+
+    async def write_blobs() -> int:
+        return (await project.put_content(link))[1]
+
+    await landing.land(project, session, changes, {".big.bin.mic-tmp": "added"}, write_blobs, hlc=lambda t: t + 1)
+    monkeypatch.undo()
+    a = await _checkout(project, tmp_path / "a")
+    _write_random(a.root / "big.bin", SIZES["large"])
+    await vcs.land_workspace(project, a, "add a large file")
+
+    skipped: list[str] = []
+    b = await vcs.checkout(
+        project, tmp_path / "b", store_url=f"file://{tmp_path / 'store'}", s3_endpoint_url=None, skipped=skipped
+    )
+    assert skipped == [".big.bin.mic-tmp"]
+    assert sorted(p.name for p in b.root.iterdir()) == [".mic", "big.bin"]
+    assert _victim_intact(victim)
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_a_directory_at_the_old_temp_name_does_not_stop_the_write(project, tmp_path, size):
+    """Writing into a directory at the fixed temp name failed: the small file was wrongly kept as a local edit,
+    and for a large one the cleanup's IsADirectoryError replaced the original error."""
+    a = await _checkout(project, tmp_path / "a")
+    b = await _checkout(project, tmp_path / "b")
+    _write_random(a.root / "f.bin", SIZES[size])
+    await vcs.land_workspace(project, a, "add f.bin")
+    (b.root / ".f.bin.mic-tmp").mkdir()
+
+    synced = await vcs.sync_to(project, b, (await vcs.tree_at(project, None))[1])
+
+    assert synced.kept == ()
+    assert (b.root / "f.bin").read_bytes() == (a.root / "f.bin").read_bytes()
+    assert _temp_files(b.root) == [".f.bin.mic-tmp"]  # the directory, left alone
+
+
+async def test_a_file_name_at_the_length_limit_checks_out(project, tmp_path):
+    """The temp name is longer than the file's; for a 255-byte name the fixed one could not be created."""
+    name = "é" * 125 + ".txt"  # 254 bytes in UTF-8
+    a = await _checkout(project, tmp_path / "a")
+    (a.root / name).write_text("long\n")
+    await vcs.land_workspace(project, a, "add a long name")
+
+    b = await _checkout(project, tmp_path / "b")
+    assert (b.root / name).read_text() == "long\n"
+    assert _temp_files(b.root) == []
 
 
 def test_a_leftover_temp_file_is_not_shown_nor_landed(local_store_env, mic, tmp_path):
