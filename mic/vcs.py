@@ -141,14 +141,17 @@ async def _stream_if_unchanged(
 ) -> Path | None:
     """`_write_if_unchanged` for a file above the chunk size, which is never whole in memory: each chunk goes to
     the temp file as it is fetched and verified, and `_write_if_unchanged` moves it over `rel` (the disk checked
-    right before) once the whole file's BLAKE3 matched. The temp file is removed on every failure, so a corrupt
-    chunk (IntegrityError) leaves the workspace file as it was."""
+    right before) once the whole file's BLAKE3 matched. The temp file is closed and removed on every failure
+    and cancellation, so a corrupt chunk (IntegrityError) or a Ctrl-C leaves the workspace file as it was.
+
+    The temp file is created here, not in a thread: a task cancelled while a thread created it would run its
+    cleanup first, and the file (and its fd) would outlive it."""
     try:
-        out, tmp = await asyncio.to_thread(ws.temp_file, rel, new.mode)
+        out, tmp = ws.temp_file(rel, new.mode)
     except (FileExistsError, NotADirectoryError, WorkspaceError):
         return None  # a parent is a file (kept as a local edit), or a symlink
     try:
-        with out:
+        with out:  # closing waits for a write still running in its thread (the buffered file's lock)
             async with aclosing(project.iter_content(new.hash)) as chunks:
                 async for chunk in chunks:
                     await asyncio.to_thread(out.write, chunk)

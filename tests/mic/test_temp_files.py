@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -16,6 +17,7 @@ from mic.formats.btree_node import FileEntry
 from mic.formats.chunked import CHUNK_SIZE
 from mic.objects import content_hash
 from mic.session import start_session
+from mic.tree import EMPTY_ROOT
 from mic.workspace import Workspace
 from tests.mic.conftest import ROOT
 from tests.mic.test_land_workspace import _checkout
@@ -26,6 +28,19 @@ SIZES = {"small": 100, "large": 2 * CHUNK_SIZE + 1}  # written whole, or streame
 
 def _temp_files(root) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*.mic-tmp"))
+
+
+def _fds_on_temp_files() -> list[str]:
+    """This process's open files whose path names a mic temp file (removed or not)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if ".mic-tmp" in target:
+            found.append(target)
+    return found
 
 
 def _victim(tmp_path):
@@ -175,3 +190,63 @@ async def test_a_checkout_killed_while_streaming_leaves_nothing_to_land(project,
     (b / "note.txt").write_text("after the crash\n")
     out = await vcs.land_workspace(project, ws, "my next change")
     assert sorted(out.changes) == ["note.txt"]
+
+
+def _holding_to_thread(real, n: int):
+    """An `asyncio.to_thread` whose `n`th call (from 0) waits in its thread for `release` before it runs; returns
+    it and the events `entered` (that call was reached), `release` and `done` (that call ran)."""
+    entered, release, done = threading.Event(), threading.Event(), threading.Event()
+    calls = [0]
+
+    async def to_thread(func, /, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] != n + 1:
+            return await real(func, *args, **kwargs)
+
+        def held():
+            entered.set()
+            release.wait(10)
+            try:
+                return func(*args, **kwargs)
+            finally:
+                done.set()
+
+        return await real(held)
+
+    return to_thread, entered, release, done
+
+
+async def test_a_streamed_write_cancelled_at_any_point_leaves_no_temp_file_or_fd(project, tmp_path, monkeypatch):
+    """Ctrl-C during a sync cancels it while a thread does part of the write: cancel at each `to_thread` call in
+    turn, held until the task has finished, then let the thread run. The temp file was opened in such a thread,
+    after the cancelled task's cleanup had run: it stayed, and the scan reported it as a new file."""
+    await _land_large(project, tmp_path)
+    b = await _checkout(project, tmp_path / "b")
+    target = (await vcs.tree_at(project, None))[1]
+    real_to_thread = asyncio.to_thread
+    cancelled_at = 0
+    while True:
+        (b.root / "big.bin").unlink(missing_ok=True)  # back to before the file: the sync writes it again
+        b.state.base_tree = EMPTY_ROOT.hex()
+        b.index.entries.pop("big.bin", None)
+        to_thread, entered, release, done = _holding_to_thread(real_to_thread, cancelled_at)
+        monkeypatch.setattr(asyncio, "to_thread", to_thread)
+        task = asyncio.ensure_future(vcs.sync_to(project, b, target))
+        while not entered.is_set() and not task.done():
+            await asyncio.sleep(0.001)
+        if task.done():  # past the last call: the sync ran through
+            monkeypatch.undo()
+            assert (await task).updated == 1
+            break
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+        assert await real_to_thread(done.wait, 10)
+        monkeypatch.undo()
+        assert _temp_files(b.root) == [], f"cancelled at to_thread call {cancelled_at}"
+        assert _fds_on_temp_files() == [], f"cancelled at to_thread call {cancelled_at}"
+        cancelled_at += 1
+    assert cancelled_at >= 4  # every chunk's write, the final check and replace
+    assert _temp_files(b.root) == []
+    assert (await vcs.status(b, save=False)).changes == {}
