@@ -119,31 +119,20 @@ def test_a_nested_dot_mic_survives_import_checkout_and_an_unrelated_land(local_s
     assert mic.json(ws, "status")["changes"] == []
 
 
-def test_import_refuses_a_root_dot_mic_path_naming_it(local_store_env, mic, tmp_path):
+@pytest.mark.parametrize(
+    ("path", "why"), [(".mic/config.toml", "own .mic directory"), (".big.bin.mic-tmp", "temp file of mic's own")]
+)
+def test_import_refuses_a_root_dot_mic_or_temp_path_naming_it(local_store_env, mic, tmp_path, path, why):
     require_tool("git")
     repo = tmp_path / "repo"
-    (repo / ".mic").mkdir(parents=True)
-    (repo / ".mic" / "config.toml").write_text("x\n")
+    (repo / path).parent.mkdir(parents=True)
+    (repo / path).write_text("x\n")
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "init")
     mic(tmp_path, "project", "create", "p")
     err = mic.json(tmp_path, "import", "git", str(repo), "--project", "p", code=2)
-    assert "'.mic/config.toml'" in err["error"] and "nothing was imported" in err["error"]
-    assert mic.json(tmp_path, "log", "--project", "p")["landings"] == []
-
-
-def test_import_refuses_a_mic_temp_name_naming_it(local_store_env, mic, tmp_path):
-    require_tool("git")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / ".big.bin.mic-tmp").write_text("x\n")
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "init")
-    mic(tmp_path, "project", "create", "p")
-    err = mic.json(tmp_path, "import", "git", str(repo), "--project", "p", code=2)
-    assert "'.big.bin.mic-tmp'" in err["error"] and "temp file of mic's own" in err["error"]
+    assert repr(path) in err["error"] and why in err["error"] and "nothing was imported" in err["error"]
     assert mic.json(tmp_path, "log", "--project", "p")["landings"] == []
 
 
