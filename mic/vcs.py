@@ -173,8 +173,8 @@ async def sync_to(
 
     All removals run before any write: a directory replaced by a file (`d/x` → `d`) must be gone, and a file
     replaced by a directory (`d` → `d/x`) removed, before the new path can be written. A path mic no longer
-    tracks (a `.git` component or a mic temp-file name, allowed by older versions) is left alone and returned in `skipped`: one such
-    path in history must not make every checkout fail."""
+    tracks (a `.git` component or a mic temp-file name, allowed by older versions) is left alone and returned in
+    `skipped`: one such path in history must not make every checkout fail."""
     tree = Tree(project)
     diffs: list[tuple[str, FileEntry | None, FileEntry | None]] = []
     skipped: list[str] = []
