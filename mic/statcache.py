@@ -26,8 +26,9 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
-from mic.paths import check_path, skipped_names
+from mic.paths import TEMP_SUFFIX, check_path, skipped, skipped_names
 
 __all__ = [
     "Index", "ScanResult", "Token", "file_mode", "hash_path", "scan", "scan_paths", "stat_key",
@@ -134,7 +135,7 @@ class _Entries(dict):  # type: ignore[type-arg]
         self.all_touched = True
         super().update(*args, **kwargs)
 
-    def __ior__(self, other: object) -> _Entries:
+    def __ior__(self, other: object) -> Self:
         self.all_touched = True
         return super().__ior__(other)  # type: ignore[no-any-return]
 
@@ -415,7 +416,7 @@ def _walk_dir(prefix: str, directory: str, keys: dict, seen: list[str], suspects
         with os.scandir(fd) as it:
             for dirent in it:
                 name = dirent.name
-                if name in skip:
+                if name in skip or name.endswith(TEMP_SUFFIX) and skipped(prefix, name):  # and mic's temp files
                     continue
                 if dirent.is_dir(follow_symlinks=False):
                     subdirs.append((prefix + name + "/", directory + "/" + name))
@@ -597,7 +598,7 @@ def scan_paths(root: Path, index: Index, paths: list[str]) -> ScanResult:
     def real_dir(prefix: str) -> bool:
         if prefix not in is_dir:
             parent = prefix[: prefix.rfind("/", 0, -1) + 1]
-            ok = prefix[len(parent) : -1] not in skipped_names(parent) and real_dir(parent)
+            ok = not skipped(parent, prefix[len(parent) : -1]) and real_dir(parent)
             if ok:
                 try:
                     ok = stat.S_ISDIR(os.lstat(top + "/" + prefix[:-1]).st_mode)  # no "/": it follows links
@@ -615,7 +616,7 @@ def scan_paths(root: Path, index: Index, paths: list[str]) -> ScanResult:
     checked = [rel for rel in set(paths) if not rel.endswith("/") and not _under(rel, walked)]
     for rel in checked:
         parent = rel[: rel.rfind("/") + 1]
-        if rel[len(parent) :] in skipped_names(parent) or not real_dir(parent):
+        if skipped(parent, rel[len(parent) :]) or not real_dir(parent):
             continue
         try:
             st = os.lstat(top + "/" + rel)

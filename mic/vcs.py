@@ -26,7 +26,7 @@ from mic.session import load_session, start_session
 from mic.statcache import ScanResult, file_mode, hash_path, scan, stat_key, stat_key_of
 from mic.tree import EMPTY_ROOT, Tree
 from mic.watch.client import WatchSettings, scan_workspace
-from mic.workspace import Workspace, WorkspaceState
+from mic.workspace import Workspace, WorkspaceState, discard_temp
 
 __all__ = [
     "LandOutcome", "Synced", "checkout", "land_workspace", "read_workspace_file", "resolve_position",
@@ -130,7 +130,7 @@ def _write_if_unchanged(
         return None
     try:
         if isinstance(data, Path):
-            return ws.install(rel, data, new.mode)
+            return ws.install(rel, data)
         return ws.write_file(rel, data, new.mode)
     except (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, WorkspaceError):
         return None  # a parent is a file (kept as a local edit), or was removed, or a directory is in the way
@@ -141,20 +141,23 @@ async def _stream_if_unchanged(
 ) -> Path | None:
     """`_write_if_unchanged` for a file above the chunk size, which is never whole in memory: each chunk goes to
     the temp file as it is fetched and verified, and `_write_if_unchanged` moves it over `rel` (the disk checked
-    right before) once the whole file's BLAKE3 matched. The temp file is removed on every failure, so a corrupt
-    chunk (IntegrityError) leaves the workspace file as it was."""
+    right before) once the whole file's BLAKE3 matched. The temp file is closed and removed on every failure
+    and cancellation, so a corrupt chunk (IntegrityError) or a Ctrl-C leaves the workspace file as it was.
+
+    The temp file is created here, not in a thread: a task cancelled while a thread created it would run its
+    cleanup first, and the file (and its fd) would outlive it."""
     try:
-        tmp = await asyncio.to_thread(ws.temp_file, rel)
+        out, tmp = ws.temp_file(rel, new.mode)
     except (FileExistsError, NotADirectoryError, WorkspaceError):
         return None  # a parent is a file (kept as a local edit), or a symlink
     try:
-        with await asyncio.to_thread(open, tmp, "wb") as out:
+        with out:  # closing waits for a write still running in its thread (the buffered file's lock)
             async with aclosing(project.iter_content(new.hash)) as chunks:
                 async for chunk in chunks:
                     await asyncio.to_thread(out.write, chunk)
         return await asyncio.to_thread(_write_if_unchanged, ws, rel, old, new, tmp)
     finally:
-        tmp.unlink(missing_ok=True)  # not awaited: it must run even in a task being cancelled
+        discard_temp(tmp)  # not awaited: it must run even in a task being cancelled
 
 
 async def sync_to(
@@ -170,8 +173,8 @@ async def sync_to(
 
     All removals run before any write: a directory replaced by a file (`d/x` → `d`) must be gone, and a file
     replaced by a directory (`d` → `d/x`) removed, before the new path can be written. A path mic no longer
-    tracks (a `.git` component, allowed by older versions) is left alone and returned in `skipped`: one such
-    path in history must not make every checkout fail."""
+    tracks (a `.git` component or a mic temp-file name, allowed by older versions) is left alone and returned in
+    `skipped`: one such path in history must not make every checkout fail."""
     tree = Tree(project)
     diffs: list[tuple[str, FileEntry | None, FileEntry | None]] = []
     skipped: list[str] = []

@@ -15,17 +15,19 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import BinaryIO
 
 from mic.errors import WorkspaceError
 from mic.hlc import Clock
-from mic.paths import path_problem, show_path
+from mic.paths import TEMP_SUFFIX, path_problem, show_path
 from mic.statcache import Index
 
-__all__ = ["Workspace", "WorkspaceState"]
+__all__ = ["Workspace", "WorkspaceState", "discard_temp"]
 
 
 @dataclass
@@ -212,27 +214,40 @@ class Workspace:
             path.unlink(missing_ok=True)
             os.symlink(os.fsdecode(data), path)
             return path
-        tmp = self.temp_file(rel)
+        out, tmp = self.temp_file(rel, mode)
         try:
-            tmp.write_bytes(data)
-            return self.install(rel, tmp, mode)
+            with out:
+                out.write(data)
+            return self.install(rel, tmp)
         finally:
-            tmp.unlink(missing_ok=True)  # a failed write leaves no temp file (after `install` there is none)
+            discard_temp(tmp)  # a failed write leaves no temp file (after `install` there is none)
 
-    def temp_file(self, rel: str) -> Path:
-        """The temp file next to `rel` (its directories created) that a write fills before `install` moves it
-        over `rel`: a reader never sees a partly written file. The caller removes it if it is not installed."""
+    def temp_file(self, rel: str, mode: int) -> tuple[BinaryIO, Path]:
+        """A new empty file next to `rel` (its directories created), open for writing, with `mode`'s permissions,
+        that a write fills before `install` moves it over `rel`: a reader never sees a partly written file.
+
+        Created exclusively under an unpredictable name (`mkstemp`: O_EXCL, which follows no symlink), with its
+        permissions set through its fd: whatever is planted next to `rel` (a symlink out of the workspace) is
+        never followed. Its name `.<name>.<random>.mic-tmp` is one the scan skips (`mic.paths`), so one left by
+        a killed write is never landed. The caller closes it, and removes it (`discard_temp`) unless installed."""
         path = self.file(rel)
         self.refuse_symlinked_parent(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return path.with_name(f".{path.name}.mic-tmp")
+        short = path.name.encode()[:64].decode(errors="ignore")  # a name near the 255-byte limit still gets one
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{short}.", suffix=TEMP_SUFFIX)
+        try:
+            os.fchmod(fd, 0o755 if mode == 1 else 0o644)
+            return os.fdopen(fd, "wb"), Path(name)
+        except BaseException:
+            os.close(fd)
+            discard_temp(Path(name))
+            raise
 
-    def install(self, rel: str, tmp: Path, mode: int) -> Path:
-        """Move the filled `temp_file(rel)` over `rel` (replacing a file or symlink there) with `mode`'s permissions."""
+    def install(self, rel: str, tmp: Path) -> Path:
+        """Move the filled and closed `temp_file(rel, mode)` over `rel` (replacing a file or symlink there)."""
         path = self.file(rel)
         self.refuse_symlinked_parent(rel)
         self._refuse_directory(rel, path)
-        os.chmod(tmp, 0o755 if mode == 1 else 0o644)
         os.replace(tmp, path)
         return path
 
@@ -253,3 +268,13 @@ class Workspace:
             except OSError:
                 break
             parent = parent.parent
+
+
+def discard_temp(tmp: Path) -> None:
+    """Remove a `Workspace.temp_file` that was not installed (gone already after `install`). Never raises: it
+    runs in `finally` blocks, where an error would replace the one being raised; a leftover is skipped by the
+    scan anyway."""
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass

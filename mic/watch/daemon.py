@@ -25,7 +25,7 @@ import time
 
 from inotify_simple import INotify, flags
 
-from mic.paths import skipped_names
+from mic.paths import skipped
 from mic.watch import COOKIES, FULL, LOCK, PID, SOCKET
 
 __all__ = ["Watcher", "main"]
@@ -107,7 +107,7 @@ class Watcher:
                     stack.extend(
                         rel + e.name + "/"
                         for e in it
-                        if e.name not in skipped_names(rel) and e.is_dir(follow_symlinks=False)
+                        if not skipped(rel, e.name) and e.is_dir(follow_symlinks=False)
                     )
             except (FileNotFoundError, NotADirectoryError):
                 continue
@@ -163,7 +163,7 @@ class Watcher:
                     _log("the workspace was moved or deleted")
                     return False
             elif mask & flags.ISDIR:
-                if name in skipped_names(prefix):
+                if skipped(prefix, name):
                     if wd == self.root_wd and name == ".mic" and mask & _REMOVED:
                         _log(".mic went away")
                         return False

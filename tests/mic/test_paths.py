@@ -26,6 +26,29 @@ def test_the_rule():
         assert path_problem(bad) is not None, bad
 
 
+def test_mic_temp_names_are_never_tracked_at_any_depth():
+    """`.<name>.<random>.mic-tmp` is a write in progress (or left by a killed one): never content."""
+    for bad in (".big.bin.mic-tmp", ".big.bin.k3j_x9a2.mic-tmp", "sub/.a.txt.q1w2e3r4.mic-tmp", ".d.x.mic-tmp/f"):
+        assert "temp file of mic's own" in path_problem(bad), bad
+    for fine in ("a.mic-tmp", ".mic-tmp", "..mic-tmp", "sub/notes.mic-tmp", ".big.bin.mic-tmp.txt"):
+        assert path_problem(fine) is None, fine
+
+
+def test_scan_and_the_watchers_scan_skip_mic_temp_files(tmp_path):
+    for rel in (".big.bin.mic-tmp", ".big.bin.k3j_x9a2.mic-tmp", "sub/.a.txt.q1w2e3r4.mic-tmp", "a.mic-tmp",
+                "sub/kept.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    os.symlink("/etc/passwd", tmp_path / "sub" / ".l.mic-tmp")
+    (tmp_path / ".mic").mkdir()
+    index = Index(tmp_path / ".mic" / "index")
+    assert sorted(scan(tmp_path, index).changes) == ["a.mic-tmp", "sub/kept.txt"]
+    index = Index(tmp_path / ".mic" / "index")
+    index.token = ("gen", 0)
+    reported = [".big.bin.mic-tmp", "sub/.a.txt.q1w2e3r4.mic-tmp", "sub/.l.mic-tmp", "a.mic-tmp", "sub/kept.txt"]
+    assert sorted(scan_paths(tmp_path, index, reported).changes) == ["a.mic-tmp", "sub/kept.txt"]
+
+
 def test_scan_sees_a_nested_dot_mic_and_skips_git_at_any_depth(tmp_path):
     for rel in (
         ".mic/index-like",
@@ -59,7 +82,7 @@ async def test_land_refuses_a_git_or_root_mic_path_before_writing(tmp_path):
     await project.create(1)
     session = await start_session(project, "g", 0, 5)
     called = []
-    for bad in ("sub/.git/config", ".mic/state.json", os.fsdecode(b"caf\xe9.txt")):
+    for bad in ("sub/.git/config", ".mic/state.json", os.fsdecode(b"caf\xe9.txt"), "d/.big.bin.mic-tmp"):
 
         async def write_blobs() -> int:
             called.append(1)
@@ -96,17 +119,20 @@ def test_a_nested_dot_mic_survives_import_checkout_and_an_unrelated_land(local_s
     assert mic.json(ws, "status")["changes"] == []
 
 
-def test_import_refuses_a_root_dot_mic_path_naming_it(local_store_env, mic, tmp_path):
+@pytest.mark.parametrize(
+    ("path", "why"), [(".mic/config.toml", "own .mic directory"), (".big.bin.mic-tmp", "temp file of mic's own")]
+)
+def test_import_refuses_a_root_dot_mic_or_temp_path_naming_it(local_store_env, mic, tmp_path, path, why):
     require_tool("git")
     repo = tmp_path / "repo"
-    (repo / ".mic").mkdir(parents=True)
-    (repo / ".mic" / "config.toml").write_text("x\n")
+    (repo / path).parent.mkdir(parents=True)
+    (repo / path).write_text("x\n")
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "init")
     mic(tmp_path, "project", "create", "p")
     err = mic.json(tmp_path, "import", "git", str(repo), "--project", "p", code=2)
-    assert "'.mic/config.toml'" in err["error"] and "nothing was imported" in err["error"]
+    assert repr(path) in err["error"] and why in err["error"] and "nothing was imported" in err["error"]
     assert mic.json(tmp_path, "log", "--project", "p")["landings"] == []
 
 
