@@ -353,7 +353,7 @@ class DiskTier(IndexState):
         await self._after_write(key)
 
     def _count_orphan(self, key: str, size: int, _result: object) -> None:
-        """Count a write published although its caller was cancelled meanwhile (`_completing`)."""
+        """Count a write published although its caller was cancelled meanwhile (`_completing`, `GroupCommit.put`)."""
         self._lru.add(key, size, time.time_ns())
         self._changes += 1
 
