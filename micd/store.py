@@ -15,6 +15,7 @@ from typing import Protocol
 import blake3
 
 __all__ = [
+    "EMPTY_HEX",
     "FUNCTIONS",
     "Blob",
     "Cas",
@@ -26,7 +27,11 @@ __all__ = [
 ]
 
 FUNCTIONS = ("sha256", "blake3")
-_HEX_LEN = {"sha256": 64, "blake3": 64}
+EMPTY_HEX = {
+    "sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "blake3": "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+}
+"""The hash of b"" per function: the only hash a size-0 digest may carry."""
 
 
 def new_hasher(function: str):  # -> hashlib-like object with update()/hexdigest()
@@ -61,7 +66,9 @@ class Digest:
 
     @property
     def is_empty(self) -> bool:
-        return self.size == 0
+        """True only for the empty blob: size 0 *and* the hash of b"" (a size-0 digest with another hash names
+        nothing that can exist, so it must miss, never be an empty hit)."""
+        return self.size == 0 and self.hex == EMPTY_HEX[self.function]
 
     def __str__(self) -> str:
         return f"{self.function}:{self.hex}/{self.size}"

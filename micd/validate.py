@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from micd.errors import BadRequest
-from micd.store import FUNCTIONS, Digest
+from micd.store import EMPTY_HEX, FUNCTIONS, Digest
 
 __all__ = [
     "HEX64",
@@ -17,6 +17,7 @@ __all__ = [
     "NAMESPACE",
     "parse_digest",
     "parse_function",
+    "parse_hash",
     "parse_key",
     "parse_namespace",
     "parse_size",
@@ -49,12 +50,21 @@ def parse_size(size: str | int) -> int:
     return size
 
 
-def parse_digest(function: str, hex_: str, size: str | int) -> Digest:
-    """Build a Digest from untrusted parts; the hex must be lowercase and the right length."""
-    function = parse_function(function)
+def parse_hash(function: str, hex_: str) -> str:
+    """Check a hash alone (for paths that carry no size); the hex must be lowercase and the right length."""
     if not HEX64.fullmatch(hex_):
-        raise BadRequest(f"malformed {function} hash", hex_)
-    return Digest(function, hex_, parse_size(size))
+        raise BadRequest(f"malformed {parse_function(function)} hash", hex_)
+    return hex_
+
+
+def parse_digest(function: str, hex_: str, size: str | int) -> Digest:
+    """Build a Digest from untrusted parts; the hex must be lowercase and the right length, and a size of 0
+    comes only with the hash of b"" (any other size-0 digest names a blob that cannot exist)."""
+    function = parse_function(function)
+    digest = Digest(function, parse_hash(function, hex_), parse_size(size))
+    if digest.size == 0 and digest.hex != EMPTY_HEX[function]:
+        raise BadRequest(f"size 0 with a hash other than the empty blob's {function} hash", hex_)
+    return digest
 
 
 def parse_namespace(namespace: str) -> str:

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from micd.errors import BadRequest, IntegrityError
 from micd.store import Digest, Record, Store
-from micd.validate import parse_digest, parse_size
+from micd.validate import parse_digest, parse_hash, parse_size
 from protocols._http import CONTENT_TYPE, bind, request_body, send_blob
 from protocols.bazel_reapi.action_result import action_key, action_result_refs, decode_action_result
 from protocols.bazel_reapi.common import ac_namespace
@@ -39,9 +39,9 @@ _INSTANCE = r"{instance:[A-Za-z0-9_][A-Za-z0-9_.+/-]*}"
 _DECODED_BY_AIOHTTP = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
 
 
-def _parse_hex(request: web.Request) -> Digest:
-    """The sha256 named by the path, with size 0 as a placeholder (HTTP paths carry no size)."""
-    return parse_digest("sha256", request.match_info["hex"], 0)
+def _parse_hex(request: web.Request) -> str:
+    """The sha256 hash named by the path (HTTP paths carry no size)."""
+    return parse_hash("sha256", request.match_info["hex"])
 
 
 def _namespace(request: web.Request) -> str:
@@ -76,12 +76,12 @@ def _is_encoded(request: web.Request) -> bool:
 async def _remember_size(store: Store, digests: tuple[Digest, ...]) -> None:
     for digest in digests:
         if digest.function == "sha256":
-            await store.put_record(SIZE_NAMESPACE, action_key(digest), Record(b"", (digest,)))
+            await store.put_record(SIZE_NAMESPACE, action_key(digest.function, digest.hex), Record(b"", (digest,)))
 
 
 async def _lookup(request: web.Request, store: Store) -> Digest | None:
     """The full digest of `/cas/<hex>`: from X-Digest-SizeBytes, or the size index (None: unknown = miss)."""
-    hex_ = _parse_hex(request).hex
+    hex_ = _parse_hex(request)
     announced = request.headers.get("X-Digest-SizeBytes")
     if announced is not None:
         return parse_digest("sha256", hex_, parse_size(announced))
@@ -93,7 +93,7 @@ async def _lookup(request: web.Request, store: Store) -> Digest | None:
 
 async def handle_get_ac(request: web.Request, store: Store) -> web.StreamResponse:
     namespace = _namespace(request)
-    record = await store.get_record(namespace, action_key(_parse_hex(request)))
+    record = await store.get_record(namespace, action_key("sha256", _parse_hex(request)))
     if record is None:
         return web.Response(status=404)
     await _remember_size(store, record.refs)  # the client's next GETs are /cas/<hex> without sizes
@@ -107,7 +107,7 @@ async def handle_get_ac(request: web.Request, store: Store) -> web.StreamRespons
 
 async def handle_put_ac(request: web.Request, store: Store) -> web.StreamResponse:
     namespace = _namespace(request)
-    key = action_key(_parse_hex(request))
+    key = action_key("sha256", _parse_hex(request))
     _is_encoded(request)
     if request.content_length is not None and request.content_length > MAX_AC_BODY:
         raise BadRequest(f"action result larger than {MAX_AC_BODY} bytes", request.content_length)
@@ -140,7 +140,7 @@ async def handle_get_cas(request: web.Request, store: Store) -> web.StreamRespon
 
 async def handle_put_cas(request: web.Request, store: Store) -> web.StreamResponse:
     _namespace(request)
-    hex_ = _parse_hex(request).hex
+    hex_ = _parse_hex(request)
     encoded = _is_encoded(request)
     announced = request.headers.get("X-Digest-SizeBytes")
     if announced is not None:

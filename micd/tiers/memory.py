@@ -38,7 +38,8 @@ class MemoryTier:
 
     async def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
         blobs = self._blobs
-        return [d for d in digests if d.size and d not in blobs]  # d.size: is_empty without a call
+        # `d.size or`: skips the is_empty call for the common non-empty digest
+        return [d for d in digests if (d.size or not d.is_empty) and d not in blobs]
 
     async def get(self, digest: Digest, offset: int = 0, limit: int | None = None) -> BytesBlob | None:
         data = b"" if digest.is_empty else self._touch(digest)

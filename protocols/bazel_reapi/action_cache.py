@@ -30,7 +30,7 @@ class ActionCacheServicer(re_grpc.ActionCacheServicer):
         function = digest_function(request.digest_function)
         namespace = ac_namespace(request.instance_name)
         digest = from_proto(request.action_digest, function)
-        record = await self._store.get_record(namespace, action_key(digest))
+        record = await self._store.get_record(namespace, action_key(digest.function, digest.hex))
         if record is None:
             raise NotFound(f"no action result for {digest}")
         result = decode_action_result(record.value)
@@ -80,7 +80,7 @@ class ActionCacheServicer(re_grpc.ActionCacheServicer):
             raise BadRequest("UpdateActionResult without an action_result")
         result = request.action_result
         refs = await action_result_refs(self._store, result, function)
-        await self._store.put_record(namespace, action_key(digest), Record(result.SerializeToString(), refs))
+        await self._store.put_record(namespace, action_key(digest.function, digest.hex), Record(result.SerializeToString(), refs))
         return result
 
 

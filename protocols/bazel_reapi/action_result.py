@@ -21,9 +21,9 @@ MAX_TREE_BYTES = 64 << 20
 """The largest output-directory Tree read to list its files (a Tree of ~500k files)."""
 
 
-def action_key(digest: Digest) -> str:
+def action_key(function: str, hex_: str) -> str:
     """The KV key of an action: function and hash (the size adds nothing; HTTP clients do not send it)."""
-    return f"{digest.function}:{digest.hex}"
+    return f"{function}:{hex_}"
 
 
 def decode_action_result(data: bytes) -> re_pb2.ActionResult:

@@ -23,7 +23,7 @@ from micd.errors import (
     TierUnavailable,
     Unauthorized,
 )
-from micd.store import Digest
+from micd.store import EMPTY_HEX, Digest
 from micd.validate import MAX_BLOB_SIZE, parse_digest, parse_function, parse_namespace
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 
@@ -110,6 +110,7 @@ def from_protos(digests: Iterable[re_pb2.Digest], function: str) -> list[Digest]
         all(len(h) == 64 for h in hashes)
         and _HEX_RUN.fullmatch("".join(hashes))
         and (not sizes or (min(sizes) >= 0 and max(sizes) <= MAX_BLOB_SIZE))
+        and (0 not in sizes or all(h == EMPTY_HEX[function] for h, s in zip(hashes, sizes) if not s))
     ):
         return [Digest(function, h, s) for h, s in zip(hashes, sizes, strict=True)]
     return [from_proto(d, function) for d in digests]  # slow path: raises the precise error

@@ -54,6 +54,7 @@ def test_parse_size_rejects(raw, message):
 @pytest.mark.parametrize("function", ["sha256", "blake3"])
 def test_parse_digest_accepts(function):
     assert parse_digest(function, HEX, "42") == Digest(function, HEX, 42)
+    assert parse_digest(function, Digest.empty(function).hex, "0") == Digest.empty(function)
 
 
 @pytest.mark.parametrize(
@@ -67,6 +68,8 @@ def test_parse_digest_accepts(function):
         ("sha256", "../" + HEX[3:], "1", "malformed sha256 hash"),
         ("sha256", HEX, "x", "malformed size"),
         ("sha256", HEX, -5, "out of range"),
+        ("sha256", HEX, "0", "size 0 with a hash other than the empty blob's"),
+        ("blake3", Digest.empty("sha256").hex, 0, "size 0 with a hash other than the empty blob's"),
     ],
 )
 def test_parse_digest_rejects(function, hex_, size, message):

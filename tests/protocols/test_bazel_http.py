@@ -154,7 +154,7 @@ async def test_instance_prefix_is_its_own_namespace_shared_with_grpc(env):
     assert (await env.get(f"/main/inst/ac/{key}", headers=STD)).status == 200
     assert (await env.get(f"/ac/{key}", headers=STD)).status == 404
     assert (await env.get(f"/main/ac/{key}", headers=STD)).status == 404
-    record = await env.store.get_record(ac_namespace("main/inst"), action_key(Digest("sha256", key, 0)))
+    record = await env.store.get_record(ac_namespace("main/inst"), action_key("sha256", key))
     assert record is not None and record.value == body
     # the CAS is shared: the blob is reachable under any prefix
     assert await (await env.get(f"/main/inst/cas/{out_hex}", headers=STD)).read() == out

@@ -14,7 +14,7 @@ H = "ab" * 32
     ("name", "instance", "function", "size", "compressor"),
     [
         (f"blobs/{H}/12", "", "sha256", 12, None),
-        (f"main/inst/blobs/{H}/0", "main/inst", "sha256", 0, None),
+        (f"main/inst/blobs/{H}/3", "main/inst", "sha256", 3, None),
         (f"blobs/blake3/{H}/7", "", "blake3", 7, None),
         (f"a/b/c/compressed-blobs/zstd/blake3/{H}/9", "a/b/c", "blake3", 9, "zstd"),
         (f"compressed-blobs/zstd/{H}/9", "", "sha256", 9, "zstd"),
@@ -68,6 +68,7 @@ def test_write_names(name, instance, uuid, compressor):
         f"a/uploads/b/blobs/{H}/1",
         f"actions/blobs/{H}/1",
         f"blobs/gitsha1/{H}/1",
+        f"blobs/{H}/0",  # size 0 with a hash other than the empty blob's
     ],
 )
 def test_rejected_read_names(name):

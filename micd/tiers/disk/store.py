@@ -164,7 +164,7 @@ class DiskTier(IndexState):
         it: `files.mark_used`), so no other daemon evicts a blob just reported present. Per digest: a string
         path, an `access` call, an LRU touch; a stat (and maybe an atime write) only for a present file not
         marked used by this process within `TOUCH_EVERY_NS` (`self._marked`)."""
-        wanted = [d for d in digests if d.size]
+        wanted = [d for d in digests if d.size or not d.is_empty]  # `d.size or`: no call in the common case
         if not wanted:
             return []
         cas = self.layout.cas_prefix  # `Layout.blob_file` inlined: this list is built per call of 1,000s
