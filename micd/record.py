@@ -1,17 +1,22 @@
 """Binary codec for KV records (`micd.store.Record`), the form every tier stores.
 
-Layout (all integers big-endian):
+Layout of version 2, written today (all integers big-endian):
 
 | offset | width | field                                                   |
 |--------|-------|---------------------------------------------------------|
 | 0      | 4     | magic `MICR`                                            |
-| 4      | 1     | version (1)                                             |
+| 4      | 1     | version (2)                                             |
 | 5      | 4     | u32 value length V                                      |
 | 9      | V     | value bytes                                             |
-| …      | 2     | u16 ref count R                                         |
+| …      | 4     | u32 ref count R (≤ `MAX_REFS`)                          |
 | …      | R×41  | per ref: u8 function id (1=sha256, 2=blake3), 32-byte hash, u64 size |
-| …      | 2     | u16 metadata count M                                    |
+| …      | 4     | u32 metadata count M (≤ `MAX_METADATA`)                 |
 | …      | …     | per entry: u16 key length, key UTF-8, u32 value length, value UTF-8 |
+
+Version 1 is the same with u16 counts; it is still read (records written before version 2), never written.
+Its 16-bit ref count failed on an ActionResult with more than 65,535 outputs (a `node_modules`-sized output
+directory); version 2 lifts that to `MAX_REFS`, a bound a real build stays far below and that keeps one record
+under ~41 MiB. A record over a bound is refused with BadRequest, never truncated.
 
 Invariants: the buffer ends exactly after the last metadata entry.
 """
@@ -20,28 +25,41 @@ from __future__ import annotations
 
 import struct
 
-from micd.errors import FormatError
+from micd.errors import BadRequest, FormatError
 from micd.store import Digest, Record
 
-__all__ = ["MAGIC", "VERSION", "decode_record", "encode_record"]
+__all__ = ["MAGIC", "MAX_METADATA", "MAX_REFS", "VERSION", "decode_record", "encode_record"]
 
 MAGIC = b"MICR"
-VERSION = 1
+VERSION = 2
+MAX_REFS = 1_000_000
+"""The most CAS blobs one record may reference (an action with this many output files, say)."""
+MAX_METADATA = 1024
 _FORMAT = "kv record"
 _HEAD = struct.Struct(">4sBI")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _REF = struct.Struct(">B32sQ")
+_COUNT = {1: _U16, 2: _U32}
+"""The width of the ref and metadata counts, per version."""
 _FUNCTION_IDS = {"sha256": 1, "blake3": 2}
 _FUNCTION_NAMES = {v: k for k, v in _FUNCTION_IDS.items()}
 
 
 def encode_record(record: Record) -> bytes:
-    """Serialize a record."""
-    parts = [_HEAD.pack(MAGIC, VERSION, len(record.value)), record.value, _U16.pack(len(record.refs))]
-    for ref in record.refs:
-        parts.append(_REF.pack(_FUNCTION_IDS[ref.function], bytes.fromhex(ref.hex), ref.size))
-    parts.append(_U16.pack(len(record.metadata)))
+    """Serialize a record (version 2).
+
+    Raises:
+        BadRequest: more than `MAX_REFS` refs or `MAX_METADATA` metadata entries.
+    """
+    if len(record.refs) > MAX_REFS:
+        raise BadRequest(f"a record may reference at most {MAX_REFS} blobs", len(record.refs))
+    if len(record.metadata) > MAX_METADATA:
+        raise BadRequest(f"a record may carry at most {MAX_METADATA} metadata entries", len(record.metadata))
+    ids = _FUNCTION_IDS
+    parts = [_HEAD.pack(MAGIC, VERSION, len(record.value)), record.value, _U32.pack(len(record.refs))]
+    parts += [_REF.pack(ids[ref.function], bytes.fromhex(ref.hex), ref.size) for ref in record.refs]
+    parts.append(_U32.pack(len(record.metadata)))
     for key, val in record.metadata:
         key_b, val_b = key.encode(), val.encode()
         parts += [_U16.pack(len(key_b)), key_b, _U32.pack(len(val_b)), val_b]
@@ -55,7 +73,9 @@ class _Reader:
 
     def take(self, n: int) -> bytes:
         if self.pos + n > len(self.data):
-            raise FormatError(_FORMAT, "truncated", offset=self.pos, expected=n, got=len(self.data) - self.pos)
+            raise FormatError(
+                _FORMAT, "truncated", offset=self.pos, expected=n, got=len(self.data) - self.pos
+            )
         out = bytes(self.data[self.pos : self.pos + n])
         self.pos += n
         return out
@@ -65,22 +85,18 @@ class _Reader:
 
 
 def decode_record(data: bytes) -> Record:
-    """Parse a record; raises FormatError on any malformed input."""
+    """Parse a record of version 1 or 2; raises FormatError on any malformed input."""
     reader = _Reader(data)
     magic, version, value_len = reader.unpack(_HEAD)
     if magic != MAGIC:
         raise FormatError(_FORMAT, "bad magic", offset=0, expected=MAGIC, got=magic)
-    if version != VERSION:
+    count = _COUNT.get(version)
+    if count is None:
         raise FormatError(_FORMAT, "unsupported version", offset=4, expected=VERSION, got=version)
     value = reader.take(value_len)
-    refs = []
-    for _ in range(reader.unpack(_U16)[0]):
-        fid, raw, size = reader.unpack(_REF)
-        if fid not in _FUNCTION_NAMES:
-            raise FormatError(_FORMAT, "unknown digest function id", offset=reader.pos - _REF.size, got=fid)
-        refs.append(Digest(_FUNCTION_NAMES[fid], raw.hex(), size))
+    refs = _refs(reader, reader.unpack(count)[0])
     metadata = []
-    for _ in range(reader.unpack(_U16)[0]):
+    for _ in range(reader.unpack(count)[0]):
         try:
             key = reader.take(reader.unpack(_U16)[0]).decode()
             val = reader.take(reader.unpack(_U32)[0]).decode()
@@ -89,4 +105,17 @@ def decode_record(data: bytes) -> Record:
         metadata.append((key, val))
     if reader.pos != len(data):
         raise FormatError(_FORMAT, "trailing bytes", offset=reader.pos, expected=reader.pos, got=len(data))
-    return Record(value, tuple(refs), tuple(metadata))
+    return Record(value, refs, tuple(metadata))
+
+
+def _refs(reader: _Reader, count: int) -> tuple[Digest, ...]:
+    """`count` refs in one `iter_unpack` pass (a record may hold up to a million of them)."""
+    start = reader.pos
+    raw = reader.take(count * _REF.size)
+    names = _FUNCTION_NAMES
+    try:
+        return tuple(Digest(names[fid], hash_.hex(), size) for fid, hash_, size in _REF.iter_unpack(raw))
+    except KeyError as exc:
+        bad = next(i for i, (fid, _, _) in enumerate(_REF.iter_unpack(raw)) if fid not in names)
+        offset = start + bad * _REF.size
+        raise FormatError(_FORMAT, "unknown digest function id", offset=offset, got=exc.args[0]) from None

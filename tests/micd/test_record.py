@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from micd.errors import FormatError
+from micd import record as record_module
+from micd.errors import BadRequest, FormatError
 from micd.record import MAGIC, VERSION, decode_record, encode_record
 from micd.store import Digest, Record
 
@@ -77,7 +79,7 @@ def test_each_damage_is_named(data, message):
 
 def test_unknown_function_id_is_rejected_with_its_offset():
     data = bytearray(good())
-    ref_at = 4 + 1 + 4 + 3 + 2  # header, value "val", ref count
+    ref_at = 4 + 1 + 4 + 3 + 4  # header, value "val", ref count
     data[ref_at] = 9
     with pytest.raises(FormatError, match="unknown digest function id") as info:
         decode_record(bytes(data))
@@ -95,6 +97,34 @@ def test_layout_is_stable():
     """A golden encoding: the on-disk and on-S3 record format must not drift silently."""
     record = Record(b"ab", (Digest("blake3", "11" * 32, 5),), (("t", "x"),))
     assert encode_record(record) == (
-        b"MICR\x01\x00\x00\x00\x02ab\x00\x01\x02" + b"\x11" * 32 + b"\x00" * 7 + b"\x05"
-        b"\x00\x01\x00\x01t\x00\x00\x00\x01x"
+        b"MICR\x02\x00\x00\x00\x02ab\x00\x00\x00\x01\x02" + b"\x11" * 32 + b"\x00" * 7 + b"\x05"
+        b"\x00\x00\x00\x01\x00\x01t\x00\x00\x00\x01x"
     )
+
+
+def test_version_1_records_are_still_read():
+    """tests/data/micr-v1.bin was written by the version-1 encoder (u16 counts), before version 2."""
+    data = (Path(__file__).parent.parent / "data" / "micr-v1.bin").read_bytes()
+    assert data[4] == 1
+    assert decode_record(data) == Record(
+        b"action-result-bytes",
+        (Digest.of(b"out"), Digest.of(b"log", "blake3")),
+        (("content-type", "application/x"), ("tag", "v1")),
+    )
+
+
+def test_more_than_65535_refs_round_trip():
+    """Version 1 packed the ref count in 16 bits: 65,536 refs (a node_modules-sized output) failed to encode."""
+    refs = tuple(Digest.of(i.to_bytes(4, "big")) for i in range(70_000))
+    record = Record(b"v", refs, (("k", "v"),))
+    assert decode_record(encode_record(record)) == record
+
+
+def test_a_record_over_the_bounds_is_refused(monkeypatch):
+    monkeypatch.setattr(record_module, "MAX_REFS", 3)
+    refs = tuple(Digest.of(bytes([i])) for i in range(4))
+    with pytest.raises(BadRequest, match="at most 3 blobs"):
+        encode_record(Record(b"", refs))
+    encode_record(Record(b"", refs[:3]))
+    with pytest.raises(BadRequest, match="metadata entries"):
+        encode_record(Record(b"", (), tuple((str(i), "") for i in range(record_module.MAX_METADATA + 1))))

@@ -34,7 +34,9 @@ EMPTY = Digest.empty()
 
 @pytest.fixture(params=["memory", "disk"])
 async def store(request, tmp_path):
-    disk = DiskTier(tmp_path / "cache", soft_cap=1 << 30, hard_cap=1 << 30) if request.param == "disk" else None
+    disk = (
+        DiskTier(tmp_path / "cache", soft_cap=1 << 30, hard_cap=1 << 30) if request.param == "disk" else None
+    )
     tiered = TieredStore(memory=MemoryTier(), disk=disk)
     await tiered.start()
     yield tiered
@@ -44,7 +46,9 @@ async def store(request, tmp_path):
 @pytest.fixture
 async def http(aiohttp_client, store, tmp_path):
     config = load_config(cwd=tmp_path, env={"HOME": str(tmp_path)})
-    return await aiohttp_client(create_app(store, config, token=TOKEN, metrics=Metrics(), activity=Activity()))
+    return await aiohttp_client(
+        create_app(store, config, token=TOKEN, metrics=Metrics(), activity=Activity())
+    )
 
 
 def test_only_the_empty_hash_is_empty():
@@ -96,7 +100,11 @@ async def test_bazel_http_cas_refuses_a_lying_size_zero_digest(http, method):
 async def test_bazel_http_ac_hit_needs_real_blobs(http, store):
     result = re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="out", digest=pd(LYING))])
     action = Digest.of(b"action")
-    await store.put_record(ac_namespace(""), action_key(action.function, action.hex), Record(result.SerializeToString(), (LYING,)))
+    await store.put_record(
+        ac_namespace(""),
+        action_key(action.function, action.hex),
+        Record(result.SerializeToString(), (LYING,)),
+    )
     assert (await http.get(f"/ac/{action.hex}", headers=AUTH)).status == 404
     put = await http.put(f"/ac/{Digest.of(b'other').hex}", data=result.SerializeToString(), headers=AUTH)
     assert put.status == 400
@@ -147,7 +155,11 @@ def _grpc_code(number: int) -> grpc.StatusCode:
 async def test_reapi_action_result_with_a_lying_size_zero_output_is_no_hit(reapi, store):
     result = re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="out", digest=pd(LYING))])
     action = Digest.of(b"action")
-    await store.put_record(ac_namespace(""), action_key(action.function, action.hex), Record(result.SerializeToString(), (LYING,)))
+    await store.put_record(
+        ac_namespace(""),
+        action_key(action.function, action.hex),
+        Record(result.SerializeToString(), (LYING,)),
+    )
     get = reapi.ac.GetActionResult(re_pb2.GetActionResultRequest(action_digest=pd(action)))
     assert await _code(get) == grpc.StatusCode.NOT_FOUND
     update = reapi.ac.UpdateActionResult(
