@@ -124,24 +124,6 @@ async def test_large_truncated_file_is_a_miss(make_tier):
     assert tier.corruptions == 1
 
 
-async def test_large_blob_is_trusted_only_after_verification(make_tier):
-    tier = await make_tier()
-    data = blob(3 << 20, seed=5)
-    digest = Digest.of(data, "blake3")
-    await tier.put_bytes(digest, data)
-    first = await tier.get(digest, 10, 100)
-    assert first.path == tier.layout.blob_path(digest)  # written and hashed by this process
-    await first.aclose()
-    await tier.close()
-    tier = await make_tier()
-    handle = await tier.get(digest, 10, 100)
-    assert handle.path is None
-    assert (await drain(handle)) == (data[10:110], None)
-    again = await tier.get(digest)
-    assert again.path == tier.layout.blob_path(digest)
-    assert (await drain(again)) == (data, None)
-
-
 @pytest.mark.parametrize(
     ("namespace", "key"),
     [
@@ -254,21 +236,16 @@ async def test_stream_failing_while_a_batch_is_in_flight_leaves_nothing(make_tie
 
 
 async def test_multi_batch_reads_read_ahead_in_order(make_tier):
-    """Reads of several worker-thread batches (the next one read while this one is sent) stay in order, in
-    trusted and verifying mode, and a damaged later batch still fails the stream."""
+    """Reads of several worker-thread batches (the next one read while this one is sent) stay in order, whole
+    or as a range spanning batches, and a damaged later batch still fails the stream."""
     from micd.tiers.disk.blob import _BATCH
 
     tier = await make_tier()
     data = blob(2 * _BATCH + 12345, seed=9)
     digest = Digest.of(data)
     await tier.put_bytes(digest, data)
-    trusted = await tier.get(digest)
-    assert trusted.path is not None
-    assert (await drain(trusted)) == (data, None)
-    await tier.close()
-    tier = await make_tier()
+    assert (await drain(await tier.get(digest))) == (data, None)
     spanning = await tier.get(digest, _BATCH - 10, _BATCH + 20)
-    assert spanning.path is None  # a new process verifies
     assert (await drain(spanning)) == (data[_BATCH - 10 : 2 * _BATCH + 10], None)
     flip(tier.layout.blob_path(digest), 2 * _BATCH + 100)  # inside the last batch
     damaged = await tier.get(digest)
@@ -290,17 +267,12 @@ async def test_reader_stopping_early_leaves_no_read_behind(make_tier):
     unobserved = []
     loop.set_exception_handler(lambda _loop, context: unobserved.append(context))
     fds_before = len(os.listdir("/proc/self/fd"))
-    for trusted in (True, False):
-        if not trusted:
-            await tier.close()
-            tier = await make_tier()
-        handle = await tier.get(digest)
-        assert (handle.path is not None) is trusted
-        chunks = handle.chunks()
-        first = await anext(chunks)
-        assert first == data[: len(first)]
-        await chunks.aclose()
-        assert handle._fd is None
+    handle = await tier.get(digest)
+    chunks = handle.chunks()
+    first = await anext(chunks)
+    assert first == data[: len(first)]
+    await chunks.aclose()
+    assert handle._fd is None
     await asyncio.sleep(0.05)
     assert unobserved == []
     assert len(os.listdir("/proc/self/fd")) <= fds_before

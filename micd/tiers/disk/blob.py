@@ -1,15 +1,14 @@
-"""`FileBlob`: a range of a large blob file, streamed in bounded chunks and verified unless already trusted.
+"""`FileBlob`: a range of a large blob file, streamed in bounded chunks and verified on every read.
 
-Verifying mode hashes the whole file while serving the range (the bytes before the range are hashed without
+Every read hashes the whole file while serving the range (the bytes before the range are hashed without
 being sent, the bytes after it before the stream ends) and withholds the last chunk until the hash is
 checked. So a corrupt file yields `IntegrityError` and never a complete wrong stream; the receiver may have
 seen a wrong prefix, which is why the error must abort its response.
 
-Trusted mode (this process verified the file earlier and its (inode, size, mtime_ns) is unchanged) skips the
-hash and exposes `path` for sendfile. The trade-off: damage that keeps inode, size and mtime (bit rot, a
-deliberate in-place edit) goes unnoticed until this process restarts. Files are only ever written once, via a
-new inode and rename, so our own writers cannot cause that. A caller using `path` must fall back to `chunks()`
-if opening it fails: another process may evict the file, while our open fd keeps working (POSIX).
+Why every read, not only the first: a file once verified can still rot in place, or be edited with its
+mtime put back, keeping inode, size and mtime; trusting it then served wrong bytes as a whole 200. The cost
+is a hash per byte served (no sendfile); the hash runs in the worker thread that reads the next batch while
+the caller sends this one, so a GET runs at about the hash's speed (bench/RESULTS.md, issue 10).
 """
 
 from __future__ import annotations
@@ -33,31 +32,22 @@ _BATCH = 8 * CHUNK  # bytes read per worker-thread call: amortises thread hand-o
 class FileBlob:
     """An open blob file range. `aclose()` (or exhausting `chunks()`) closes the fd."""
 
+    path: Path | None = None  # never sent by sendfile: every byte must pass the hash
+
     def __init__(
-        self,
-        fd: int,
-        digest: Digest,
-        offset: int,
-        length: int,
-        *,
-        path: Path | None,
-        verify: bool,
-        on_verified: Callable[[], None],
-        on_corrupt: Callable[[], Awaitable[None]],
+        self, fd: int, digest: Digest, offset: int, length: int, *, on_corrupt: Callable[[], Awaitable[None]]
     ) -> None:
         self.size = digest.size
         self.offset = offset
         self.length = length
-        self.path = path
         self._fd: int | None = fd
         self._digest = digest
-        self._hasher = new_hasher(digest.function) if verify else None
+        self._hasher = new_hasher(digest.function)
         self._lock = threading.Lock()  # aclose must never close the fd under a pread in a worker thread
-        self._on_verified = on_verified
         self._on_corrupt = on_corrupt
 
     def _read(self, start: int, end: int, keep: bool) -> list[bytes]:
-        """Read [start, end) in ≤ CHUNK pieces, hashing if verifying; a short read means a damaged file."""
+        """Read and hash [start, end) in ≤ CHUNK pieces; a short read means a damaged file."""
         out: list[bytes] = []
         with self._lock:
             if self._fd is None:
@@ -67,8 +57,7 @@ class FileBlob:
                 chunk = os.pread(self._fd, min(CHUNK, end - pos), pos)
                 if not chunk:
                     raise EOFError(pos)
-                if self._hasher is not None:
-                    self._hasher.update(chunk)
+                self._hasher.update(chunk)
                 if keep:
                     out.append(chunk)
                 pos += len(chunk)
@@ -93,19 +82,13 @@ class FileBlob:
                 await asyncio.gather(ahead, return_exceptions=True)
 
     def _read_batch(self, pos: int, end: int, *, keep: bool = True) -> Awaitable[list[bytes]]:
-        """Read (and hash, when verifying) the batch at `pos` in a worker thread."""
+        """Read and hash the batch at `pos` in a worker thread."""
         return asyncio.to_thread(self._read, pos, min(end, pos + _BATCH), keep)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Yield the range in chunks ≤ 1 MiB; IntegrityError instead of the last chunk on corruption."""
         end = self.offset + self.length
         try:
-            if self._hasher is None:
-                async with contextlib.aclosing(self._batches(self.offset, end)) as batches:
-                    async for batch in batches:
-                        for chunk in batch:
-                            yield chunk
-                return
             await self._hash_span(0, self.offset)
             pending: bytes | None = None
             async with contextlib.aclosing(self._batches(self.offset, end)) as batches:
@@ -119,7 +102,6 @@ class FileBlob:
             if got != self._digest.hex:
                 await self._on_corrupt()
                 raise IntegrityError(self._digest.hex, got, what=f"stored blob {self._digest}")
-            self._on_verified()
             if pending is not None:
                 yield pending
         except EOFError as exc:

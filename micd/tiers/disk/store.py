@@ -222,18 +222,11 @@ class DiskTier(IndexState):
                 await asyncio.to_thread(os.close, fd)
             return None
         self._seen(key, digest.size)
-        trusted = self._verified.get(key) == sig
-
-        def verified() -> None:
-            self._verified[key] = sig
 
         async def corrupt() -> None:  # called while FileBlob still holds the fd open
             await self._discard_corrupt(key, path, sig)
 
-        return FileBlob(
-            fd, digest, offset, length, path=path if trusted else None, verify=not trusted,
-            on_verified=verified, on_corrupt=corrupt,
-        )  # fmt: skip
+        return FileBlob(fd, digest, offset, length, on_corrupt=corrupt)
 
     async def get_bytes(self, digest: Digest) -> bytes | None:
         """The whole blob in memory (small blobs only), or None."""
@@ -299,11 +292,11 @@ class DiskTier(IndexState):
                 finally:
                     await pipeline.settle()
                 verifier.check()
-                sig = await _completing(
+                await _completing(
                     asyncio.to_thread(writer.publish, path), partial(self._count_orphan, key, digest.size)
                 )
                 # Counted before the abort's await below: a cancel there must not lose the count.
-                self._published(key, digest.size, sig)
+                self._published(key, digest.size)
             except OSError as exc:
                 if exc.errno in files.FULL_ERRNOS:
                     raise self._fs_full(digest.size, exc) from exc
@@ -349,7 +342,7 @@ class DiskTier(IndexState):
         if sig is None:  # already stored (the bytes were still verified)
             self._seen(key, digest.size)
             return
-        self._published(key, digest.size, sig)
+        self._published(key, digest.size)
         await self._after_write(key)
 
     def _count_orphan(self, key: str, size: int, _result: object) -> None:
@@ -357,10 +350,8 @@ class DiskTier(IndexState):
         self._lru.add(key, size, time.time_ns())
         self._changes += 1
 
-    def _published(self, key: str, size: int, sig: files.Sig) -> None:
+    def _published(self, key: str, size: int) -> None:
         self._lru.add(key, size, time.time_ns())
-        if size > self.verify_limit:  # only large reads consult it; small ones are always verified
-            self._verified[key] = sig
 
     async def _drain_verify(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
         verifier = Verifier(digest)

@@ -36,7 +36,6 @@ class IndexState:
         self.evicted_bytes = 0
         self._lru = Lru()
         self._reserved = 0
-        self._verified: dict[str, files.Sig] = {}
         self._area: files.TempArea | None = None
         self._evict_lock = asyncio.Lock()
         self._changes = 0
@@ -81,7 +80,6 @@ class IndexState:
     def _forget(self, key: str) -> None:
         if self._lru.remove(key) is not None:
             self._changes += 1
-        self._verified.pop(key, None)
 
     async def _discard_corrupt(self, key: str, path: Path, sig: files.Sig) -> None:
         """Count and forget a corrupt file, and delete it unless another process replaced it meanwhile."""
@@ -158,7 +156,6 @@ class IndexState:
                     self._lru.touch(key, atime)
                     continue
                 entry = self._lru.remove(key)
-                self._verified.pop(key, None)
                 self._changes += 1
                 if outcome is evict.Outcome.DELETED and entry is not None:
                     self.evictions += 1
