@@ -555,3 +555,46 @@ def test_freed_transfer_buffers_are_reused_not_faulted_in_again():
     pages = 20 * 8 * (1 << 20) // 4096
     assert faults["tuned"] < pages // 20, faults
     assert faults["default"] > pages // 2, faults  # the default really does fault them in again
+
+
+def test_worker_threads_share_the_kept_heap():
+    """Eight worker threads taking turns with 16 MiB of transfer buffers each. Kept heap is per arena and glibc
+    gives each thread its own (up to 8 per core): with freed buffers kept, ~8 x 16 MiB stays held. With the
+    arenas capped by `keep_freed_heap`, the threads reuse one pool. Measures RSS growth (bytes, not time)."""
+    script = (
+        "import sys, threading, psutil\n"
+        "from micd import libc\n"
+        "from micd.lifecycle import keep_freed_heap\n"
+        "assert keep_freed_heap()\n"
+        "if sys.argv[1] == 'per-thread': assert libc.mallopt(libc.M_ARENA_MAX, 64)\n"
+        "turn, started, done = threading.Lock(), threading.Barrier(9), threading.Event()\n"
+        "turns = threading.Semaphore(0)\n"
+        "def work():\n"
+        "    started.wait()\n"
+        "    with turn:\n"
+        "        bufs = [bytearray(1 << 20) for _ in range(16)]\n"
+        "        del bufs\n"
+        "    turns.release()\n"
+        "    done.wait()\n"
+        "threads = [threading.Thread(target=work) for _ in range(8)]\n"
+        "before = psutil.Process().memory_info().rss\n"
+        "for t in threads: t.start()\n"
+        "started.wait()\n"
+        "for _ in threads: turns.acquire()\n"
+        "grown = psutil.Process().memory_info().rss - before\n"
+        "print(grown >> 20)\n"
+        "done.set()\n"
+        "for t in threads: t.join()\n"
+    )
+    grown = {}
+    for mode in ("per-thread", "tuned"):
+        out = subprocess.run(
+            [sys.executable, "-c", script, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        grown[mode] = int(out.stdout)
+    assert grown["per-thread"] > 6 * 16, grown  # an arena per thread really keeps a pool per thread
+    assert grown["tuned"] < 3 * 16, grown
