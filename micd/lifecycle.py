@@ -77,7 +77,8 @@ def keep_freed_heap() -> bool:
         (libc.M_MMAP_THRESHOLD, HEAP_MMAP_MIN),
         (libc.M_TRIM_THRESHOLD, HEAP_KEEP),
     )
-    return all([bool(libc.mallopt(option, value)) for option, value in settings])
+    taken = [libc.mallopt(option, value) for option, value in settings]  # every one, even after a refusal
+    return all(taken)
 
 
 class IdleTrim:
