@@ -1,13 +1,32 @@
 """S3 tier: CAS blobs and KV records in any S3-compatible bucket, through aioboto3.
 
 Keys are `<prefix>/cas/<function>/<hh>/<hex>.<size>` (a zstd frame of the blob) and
-`<prefix>/kv/<namespace>/<key>` (an encoded `micd.record` record). Why it looks the way it does:
+`<prefix>/kv/<namespace>/<key>` (a record envelope, below). Why it looks the way it does:
 
 - **A digest is hash and size.** The size is in the key, as in the disk tier's file names, so a request
   with the right hash and a wrong size is a miss: never a hit, and never a reason to delete the real object.
 - **Never wrong data.** Every download is decompressed and hashed while it streams into a spool (memory for
   small blobs, an anonymous temp file for large ones) and is handed out only after the digest matched. A
   corrupt object is a miss, and it is deleted so the next upload repairs it.
+- **A record answers only its own key.** A flipped bit could decode as a valid, wrong record (a wrong hit),
+  and a body copied under another key would answer for it. So a record object is an envelope that binds the
+  record to its namespace and key under a checksum: the disk tier's record file format, one codec for both
+  (`micd.tiers.disk.kvfile`, which checks the invariants). Integers big-endian, magic `MICK`, version 1:
+
+  | offset    | width | field                                                     |
+  |-----------|-------|-----------------------------------------------------------|
+  | 0         | 4     | magic `MICK`                                              |
+  | 4         | 1     | version (1)                                               |
+  | 5         | 2     | u16 namespace length N                                    |
+  | 7         | 2     | u16 key length K                                          |
+  | 9         | N + K | namespace, then key, UTF-8                                |
+  | 9 + N + K | R     | the record bytes (`micd.record`)                          |
+  | end - 32  | 32    | blake3 of every preceding byte                            |
+
+  Anything that is not an intact v1 envelope naming the namespace and key asked for (bad checksum, other
+  names, unknown version, truncated, or a record written before the envelope existed, which starts with
+  `MICR`) is a miss and is deleted; the next upload of that key rewrites it. A writer that replaces the
+  object between our GET and DELETE loses its record: one more miss, never a wrong hit.
 - **Failures are contained.** Every S3 error (refused, timeout, 5xx, throttling) is logged here and raised as
   `TierUnavailable`; a miss (404) is `None`/`False`. After a failure a short, growing cool-down answers
   `TierUnavailable` at once, so a dead endpoint never adds a timeout to every client request.
@@ -38,6 +57,7 @@ from micd.blobs import CHUNK, BytesBlob, Verifier, aiter_bytes, clamp_range
 from micd.errors import FormatError, IntegrityError, TierUnavailable
 from micd.record import decode_record, encode_record
 from micd.store import Digest, Record
+from micd.tiers.disk.kvfile import decode_kv_file, encode_kv_file
 from micd.tiers.s3_health import Health, Missing
 from micd.tiers.s3_spool import Sink, SpoolBlob, SpoolEntry, retrieve_exception, temp_file
 
@@ -297,6 +317,10 @@ class S3Tier:
         key = self.cas_key(digest)
         log.error("S3 object %s does not match its digest (%s); deleting it", key, exc)
         self._exists.pop(digest, None)
+        await self._delete_corrupt(key)
+
+    async def _delete_corrupt(self, key: str) -> None:
+        """Delete a corrupt object; if S3 fails, the next read finds it corrupt again (never serves it)."""
         try:
             async with self._guard("DELETE", key):
                 await self._client.delete_object(Bucket=self.bucket, Key=key)
@@ -385,7 +409,11 @@ class S3Tier:
 
     # -- KV ----------------------------------------------------------------------------------------
     async def get_record(self, namespace: str, key: str) -> Record | None:
-        """Return the stored record (raw: the tiered store checks its refs), None if absent or unreadable."""
+        """Return the stored record (raw: the tiered store checks its refs), or None on a miss.
+
+        A record over `_MAX_RECORD` is a miss; one that is not an intact envelope naming `namespace` and `key`
+        is a miss and is deleted. Raises TierUnavailable.
+        """
         s3_key = self.kv_key(namespace, key)
         try:
             async with self._guard("GET", s3_key):
@@ -398,19 +426,25 @@ class S3Tier:
                     body.close()
         except Missing:
             return None
-        try:
-            if size > _MAX_RECORD:
-                raise FormatError("kv record", "record too large", expected=_MAX_RECORD, got=size)
-            return decode_record(data)
-        except FormatError as exc:
-            log.error("S3 record %s is unreadable (%s); treating it as a miss", s3_key, exc)
+        if size > _MAX_RECORD:
+            log.error("S3 record %s: record too large (%d > %d bytes); a miss", s3_key, size, _MAX_RECORD)
             return None
+        try:
+            got_namespace, got_key, raw = decode_kv_file(data)
+            if (got_namespace, got_key) != (namespace, key):
+                raise FormatError("S3 record", "names another record", got=(got_namespace, got_key))
+            return decode_record(raw)
+        except FormatError as exc:
+            log.error("S3 record %s is unreadable (%s); deleting it", s3_key, exc)
+        await self._delete_corrupt(s3_key)
+        return None
 
     async def put_record(self, namespace: str, key: str, record: Record) -> None:
-        """Store or replace the record object."""
+        """Store or replace the record object (in its envelope, bound to `namespace` and `key`)."""
         s3_key = self.kv_key(namespace, key)
+        body = encode_kv_file(namespace, key, encode_record(record))
         async with self._guard("PUT", s3_key):
-            await self._client.put_object(Bucket=self.bucket, Key=s3_key, Body=encode_record(record))
+            await self._client.put_object(Bucket=self.bucket, Key=s3_key, Body=body)
 
 
 def _compress_chunk(verifier: Verifier, writer: Any, chunk: bytes) -> None:

@@ -14,7 +14,9 @@ import pytest
 import zstandard
 
 from micd.errors import BadRequest, IntegrityError, TierUnavailable
+from micd.record import decode_record, encode_record
 from micd.store import Digest, Record
+from micd.tiers.disk.kvfile import decode_kv_file
 from micd.tiers.s3 import S3Tier
 from tests.fixtures.s3 import TcpProxy
 from tests.micd.helpers import FAST_FAILING_S3, count_requests, read, s3_keys
@@ -125,6 +127,76 @@ async def test_unreadable_record_is_a_miss(tier, boto, bucket, caplog):
     boto.put_object(Bucket=bucket, Key=f"{PREFIX}/kv/ns/bad", Body=b"MICR\x01garbage")
     assert await tier.get_record("ns", "bad") is None
     assert "unreadable" in caplog.text
+
+
+async def test_record_body_is_bound_to_its_namespace_and_key(tier, boto, bucket):
+    record = Record(b"value", (Digest.of(b"x"),), (("content-type", "text/plain"),))
+    await tier.put_record("bazel-ac/main", "k1", record)
+    body = boto.get_object(Bucket=bucket, Key=tier.kv_key("bazel-ac/main", "k1"))["Body"].read()
+    namespace, key, raw = decode_kv_file(body)
+    assert (namespace, key) == ("bazel-ac/main", "k1")
+    assert decode_record(raw) == record
+
+
+def _record_corruptions(body: bytes) -> dict[str, bytes]:
+    def flip(pos: int) -> bytes:
+        flipped = bytearray(body)
+        flipped[pos] ^= 0x10
+        return bytes(flipped)
+
+    return {
+        "bit flipped in the header": flip(6),
+        "bit flipped in the middle": flip(len(body) // 2),
+        "bit flipped in the last byte": flip(len(body) - 1),
+        "truncated by one byte": body[:-1],
+        "truncated to a stub": body[:8],
+        "empty": b"",
+        "unknown version": body[:4] + b"\x63" + body[5:],
+    }
+
+
+@pytest.mark.parametrize("kind", list(_record_corruptions(bytes(64))))
+async def test_corrupt_record_is_a_miss_and_deleted(tier, boto, bucket, kind, caplog):
+    """A flipped bit could still decode as a valid, wrong record: the checksum makes it a miss, and the object
+    is deleted (as a corrupt blob is). The neighbour is untouched and a new upload repairs the key."""
+    record = Record(b"value " * 20, (Digest.of(b"x"),), (("content-type", "text/plain"),))
+    neighbour = Record(b"neighbour")
+    await tier.put_record("ns/a", "k", record)
+    await tier.put_record("ns/a", "other", neighbour)
+    key = tier.kv_key("ns/a", "k")
+    body = boto.get_object(Bucket=bucket, Key=key)["Body"].read()
+    boto.put_object(Bucket=bucket, Key=key, Body=_record_corruptions(body)[kind])
+    assert await tier.get_record("ns/a", "k") is None
+    assert "unreadable" in caplog.text
+    assert s3_keys(boto, bucket) == [tier.kv_key("ns/a", "other")]
+    assert await tier.get_record("ns/a", "other") == neighbour
+    assert tier.state == "ok"  # corruption is not an S3 failure
+    await tier.put_record("ns/a", "k", record)
+    assert await tier.get_record("ns/a", "k") == record
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [(("ns", "k1"), ("ns", "k2")), (("ns/one", "k"), ("ns/two", "k"))], ids=["key", "namespace"]
+)
+async def test_records_swapped_between_keys_are_misses_and_deleted(tier, boto, bucket, first, second, caplog):
+    """A valid record stored under another record's key (a copy error, a bad restore) is not served there."""
+    await tier.put_record(*first, Record(b"first"))
+    await tier.put_record(*second, Record(b"second"))
+    keys = [tier.kv_key(*first), tier.kv_key(*second)]
+    bodies = [boto.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys]
+    for key, body in zip(keys, reversed(bodies), strict=True):
+        boto.put_object(Bucket=bucket, Key=key, Body=body)
+    assert await tier.get_record(*first) is None
+    assert await tier.get_record(*second) is None
+    assert "names another record" in caplog.text
+    assert s3_keys(boto, bucket) == []
+
+
+async def test_record_without_envelope_is_a_miss_and_deleted(tier, boto, bucket):
+    """Records written before the envelope existed carry no checksum, so they are not trusted."""
+    boto.put_object(Bucket=bucket, Key=tier.kv_key("ns", "old"), Body=encode_record(Record(b"old")))
+    assert await tier.get_record("ns", "old") is None
+    assert s3_keys(boto, bucket) == []
 
 
 @pytest.mark.parametrize("size", [1000, 3 << 20])
