@@ -30,6 +30,12 @@ Keys are `<prefix>/cas/<function>/<hh>/<hex>.<size>` (a zstd frame of the blob) 
 - **Failures are contained.** Every S3 error (refused, timeout, 5xx, throttling) is logged here and raised as
   `TierUnavailable`; a miss (404) is `None`/`False`. After a failure a short, growing cool-down answers
   `TierUnavailable` at once, so a dead endpoint never adds a timeout to every client request.
+- **A hung S3 never stalls a build.** Reads are on a client's path, so they have deadlines of their own
+  (across all botocore attempts), far below botocore's read timeout: a HEAD, a record GET, a GET of a small
+  blob and the DELETE of a corrupt object must end within `read_deadline` (2 s); a large blob's GET must
+  get its response headers, and then each next chunk, within `stall_timeout` (5 s: a bound on silence, not
+  on the transfer). The first timeout degrades the tier, and the cool-down then skips S3 at once. Writes
+  run in the upload queue, off the client's path, under `op_timeout`.
 - **Few requests.** A positive existence cache (content-addressed objects never change) and in-flight
   de-duplication (N concurrent reads or HEADs of one digest share one request) prevent HEAD storms.
 - **Bounded memory.** Uploads compress into a spool and go up as one PUT or as multipart parts of `part_size`;
@@ -85,6 +91,8 @@ class S3Tier:
         connect_timeout: float = 3.0,
         read_timeout: float = 15.0,
         op_timeout: float = 120.0,
+        read_deadline: float = 2.0,
+        stall_timeout: float = 5.0,
         max_attempts: int = 2,
         cooldown: tuple[float, float] = (0.5, 30.0),
         spool_dir: Path | None = None,
@@ -96,6 +104,8 @@ class S3Tier:
             raise ValueError("S3 multipart part_size must be ≥ 5 MiB")
         if existence_cache_size < 0 or concurrency < 1:
             raise ValueError("existence_cache_size must be ≥ 0 and concurrency ≥ 1")
+        if read_deadline <= 0 or stall_timeout <= 0:
+            raise ValueError("S3 read_deadline and stall_timeout must be > 0")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self._base = f"{self.prefix}/" if self.prefix else ""
@@ -104,6 +114,8 @@ class S3Tier:
         self.part_size = part_size
         self._concurrency = concurrency
         self._health = Health(op_timeout=op_timeout, cooldown=cooldown)
+        self._read_deadline = read_deadline
+        self._stall_timeout = stall_timeout
         self.spool_dir = spool_dir  # where large downloads/uploads spool; None: the system temp dir
         self._level = compression_level
         self._config = Config(
@@ -185,11 +197,18 @@ class S3Tier:
         while len(self._exists) > self._exists_max:
             self._exists.popitem(last=False)
 
-    def _guard(self, op: str, key: str) -> contextlib.AbstractAsyncContextManager[None]:
+    def _guard(
+        self, op: str, key: str, deadline: float | None = None
+    ) -> contextlib.AbstractAsyncContextManager[None]:
         """The health guard of one S3 call (see `s3_health.Health.guard`); TierUnavailable if not open."""
         if self._client is None:
             raise TierUnavailable("S3 tier is not open")
-        return self._health.guard(op, key)
+        return self._health.guard(op, key, deadline)
+
+    @staticmethod
+    def _deadline_in(seconds: float) -> float:
+        """The event-loop time `seconds` from now (a `_guard` deadline)."""
+        return asyncio.get_running_loop().time() + seconds
 
     # -- CAS: existence ----------------------------------------------------------------------------
     async def contains(self, digest: Digest) -> bool:
@@ -210,7 +229,7 @@ class S3Tier:
     async def _head(self, digest: Digest) -> bool:
         key = self.cas_key(digest)
         try:
-            async with self._guard("HEAD", key):
+            async with self._guard("HEAD", key, self._deadline_in(self._read_deadline)):
                 await self._client.head_object(Bucket=self.bucket, Key=key)
         except Missing:
             return False
@@ -280,13 +299,19 @@ class S3Tier:
             write_size=CHUNK,
             closefd=False,
         )
+        # A small blob's whole GET has one deadline; a large one's has a fresh one per wait.
+        total = self._deadline_in(self._read_deadline)
+
+        def deadline() -> float:
+            return total if small else self._deadline_in(self._stall_timeout)
+
         try:
-            async with self._guard("GET", key):
+            async with self._guard("GET", key, deadline()):
                 response = await self._client.get_object(Bucket=self.bucket, Key=key)
             body = response["Body"]
             try:
                 while True:
-                    async with self._guard("GET body", key):
+                    async with self._guard("GET body", key, deadline()):
                         chunk = await body.read(CHUNK)
                     if not chunk:
                         break
@@ -322,7 +347,7 @@ class S3Tier:
     async def _delete_corrupt(self, key: str) -> None:
         """Delete a corrupt object; if S3 fails, the next read finds it corrupt again (never serves it)."""
         try:
-            async with self._guard("DELETE", key):
+            async with self._guard("DELETE", key, self._deadline_in(self._read_deadline)):
                 await self._client.delete_object(Bucket=self.bucket, Key=key)
         except (Missing, TierUnavailable):
             pass
@@ -416,7 +441,7 @@ class S3Tier:
         """
         s3_key = self.kv_key(namespace, key)
         try:
-            async with self._guard("GET", s3_key):
+            async with self._guard("GET", s3_key, self._deadline_in(self._read_deadline)):
                 response = await self._client.get_object(Bucket=self.bucket, Key=s3_key)
                 body = response["Body"]
                 try:

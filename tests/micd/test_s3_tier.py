@@ -17,9 +17,12 @@ from micd.errors import BadRequest, IntegrityError, TierUnavailable
 from micd.record import decode_record, encode_record
 from micd.store import Digest, Record
 from micd.tiers.disk.kvfile import decode_kv_file
+from micd.tiers.memory import MemoryTier
+from micd.tiers.tiered import TieredStore
+from micd.upload_queue import UploadQueue
 from micd.tiers.s3 import S3Tier
 from tests.fixtures.s3 import TcpProxy
-from tests.micd.helpers import FAST_FAILING_S3, count_requests, read, s3_keys
+from tests.micd.helpers import FAST_FAILING_S3, count_requests, read, s3_keys, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -416,6 +419,120 @@ async def test_hung_server_times_out_into_tier_unavailable(s3_proxy, bucket):
     finally:
         s3_proxy.cut()
         await tier.close()
+
+
+HUNG_BUDGET = 5.0
+"""Seconds a request-path read may wait on a hung S3: the 2 s default deadline, with room for a loaded machine
+(before the deadline, botocore's 15 s read timeout made it wait 15 s per attempt, 30 s in all)."""
+
+
+@pytest.fixture
+async def daemon_tier(s3_proxy, bucket):
+    """An S3 tier with the daemon's timeouts (none shortened for tests). Its cool-down is long and fixed, so
+    that "the next read skips S3" cannot depend on how fast a loaded machine gets to that next read."""
+    tier = S3Tier(bucket=bucket, prefix=PREFIX, endpoint_url=s3_proxy.endpoint_url, cooldown=(60, 60))
+    await tier.open()
+    yield tier
+    await tier.close()
+
+
+_HUNG_READS = {
+    "contains": lambda tier, digest: tier.contains(digest),
+    "find_missing": lambda tier, digest: tier.find_missing([digest, Digest.of(b"more")]),
+    "get": lambda tier, digest: tier.get(digest),
+    "get_record": lambda tier, digest: tier.get_record("ns", digest.hex),
+}
+
+
+@pytest.mark.parametrize("read", list(_HUNG_READS))
+async def test_hung_s3_read_gives_up_within_budget_then_skips_s3(daemon_tier, s3_proxy, read):
+    """A server that accepts and never answers: the first read fails within the budget and degrades the
+    tier; the next reads fail at once, without a request."""
+    s3_proxy.stall = True
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TierUnavailable):
+        await _HUNG_READS[read](daemon_tier, Digest.of(b"hung"))
+    assert loop.time() - started < HUNG_BUDGET
+    assert daemon_tier.state == "degraded"
+    connections = s3_proxy.connections
+    started = loop.time()
+    for other in _HUNG_READS.values():
+        with pytest.raises(TierUnavailable, match="cooling down"):
+            await other(daemon_tier, Digest.of(b"next"))
+    assert loop.time() - started < 0.5
+    assert s3_proxy.connections == connections
+
+
+def _stalled_response(length: int, start: bytes) -> bytes:
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {length}\r\n\r\n"
+    return head.encode() + start
+
+
+@pytest.mark.parametrize(
+    ("what", "size", "budget"),
+    [("record", 0, HUNG_BUDGET), ("blob", 1000, HUNG_BUDGET), ("blob", 3 << 20, 10.0)],
+    ids=["record", "small blob", "large blob"],
+)
+async def test_stalled_body_gives_up_within_budget(daemon_tier, s3_proxy, what, size, budget):
+    """Headers and the first bytes, then silence. A large blob may wait longer (5 s between chunks, a stall
+    bound rather than a transfer bound), but not botocore's 15 s."""
+    data = os.urandom(size)
+    frame = zstandard.compress(data)  # a valid start, so nothing fails before the stall
+    s3_proxy.stall_after = _stalled_response(len(frame) + 1000, frame[:100])
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TierUnavailable):
+        if what == "record":
+            await daemon_tier.get_record("ns", "stalled")
+        else:
+            await daemon_tier.get(Digest.of(data))
+    assert loop.time() - started < budget
+    assert daemon_tier.state == "degraded"
+
+
+async def test_hung_s3_read_through_is_a_quick_miss_and_shutdown_is_bounded(tmp_path, s3_proxy, bucket):
+    """Through the tiered store, as a client sees it: a miss, not an error, within the budget; the next misses
+    skip S3; a shutdown with an upload pending against the hung S3 stays within the drain bound."""
+    tier = S3Tier(bucket=bucket, prefix=PREFIX, endpoint_url=s3_proxy.endpoint_url, cooldown=(60, 60))
+    store = TieredStore(
+        memory=MemoryTier(), s3=tier, queue=UploadQueue(tmp_path / "queue", base_delay=0.05, max_delay=0.5)
+    )
+    await store.start()
+    loop = asyncio.get_running_loop()
+    try:
+        s3_proxy.stall = True
+        started = loop.time()
+        assert await store.get_record("ns", "absent") is None
+        assert loop.time() - started < HUNG_BUDGET
+        started = loop.time()
+        digest = Digest.of(b"absent")
+        assert await store.get(digest) is None
+        assert await store.find_missing([digest]) == [digest]
+        assert loop.time() - started < 0.5
+        await store.put_record("ns", "pending", Record(b"v"))
+    finally:
+        started = loop.time()
+        await store.close(drain_timeout=1)
+    assert loop.time() - started < 1 + HUNG_BUDGET
+
+
+async def test_upload_hung_in_flight_does_not_hold_shutdown_past_the_drain_bound(tmp_path, s3_proxy, bucket):
+    """Uploads are not on a client's path and keep their long timeout; a shutdown cuts them at the drain
+    bound even while the tier still looks healthy, and the upload stays journaled."""
+    tier = S3Tier(bucket=bucket, prefix=PREFIX, endpoint_url=s3_proxy.endpoint_url)
+    journal = tmp_path / "queue"
+    store = TieredStore(memory=MemoryTier(), s3=tier, queue=UploadQueue(journal))
+    await store.start()
+    s3_proxy.stall = True
+    await store.put_record("ns", "pending", Record(b"v"))
+    await wait_until(lambda: s3_proxy.connections > 0)  # the PUT is in flight, and hangs
+    assert tier.state == "ok"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await store.close(drain_timeout=1)
+    assert loop.time() - started < 3
+    assert [p for p in journal.iterdir() if not p.name.endswith(".lock")]
 
 
 async def test_object_deleted_behind_the_cache_is_forgotten(tier, boto, bucket):
