@@ -54,7 +54,7 @@ class Health:
         """Run one S3 call: a missing key → `Missing` (reads only), any other failure → logged, cool-down,
         `TierUnavailable`. A missing bucket is a failure, never a miss: uploads must not vanish into it.
 
-        `deadline` is an event-loop time (`loop.time()`) by which the call must end; None: `op_timeout` from now.
+        `deadline`: the event-loop time (`loop.time()`) by which the call must end; None: `op_timeout` away.
         """
         if self._cooldown:
             now = time.monotonic()

@@ -179,7 +179,9 @@ async def test_corrupt_record_is_a_miss_and_deleted(tier, boto, bucket, kind, ca
 
 
 @pytest.mark.parametrize(
-    ("first", "second"), [(("ns", "k1"), ("ns", "k2")), (("ns/one", "k"), ("ns/two", "k"))], ids=["key", "namespace"]
+    ("first", "second"),
+    [(("ns", "k1"), ("ns", "k2")), (("ns/one", "k"), ("ns/two", "k"))],
+    ids=["key", "namespace"],
 )
 async def test_records_swapped_between_keys_are_misses_and_deleted(tier, boto, bucket, first, second, caplog):
     """A valid record stored under another record's key (a copy error, a bad restore) is not served there."""
