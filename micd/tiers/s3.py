@@ -1,16 +1,41 @@
 """S3 tier: CAS blobs and KV records in any S3-compatible bucket, through aioboto3.
 
 Keys are `<prefix>/cas/<function>/<hh>/<hex>.<size>` (a zstd frame of the blob) and
-`<prefix>/kv/<namespace>/<key>` (an encoded `micd.record` record). Why it looks the way it does:
+`<prefix>/kv/<namespace>/<key>` (a record envelope, below). Why it looks the way it does:
 
 - **A digest is hash and size.** The size is in the key, as in the disk tier's file names, so a request
   with the right hash and a wrong size is a miss: never a hit, and never a reason to delete the real object.
 - **Never wrong data.** Every download is decompressed and hashed while it streams into a spool (memory for
   small blobs, an anonymous temp file for large ones) and is handed out only after the digest matched. A
   corrupt object is a miss, and it is deleted so the next upload repairs it.
+- **A record answers only its own key.** A flipped bit could decode as a valid, wrong record (a wrong hit),
+  and a body copied under another key would answer for it. So a record object is an envelope that binds the
+  record to its namespace and key under a checksum: the disk tier's record file format, one codec for both
+  (`micd.tiers.disk.kvfile`, which checks the invariants). Integers big-endian, magic `MICK`, version 1:
+
+  | offset    | width | field                                                     |
+  |-----------|-------|-----------------------------------------------------------|
+  | 0         | 4     | magic `MICK`                                              |
+  | 4         | 1     | version (1)                                               |
+  | 5         | 2     | u16 namespace length N                                    |
+  | 7         | 2     | u16 key length K                                          |
+  | 9         | N + K | namespace, then key, UTF-8                                |
+  | 9 + N + K | R     | the record bytes (`micd.record`)                          |
+  | end - 32  | 32    | blake3 of every preceding byte                            |
+
+  Anything that is not an intact v1 envelope naming the namespace and key asked for (bad checksum, other
+  names, unknown version, truncated, or a record written before the envelope existed, which starts with
+  `MICR`) is a miss and is deleted; the next upload of that key rewrites it. A writer that replaces the
+  object between our GET and DELETE loses its record: one more miss, never a wrong hit.
 - **Failures are contained.** Every S3 error (refused, timeout, 5xx, throttling) is logged here and raised as
   `TierUnavailable`; a miss (404) is `None`/`False`. After a failure a short, growing cool-down answers
   `TierUnavailable` at once, so a dead endpoint never adds a timeout to every client request.
+- **A hung S3 never stalls a build.** Reads are on a client's path, so they have deadlines of their own
+  (across all botocore attempts), far below botocore's read timeout: a HEAD, a record GET, a GET of a small
+  blob and the DELETE of a corrupt object must end within `read_deadline` (2 s); a large blob's GET must
+  get its response headers, and then each next chunk, within `stall_timeout` (5 s: a bound on silence, not
+  on the transfer). The first timeout degrades the tier, and the cool-down then skips S3 at once. Writes
+  run in the upload queue, off the client's path, under `op_timeout`.
 - **Few requests.** A positive existence cache (content-addressed objects never change) and in-flight
   de-duplication (N concurrent reads or HEADs of one digest share one request) prevent HEAD storms.
 - **Bounded memory.** Uploads compress into a spool and go up as one PUT or as multipart parts of `part_size`;
@@ -38,6 +63,7 @@ from micd.blobs import CHUNK, BytesBlob, Verifier, aiter_bytes, clamp_range
 from micd.errors import FormatError, IntegrityError, TierUnavailable
 from micd.record import decode_record, encode_record
 from micd.store import Digest, Record
+from micd.tiers.disk.kvfile import decode_kv_file, encode_kv_file
 from micd.tiers.s3_health import Health, Missing
 from micd.tiers.s3_spool import Sink, SpoolBlob, SpoolEntry, retrieve_exception, temp_file
 
@@ -65,6 +91,8 @@ class S3Tier:
         connect_timeout: float = 3.0,
         read_timeout: float = 15.0,
         op_timeout: float = 120.0,
+        read_deadline: float = 2.0,
+        stall_timeout: float = 5.0,
         max_attempts: int = 2,
         cooldown: tuple[float, float] = (0.5, 30.0),
         spool_dir: Path | None = None,
@@ -76,6 +104,8 @@ class S3Tier:
             raise ValueError("S3 multipart part_size must be ≥ 5 MiB")
         if existence_cache_size < 0 or concurrency < 1:
             raise ValueError("existence_cache_size must be ≥ 0 and concurrency ≥ 1")
+        if read_deadline <= 0 or stall_timeout <= 0:
+            raise ValueError("S3 read_deadline and stall_timeout must be > 0")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self._base = f"{self.prefix}/" if self.prefix else ""
@@ -84,6 +114,8 @@ class S3Tier:
         self.part_size = part_size
         self._concurrency = concurrency
         self._health = Health(op_timeout=op_timeout, cooldown=cooldown)
+        self._read_deadline = read_deadline
+        self._stall_timeout = stall_timeout
         self.spool_dir = spool_dir  # where large downloads/uploads spool; None: the system temp dir
         self._level = compression_level
         self._config = Config(
@@ -165,11 +197,18 @@ class S3Tier:
         while len(self._exists) > self._exists_max:
             self._exists.popitem(last=False)
 
-    def _guard(self, op: str, key: str) -> contextlib.AbstractAsyncContextManager[None]:
+    def _guard(
+        self, op: str, key: str, deadline: float | None = None
+    ) -> contextlib.AbstractAsyncContextManager[None]:
         """The health guard of one S3 call (see `s3_health.Health.guard`); TierUnavailable if not open."""
         if self._client is None:
             raise TierUnavailable("S3 tier is not open")
-        return self._health.guard(op, key)
+        return self._health.guard(op, key, deadline)
+
+    @staticmethod
+    def _deadline_in(seconds: float) -> float:
+        """The event-loop time `seconds` from now (a `_guard` deadline)."""
+        return asyncio.get_running_loop().time() + seconds
 
     # -- CAS: existence ----------------------------------------------------------------------------
     async def contains(self, digest: Digest) -> bool:
@@ -190,7 +229,7 @@ class S3Tier:
     async def _head(self, digest: Digest) -> bool:
         key = self.cas_key(digest)
         try:
-            async with self._guard("HEAD", key):
+            async with self._guard("HEAD", key, self._deadline_in(self._read_deadline)):
                 await self._client.head_object(Bucket=self.bucket, Key=key)
         except Missing:
             return False
@@ -260,13 +299,19 @@ class S3Tier:
             write_size=CHUNK,
             closefd=False,
         )
+        # A small blob's whole GET has one deadline; a large one's has a fresh one per wait.
+        total = self._deadline_in(self._read_deadline)
+
+        def deadline() -> float:
+            return total if small else self._deadline_in(self._stall_timeout)
+
         try:
-            async with self._guard("GET", key):
+            async with self._guard("GET", key, deadline()):
                 response = await self._client.get_object(Bucket=self.bucket, Key=key)
             body = response["Body"]
             try:
                 while True:
-                    async with self._guard("GET body", key):
+                    async with self._guard("GET body", key, deadline()):
                         chunk = await body.read(CHUNK)
                     if not chunk:
                         break
@@ -297,8 +342,12 @@ class S3Tier:
         key = self.cas_key(digest)
         log.error("S3 object %s does not match its digest (%s); deleting it", key, exc)
         self._exists.pop(digest, None)
+        await self._delete_corrupt(key)
+
+    async def _delete_corrupt(self, key: str) -> None:
+        """Delete a corrupt object; if S3 fails, the next read finds it corrupt again (never serves it)."""
         try:
-            async with self._guard("DELETE", key):
+            async with self._guard("DELETE", key, self._deadline_in(self._read_deadline)):
                 await self._client.delete_object(Bucket=self.bucket, Key=key)
         except (Missing, TierUnavailable):
             pass
@@ -385,10 +434,14 @@ class S3Tier:
 
     # -- KV ----------------------------------------------------------------------------------------
     async def get_record(self, namespace: str, key: str) -> Record | None:
-        """Return the stored record (raw: the tiered store checks its refs), None if absent or unreadable."""
+        """Return the stored record (raw: the tiered store checks its refs), or None on a miss.
+
+        A record over `_MAX_RECORD` is a miss; one that is not an intact envelope naming `namespace` and `key`
+        is a miss and is deleted. Raises TierUnavailable.
+        """
         s3_key = self.kv_key(namespace, key)
         try:
-            async with self._guard("GET", s3_key):
+            async with self._guard("GET", s3_key, self._deadline_in(self._read_deadline)):
                 response = await self._client.get_object(Bucket=self.bucket, Key=s3_key)
                 body = response["Body"]
                 try:
@@ -398,19 +451,25 @@ class S3Tier:
                     body.close()
         except Missing:
             return None
-        try:
-            if size > _MAX_RECORD:
-                raise FormatError("kv record", "record too large", expected=_MAX_RECORD, got=size)
-            return decode_record(data)
-        except FormatError as exc:
-            log.error("S3 record %s is unreadable (%s); treating it as a miss", s3_key, exc)
+        if size > _MAX_RECORD:
+            log.error("S3 record %s: record too large (%d > %d bytes); a miss", s3_key, size, _MAX_RECORD)
             return None
+        try:
+            got_namespace, got_key, raw = decode_kv_file(data)
+            if (got_namespace, got_key) != (namespace, key):
+                raise FormatError("S3 record", "names another record", got=(got_namespace, got_key))
+            return decode_record(raw)
+        except FormatError as exc:
+            log.error("S3 record %s is unreadable (%s); deleting it", s3_key, exc)
+        await self._delete_corrupt(s3_key)
+        return None
 
     async def put_record(self, namespace: str, key: str, record: Record) -> None:
-        """Store or replace the record object."""
+        """Store or replace the record object (in its envelope, bound to `namespace` and `key`)."""
         s3_key = self.kv_key(namespace, key)
+        body = encode_kv_file(namespace, key, encode_record(record))
         async with self._guard("PUT", s3_key):
-            await self._client.put_object(Bucket=self.bucket, Key=s3_key, Body=encode_record(record))
+            await self._client.put_object(Bucket=self.bucket, Key=s3_key, Body=body)
 
 
 def _compress_chunk(verifier: Verifier, writer: Any, chunk: bytes) -> None:

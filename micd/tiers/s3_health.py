@@ -4,6 +4,8 @@ A 404 on a read is `Missing` (the tier turns it into a miss); anything else (ref
 a missing bucket) is logged, counted and raised as `TierUnavailable`, and starts a cool-down that grows on each
 failure (`cooldown=(min, max)` seconds). While cooling down, calls fail at once, except one probe per period,
 so a dead endpoint never adds a timeout to every client request; the first success ends the cool-down.
+A call that outlives its deadline (`op_timeout`, or the caller's own) is such a failure: a hung endpoint
+costs one wait, then the cool-down answers at once.
 """
 
 from __future__ import annotations
@@ -48,16 +50,21 @@ class Health:
         return "degraded" if self._cooldown else "ok"
 
     @contextlib.asynccontextmanager
-    async def guard(self, op: str, key: str) -> AsyncIterator[None]:
+    async def guard(self, op: str, key: str, deadline: float | None = None) -> AsyncIterator[None]:
         """Run one S3 call: a missing key → `Missing` (reads only), any other failure → logged, cool-down,
-        `TierUnavailable`. A missing bucket is a failure, never a miss: uploads must not vanish into it."""
+        `TierUnavailable`. A missing bucket is a failure, never a miss: uploads must not vanish into it.
+
+        `deadline`: the event-loop time (`loop.time()`) by which the call must end; None: `op_timeout` away.
+        """
         if self._cooldown:
             now = time.monotonic()
             if now < self._down_until:
                 raise TierUnavailable(f"S3 unavailable (cooling down after: {self.last_error})")
             self._down_until = now + self._cooldown  # this call probes; the others keep failing fast
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self._op_timeout
         try:
-            async with asyncio.timeout(self._op_timeout):
+            async with asyncio.timeout_at(deadline):
                 yield
         except ClientError as exc:
             error = exc.response.get("Error", {})

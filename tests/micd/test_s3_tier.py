@@ -14,10 +14,15 @@ import pytest
 import zstandard
 
 from micd.errors import BadRequest, IntegrityError, TierUnavailable
+from micd.record import decode_record, encode_record
 from micd.store import Digest, Record
+from micd.tiers.disk.kvfile import decode_kv_file
+from micd.tiers.memory import MemoryTier
+from micd.tiers.tiered import TieredStore
+from micd.upload_queue import UploadQueue
 from micd.tiers.s3 import S3Tier
 from tests.fixtures.s3 import TcpProxy
-from tests.micd.helpers import FAST_FAILING_S3, count_requests, read, s3_keys
+from tests.micd.helpers import FAST_FAILING_S3, count_requests, read, s3_keys, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -125,6 +130,78 @@ async def test_unreadable_record_is_a_miss(tier, boto, bucket, caplog):
     boto.put_object(Bucket=bucket, Key=f"{PREFIX}/kv/ns/bad", Body=b"MICR\x01garbage")
     assert await tier.get_record("ns", "bad") is None
     assert "unreadable" in caplog.text
+
+
+async def test_record_body_is_bound_to_its_namespace_and_key(tier, boto, bucket):
+    record = Record(b"value", (Digest.of(b"x"),), (("content-type", "text/plain"),))
+    await tier.put_record("bazel-ac/main", "k1", record)
+    body = boto.get_object(Bucket=bucket, Key=tier.kv_key("bazel-ac/main", "k1"))["Body"].read()
+    namespace, key, raw = decode_kv_file(body)
+    assert (namespace, key) == ("bazel-ac/main", "k1")
+    assert decode_record(raw) == record
+
+
+def _record_corruptions(body: bytes) -> dict[str, bytes]:
+    def flip(pos: int) -> bytes:
+        flipped = bytearray(body)
+        flipped[pos] ^= 0x10
+        return bytes(flipped)
+
+    return {
+        "bit flipped in the header": flip(6),
+        "bit flipped in the middle": flip(len(body) // 2),
+        "bit flipped in the last byte": flip(len(body) - 1),
+        "truncated by one byte": body[:-1],
+        "truncated to a stub": body[:8],
+        "empty": b"",
+        "unknown version": body[:4] + b"\x63" + body[5:],
+    }
+
+
+@pytest.mark.parametrize("kind", list(_record_corruptions(bytes(64))))
+async def test_corrupt_record_is_a_miss_and_deleted(tier, boto, bucket, kind, caplog):
+    """A flipped bit could still decode as a valid, wrong record: the checksum makes it a miss, and the object
+    is deleted (as a corrupt blob is). The neighbour is untouched and a new upload repairs the key."""
+    record = Record(b"value " * 20, (Digest.of(b"x"),), (("content-type", "text/plain"),))
+    neighbour = Record(b"neighbour")
+    await tier.put_record("ns/a", "k", record)
+    await tier.put_record("ns/a", "other", neighbour)
+    key = tier.kv_key("ns/a", "k")
+    body = boto.get_object(Bucket=bucket, Key=key)["Body"].read()
+    boto.put_object(Bucket=bucket, Key=key, Body=_record_corruptions(body)[kind])
+    assert await tier.get_record("ns/a", "k") is None
+    assert "unreadable" in caplog.text
+    assert s3_keys(boto, bucket) == [tier.kv_key("ns/a", "other")]
+    assert await tier.get_record("ns/a", "other") == neighbour
+    assert tier.state == "ok"  # corruption is not an S3 failure
+    await tier.put_record("ns/a", "k", record)
+    assert await tier.get_record("ns/a", "k") == record
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(("ns", "k1"), ("ns", "k2")), (("ns/one", "k"), ("ns/two", "k"))],
+    ids=["key", "namespace"],
+)
+async def test_records_swapped_between_keys_are_misses_and_deleted(tier, boto, bucket, first, second, caplog):
+    """A valid record stored under another record's key (a copy error, a bad restore) is not served there."""
+    await tier.put_record(*first, Record(b"first"))
+    await tier.put_record(*second, Record(b"second"))
+    keys = [tier.kv_key(*first), tier.kv_key(*second)]
+    bodies = [boto.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys]
+    for key, body in zip(keys, reversed(bodies), strict=True):
+        boto.put_object(Bucket=bucket, Key=key, Body=body)
+    assert await tier.get_record(*first) is None
+    assert await tier.get_record(*second) is None
+    assert "names another record" in caplog.text
+    assert s3_keys(boto, bucket) == []
+
+
+async def test_record_without_envelope_is_a_miss_and_deleted(tier, boto, bucket):
+    """Records written before the envelope existed carry no checksum, so they are not trusted."""
+    boto.put_object(Bucket=bucket, Key=tier.kv_key("ns", "old"), Body=encode_record(Record(b"old")))
+    assert await tier.get_record("ns", "old") is None
+    assert s3_keys(boto, bucket) == []
 
 
 @pytest.mark.parametrize("size", [1000, 3 << 20])
@@ -344,6 +421,120 @@ async def test_hung_server_times_out_into_tier_unavailable(s3_proxy, bucket):
     finally:
         s3_proxy.cut()
         await tier.close()
+
+
+HUNG_BUDGET = 5.0
+"""Seconds a request-path read may wait on a hung S3: the 2 s default deadline, with room for a loaded machine
+(before the deadline, botocore's 15 s read timeout made it wait 15 s per attempt, 30 s in all)."""
+
+
+@pytest.fixture
+async def daemon_tier(s3_proxy, bucket):
+    """An S3 tier with the daemon's timeouts (none shortened for tests). Its cool-down is long and fixed, so
+    that "the next read skips S3" cannot depend on how fast a loaded machine gets to that next read."""
+    tier = S3Tier(bucket=bucket, prefix=PREFIX, endpoint_url=s3_proxy.endpoint_url, cooldown=(60, 60))
+    await tier.open()
+    yield tier
+    await tier.close()
+
+
+_HUNG_READS = {
+    "contains": lambda tier, digest: tier.contains(digest),
+    "find_missing": lambda tier, digest: tier.find_missing([digest, Digest.of(b"more")]),
+    "get": lambda tier, digest: tier.get(digest),
+    "get_record": lambda tier, digest: tier.get_record("ns", digest.hex),
+}
+
+
+@pytest.mark.parametrize("read", list(_HUNG_READS))
+async def test_hung_s3_read_gives_up_within_budget_then_skips_s3(daemon_tier, s3_proxy, read):
+    """A server that accepts and never answers: the first read fails within the budget and degrades the
+    tier; the next reads fail at once, without a request."""
+    s3_proxy.stall = True
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TierUnavailable):
+        await _HUNG_READS[read](daemon_tier, Digest.of(b"hung"))
+    assert loop.time() - started < HUNG_BUDGET
+    assert daemon_tier.state == "degraded"
+    connections = s3_proxy.connections
+    started = loop.time()
+    for other in _HUNG_READS.values():
+        with pytest.raises(TierUnavailable, match="cooling down"):
+            await other(daemon_tier, Digest.of(b"next"))
+    assert loop.time() - started < 0.5
+    assert s3_proxy.connections == connections
+
+
+def _stalled_response(length: int, start: bytes) -> bytes:
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {length}\r\n\r\n"
+    return head.encode() + start
+
+
+@pytest.mark.parametrize(
+    ("what", "size", "budget"),
+    [("record", 0, HUNG_BUDGET), ("blob", 1000, HUNG_BUDGET), ("blob", 3 << 20, 10.0)],
+    ids=["record", "small blob", "large blob"],
+)
+async def test_stalled_body_gives_up_within_budget(daemon_tier, s3_proxy, what, size, budget):
+    """Headers and the first bytes, then silence. A large blob may wait longer (5 s between chunks, a stall
+    bound rather than a transfer bound), but not botocore's 15 s."""
+    data = os.urandom(size)
+    frame = zstandard.compress(data)  # a valid start, so nothing fails before the stall
+    s3_proxy.stall_after = _stalled_response(len(frame) + 1000, frame[:100])
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TierUnavailable):
+        if what == "record":
+            await daemon_tier.get_record("ns", "stalled")
+        else:
+            await daemon_tier.get(Digest.of(data))
+    assert loop.time() - started < budget
+    assert daemon_tier.state == "degraded"
+
+
+async def test_hung_s3_read_through_is_a_quick_miss_and_shutdown_is_bounded(tmp_path, s3_proxy, bucket):
+    """Through the tiered store, as a client sees it: a miss, not an error, within the budget; the next misses
+    skip S3; a shutdown with an upload pending against the hung S3 stays within the drain bound."""
+    tier = S3Tier(bucket=bucket, prefix=PREFIX, endpoint_url=s3_proxy.endpoint_url, cooldown=(60, 60))
+    store = TieredStore(
+        memory=MemoryTier(), s3=tier, queue=UploadQueue(tmp_path / "queue", base_delay=0.05, max_delay=0.5)
+    )
+    await store.start()
+    loop = asyncio.get_running_loop()
+    try:
+        s3_proxy.stall = True
+        started = loop.time()
+        assert await store.get_record("ns", "absent") is None
+        assert loop.time() - started < HUNG_BUDGET
+        started = loop.time()
+        digest = Digest.of(b"absent")
+        assert await store.get(digest) is None
+        assert await store.find_missing([digest]) == [digest]
+        assert loop.time() - started < 0.5
+        await store.put_record("ns", "pending", Record(b"v"))
+    finally:
+        started = loop.time()
+        await store.close(drain_timeout=1)
+    assert loop.time() - started < 1 + HUNG_BUDGET
+
+
+async def test_upload_hung_in_flight_does_not_hold_shutdown_past_the_drain_bound(tmp_path, s3_proxy, bucket):
+    """Uploads are not on a client's path and keep their long timeout; a shutdown cuts them at the drain
+    bound even while the tier still looks healthy, and the upload stays journaled."""
+    tier = S3Tier(bucket=bucket, prefix=PREFIX, endpoint_url=s3_proxy.endpoint_url)
+    journal = tmp_path / "queue"
+    store = TieredStore(memory=MemoryTier(), s3=tier, queue=UploadQueue(journal))
+    await store.start()
+    s3_proxy.stall = True
+    await store.put_record("ns", "pending", Record(b"v"))
+    await wait_until(lambda: s3_proxy.connections > 0)  # the PUT is in flight, and hangs
+    assert tier.state == "ok"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await store.close(drain_timeout=1)
+    assert loop.time() - started < 3
+    assert [p for p in journal.iterdir() if not p.name.endswith(".lock")]
 
 
 async def test_object_deleted_behind_the_cache_is_forgotten(tier, boto, bucket):
