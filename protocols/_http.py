@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -83,6 +84,20 @@ def bind(
     return route
 
 
+class _SentFileResponse(web.FileResponse):
+    """A FileResponse that `send_blob` sends itself, so the blob stays open and the request in flight (as the
+    middlewares see it) until the body is out.
+
+    aiohttp prepares the response a handler returns once more. For a StreamResponse that is a no-op, but
+    FileResponse would send the file again: it failed (AssertionError) and dropped the keep-alive connection.
+    """
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return None
+        return await super().prepare(request)
+
+
 async def send_blob(
     request: web.Request,
     blob: Blob,
@@ -98,7 +113,7 @@ async def send_blob(
     """
     try:
         if status == 200 and encoding is None and blob.path is not None:
-            file_response = web.FileResponse(
+            file_response = _SentFileResponse(
                 blob.path, headers={"Content-Type": CONTENT_TYPE, **(headers or {})}
             )
             await file_response.prepare(request)

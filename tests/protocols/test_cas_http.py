@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from yarl import URL
@@ -13,6 +15,7 @@ from yarl import URL
 from micd.blobs import BytesBlob
 from micd.errors import BadRequest, IntegrityError, MicError, NotFound, StoreFull, Unauthorized
 from micd.store import Digest
+from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
 from protocols import cas_http
 
@@ -255,3 +258,54 @@ async def test_corruption_mid_stream_truncates_instead_of_lying(fake):
     assert response.status == 200  # headers were already out
     with pytest.raises(Exception):  # noqa: B017 - any payload error: the body must not complete
         await response.read()
+
+
+async def _get_over_one_connection(client, path: str, times: int) -> tuple[list[bytes], int]:
+    """GET `path` `times` times through a one-connection pool: the bodies and how many connections were made."""
+    created = 0
+
+    async def on_created(session, context, params) -> None:
+        nonlocal created
+        created += 1
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(on_created)
+    connector = aiohttp.TCPConnector(limit=1)
+    bodies = []
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as session:
+        for _ in range(times):
+            async with session.get(client.make_url(path)) as response:
+                assert response.status == 200
+                bodies.append(await response.read())
+    return bodies, created
+
+
+async def test_file_blobs_keep_the_connection_alive(fake, tmp_path, caplog):
+    store, client = fake
+    data = os.urandom(6 << 20)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    store.file_blob = _FileBlob(path)
+    with caplog.at_level(logging.DEBUG):
+        bodies, created = await _get_over_one_connection(client, _url(Digest.of(data)), 4)
+    assert bodies == [data] * 4 and created == 1
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_verified_disk_blobs_keep_the_connection_alive(aiohttp_client, tmp_path, caplog):
+    """End to end over the disk tier: from the second GET on, a verified large blob may be sent by sendfile."""
+    disk = DiskTier(tmp_path / "cache", soft_cap=1 << 30, hard_cap=1 << 30, verify_limit=1 << 20)
+    await disk.open()
+    try:
+        app = web.Application()
+        app.router.add_routes(cas_http.routes(disk))
+        client = await aiohttp_client(app)
+        data = os.urandom(6 << 20)
+        digest = Digest.of(data)
+        assert (await client.put(_url(digest), data=data)).status == 201
+        with caplog.at_level(logging.DEBUG):
+            bodies, created = await _get_over_one_connection(client, _url(digest), 4)
+        assert bodies == [data] * 4 and created == 1
+        assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    finally:
+        await disk.close()
