@@ -5,11 +5,13 @@ an HTTP protocol contributes `routes(store)` in `create_app`, a gRPC one `add_se
 `create_grpc_server`. Each gets `store.for_tool(<name>)` so metrics are kept per tool.
 
 Daemon endpoints of its own: `/healthz` (open, for readiness probes), `/metrics` (Prometheus text) and
-`/stats` (JSON for `mic stats`). Client-caused 4xx go to the `micd.access` logger, server errors to `micd`.
+`/stats` (JSON for `mic stats`). Client-caused 4xx go to the `micd.access` logger, server errors to `micd`,
+both rate-limited per status (`LogLimiter`): any local user can send requests, and must not fill the disk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 import logging
@@ -35,6 +37,7 @@ __all__ = [
     "METRICS",
     "STORE",
     "Activity",
+    "LogLimiter",
     "create_app",
     "create_grpc_server",
     "open_store",
@@ -59,6 +62,50 @@ class Activity:
     def idle_for(self) -> float:
         """Seconds since the last request ended; 0 while any request is in flight."""
         return 0.0 if self.in_flight else time.monotonic() - self.last
+
+
+class LogLimiter:
+    """Log through `logger` at most `burst` lines at once, then `per_second`, per key (e.g. a status code).
+
+    Lines over the limit are counted, not written: `summary_after` seconds after the first of them, and at
+    `flush()`, one line per key reports how many were left out. So the log grows by a bounded amount per key
+    and second whatever the request rate, and no request goes uncounted.
+    """
+
+    def __init__(
+        self, logger: logging.Logger, *, burst: int = 20, per_second: float = 1.0, summary_after: float = 10.0
+    ) -> None:
+        self._logger = logger
+        self._burst = burst
+        self._per_second = per_second
+        self._summary_after = summary_after
+        self._tokens: dict[str, tuple[float, float]] = {}  # key → (tokens, when counted)
+        self._suppressed: dict[str, tuple[int, int]] = {}  # key → (count, level)
+
+    def log(self, key: str, level: int, msg: str, *args: object, exc_info: bool = False) -> None:
+        """Log `msg % args` at `level` if `key` has a token left, else count it for the key's summary."""
+        now = time.monotonic()
+        tokens, then = self._tokens.get(key, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - then) * self._per_second)
+        if tokens >= 1:
+            self._tokens[key] = (tokens - 1, now)
+            self._logger.log(level, msg, *args, exc_info=exc_info)
+            return
+        self._tokens[key] = (tokens, now)
+        count, _ = self._suppressed.get(key, (0, level))
+        if count == 0:
+            asyncio.get_running_loop().call_later(self._summary_after, self._summarize, key)
+        self._suppressed[key] = (count + 1, level)
+
+    def _summarize(self, key: str) -> None:
+        count, level = self._suppressed.pop(key, (0, 0))
+        if count:
+            self._logger.log(level, "%d similar requests suppressed (%s)", count, key)
+
+    def flush(self) -> None:
+        """Write the pending summaries now (at shutdown)."""
+        for key in list(self._suppressed):
+            self._summarize(key)
 
 
 STORE = web.AppKey("store", object)
@@ -117,28 +164,33 @@ def _activity_middleware(activity: Activity) -> Callable:
     return track
 
 
-@web.middleware
-async def _log_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-):
+def _log_middleware(access: LogLimiter, errors: LogLimiter) -> Callable:
     """Client errors (4xx) to the access log, server errors to the daemon log; nothing else is logged."""
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        _log_status(request, exc.status)
-        raise
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        raise
-    _log_status(request, response.status)
-    return response
 
+    def log_status(request: web.Request, status: int) -> None:
+        args = (request.remote, request.method, request.path_qs, status)
+        if 400 <= status < 500:
+            access.log(str(status), logging.INFO, '%s "%s %s" %d', *args)
+        elif status >= 500:
+            errors.log(str(status), logging.ERROR, '%s "%s %s" %d', *args)
 
-def _log_status(request: web.Request, status: int) -> None:
-    if 400 <= status < 500:
-        access_log.info('%s "%s %s" %d', request.remote, request.method, request.path_qs, status)
-    elif status >= 500:
-        log.error('%s "%s %s" %d', request.remote, request.method, request.path_qs, status)
+    @web.middleware
+    async def log_outcome(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            log_status(request, exc.status)
+            raise
+        except Exception:
+            line = "unhandled error in %s %s"
+            errors.log("unhandled", logging.ERROR, line, request.method, request.path, exc_info=True)
+            raise
+        log_status(request, response.status)
+        return response
+
+    return log_outcome
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -187,15 +239,22 @@ def create_app(
 ) -> web.Application:
     """Build the HTTP application: auth on all but /healthz, daemon endpoints, then each protocol's routes."""
     activity = activity or Activity()
+    access, errors = LogLimiter(access_log), LogLimiter(log)
     app = web.Application(
         # Auth before activity: a request without the token must not keep the daemon from idling out.
-        middlewares=[_log_middleware, auth_middleware(token), _activity_middleware(activity)],
+        middlewares=[_log_middleware(access, errors), auth_middleware(token), _activity_middleware(activity)],
         client_max_size=1 << 20,  # only for request.read(); streamed bodies are unbounded by design
     )
     app[STORE] = store
     app[METRICS] = metrics
     app[ACTIVITY] = activity
     app[_STARTED] = time.monotonic()
+
+    async def flush_logs(app: web.Application) -> None:
+        access.flush()
+        errors.flush()
+
+    app.on_cleanup.append(flush_logs)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/stats", handle_stats)

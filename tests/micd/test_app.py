@@ -7,6 +7,7 @@ separation, and the gRPC server's interceptor and message limits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from pathlib import Path
@@ -15,7 +16,7 @@ import grpc
 import pytest
 from aiohttp import web
 
-from micd.app import METRICS, Activity, create_app, create_grpc_server
+from micd.app import METRICS, Activity, LogLimiter, create_app, create_grpc_server
 from micd.config import load_config
 from micd.metrics import Metrics
 from micd.store import Digest
@@ -232,3 +233,53 @@ async def test_grpc_calls_in_flight_are_not_idleness(config):
         await wait_until(lambda: activity.in_flight == 0)
     finally:
         await server.stop(None)
+
+
+async def test_a_flood_of_bad_tokens_cannot_fill_the_access_log(aiohttp_client, app, tmp_path):
+    """Any local user can send bad tokens: the access log stays bounded, and says how much it left out."""
+    path = tmp_path / "access.log"
+    handler = logging.FileHandler(path)
+    access = logging.getLogger("micd.access")
+    access.addHandler(handler)
+    try:
+        with _level(access, logging.INFO):
+            client = await aiohttp_client(app)
+            for _ in range(FLOOD):
+                assert (await client.get("/stats", headers={"Authorization": "Bearer wrong"})).status == 401
+            await client.close()  # the app's cleanup writes the pending summary
+    finally:
+        access.removeHandler(handler)
+        handler.close()
+    lines = path.read_text().splitlines()
+    logged = [line for line in lines if line.endswith(" 401")]
+    suppressed = [int(m[1]) for line in lines if (m := re.search(r"(\d+) similar requests suppressed", line))]
+    assert path.stat().st_size < 8 << 10, f"{len(lines)} lines"
+    assert suppressed and len(logged) + sum(suppressed) == FLOOD
+
+
+FLOOD = 2000
+
+
+async def test_log_limiter_summarizes_what_it_left_out(caplog):
+    logger = logging.getLogger("micd.test-limiter")
+    limiter = LogLimiter(logger, burst=3, per_second=0.001, summary_after=0.05)
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        for i in range(10):
+            limiter.log("401", logging.INFO, "line %d", i)
+        limiter.log("400", logging.INFO, "other status")  # a bucket of its own
+        assert caplog.messages == ["line 0", "line 1", "line 2", "other status"]
+        await asyncio.sleep(0.2)  # the summary comes on its own, without another request
+        assert caplog.messages[4:] == ["7 similar requests suppressed (401)"]
+        limiter.log("401", logging.INFO, "still limited")
+        limiter.flush()
+        assert caplog.messages[5:] == ["1 similar requests suppressed (401)"]
+
+
+@contextlib.contextmanager
+def _level(logger: logging.Logger, level: int):
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)

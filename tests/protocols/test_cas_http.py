@@ -261,7 +261,7 @@ async def test_corruption_mid_stream_truncates_instead_of_lying(fake):
 
 
 async def _get_over_one_connection(client, path: str, times: int) -> tuple[list[bytes], int]:
-    """GET `path` `times` times through a one-connection pool: the bodies and how many connections were made."""
+    """GET `path` `times` times over a one-connection pool: the bodies, and how many connections it made."""
     created = 0
 
     async def on_created(session, context, params) -> None:
@@ -293,7 +293,7 @@ async def test_file_blobs_keep_the_connection_alive(fake, tmp_path, caplog):
 
 
 async def test_verified_disk_blobs_keep_the_connection_alive(aiohttp_client, tmp_path, caplog):
-    """End to end over the disk tier: from the second GET on, a verified large blob may be sent by sendfile."""
+    """End to end over the disk tier: a verified large blob may be sent by sendfile (the second GET on)."""
     disk = DiskTier(tmp_path / "cache", soft_cap=1 << 30, hard_cap=1 << 30, verify_limit=1 << 20)
     await disk.open()
     try:
