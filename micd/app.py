@@ -43,6 +43,7 @@ __all__ = [
     "open_store",
 ]
 
+_CLIENT_GONE = 499  # nginx's "client closed request": the status of a response no client will read
 GRPC_MAX_MESSAGE = 32 << 20  # ≥ 16 MiB: Bazel batches up to its own 4 MiB limit, other clients go higher.
 log = logging.getLogger("micd")
 access_log = logging.getLogger("micd.access")
@@ -183,7 +184,13 @@ def _log_middleware(access: LogLimiter, errors: LogLimiter) -> Callable:
         except web.HTTPException as exc:
             log_status(request, exc.status)
             raise
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, ConnectionError) and request.transport is None:
+                # The client went away mid-request (an upload or a download cut short): normal, and nothing
+                # to answer. Raising would have aiohttp log an error; the response returned is never sent.
+                args = (request.remote, request.method, request.path_qs)
+                access.log("disconnected", logging.INFO, '%s "%s %s" client disconnected', *args)
+                return web.Response(status=_CLIENT_GONE)
             line = "unhandled error in %s %s"
             errors.log("unhandled", logging.ERROR, line, request.method, request.path, exc_info=True)
             raise

@@ -12,11 +12,12 @@ import logging
 import re
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from aiohttp import web
 
-from micd.app import METRICS, Activity, LogLimiter, create_app, create_grpc_server
+from micd.app import ACTIVITY, METRICS, STORE, Activity, LogLimiter, create_app, create_grpc_server
 from micd.config import load_config
 from micd.metrics import Metrics
 from micd.store import Digest
@@ -260,6 +261,49 @@ async def test_a_flood_of_bad_tokens_cannot_fill_the_access_log(aiohttp_client, 
 FLOOD = 2000
 
 
+@pytest.fixture
+async def served(app):
+    """`app` on a real port, served as the daemon serves it (aiohttp's test server cancels handlers on a
+    disconnect, the daemon lets them run on): yields (host, port)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield runner.addresses[0][:2]
+    finally:
+        await runner.cleanup()
+
+
+async def _raw_request(
+    served, request_line: str, headers: dict[str, str], body: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a socket to `served` and send `request_line`, `headers` and `body` as they are."""
+    head = "".join(f"{name}: {value}\r\n" for name, value in {"Host": "micd", **headers}.items())
+    reader, writer = await asyncio.open_connection(*served)
+    writer.write(f"{request_line}\r\n{head}\r\n".encode() + body)
+    await writer.drain()
+    return reader, writer
+
+
+async def test_a_client_gone_mid_upload_is_not_an_error(served, app, caplog):
+    data = b"x" * (4 << 20)
+    digest = Digest.of(data)
+    path = f"/cas/sha256/{digest.hex}/{len(data)}"
+    with caplog.at_level(logging.DEBUG):
+        headers = {**AUTH, "Content-Length": str(len(data))}
+        _, writer = await _raw_request(served, f"PUT {path} HTTP/1.1", headers, data[: 1 << 20])
+        await wait_until(lambda: app[ACTIVITY].in_flight == 1)
+        writer.close()
+        await wait_until(lambda: app[ACTIVITY].in_flight == 0)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert any("disconnected" in r.getMessage() for r in caplog.records if r.name == "micd.access")
+    assert not await app[STORE].memory.contains(digest)
+    async with aiohttp.ClientSession() as session:  # the daemon serves on
+        response = await session.put(f"http://{served[0]}:{served[1]}{path}", data=data, headers=AUTH)
+        assert response.status == 201
+
+
 async def test_log_limiter_summarizes_what_it_left_out(caplog):
     logger = logging.getLogger("micd.test-limiter")
     limiter = LogLimiter(logger, burst=3, per_second=0.001, summary_after=0.05)
@@ -283,3 +327,17 @@ def _level(logger: logging.Logger, level: int):
         yield
     finally:
         logger.setLevel(before)
+
+
+async def test_a_client_gone_mid_download_is_not_an_error(served, app, caplog):
+    data = b"y" * (16 << 20)  # more than socket buffers hold: the server is mid-send when the client goes
+    digest = Digest.of(data)
+    await app[STORE].memory.put_bytes(digest, data)
+    with caplog.at_level(logging.DEBUG):
+        request_line = f"GET /cas/sha256/{digest.hex}/{len(data)} HTTP/1.1"
+        reader, writer = await _raw_request(served, request_line, AUTH)
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        writer.close()
+        await wait_until(lambda: app[ACTIVITY].in_flight == 0)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert any("disconnected" in r.getMessage() for r in caplog.records if r.name == "micd.access")
