@@ -341,3 +341,13 @@ async def test_a_client_gone_mid_download_is_not_an_error(served, app, caplog):
         await wait_until(lambda: app[ACTIVITY].in_flight == 0)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert any("disconnected" in r.getMessage() for r in caplog.records if r.name == "micd.access")
+
+
+async def test_expect_continue_without_the_token_is_refused_before_100(served):
+    path = f"/cas/sha256/{'a' * 64}/1000"
+    headers = {"Authorization": "Bearer wrong", "Content-Length": "1000", "Expect": "100-continue"}
+    reader, writer = await _raw_request(served, f"PUT {path} HTTP/1.1", headers)
+    try:
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 401 ")
+    finally:
+        writer.close()
