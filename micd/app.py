@@ -35,6 +35,7 @@ from protocols import bazel_http, bazel_reapi, cas_http
 __all__ = [
     "ACTIVITY",
     "METRICS",
+    "SERVER_LOGGER",
     "STORE",
     "Activity",
     "LogLimiter",
@@ -47,6 +48,8 @@ _CLIENT_GONE = 499  # nginx's "client closed request": the status of a response 
 GRPC_MAX_MESSAGE = 32 << 20  # ≥ 16 MiB: Bazel batches up to its own 4 MiB limit, other clients go higher.
 log = logging.getLogger("micd")
 access_log = logging.getLogger("micd.access")
+server_log = logging.getLogger("micd.http")  # aiohttp's own server errors, e.g. unparsable requests
+_ExcInfo = BaseException | bool | None
 
 
 class Activity:
@@ -83,7 +86,7 @@ class LogLimiter:
         self._tokens: dict[str, tuple[float, float]] = {}  # key → (tokens, when counted)
         self._suppressed: dict[str, tuple[int, int]] = {}  # key → (count, level)
 
-    def log(self, key: str, level: int, msg: str, *args: object, exc_info: bool = False) -> None:
+    def log(self, key: str, level: int, msg: str, *args: object, exc_info: _ExcInfo = None) -> None:
         """Log `msg % args` at `level` if `key` has a token left, else count it for the key's summary."""
         now = time.monotonic()
         tokens, then = self._tokens.get(key, (self._burst, now))
@@ -109,9 +112,25 @@ class LogLimiter:
             self._summarize(key)
 
 
+class _LimitedLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger whose every line goes through a LogLimiter, keyed by its message template: for aiohttp's
+    server, which logs each request it cannot parse with a traceback (garbage sent to the port)."""
+
+    def __init__(self, logger: logging.Logger, limiter: LogLimiter) -> None:
+        super().__init__(logger, {})
+        self._limiter = limiter
+
+    def log(self, level: int, msg: object, *args: object, exc_info: _ExcInfo = None, **_: object) -> None:
+        """Log (or count) `msg % args`; other keyword arguments of `Logger.log` are dropped."""
+        if self.isEnabledFor(level):
+            self._limiter.log(str(msg), level, str(msg), *args, exc_info=exc_info)
+
+
 STORE = web.AppKey("store", object)
 METRICS = web.AppKey("metrics", Metrics)
 ACTIVITY = web.AppKey("activity", Activity)
+SERVER_LOGGER = web.AppKey("server_logger", logging.LoggerAdapter)
+"""The `logger` to give the AppRunner serving the app: `micd.http`, rate-limited."""
 _STARTED = web.AppKey("started", float)
 
 
@@ -246,7 +265,7 @@ def create_app(
 ) -> web.Application:
     """Build the HTTP application: auth on all but /healthz, daemon endpoints, then each protocol's routes."""
     activity = activity or Activity()
-    access, errors = LogLimiter(access_log), LogLimiter(log)
+    access, errors, server = LogLimiter(access_log), LogLimiter(log), LogLimiter(server_log)
     app = web.Application(
         # Auth before activity: a request without the token must not keep the daemon from idling out.
         middlewares=[_log_middleware(access, errors), auth_middleware(token), _activity_middleware(activity)],
@@ -256,10 +275,11 @@ def create_app(
     app[METRICS] = metrics
     app[ACTIVITY] = activity
     app[_STARTED] = time.monotonic()
+    app[SERVER_LOGGER] = _LimitedLogger(server_log, server)
 
     async def flush_logs(app: web.Application) -> None:
-        access.flush()
-        errors.flush()
+        for limiter in (access, errors, server):
+            limiter.flush()
 
     app.on_cleanup.append(flush_logs)
     app.router.add_get("/healthz", handle_healthz)

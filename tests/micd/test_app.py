@@ -17,7 +17,16 @@ import grpc
 import pytest
 from aiohttp import web
 
-from micd.app import ACTIVITY, METRICS, STORE, Activity, LogLimiter, create_app, create_grpc_server
+from micd.app import (
+    ACTIVITY,
+    METRICS,
+    SERVER_LOGGER,
+    STORE,
+    Activity,
+    LogLimiter,
+    create_app,
+    create_grpc_server,
+)
 from micd.config import load_config
 from micd.metrics import Metrics
 from micd.store import Digest
@@ -351,3 +360,30 @@ async def test_expect_continue_without_the_token_is_refused_before_100(served):
         assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 401 ")
     finally:
         writer.close()
+
+
+async def test_a_flood_of_malformed_requests_cannot_fill_the_daemon_log(app, caplog):
+    """aiohttp logs each unparsable request with a traceback: via the app's SERVER_LOGGER, rate-limited."""
+    runner = web.AppRunner(app, access_log=None, logger=app[SERVER_LOGGER])
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+
+    async def malformed() -> None:
+        reader, writer = await asyncio.open_connection(*runner.addresses[0][:2])
+        writer.write(b"GET /stats HTTP/1.1\r\nHost: micd\r\nBad\x01Header: x\r\n\r\n")
+        assert b" 400 " in await reader.readline()
+        writer.close()
+
+    try:
+        with caplog.at_level(logging.INFO):
+            for _ in range(MALFORMED):
+                await malformed()
+    finally:
+        await runner.cleanup()  # the app's cleanup writes the pending summary
+    logged = [r for r in caplog.records if r.getMessage().startswith("Error handling request")]
+    suppressed = [int(m[1]) for r in caplog.records if (m := re.search(r"(\d+) similar", r.getMessage()))]
+    assert len(logged) <= 25 and suppressed and len(logged) + sum(suppressed) == MALFORMED
+
+
+MALFORMED = 200
