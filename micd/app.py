@@ -5,8 +5,9 @@ an HTTP protocol contributes `routes(store)` in `create_app`, a gRPC one `add_se
 `create_grpc_server`. Each gets `store.for_tool(<name>)` so metrics are kept per tool.
 
 Daemon endpoints of its own: `/healthz` (open, for readiness probes), `/metrics` (Prometheus text) and
-`/stats` (JSON for `mic stats`). Client-caused 4xx go to the `micd.access` logger, server errors to `micd`,
-both rate-limited per status (`LogLimiter`): any local user can send requests, and must not fill the disk.
+`/stats` (JSON for `mic stats`). Client-caused 4xx and disconnects go to the `micd.access` logger, server
+errors to `micd`, aiohttp's own (`SERVER_LOGGER`) to `micd.http`, all rate-limited (`LogLimiter`): any local
+user can send requests, and must not be able to fill the disk.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ def _activity_middleware(activity: Activity) -> Callable:
 
 
 def _log_middleware(access: LogLimiter, errors: LogLimiter) -> Callable:
-    """Client errors (4xx) to the access log, server errors to the daemon log; nothing else is logged."""
+    """4xx and client disconnects to the access log, server errors to the daemon log; nothing else."""
 
     def log_status(request: web.Request, status: int) -> None:
         args = (request.remote, request.method, request.path_qs, status)
