@@ -5,11 +5,14 @@ an HTTP protocol contributes `routes(store)` in `create_app`, a gRPC one `add_se
 `create_grpc_server`. Each gets `store.for_tool(<name>)` so metrics are kept per tool.
 
 Daemon endpoints of its own: `/healthz` (open, for readiness probes), `/metrics` (Prometheus text) and
-`/stats` (JSON for `mic stats`). Client-caused 4xx go to the `micd.access` logger, server errors to `micd`.
+`/stats` (JSON for `mic stats`). Client-caused 4xx and disconnects go to the `micd.access` logger, server
+errors to `micd`, aiohttp's own (`SERVER_LOGGER`) to `micd.http`, all rate-limited (`LogLimiter`): any local
+user can send requests, and must not be able to fill the disk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 import logging
@@ -33,16 +36,21 @@ from protocols import bazel_http, bazel_reapi, cas_http
 __all__ = [
     "ACTIVITY",
     "METRICS",
+    "SERVER_LOGGER",
     "STORE",
     "Activity",
+    "LogLimiter",
     "create_app",
     "create_grpc_server",
     "open_store",
 ]
 
+_CLIENT_GONE = 499  # nginx's "client closed request": the status of a response no client will read
 GRPC_MAX_MESSAGE = 32 << 20  # ≥ 16 MiB: Bazel batches up to its own 4 MiB limit, other clients go higher.
 log = logging.getLogger("micd")
 access_log = logging.getLogger("micd.access")
+server_log = logging.getLogger("micd.http")  # aiohttp's own server errors, e.g. unparsable requests
+_ExcInfo = BaseException | bool | None
 
 
 class Activity:
@@ -61,9 +69,69 @@ class Activity:
         return 0.0 if self.in_flight else time.monotonic() - self.last
 
 
+class LogLimiter:
+    """Log through `logger` at most `burst` lines at once, then `per_second`, per key (e.g. a status code).
+
+    Lines over the limit are counted, not written: `summary_after` seconds after the first of them, and at
+    `flush()`, one line per key reports how many were left out. So the log grows by a bounded amount per key
+    and second whatever the request rate, and no request goes uncounted.
+    """
+
+    def __init__(
+        self, logger: logging.Logger, *, burst: int = 20, per_second: float = 1.0, summary_after: float = 10.0
+    ) -> None:
+        self._logger = logger
+        self._burst = burst
+        self._per_second = per_second
+        self._summary_after = summary_after
+        self._tokens: dict[str, tuple[float, float]] = {}  # key → (tokens, when counted)
+        self._suppressed: dict[str, tuple[int, int]] = {}  # key → (count, level)
+
+    def log(self, key: str, level: int, msg: str, *args: object, exc_info: _ExcInfo = None) -> None:
+        """Log `msg % args` at `level` if `key` has a token left, else count it for the key's summary."""
+        now = time.monotonic()
+        tokens, then = self._tokens.get(key, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - then) * self._per_second)
+        if tokens >= 1:
+            self._tokens[key] = (tokens - 1, now)
+            self._logger.log(level, msg, *args, exc_info=exc_info)
+            return
+        self._tokens[key] = (tokens, now)
+        count, _ = self._suppressed.get(key, (0, level))
+        if count == 0:
+            asyncio.get_running_loop().call_later(self._summary_after, self._summarize, key)
+        self._suppressed[key] = (count + 1, level)
+
+    def _summarize(self, key: str) -> None:
+        count, level = self._suppressed.pop(key, (0, 0))
+        if count:
+            self._logger.log(level, "%d similar requests suppressed (%s)", count, key)
+
+    def flush(self) -> None:
+        """Write the pending summaries now (at shutdown)."""
+        for key in list(self._suppressed):
+            self._summarize(key)
+
+
+class _LimitedLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger whose every line goes through a LogLimiter, keyed by its message template: for aiohttp's
+    server, which logs each request it cannot parse with a traceback (garbage sent to the port)."""
+
+    def __init__(self, logger: logging.Logger, limiter: LogLimiter) -> None:
+        super().__init__(logger, {})
+        self._limiter = limiter
+
+    def log(self, level: int, msg: object, *args: object, exc_info: _ExcInfo = None, **_: object) -> None:
+        """Log (or count) `msg % args`; other keyword arguments of `Logger.log` are dropped."""
+        if self.isEnabledFor(level):
+            self._limiter.log(str(msg), level, str(msg), *args, exc_info=exc_info)
+
+
 STORE = web.AppKey("store", object)
 METRICS = web.AppKey("metrics", Metrics)
 ACTIVITY = web.AppKey("activity", Activity)
+SERVER_LOGGER = web.AppKey("server_logger", logging.LoggerAdapter)
+"""The `logger` to give the AppRunner serving the app: `micd.http`, rate-limited."""
 _STARTED = web.AppKey("started", float)
 
 
@@ -117,28 +185,39 @@ def _activity_middleware(activity: Activity) -> Callable:
     return track
 
 
-@web.middleware
-async def _log_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-):
-    """Client errors (4xx) to the access log, server errors to the daemon log; nothing else is logged."""
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        _log_status(request, exc.status)
-        raise
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        raise
-    _log_status(request, response.status)
-    return response
+def _log_middleware(access: LogLimiter, errors: LogLimiter) -> Callable:
+    """4xx and client disconnects to the access log, server errors to the daemon log; nothing else."""
 
+    def log_status(request: web.Request, status: int) -> None:
+        args = (request.remote, request.method, request.path_qs, status)
+        if 400 <= status < 500:
+            access.log(str(status), logging.INFO, '%s "%s %s" %d', *args)
+        elif status >= 500:
+            errors.log(str(status), logging.ERROR, '%s "%s %s" %d', *args)
 
-def _log_status(request: web.Request, status: int) -> None:
-    if 400 <= status < 500:
-        access_log.info('%s "%s %s" %d', request.remote, request.method, request.path_qs, status)
-    elif status >= 500:
-        log.error('%s "%s %s" %d', request.remote, request.method, request.path_qs, status)
+    @web.middleware
+    async def log_outcome(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            log_status(request, exc.status)
+            raise
+        except Exception as exc:
+            if isinstance(exc, ConnectionError) and request.transport is None:
+                # The client went away mid-request (an upload or a download cut short): normal, and nothing
+                # to answer. Raising would have aiohttp log an error; the response returned is never sent.
+                args = (request.remote, request.method, request.path_qs)
+                access.log("disconnected", logging.INFO, '%s "%s %s" client disconnected', *args)
+                return web.Response(status=_CLIENT_GONE)
+            line = "unhandled error in %s %s"
+            errors.log("unhandled", logging.ERROR, line, request.method, request.path, exc_info=True)
+            raise
+        log_status(request, response.status)
+        return response
+
+    return log_outcome
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -187,15 +266,23 @@ def create_app(
 ) -> web.Application:
     """Build the HTTP application: auth on all but /healthz, daemon endpoints, then each protocol's routes."""
     activity = activity or Activity()
+    access, errors, server = LogLimiter(access_log), LogLimiter(log), LogLimiter(server_log)
     app = web.Application(
         # Auth before activity: a request without the token must not keep the daemon from idling out.
-        middlewares=[_log_middleware, auth_middleware(token), _activity_middleware(activity)],
+        middlewares=[_log_middleware(access, errors), auth_middleware(token), _activity_middleware(activity)],
         client_max_size=1 << 20,  # only for request.read(); streamed bodies are unbounded by design
     )
     app[STORE] = store
     app[METRICS] = metrics
     app[ACTIVITY] = activity
     app[_STARTED] = time.monotonic()
+    app[SERVER_LOGGER] = _LimitedLogger(server_log, server)
+
+    async def flush_logs(app: web.Application) -> None:
+        for limiter in (access, errors, server):
+            limiter.flush()
+
+    app.on_cleanup.append(flush_logs)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/stats", handle_stats)

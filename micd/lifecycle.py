@@ -33,7 +33,7 @@ import grpc
 from aiohttp import web
 
 from micd import libc
-from micd.app import Activity, create_app, create_grpc_server, open_store
+from micd.app import SERVER_LOGGER, Activity, create_app, create_grpc_server, open_store
 from micd.auth import new_token
 from micd.config import Config
 from micd.errors import MicError
@@ -195,7 +195,11 @@ async def serve(config: Config, paths: StatePaths, *, on_ready: Callable[[dict[s
         # A 1 MiB read buffer (2 MiB high-water) lets the socket keep filling while the disk tier hashes and
         # writes the previous batch in a thread: ~20% more ingest than aiohttp's 64 KiB, memory still bounded.
         runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE, read_bufsize=READ_BUFSIZE
+            app,
+            access_log=None,
+            logger=app[SERVER_LOGGER],  # aiohttp logs every unparsable request: rate-limited
+            shutdown_timeout=SHUTDOWN_GRACE,
+            read_bufsize=READ_BUFSIZE,
         )
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, reuse_address=False)

@@ -1,5 +1,5 @@
 """Protocol-side HTTP helpers shared by the aiohttp frontends: the one MicError → status mapping, handler
-binding, reading a request body, and sending an open `micd.store.Blob` as a response.
+binding, reading a request body (deferring `100 Continue` to then), and sending an open `micd.store.Blob`.
 
 The HTTP frontends (`bazel_http`, `cas_http`) serve blobs the same way: sendfile when the blob is a verified
 file and the whole body goes out unchanged, else bounded chunks. Corruption detected mid-stream (IntegrityError
@@ -12,26 +12,56 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from micd.errors import BadRequest, IntegrityError, MicError, NotFound, StoreFull, Unauthorized
 from micd.store import Blob, Store
 
-__all__ = ["CONTENT_TYPE", "Encoder", "bind", "error_response", "request_body", "send_blob", "status_for"]
+__all__ = [
+    "CONTENT_TYPE",
+    "Encoder",
+    "bind",
+    "error_response",
+    "expect_continue",
+    "request_body",
+    "send_blob",
+    "status_for",
+]
 
 CONTENT_TYPE = "application/octet-stream"
 Handler = Callable[[web.Request, Store], Awaitable[web.StreamResponse]]
 Encoder = Callable[[AsyncIterator[bytes]], AsyncIterator[bytes]]
 """Re-encodes a chunk stream (e.g. zstd); paired with its Content-Encoding name."""
 log = logging.getLogger(__name__)
+_AWAITING_CONTINUE = web.RequestKey("awaiting_continue", bool)
+
+
+async def expect_continue(request: web.Request) -> None:
+    """The `expect_handler` of upload routes: owe `100 Continue` until the handler first reads the body.
+
+    aiohttp's default answers 100 before the middlewares and the handler run, so the client sent a body that
+    was then refused (no token, wrong size, store full). Deferred, such a refusal is the first status the
+    client sees. An expectation other than 100-continue is refused (417), as aiohttp does.
+    """
+    if request.version != HttpVersion11:
+        return
+    expect = request.headers["Expect"]
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"unknown Expect: {expect[:100]}\n")
+    request[_AWAITING_CONTINUE] = True
 
 
 async def request_body(request: web.Request) -> AsyncIterator[bytes]:
     """The request body in the pieces aiohttp received or decoded them in (no re-joining copy: a fixed piece
     size cost a third more event-loop CPU per GiB); a body aiohttp cannot decode (e.g. not valid for its
-    Content-Encoding) is a BadRequest, so a 400 rather than a 500."""
+    Content-Encoding) is a BadRequest, so a 400 rather than a 500. Before the first read, it sends the
+    `100 Continue` that `expect_continue` deferred."""
+    if request.pop(_AWAITING_CONTINUE, False):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as in aiohttp's own expect handler: the response has not begun
     content = request.content
     try:
         while True:
@@ -83,6 +113,20 @@ def bind(
     return route
 
 
+class _SentFileResponse(web.FileResponse):
+    """A FileResponse that `send_blob` sends itself, so the blob stays open and the request in flight (as the
+    middlewares see it) until the body is out.
+
+    aiohttp prepares the response a handler returns once more. For a StreamResponse that is a no-op, but
+    FileResponse would send the file again: it failed (AssertionError) and dropped the keep-alive connection.
+    """
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return None
+        return await super().prepare(request)
+
+
 async def send_blob(
     request: web.Request,
     blob: Blob,
@@ -98,7 +142,7 @@ async def send_blob(
     """
     try:
         if status == 200 and encoding is None and blob.path is not None:
-            file_response = web.FileResponse(
+            file_response = _SentFileResponse(
                 blob.path, headers={"Content-Type": CONTENT_TYPE, **(headers or {})}
             )
             await file_response.prepare(request)

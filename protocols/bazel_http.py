@@ -26,7 +26,7 @@ from aiohttp import web
 from micd.errors import BadRequest, IntegrityError
 from micd.store import Digest, Record, Store
 from micd.validate import parse_digest, parse_hash, parse_size
-from protocols._http import CONTENT_TYPE, bind, request_body, send_blob
+from protocols._http import CONTENT_TYPE, bind, expect_continue, request_body, send_blob
 from protocols.bazel_reapi.action_result import action_key, action_result_refs, decode_action_result
 from protocols.bazel_reapi.common import ac_namespace
 from protocols.bazel_reapi.compression import compress_bytes, compress_stream
@@ -171,6 +171,6 @@ def routes(store: Store) -> list[web.RouteDef]:
             table += [
                 web.get(path, bind(get, store), allow_head=False),
                 web.head(path, bind(get, store)),
-                web.put(path, bind(put, store, close_failed_puts=True)),
+                web.put(path, bind(put, store, close_failed_puts=True), expect_handler=expect_continue),
             ]
     return table

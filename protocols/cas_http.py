@@ -15,6 +15,7 @@ or a malformed hash is a 400, not a 404.
 
 Bodies stream both ways: PUT feeds the request body (`_http.request_body`) to `store.put` (which hashes while
 writing and publishes only on a match); GET uses sendfile when the blob is a verified file, else bounded chunks.
+A PUT with `Expect: 100-continue` is told to continue only when the body is read, after every check.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from aiohttp import web
 from micd.errors import BadRequest, IntegrityError
 from micd.store import Digest, Store
 from micd.validate import parse_digest
-from protocols._http import CONTENT_TYPE, bind, request_body, send_blob, status_for
+from protocols._http import CONTENT_TYPE, bind, expect_continue, request_body, send_blob, status_for
 
 __all__ = ["PREFIX", "parse_range", "routes", "status_for"]
 
@@ -116,5 +117,5 @@ def routes(store: Store) -> list[web.RouteDef]:
     return [
         web.head(_ROUTE, bind(handle_head_blob, store)),
         web.get(_ROUTE, bind(handle_get_blob, store), allow_head=False),
-        web.put(_ROUTE, bind(handle_put_blob, store)),
+        web.put(_ROUTE, bind(handle_put_blob, store), expect_handler=expect_continue),
     ]

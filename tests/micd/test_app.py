@@ -7,15 +7,26 @@ separation, and the gRPC server's interceptor and message limits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from aiohttp import web
 
-from micd.app import METRICS, Activity, create_app, create_grpc_server
+from micd.app import (
+    ACTIVITY,
+    METRICS,
+    SERVER_LOGGER,
+    STORE,
+    Activity,
+    LogLimiter,
+    create_app,
+    create_grpc_server,
+)
 from micd.config import load_config
 from micd.metrics import Metrics
 from micd.store import Digest
@@ -232,3 +243,147 @@ async def test_grpc_calls_in_flight_are_not_idleness(config):
         await wait_until(lambda: activity.in_flight == 0)
     finally:
         await server.stop(None)
+
+
+async def test_a_flood_of_bad_tokens_cannot_fill_the_access_log(aiohttp_client, app, tmp_path):
+    """Any local user can send bad tokens: the access log stays bounded, and says how much it left out."""
+    path = tmp_path / "access.log"
+    handler = logging.FileHandler(path)
+    access = logging.getLogger("micd.access")
+    access.addHandler(handler)
+    try:
+        with _level(access, logging.INFO):
+            client = await aiohttp_client(app)
+            for _ in range(FLOOD):
+                assert (await client.get("/stats", headers={"Authorization": "Bearer wrong"})).status == 401
+            await client.close()  # the app's cleanup writes the pending summary
+    finally:
+        access.removeHandler(handler)
+        handler.close()
+    lines = path.read_text().splitlines()
+    logged = [line for line in lines if line.endswith(" 401")]
+    suppressed = [int(m[1]) for line in lines if (m := re.search(r"(\d+) similar requests suppressed", line))]
+    assert path.stat().st_size < 8 << 10, f"{len(lines)} lines"
+    assert suppressed and len(logged) + sum(suppressed) == FLOOD
+
+
+FLOOD = 2000
+
+
+@pytest.fixture
+async def served(app):
+    """`app` on a real port, served as the daemon serves it (aiohttp's test server cancels handlers on a
+    disconnect, the daemon lets them run on): yields (host, port)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield runner.addresses[0][:2]
+    finally:
+        await runner.cleanup()
+
+
+async def _raw_request(
+    served, request_line: str, headers: dict[str, str], body: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a socket to `served` and send `request_line`, `headers` and `body` as they are."""
+    head = "".join(f"{name}: {value}\r\n" for name, value in {"Host": "micd", **headers}.items())
+    reader, writer = await asyncio.open_connection(*served)
+    writer.write(f"{request_line}\r\n{head}\r\n".encode() + body)
+    await writer.drain()
+    return reader, writer
+
+
+async def test_a_client_gone_mid_upload_is_not_an_error(served, app, caplog):
+    data = b"x" * (4 << 20)
+    digest = Digest.of(data)
+    path = f"/cas/sha256/{digest.hex}/{len(data)}"
+    with caplog.at_level(logging.DEBUG):
+        headers = {**AUTH, "Content-Length": str(len(data))}
+        _, writer = await _raw_request(served, f"PUT {path} HTTP/1.1", headers, data[: 1 << 20])
+        await wait_until(lambda: app[ACTIVITY].in_flight == 1)
+        writer.close()
+        await wait_until(lambda: app[ACTIVITY].in_flight == 0)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert any("disconnected" in r.getMessage() for r in caplog.records if r.name == "micd.access")
+    assert not await app[STORE].memory.contains(digest)
+    async with aiohttp.ClientSession() as session:  # the daemon serves on
+        response = await session.put(f"http://{served[0]}:{served[1]}{path}", data=data, headers=AUTH)
+        assert response.status == 201
+
+
+async def test_log_limiter_summarizes_what_it_left_out(caplog):
+    logger = logging.getLogger("micd.test-limiter")
+    limiter = LogLimiter(logger, burst=3, per_second=0.001, summary_after=0.05)
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        for i in range(10):
+            limiter.log("401", logging.INFO, "line %d", i)
+        limiter.log("400", logging.INFO, "other status")  # a bucket of its own
+        assert caplog.messages == ["line 0", "line 1", "line 2", "other status"]
+        await asyncio.sleep(0.2)  # the summary comes on its own, without another request
+        assert caplog.messages[4:] == ["7 similar requests suppressed (401)"]
+        limiter.log("401", logging.INFO, "still limited")
+        limiter.flush()
+        assert caplog.messages[5:] == ["1 similar requests suppressed (401)"]
+
+
+@contextlib.contextmanager
+def _level(logger: logging.Logger, level: int):
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+async def test_a_client_gone_mid_download_is_not_an_error(served, app, caplog):
+    data = b"y" * (16 << 20)  # more than socket buffers hold: the server is mid-send when the client goes
+    digest = Digest.of(data)
+    await app[STORE].memory.put_bytes(digest, data)
+    with caplog.at_level(logging.DEBUG):
+        request_line = f"GET /cas/sha256/{digest.hex}/{len(data)} HTTP/1.1"
+        reader, writer = await _raw_request(served, request_line, AUTH)
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        writer.close()
+        await wait_until(lambda: app[ACTIVITY].in_flight == 0)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert any("disconnected" in r.getMessage() for r in caplog.records if r.name == "micd.access")
+
+
+async def test_expect_continue_without_the_token_is_refused_before_100(served):
+    path = f"/cas/sha256/{'a' * 64}/1000"
+    headers = {"Authorization": "Bearer wrong", "Content-Length": "1000", "Expect": "100-continue"}
+    reader, writer = await _raw_request(served, f"PUT {path} HTTP/1.1", headers)
+    try:
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.1 401 ")
+    finally:
+        writer.close()
+
+
+async def test_a_flood_of_malformed_requests_cannot_fill_the_daemon_log(app, caplog):
+    """aiohttp logs each unparsable request with a traceback: via the app's SERVER_LOGGER, rate-limited."""
+    runner = web.AppRunner(app, access_log=None, logger=app[SERVER_LOGGER])
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+
+    async def malformed() -> None:
+        reader, writer = await asyncio.open_connection(*runner.addresses[0][:2])
+        writer.write(b"GET /stats HTTP/1.1\r\nHost: micd\r\nBad\x01Header: x\r\n\r\n")
+        assert b" 400 " in await reader.readline()
+        writer.close()
+
+    try:
+        with caplog.at_level(logging.INFO):
+            for _ in range(MALFORMED):
+                await malformed()
+    finally:
+        await runner.cleanup()  # the app's cleanup writes the pending summary
+    logged = [r for r in caplog.records if r.getMessage().startswith("Error handling request")]
+    suppressed = [int(m[1]) for r in caplog.records if (m := re.search(r"(\d+) similar", r.getMessage()))]
+    assert len(logged) <= 25 and suppressed and len(logged) + sum(suppressed) == MALFORMED
+
+
+MALFORMED = 200

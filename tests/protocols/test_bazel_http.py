@@ -16,7 +16,9 @@ from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi.action_result import action_key
 from protocols.bazel_reapi.common import ac_namespace
 from protocols.bazel_reapi.compression import compress_bytes, decompress_bytes
+from protocols.bazel_http import MAX_AC_BODY
 from tests.protocols.bazel_support import new_store, pd
+from tests.protocols.test_cas_http import _put_expecting_continue
 
 TOKEN = "a>>>?tok"  # base64 of "u:<token>" differs between the standard and URL-safe alphabets
 STD = {"Authorization": "Basic " + base64.b64encode(f"u:{TOKEN}".encode()).decode()}
@@ -228,3 +230,24 @@ async def test_existing_blob_put_is_accepted_again(env):
     for _ in range(2):  # Bazel's HTTP client re-PUTs every blob on every build
         assert (await env.put(f"/cas/{hex_}", data=data, headers=STD)).status == 200
     assert await (await env.get(f"/cas/{hex_}", headers=STD)).read() == data
+
+
+@pytest.mark.parametrize(
+    ("kind", "headers"),
+    [
+        ("ac", {"Content-Length": str(MAX_AC_BODY + 1)}),
+        ("cas", {"Content-Length": "100", "X-Digest-SizeBytes": "99"}),
+        ("cas", {"Transfer-Encoding": "chunked"}),  # no size to check the blob against
+    ],
+)
+async def test_expect_continue_refusals_come_before_100(env, kind, headers):
+    statuses = await _put_expecting_continue(env, f"/{kind}/{'a' * 64}", {**STD, **headers})
+    assert statuses[0].startswith(b"HTTP/1.1 400 ")
+
+
+async def test_expect_continue_upload(env):
+    data, hex_ = _blob(100_000)
+    headers = {**STD, "Content-Length": str(len(data))}
+    statuses = await _put_expecting_continue(env, f"/cas/{hex_}", headers, data)
+    assert [line.split(b" ")[1] for line in statuses] == [b"100", b"200"]
+    assert (await env.get(f"/cas/{hex_}", headers=STD)).status == 200

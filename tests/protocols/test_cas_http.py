@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from yarl import URL
@@ -13,6 +16,7 @@ from yarl import URL
 from micd.blobs import BytesBlob
 from micd.errors import BadRequest, IntegrityError, MicError, NotFound, StoreFull, Unauthorized
 from micd.store import Digest
+from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
 from protocols import cas_http
 
@@ -255,3 +259,110 @@ async def test_corruption_mid_stream_truncates_instead_of_lying(fake):
     assert response.status == 200  # headers were already out
     with pytest.raises(Exception):  # noqa: B017 - any payload error: the body must not complete
         await response.read()
+
+
+async def _get_over_one_connection(client, path: str, times: int) -> tuple[list[bytes], int]:
+    """GET `path` `times` times over a one-connection pool: the bodies, and how many connections it made."""
+    created = 0
+
+    async def on_created(session, context, params) -> None:
+        nonlocal created
+        created += 1
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(on_created)
+    connector = aiohttp.TCPConnector(limit=1)
+    bodies = []
+    async with aiohttp.ClientSession(connector=connector, trace_configs=[trace]) as session:
+        for _ in range(times):
+            async with session.get(client.make_url(path)) as response:
+                assert response.status == 200
+                bodies.append(await response.read())
+    return bodies, created
+
+
+async def test_file_blobs_keep_the_connection_alive(fake, tmp_path, caplog):
+    store, client = fake
+    data = os.urandom(6 << 20)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    store.file_blob = _FileBlob(path)
+    with caplog.at_level(logging.DEBUG):
+        bodies, created = await _get_over_one_connection(client, _url(Digest.of(data)), 4)
+    assert bodies == [data] * 4 and created == 1
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_verified_disk_blobs_keep_the_connection_alive(aiohttp_client, tmp_path, caplog):
+    """End to end over the disk tier: a verified large blob may be sent by sendfile (the second GET on)."""
+    disk = DiskTier(tmp_path / "cache", soft_cap=1 << 30, hard_cap=1 << 30, verify_limit=1 << 20)
+    await disk.open()
+    try:
+        app = web.Application()
+        app.router.add_routes(cas_http.routes(disk))
+        client = await aiohttp_client(app)
+        data = os.urandom(6 << 20)
+        digest = Digest.of(data)
+        assert (await client.put(_url(digest), data=data)).status == 201
+        with caplog.at_level(logging.DEBUG):
+            bodies, created = await _get_over_one_connection(client, _url(digest), 4)
+        assert bodies == [data] * 4 and created == 1
+        assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    finally:
+        await disk.close()
+
+
+async def _put_expecting_continue(
+    client, path: str, headers: dict[str, str], body: bytes | None = None
+) -> list[bytes]:
+    """PUT with `Expect: 100-continue` over a raw socket; send `body` (if any) only once told to continue.
+
+    Returns the status lines received, in order.
+    """
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    fields = {"Host": "micd", "Expect": "100-continue", **headers}
+    head = "".join(f"{name}: {value}\r\n" for name, value in fields.items())
+    writer.write(f"PUT {path} HTTP/1.1\r\n{head}\r\n".encode())
+    try:
+        statuses = [await asyncio.wait_for(reader.readline(), 10)]
+        if statuses[0].startswith(b"HTTP/1.1 100 ") and body is not None:
+            await reader.readline()  # the empty line that ends the interim response
+            writer.write(body)
+            statuses.append(await asyncio.wait_for(reader.readline(), 10))
+        return statuses
+    finally:
+        writer.close()
+
+
+async def test_expect_continue_is_answered_100_only_for_an_acceptable_upload(client, store):
+    data = b"worth uploading" * 1000
+    digest = Digest.of(data)
+    statuses = await _put_expecting_continue(client, _url(digest), {"Content-Length": str(len(data))}, data)
+    assert [line.split(b" ")[1] for line in statuses] == [b"100", b"201"]
+    assert await store.get_bytes(digest) == data
+
+
+async def test_expect_continue_refuses_a_wrong_size_before_100(client, store):
+    digest = Digest.of(b"ten bytes!")
+    statuses = await _put_expecting_continue(client, _url(digest), {"Content-Length": str(5 << 30)})
+    assert statuses[0].startswith(b"HTTP/1.1 400 ")
+
+
+async def test_an_unknown_expectation_is_417(client):
+    digest = Digest.of(b"x")
+    statuses = await _put_expecting_continue(client, _url(digest), {"Expect": "teapot", "Content-Length": "1"})
+    assert statuses[0].startswith(b"HTTP/1.1 417 ")
+
+
+async def test_expect_continue_refuses_a_full_store_before_100(aiohttp_client, tmp_path):
+    disk = DiskTier(tmp_path / "cache", soft_cap=1 << 20, hard_cap=1 << 20)
+    await disk.open()
+    try:
+        app = web.Application()
+        app.router.add_routes(cas_http.routes(disk))
+        client = await aiohttp_client(app)
+        digest = Digest("sha256", HEX, 2 << 20)  # over the hard cap: decided before any byte is read
+        statuses = await _put_expecting_continue(client, _url(digest), {"Content-Length": str(digest.size)})
+        assert statuses[0].startswith(b"HTTP/1.1 507 ")
+    finally:
+        await disk.close()
