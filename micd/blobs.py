@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from micd.errors import BadRequest, IntegrityError
 from micd.store import Digest, new_hasher
@@ -32,8 +31,6 @@ async def aiter_bytes(data: bytes, chunk: int = CHUNK) -> AsyncIterator[bytes]:
 
 class BytesBlob:
     """A `Blob` over bytes already in memory."""
-
-    path: Path | None = None
 
     def __init__(self, data: bytes, offset: int = 0, limit: int | None = None) -> None:
         self.size = len(data)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import blake3
@@ -101,8 +100,6 @@ class Blob(Protocol):
     """First byte of the range this handle serves."""
     length: int
     """Number of bytes in the range."""
-    path: Path | None
-    """A file holding the whole verified blob that may be sent directly (sendfile), or None."""
 
     def chunks(self) -> AsyncIterator[bytes]:
         """Yield the range in bounded chunks (≤ 1 MiB). Raises IntegrityError mid-stream on corruption."""

@@ -13,7 +13,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from aiohttp import HttpVersion11, web
-from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -113,20 +112,6 @@ def bind(
     return route
 
 
-class _SentFileResponse(web.FileResponse):
-    """A FileResponse that `send_blob` sends itself, so the blob stays open and the request in flight (as the
-    middlewares see it) until the body is out.
-
-    aiohttp prepares the response a handler returns once more. For a StreamResponse that is a no-op, but
-    FileResponse would send the file again: it failed (AssertionError) and dropped the keep-alive connection.
-    """
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        if self.prepared:
-            return None
-        return await super().prepare(request)
-
-
 async def send_blob(
     request: web.Request,
     blob: Blob,
@@ -137,16 +122,10 @@ async def send_blob(
 ) -> web.StreamResponse:
     """Send `blob` (its range) as the response body and close it; the response is complete on return.
 
-    sendfile is used only for a plain 200 of the whole blob with no `encoding`; an encoded body has no
-    Content-Length (chunked). The blob stays open until the body is sent, so its file cannot be evicted early.
+    Always from `chunks()`, never sendfile: every byte of a stored blob passes its hash on the way out
+    (micd/tiers/disk/blob.py). An encoded body has no Content-Length (chunked).
     """
     try:
-        if status == 200 and encoding is None and blob.path is not None:
-            file_response = _SentFileResponse(
-                blob.path, headers={"Content-Type": CONTENT_TYPE, **(headers or {})}
-            )
-            await file_response.prepare(request)
-            return file_response
         response = web.StreamResponse(status=status, headers=headers)
         response.content_type = CONTENT_TYPE
         chunks = blob.chunks()

@@ -63,7 +63,6 @@ class SpoolEntry:
 class SpoolBlob:
     """A `Blob` over a verified download spooled to an anonymous temp file (shared by concurrent readers)."""
 
-    path: Path | None = None
 
     def __init__(self, entry: SpoolEntry, file: IO[bytes], offset: int, limit: int | None) -> None:
         self.size = entry.size

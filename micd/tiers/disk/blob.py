@@ -18,7 +18,6 @@ import contextlib
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 from micd.blobs import CHUNK
 from micd.errors import IntegrityError
@@ -31,8 +30,6 @@ _BATCH = 8 * CHUNK  # bytes read per worker-thread call: amortises thread hand-o
 
 class FileBlob:
     """An open blob file range. `aclose()` (or exhausting `chunks()`) closes the fd."""
-
-    path: Path | None = None  # never sent by sendfile: every byte must pass the hash
 
     def __init__(
         self, fd: int, digest: Digest, offset: int, length: int, *, on_corrupt: Callable[[], Awaitable[None]]
@@ -47,7 +44,8 @@ class FileBlob:
         self._on_corrupt = on_corrupt
 
     def _read(self, start: int, end: int, keep: bool) -> list[bytes]:
-        """Read and hash [start, end) in ≤ CHUNK pieces; a short read means a damaged file."""
+        """Read [start, end) in ≤ CHUNK pieces: kept (the caller hashes them) or hashed here and dropped.
+        A short read means a damaged file."""
         out: list[bytes] = []
         with self._lock:
             if self._fd is None:
@@ -57,13 +55,19 @@ class FileBlob:
                 chunk = os.pread(self._fd, min(CHUNK, end - pos), pos)
                 if not chunk:
                     raise EOFError(pos)
-                self._hasher.update(chunk)
                 if keep:
                     out.append(chunk)
+                else:
+                    self._hasher.update(chunk)
                 pos += len(chunk)
         return out
 
+    def _hash(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self._hasher.update(chunk)
+
     async def _hash_span(self, start: int, end: int) -> None:
+        """Hash bytes outside the served range (read, never sent)."""
         for pos in range(start, end, _BATCH):
             await self._read_batch(pos, end, keep=False)
 
@@ -82,21 +86,30 @@ class FileBlob:
                 await asyncio.gather(ahead, return_exceptions=True)
 
     def _read_batch(self, pos: int, end: int, *, keep: bool = True) -> Awaitable[list[bytes]]:
-        """Read and hash the batch at `pos` in a worker thread."""
+        """Read the batch at `pos` in a worker thread (see `_read` for `keep`)."""
         return asyncio.to_thread(self._read, pos, min(end, pos + _BATCH), keep)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Yield the range in chunks ≤ 1 MiB; IntegrityError instead of the last chunk on corruption."""
         end = self.offset + self.length
+        hashing: asyncio.Future[None] | None = None
         try:
             await self._hash_span(0, self.offset)
             pending: bytes | None = None
             async with contextlib.aclosing(self._batches(self.offset, end)) as batches:
                 async for batch in batches:
+                    # Three stages overlap: this batch hashed in one thread, the next read in another, and
+                    # this one sent by the caller; hashing stays in order, one batch at a time.
+                    if hashing is not None:
+                        await hashing
+                    hashing = asyncio.ensure_future(asyncio.to_thread(self._hash, batch))
                     for chunk in batch:
                         if pending is not None:
                             yield pending
                         pending = chunk
+            if hashing is not None:
+                hashing, done = None, hashing
+                await done
             await self._hash_span(end, self.size)
             got = self._hasher.hexdigest()
             if got != self._digest.hex:
@@ -110,6 +123,8 @@ class FileBlob:
                 str(self._digest), f"file ends at {exc.args[0]}", what="stored blob size"
             ) from exc
         finally:
+            if hashing is not None:  # the caller stopped early: no thread may hash once we are gone
+                await asyncio.gather(hashing, return_exceptions=True)
             await self.aclose()
 
     async def aclose(self) -> None:
