@@ -1,10 +1,10 @@
 """Protocol-side HTTP helpers shared by the aiohttp frontends: the one MicError → status mapping, handler
 binding, reading a request body (deferring `100 Continue` to then), and sending an open `micd.store.Blob`.
 
-The HTTP frontends (`bazel_http`, `cas_http`) serve blobs the same way: sendfile when the blob is a verified
-file and the whole body goes out unchanged, else bounded chunks. Corruption detected mid-stream (IntegrityError
-from `chunks()`) comes after the headers, so no status can be sent: the connection is aborted and the client
-sees a truncated body, never wrong bytes.
+The HTTP frontends (`bazel_http`, `cas_http`) serve blobs the same way: bounded chunks from `Blob.chunks()`,
+which hashes every stored byte on its way out. Corruption detected mid-stream (IntegrityError from `chunks()`)
+comes after the headers, so no status can be sent: the connection is aborted and the client sees a truncated
+body, never wrong bytes.
 """
 
 from __future__ import annotations

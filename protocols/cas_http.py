@@ -14,7 +14,7 @@ Segments are matched loosely and then checked by `micd.validate.parse_digest`, s
 or a malformed hash is a 400, not a 404.
 
 Bodies stream both ways: PUT feeds the request body (`_http.request_body`) to `store.put` (which hashes while
-writing and publishes only on a match); GET uses sendfile when the blob is a verified file, else bounded chunks.
+writing and publishes only on a match); GET sends bounded chunks, verified as they are read (`_http.send_blob`).
 A PUT with `Expect: 100-continue` is told to continue only when the body is read, after every check.
 """
 

@@ -7,8 +7,8 @@ seen a wrong prefix, which is why the error must abort its response.
 
 Why every read, not only the first: a file once verified can still rot in place, or be edited with its
 mtime put back, keeping inode, size and mtime; trusting it then served wrong bytes as a whole 200. The cost
-is a hash per byte served (no sendfile); the hash runs in the worker thread that reads the next batch while
-the caller sends this one, so a GET runs at about the hash's speed (bench/RESULTS.md, issue 10).
+is a hash per byte served (no sendfile). Three stages overlap: a worker thread hashes one batch, another reads
+the next, and the caller sends; so a GET runs near the hash's own speed (bench/RESULTS.md, issue 10).
 """
 
 from __future__ import annotations
