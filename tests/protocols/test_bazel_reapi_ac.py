@@ -5,8 +5,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from micd.store import Digest
+from micd.store import Digest, Record
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
+from protocols.bazel_reapi.action_result import action_key
 from tests.protocols.bazel_support import blob, pd
 
 UPDATE = "/build.bazel.remote.execution.v2.ActionCache/UpdateActionResult"
@@ -54,6 +55,16 @@ async def test_miss_is_not_found(env):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await env.ac.GetActionResult(re_pb2.GetActionResultRequest(action_digest=pd(action)))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_stored_result_that_does_not_parse_is_a_miss(env):
+    """A corrupt stored entry is the server's problem, not the request's: NOT_FOUND (Bazel runs the action
+    and uploads a fresh result), never UNKNOWN or INVALID_ARGUMENT."""
+    _, action = blob()
+    await env.store.put_record("bazel-ac", action_key(action), Record(b"\x0a\x05ab"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await env.ac.GetActionResult(re_pb2.GetActionResultRequest(action_digest=pd(action)))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
 
 
 async def test_update_then_get_returns_the_result(env):
