@@ -13,7 +13,7 @@ from micd.errors import BadRequest, IntegrityError, NotFound, TierUnavailable
 from micd.store import Store
 from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
 from protocols.bazel_reapi._proto import bytestream_pb2_grpc as bs_grpc
-from protocols.bazel_reapi.common import OutOfRange, mapped_stream, mapped_unary
+from protocols.bazel_reapi.common import OutOfRange
 from protocols.bazel_reapi.compression import PIECE, Decompressor, compress_stream, decompress_bytes
 from protocols.bazel_reapi.resource import ResourceName, parse_read_name, parse_write_name
 from protocols.bazel_reapi.uploads import Upload, Uploads
@@ -36,7 +36,6 @@ class ByteStreamServicer(bs_grpc.ByteStreamServicer):
         self._store = store
         self.uploads = uploads or Uploads(store)
 
-    @mapped_stream
     async def Read(
         self, request: bs_pb2.ReadRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bs_pb2.ReadResponse]:
@@ -68,7 +67,6 @@ class ByteStreamServicer(bs_grpc.ByteStreamServicer):
         finally:
             await blob.aclose()
 
-    @mapped_unary
     async def Write(
         self, request_iterator: AsyncIterator[bs_pb2.WriteRequest], context: grpc.aio.ServicerContext
     ) -> bs_pb2.WriteResponse:
@@ -135,7 +133,6 @@ class ByteStreamServicer(bs_grpc.ByteStreamServicer):
         # Half-closed without finish_write: report progress; a later Write may resume from here.
         return bs_pb2.WriteResponse(committed_size=upload.committed)
 
-    @mapped_unary
     async def QueryWriteStatus(
         self, request: bs_pb2.QueryWriteStatusRequest, context: grpc.aio.ServicerContext
     ) -> bs_pb2.QueryWriteStatusResponse:

@@ -24,8 +24,6 @@ from protocols.bazel_reapi.common import (
     from_proto,
     from_protos,
     grpc_code,
-    mapped_stream,
-    mapped_unary,
     to_proto,
 )
 from protocols.bazel_reapi.compression import decompress_bytes
@@ -53,7 +51,6 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    @mapped_unary
     async def FindMissingBlobs(
         self, request: re_pb2.FindMissingBlobsRequest, context: grpc.aio.ServicerContext
     ) -> re_pb2.FindMissingBlobsResponse:
@@ -63,7 +60,6 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
         missing = await self._store.find_missing(digests)
         return re_pb2.FindMissingBlobsResponse(missing_blob_digests=[to_proto(d) for d in missing])
 
-    @mapped_unary
     async def BatchUpdateBlobs(
         self, request: re_pb2.BatchUpdateBlobsRequest, context: grpc.aio.ServicerContext
     ) -> re_pb2.BatchUpdateBlobsResponse:
@@ -101,7 +97,6 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
             return _status(exc)
         return _OK
 
-    @mapped_unary
     async def BatchReadBlobs(
         self, request: re_pb2.BatchReadBlobsRequest, context: grpc.aio.ServicerContext
     ) -> re_pb2.BatchReadBlobsResponse:
@@ -119,7 +114,6 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
                 responses.append(re_pb2.BatchReadBlobsResponse.Response(digest=proto, data=data, status=_OK))
         return re_pb2.BatchReadBlobsResponse(responses=responses)
 
-    @mapped_stream
     async def GetTree(
         self, request: re_pb2.GetTreeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[re_pb2.GetTreeResponse]:

@@ -1,16 +1,17 @@
 """Shared pieces of the REAPI servicers: proto ↔ `Digest` conversion, the action-cache namespace of an
-instance,
-and the one mapping from micd errors to gRPC status codes (used for whole calls and per-blob statuses).
+instance, the one mapping from micd errors to gRPC status codes (used for whole calls and per-blob statuses),
+and `add_service`, which registers a servicer with request parsing and that mapping around every method.
 """
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError
 
 from micd.errors import (
@@ -34,13 +35,12 @@ __all__ = [
     "OutOfRange",
     "UploadBusy",
     "ac_namespace",
+    "add_service",
     "digest_function",
     "enum_name",
     "from_proto",
     "from_protos",
     "grpc_code",
-    "mapped_stream",
-    "mapped_unary",
     "to_proto",
 ]
 
@@ -145,31 +145,55 @@ def grpc_code(exc: BaseException) -> grpc.StatusCode:
     return next((code for kinds, code in _GRPC_CODES if isinstance(exc, kinds)), grpc.StatusCode.INTERNAL)
 
 
-_Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
+def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:
+    """Register `servicer`'s methods for `service` (from a `_pb2.DESCRIPTOR`), each parsing its own request.
+
+    Every method takes its request as bytes and parses it here: grpc's deserializer would turn bytes that do
+    not parse into UNKNOWN before the method runs, where this makes them INVALID_ARGUMENT naming the message.
+    A MicError a method raises aborts the call with its `grpc_code`.
+    """
+    handlers = {method.name: _handler(method, getattr(servicer, method.name)) for method in service.methods}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
-def mapped_unary(method: _Handler) -> _Handler:
-    """Wrap a unary (or stream-in) handler so a MicError aborts the call with its mapped code."""
+def _parse(message_class: Any, raw: bytes) -> Any:
+    try:
+        return message_class.FromString(raw)
+    except DecodeError as exc:
+        raise BadRequest(
+            f"request does not parse as a {message_class.DESCRIPTOR.full_name}", str(exc)
+        ) from exc
 
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+
+async def _parse_each(message_class: Any, raw_requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+    async for raw in raw_requests:
+        yield _parse(message_class, raw)
+
+
+def _handler(method: MethodDescriptor, behaviour: Callable[..., Any]) -> grpc.RpcMethodHandler:
+    request_class = message_factory.GetMessageClass(method.input_type)
+    serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
+
+    async def unary(raw: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await method(self, request, context)
+            request = (
+                _parse_each(request_class, raw) if method.client_streaming else _parse(request_class, raw)
+            )
+            return await behaviour(request, context)
         except (MicError, DecodeError) as exc:
             await context.abort(grpc_code(exc), str(exc))
 
-    return wrapper  # type: ignore[return-value]
-
-
-def mapped_stream(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-    """Wrap a server-streaming handler so a MicError aborts the call with its mapped code."""
-
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def stream(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for item in method(self, request, context):
-                yield item
+            async for response in behaviour(_parse(request_class, raw), context):
+                yield response
         except (MicError, DecodeError) as exc:
             await context.abort(grpc_code(exc), str(exc))
 
-    return wrapper
+    if method.client_streaming and not method.server_streaming:
+        return grpc.stream_unary_rpc_method_handler(unary, response_serializer=serialize)
+    if method.server_streaming and not method.client_streaming:
+        return grpc.unary_stream_rpc_method_handler(stream, response_serializer=serialize)
+    if not method.client_streaming:
+        return grpc.unary_unary_rpc_method_handler(unary, response_serializer=serialize)
+    raise ValueError(f"bidirectional method {method.full_name} is not supported")
