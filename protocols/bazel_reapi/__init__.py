@@ -30,20 +30,17 @@ from protocols.bazel_reapi.bytestream import ByteStreamServicer
 from protocols.bazel_reapi.capabilities import CapabilitiesServicer
 from protocols.bazel_reapi.cas import ContentAddressableStorageServicer
 from protocols.bazel_reapi.common import GRPC_SERVER_OPTIONS, add_service
-from protocols.bazel_reapi.uploads import Uploads
 
 __all__ = ["GRPC_SERVER_OPTIONS", "add_servicers"]
 
 
-def add_servicers(server: grpc.aio.Server, store: Store) -> Uploads:
+def add_servicers(server: grpc.aio.Server, store: Store) -> None:
     """Register the four services on `server`; create the server with GRPC_SERVER_OPTIONS.
 
-    Returns the registry of in-progress ByteStream uploads; call its `close()` at shutdown.
+    Nothing outlives a call: stopping the server ends every upload in progress.
     """
     services = re_pb2.DESCRIPTOR.services_by_name
     add_service(server, services["Capabilities"], CapabilitiesServicer())
     add_service(server, services["ContentAddressableStorage"], ContentAddressableStorageServicer(store))
     add_service(server, services["ActionCache"], ActionCacheServicer(store))
-    bytestream = ByteStreamServicer(store)
-    add_service(server, bs_pb2.DESCRIPTOR.services_by_name["ByteStream"], bytestream)
-    return bytestream.uploads
+    add_service(server, bs_pb2.DESCRIPTOR.services_by_name["ByteStream"], ByteStreamServicer(store))

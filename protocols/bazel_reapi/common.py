@@ -33,7 +33,6 @@ __all__ = [
     "GRPC_SERVER_OPTIONS",
     "MAX_BATCH_TOTAL_SIZE",
     "OutOfRange",
-    "UploadBusy",
     "ac_namespace",
     "add_service",
     "digest_function",
@@ -59,10 +58,6 @@ _RESERVED_SEGMENTS = frozenset(
 
 class OutOfRange(BadRequest):
     """A read offset or limit outside the blob (gRPC OUT_OF_RANGE, as the ByteStream spec asks)."""
-
-
-class UploadBusy(MicError):
-    """Another live Write stream feeds this upload id (gRPC ABORTED: the client retries later)."""
 
 
 def digest_function(value: int) -> str:
@@ -131,7 +126,6 @@ def ac_namespace(instance_name: str) -> str:
 _GRPC_CODES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], grpc.StatusCode], ...] = (
     (OutOfRange, grpc.StatusCode.OUT_OF_RANGE),  # before BadRequest: first match wins
     ((BadRequest, IntegrityError, DecodeError), grpc.StatusCode.INVALID_ARGUMENT),
-    (UploadBusy, grpc.StatusCode.ABORTED),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unauthorized, grpc.StatusCode.UNAUTHENTICATED),

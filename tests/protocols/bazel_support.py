@@ -40,7 +40,6 @@ class Reapi:
     cas: re_grpc.ContentAddressableStorageStub
     ac: re_grpc.ActionCacheStub
     bytestream: bs_grpc.ByteStreamStub
-    uploads: object
     port: int
 
 
@@ -49,7 +48,7 @@ async def reapi_server(store, *, token: str | None = None) -> AsyncIterator[Reap
     """Serve `store` over REAPI on 127.0.0.1:<ephemeral>; with `token`, behind micd's TokenInterceptor."""
     interceptors = [TokenInterceptor(token)] if token else []
     server = grpc.aio.server(options=GRPC_SERVER_OPTIONS, interceptors=interceptors)
-    uploads = add_servicers(server, store)
+    add_servicers(server, store)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=GRPC_SERVER_OPTIONS)
@@ -60,10 +59,8 @@ async def reapi_server(store, *, token: str | None = None) -> AsyncIterator[Reap
             re_grpc.ContentAddressableStorageStub(channel),
             re_grpc.ActionCacheStub(channel),
             bs_grpc.ByteStreamStub(channel),
-            uploads,
             port,
         )
     finally:
         await channel.close()
-        uploads.close()
         await server.stop(None)

@@ -19,14 +19,13 @@ from micd.errors import (
 )
 from micd.store import Digest
 from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
-from protocols.bazel_reapi.common import OutOfRange, UploadBusy, grpc_code
+from protocols.bazel_reapi.common import OutOfRange, grpc_code
 
 CASES = [
     ("range past the end: OUT_OF_RANGE although it is a BadRequest", OutOfRange("offset 9"), "OUT_OF_RANGE"),
     ("bad request", BadRequest("bad digest"), "INVALID_ARGUMENT"),
     ("bytes do not match the digest", IntegrityError("a", "b"), "INVALID_ARGUMENT"),
     ("protobuf does not parse", DecodeError("truncated"), "INVALID_ARGUMENT"),
-    ("another writer holds the upload", UploadBusy("busy"), "ABORTED"),
     ("miss", NotFound("no blob"), "NOT_FOUND"),
     ("over the hard cap", StoreFull(1, 2, 3), "RESOURCE_EXHAUSTED"),
     ("no or wrong token", Unauthorized("token"), "UNAUTHENTICATED"),
