@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import grpc
 import pytest
 
@@ -12,6 +15,7 @@ from protocols.bazel_reapi.common import MAX_BATCH_TOTAL_SIZE
 from protocols.bazel_reapi.compression import compress_bytes
 from tests.protocols.bazel_support import blob, new_store, pd, reapi_server
 
+GET_TREE = "/build.bazel.remote.execution.v2.ContentAddressableStorage/GetTree"
 OK, INVALID, NOT_FOUND = 0, grpc.StatusCode.INVALID_ARGUMENT.value[0], grpc.StatusCode.NOT_FOUND.value[0]
 
 
@@ -281,6 +285,35 @@ async def test_get_tree_failures(env):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         [p async for p in env.cas.GetTree(re_pb2.GetTreeRequest(root_digest=pd(digest)))]
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_huge_get_tree_keeps_the_event_loop_responsive(env):
+    """60,000 subdirectories under one root (a 4.8 MB root Directory): the walk fetches and parses in bounded
+    batches off the event loop, so every other call keeps being served. The whole tree used to be fetched
+    and parsed on the loop: a 1-2 s stall here over the memory tier, 31 s over the disk tier."""
+    children = []
+    for i in range(60_000):
+        digest = await _put_directory(env.store, re_pb2.Directory(files=[re_pb2.FileNode(name=f"f{i}")]))
+        children.append(re_pb2.DirectoryNode(name=f"d{i:05d}", digest=pd(digest)))
+    root = await _put_directory(env.store, re_pb2.Directory(directories=children))
+    # Pages stay bytes on the client: its own parsing is not what is measured.
+    get_tree = env.channel.unary_stream(GET_TREE, request_serializer=re_pb2.GetTreeRequest.SerializeToString)
+    worst, running = 0.0, True
+
+    async def ticker() -> None:
+        nonlocal worst
+        last = time.perf_counter()
+        while running:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            worst, last = max(worst, now - last), now
+
+    task = asyncio.create_task(ticker())
+    pages = [p async for p in get_tree(re_pb2.GetTreeRequest(root_digest=pd(root)))]
+    running = False
+    await task
+    assert sum(len(re_pb2.GetTreeResponse.FromString(p).directories) for p in pages) == 60_001
+    assert worst < 0.5, f"the event loop stalled for {worst:.2f} s"  # a bound for a loaded 2-core machine
 
 
 @pytest.mark.parametrize("metadata", [None, (("authorization", "Bearer wrong"),)], ids=["missing", "wrong"])
