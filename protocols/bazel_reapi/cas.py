@@ -5,6 +5,7 @@ BatchReadBlobs with a per-blob google.rpc.Status, GetTree as a stream of pages.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from typing import Any, TypeVar
 
@@ -33,6 +34,7 @@ __all__ = ["MAX_TREE_PAGE", "TREE_PAGE_BYTES", "ContentAddressableStorageService
 MAX_TREE_PAGE = 1000
 TREE_PAGE_BYTES = 3 << 20
 """A GetTree page closes before this many bytes of directories: gRPC refuses messages over 4 MiB by default."""
+_WALK_BATCH = 256  # directories GetTree fetches with one store call and parses in one worker-thread call
 _T = TypeVar("_T")
 _OK = status_pb2.Status(code=grpc.StatusCode.OK.value[0])
 
@@ -122,49 +124,69 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
         root = from_proto(request.root_digest, function)
         page_size = min(request.page_size, MAX_TREE_PAGE) if request.page_size > 0 else MAX_TREE_PAGE
         start = _parse_page_token(request.page_token)
-        directories = await self._walk(root, function)
-        if start > len(directories):
-            raise BadRequest("page_token past the end of the tree", request.page_token)
-        while True:
-            end, page_bytes = start, 0
-            while end < min(start + page_size, len(directories)):
-                size = directories[end].ByteSize() + 6  # field tag and length prefix
-                if end > start and page_bytes + size > TREE_PAGE_BYTES:
-                    break  # (a single directory over the budget still goes, alone)
-                page_bytes += size
-                end += 1
-            token = str(end) if end < len(directories) else ""
-            yield re_pb2.GetTreeResponse(directories=directories[start:end], next_page_token=token)
-            if not token:
-                return
-            start = end
-
-    async def _walk(self, root: Digest, function: str) -> list[re_pb2.Directory]:
-        """Breadth-first, de-duplicated; missing subtrees are omitted (REAPI), a missing root is NOT_FOUND."""
-        seen = {root}
-        level = [root]
-        out: list[re_pb2.Directory] = []
-        while level:
-            blobs = await self._store.get_many_bytes(level)
-            if not out and blobs[0] is None:
-                raise NotFound(f"tree root {root} not found")
-            next_level = []
-            for data in blobs:
-                if data is None:
+        position = 0  # directories walked so far; a page token is the position its page starts at
+        page: list[re_pb2.Directory] = []
+        page_bytes = 0
+        async for batch in _walk(self._store, root, function):
+            for directory, size in batch:
+                position += 1
+                if position <= start:
                     continue
-                directory = re_pb2.Directory()
-                try:
-                    directory.ParseFromString(data)
-                except DecodeError as exc:
-                    raise BadRequest("a tree node does not parse as a Directory", str(exc)) from exc
-                out.append(directory)
-                for child in directory.directories:
-                    digest = from_proto(child.digest, function)
-                    if digest not in seen:
-                        seen.add(digest)
-                        next_level.append(digest)
-            level = next_level
-        return out
+                if page and (len(page) == page_size or page_bytes + size > TREE_PAGE_BYTES):
+                    # (a single directory over the byte budget still goes, alone)
+                    yield re_pb2.GetTreeResponse(directories=page, next_page_token=str(position - 1))
+                    page, page_bytes = [], 0
+                page.append(directory)
+                page_bytes += size
+        if start > position:
+            raise BadRequest("page_token past the end of the tree", request.page_token)
+        yield re_pb2.GetTreeResponse(directories=page, next_page_token="")
+
+
+async def _walk(
+    store: Store, root: Digest, function: str
+) -> AsyncIterator[list[tuple[re_pb2.Directory, int]]]:
+    """Breadth-first, de-duplicated, in batches of (Directory, encoded size); missing subtrees are omitted
+    (REAPI), a missing root is NOT_FOUND.
+
+    Each batch is one store call for at most `_WALK_BATCH` directories, parsed in a worker thread: the
+    children of a 60,000-entry directory take most of a second of Python to check, which must not hold the
+    event loop. Memory holds the digests still to visit and those seen, not the tree.
+    """
+    seen = {root}
+    pending = deque([root])
+    while pending:
+        digests = [pending.popleft() for _ in range(min(len(pending), _WALK_BATCH))]
+        blobs = await store.get_many_bytes(digests)
+        if digests[0] == root and blobs[0] is None:
+            raise NotFound(f"tree root {root} not found")
+        # `seen` and `pending` are touched only by the thread until it returns.
+        yield await asyncio.to_thread(_parse_directories, blobs, function, seen, pending)
+
+
+def _parse_directories(
+    blobs: list[bytes | None], function: str, seen: set[Digest], pending: deque[Digest]
+) -> list[tuple[re_pb2.Directory, int]]:
+    """Parse the found blobs as Directories; queue their unseen children on `pending`.
+
+    Raises:
+        BadRequest: a blob that does not parse as a Directory, or a malformed child digest.
+    """
+    out = []
+    for data in blobs:
+        if data is None:
+            continue
+        directory = re_pb2.Directory()
+        try:
+            directory.ParseFromString(data)
+        except DecodeError as exc:
+            raise BadRequest("a tree node does not parse as a Directory", str(exc)) from exc
+        for child in from_protos([node.digest for node in directory.directories], function):
+            if child not in seen:
+                seen.add(child)
+                pending.append(child)
+        out.append((directory, directory.ByteSize() + 6))  # field tag and length prefix in the page
+    return out
 
 
 async def _all(calls: Iterable[Coroutine[Any, Any, _T]]) -> list[_T]:
