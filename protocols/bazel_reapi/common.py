@@ -99,7 +99,7 @@ _HEX_RUN = re.compile(r"(?:[0-9a-f]{64})*")
 
 
 def from_protos(digests: Iterable[re_pb2.Digest], function: str) -> list[Digest]:
-    """`from_proto` for many digests: one regex pass over all hashes (FindMissingBlobs sends thousands).
+    """`from_proto` for many digests: a few regex passes over all hashes (FindMissingBlobs sends thousands).
 
     Raises:
         BadRequest: naming the first malformed digest.
