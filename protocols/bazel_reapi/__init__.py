@@ -23,26 +23,24 @@ from __future__ import annotations
 import grpc
 
 from micd.store import Store
-from protocols.bazel_reapi._proto import bytestream_pb2_grpc as bs_grpc
-from protocols.bazel_reapi._proto import remote_execution_pb2_grpc as re_grpc
-from protocols.bazel_reapi.action_cache import ActionCacheServicer, action_cache_handler
+from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
+from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
+from protocols.bazel_reapi.action_cache import ActionCacheServicer
 from protocols.bazel_reapi.bytestream import ByteStreamServicer
 from protocols.bazel_reapi.capabilities import CapabilitiesServicer
 from protocols.bazel_reapi.cas import ContentAddressableStorageServicer
-from protocols.bazel_reapi.common import GRPC_SERVER_OPTIONS
-from protocols.bazel_reapi.uploads import Uploads
+from protocols.bazel_reapi.common import GRPC_SERVER_OPTIONS, add_service
 
 __all__ = ["GRPC_SERVER_OPTIONS", "add_servicers"]
 
 
-def add_servicers(server: grpc.aio.Server, store: Store) -> Uploads:
+def add_servicers(server: grpc.aio.Server, store: Store) -> None:
     """Register the four services on `server`; create the server with GRPC_SERVER_OPTIONS.
 
-    Returns the registry of in-progress ByteStream uploads; call its `close()` at shutdown.
+    Nothing outlives a call: stopping the server ends every upload in progress.
     """
-    re_grpc.add_CapabilitiesServicer_to_server(CapabilitiesServicer(), server)
-    re_grpc.add_ContentAddressableStorageServicer_to_server(ContentAddressableStorageServicer(store), server)
-    server.add_generic_rpc_handlers((action_cache_handler(ActionCacheServicer(store)),))
-    bytestream = ByteStreamServicer(store)
-    bs_grpc.add_ByteStreamServicer_to_server(bytestream, server)
-    return bytestream.uploads
+    services = re_pb2.DESCRIPTOR.services_by_name
+    add_service(server, services["Capabilities"], CapabilitiesServicer())
+    add_service(server, services["ContentAddressableStorage"], ContentAddressableStorageServicer(store))
+    add_service(server, services["ActionCache"], ActionCacheServicer(store))
+    add_service(server, bs_pb2.DESCRIPTOR.services_by_name["ByteStream"], ByteStreamServicer(store))

@@ -5,16 +5,15 @@ every referenced blob exists; UpdateActionResult validates the result before sto
 from __future__ import annotations
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from micd.errors import BadRequest, NotFound
 from micd.store import Record, Store
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi._proto import remote_execution_pb2_grpc as re_grpc
 from protocols.bazel_reapi.action_result import action_key, action_result_refs, decode_action_result
-from protocols.bazel_reapi.common import ac_namespace, digest_function, from_proto, mapped_unary
+from protocols.bazel_reapi.common import ac_namespace, digest_function, from_proto
 
-__all__ = ["INLINE_BUDGET", "ActionCacheServicer", "action_cache_handler"]
+__all__ = ["INLINE_BUDGET", "ActionCacheServicer"]
 
 INLINE_BUDGET = 1 << 20  # bytes a GetActionResult may inline (stdout, stderr, requested files) in total
 
@@ -23,7 +22,6 @@ class ActionCacheServicer(re_grpc.ActionCacheServicer):
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    @mapped_unary
     async def GetActionResult(
         self, request: re_pb2.GetActionResultRequest, context: grpc.aio.ServicerContext
     ) -> re_pb2.ActionResult:
@@ -33,7 +31,10 @@ class ActionCacheServicer(re_grpc.ActionCacheServicer):
         record = await self._store.get_record(namespace, action_key(digest.function, digest.hex))
         if record is None:
             raise NotFound(f"no action result for {digest}")
-        result = decode_action_result(record.value)
+        try:
+            result = decode_action_result(record.value)
+        except BadRequest as exc:  # stored bytes, not the request, are at fault: a miss Bazel recovers from
+            raise NotFound(f"stored action result for {digest} does not parse") from exc
         await self._inline(request, result)
         return result
 
@@ -56,20 +57,6 @@ class ActionCacheServicer(re_grpc.ActionCacheServicer):
                 setattr(message, field, data)
                 budget -= len(data)
 
-    @mapped_unary
-    async def UpdateActionResultRaw(
-        self, raw: bytes, context: grpc.aio.ServicerContext
-    ) -> re_pb2.ActionResult:
-        """UpdateActionResult registered with a bytes deserializer: a body that does not parse is
-        INVALID_ARGUMENT here (grpc's own deserializer would report INTERNAL)."""
-        request = re_pb2.UpdateActionResultRequest()
-        try:
-            request.ParseFromString(raw)
-        except DecodeError as exc:
-            raise BadRequest("request does not parse as an UpdateActionResultRequest", str(exc)) from exc
-        return await self.UpdateActionResult.__wrapped__(self, request, context)  # type: ignore[attr-defined]
-
-    @mapped_unary
     async def UpdateActionResult(
         self, request: re_pb2.UpdateActionResultRequest, context: grpc.aio.ServicerContext
     ) -> re_pb2.ActionResult:
@@ -82,20 +69,3 @@ class ActionCacheServicer(re_grpc.ActionCacheServicer):
         refs = await action_result_refs(self._store, result, function)
         await self._store.put_record(namespace, action_key(digest.function, digest.hex), Record(result.SerializeToString(), refs))
         return result
-
-
-def action_cache_handler(servicer: ActionCacheServicer) -> grpc.GenericRpcHandler:
-    """The ActionCache service with UpdateActionResult taking raw bytes (see UpdateActionResultRaw)."""
-    handlers = {
-        "GetActionResult": grpc.unary_unary_rpc_method_handler(
-            servicer.GetActionResult,
-            request_deserializer=re_pb2.GetActionResultRequest.FromString,
-            response_serializer=re_pb2.ActionResult.SerializeToString,
-        ),
-        "UpdateActionResult": grpc.unary_unary_rpc_method_handler(
-            servicer.UpdateActionResultRaw,
-            request_deserializer=None,
-            response_serializer=re_pb2.ActionResult.SerializeToString,
-        ),
-    }
-    return grpc.method_handlers_generic_handler("build.bazel.remote.execution.v2.ActionCache", handlers)

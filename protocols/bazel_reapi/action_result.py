@@ -8,12 +8,14 @@ read when the result is stored (Bazel uploads every output, Trees included, befo
 
 from __future__ import annotations
 
+import asyncio
+
 from google.protobuf.message import DecodeError
 
 from micd.errors import BadRequest
 from micd.store import Cas, Digest
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
-from protocols.bazel_reapi.common import from_proto
+from protocols.bazel_reapi.common import from_proto, off_loop
 
 __all__ = ["MAX_TREE_BYTES", "action_key", "action_result_refs", "decode_action_result", "referenced_digests"]
 
@@ -86,7 +88,17 @@ async def action_result_refs(store: Cas, result: re_pb2.ActionResult, function: 
         BadRequest: what `referenced_digests` rejects, or an output directory whose Tree is not in the CAS,
             is larger than `MAX_TREE_BYTES`, or does not parse as a Tree.
     """
-    refs = dict.fromkeys(referenced_digests(result, function))
+    outputs = sum(
+        len(field)
+        for field in (
+            result.output_files,
+            result.output_directories,
+            result.output_symlinks,
+            result.output_file_symlinks,
+            result.output_directory_symlinks,
+        )
+    )
+    refs = dict.fromkeys(await off_loop(outputs, referenced_digests, result, function))
     for directory in result.output_directories:
         tree_digest = from_proto(directory.tree_digest, function)
         if tree_digest.size > MAX_TREE_BYTES:
@@ -94,12 +106,18 @@ async def action_result_refs(store: Cas, result: re_pb2.ActionResult, function: 
         data = await store.get_bytes(tree_digest)
         if data is None:
             raise BadRequest("output directory's Tree is not in the CAS (upload it first)", directory.path)
-        tree = re_pb2.Tree()
-        try:
-            tree.ParseFromString(data)
-        except DecodeError as exc:
-            raise BadRequest("output directory's Tree does not parse", directory.path) from exc
-        for node in (tree.root, *tree.children):
-            for file in node.files:
-                _optional(file.digest, function, refs)
+        # A Tree may list hundreds of thousands of files: read it off the event loop.
+        await asyncio.to_thread(_add_tree_files, data, directory.path, function, refs)
     return tuple(refs)
+
+
+def _add_tree_files(data: bytes, path: str, function: str, refs: dict[Digest, None]) -> None:
+    """Add the non-empty file digests listed in a serialized Tree to `refs`."""
+    tree = re_pb2.Tree()
+    try:
+        tree.ParseFromString(data)
+    except DecodeError as exc:
+        raise BadRequest("output directory's Tree does not parse", path) from exc
+    for node in (tree.root, *tree.children):
+        for file in node.files:
+            _optional(file.digest, function, refs)

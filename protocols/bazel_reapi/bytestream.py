@@ -1,10 +1,15 @@
-"""google.bytestream.ByteStream for REAPI blobs: Read (offsets, ≤ 2 MiB messages, zstd), resumable Write
-streamed into the store, QueryWriteStatus. Resource names: `resource.py`; in-progress uploads: `uploads.py`.
+"""google.bytestream.ByteStream for REAPI blobs: Read (offsets, ≤ 2 MiB messages, zstd), Write streamed into
+the store, QueryWriteStatus. Resource names: `resource.py`.
+
+Writes do not resume. Each Write is one `store.put` fed by the stream itself, so whatever ends the stream
+early (the client cancels or disconnects, the server stops, a half-close without finish_write) ends the put:
+its disk reservation and temp file go at once. Keeping a paused upload resumable would keep its reservation,
+and the daemon is local, so sending the bytes again is cheap. QueryWriteStatus therefore reports 0 for a
+blob that is not stored (the spec allows less than was sent), and Bazel restarts from there.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -13,10 +18,9 @@ from micd.errors import BadRequest, IntegrityError, NotFound, TierUnavailable
 from micd.store import Store
 from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
 from protocols.bazel_reapi._proto import bytestream_pb2_grpc as bs_grpc
-from protocols.bazel_reapi.common import OutOfRange, mapped_stream, mapped_unary
+from protocols.bazel_reapi.common import OutOfRange
 from protocols.bazel_reapi.compression import PIECE, Decompressor, compress_stream, decompress_bytes
 from protocols.bazel_reapi.resource import ResourceName, parse_read_name, parse_write_name
-from protocols.bazel_reapi.uploads import Upload, Uploads
 
 __all__ = ["MAX_READ_CHUNK", "ByteStreamServicer"]
 
@@ -30,13 +34,11 @@ def _bounded(data: bytes) -> list[bytes]:
 
 
 class ByteStreamServicer(bs_grpc.ByteStreamServicer):
-    """Serves the shared CAS over ByteStream; one `Uploads` registry per servicer."""
+    """Serves the shared CAS over ByteStream."""
 
-    def __init__(self, store: Store, uploads: Uploads | None = None) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
-        self.uploads = uploads or Uploads(store)
 
-    @mapped_stream
     async def Read(
         self, request: bs_pb2.ReadRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bs_pb2.ReadResponse]:
@@ -68,7 +70,6 @@ class ByteStreamServicer(bs_grpc.ByteStreamServicer):
         finally:
             await blob.aclose()
 
-    @mapped_unary
     async def Write(
         self, request_iterator: AsyncIterator[bs_pb2.WriteRequest], context: grpc.aio.ServicerContext
     ) -> bs_pb2.WriteResponse:
@@ -80,69 +81,79 @@ class ByteStreamServicer(bs_grpc.ByteStreamServicer):
         if await self._store.contains_locally(name.digest):
             # Early return: the client stops sending; -1 marks a compressed upload (REAPI spec).
             return bs_pb2.WriteResponse(committed_size=-1 if name.compressor else name.digest.size)
-        whole = first.finish_write and first.write_offset == 0 and self.uploads.get(name) is None
-        if whole and (not name.compressor or name.digest.size <= PIECE):
-            # The whole blob in one message (most of Bazel's blobs): nothing to resume, no upload task. A big
-            # compressed one streams instead: a few KiB of zstd may decode to gigabytes.
+        if first.write_offset != 0:
+            raise BadRequest(
+                "write_offset must be 0: uploads do not resume (committed_size is 0)", first.write_offset
+            )
+        if first.finish_write and (not name.compressor or name.digest.size <= PIECE):
+            # The whole blob in one message (most of Bazel's blobs). A big compressed one streams instead: a few
+            # KiB of zstd may decode to gigabytes.
             data = decompress_bytes(first.data, name.digest.size) if name.compressor else first.data
             await self._store.put_bytes(name.digest, data)
             return bs_pb2.WriteResponse(
                 committed_size=len(first.data) if name.compressor else name.digest.size
             )
-        upload = self.uploads.attach(name, first.write_offset)
+        stream = _WriteStream(name, first, requests)
         try:
-            response = await self._receive(upload, name, first, requests)
-        except asyncio.CancelledError:
-            self.uploads.detach(upload)  # the client went away: keep the upload resumable
-            raise
-        except BaseException:
-            self.uploads.discard(upload)
-            raise
-        self.uploads.detach(upload)
-        return response
+            await self._store.put(name.digest, stream.chunks())
+        except _Unfinished:
+            return bs_pb2.WriteResponse(committed_size=0)  # nothing was kept: a later Write starts at 0
+        return bs_pb2.WriteResponse(committed_size=stream.received if name.compressor else name.digest.size)
 
-    async def _receive(
-        self,
-        upload: Upload,
-        name: ResourceName,
-        first: bs_pb2.WriteRequest,
-        requests: AsyncIterator[bs_pb2.WriteRequest],
-    ) -> bs_pb2.WriteResponse:
-        decompressor = Decompressor(name.digest.size - upload.committed) if name.compressor else None
-        expected_offset = first.write_offset
-        request: bs_pb2.WriteRequest | None = first
-        while request is not None:
-            if request.resource_name and request.resource_name != first.resource_name:
-                raise BadRequest("resource_name changed within one Write stream", request.resource_name)
-            if request.write_offset != expected_offset:
-                raise BadRequest(f"write_offset {request.write_offset}, expected {expected_offset}")
-            expected_offset += len(request.data)
-            if decompressor is None:
-                if request.data:
-                    await upload.feed(request.data)
-            else:
-                for piece in decompressor.feed(request.data):  # one at a time: the upload's queue paces it
-                    await upload.feed(piece)
-            if request.finish_write:
-                if decompressor:
-                    decompressor.finish()
-                await upload.finish()
-                self.uploads.done(upload)
-                return bs_pb2.WriteResponse(
-                    committed_size=expected_offset if name.compressor else upload.committed
-                )
-            request = await anext(requests, None)
-        # Half-closed without finish_write: report progress; a later Write may resume from here.
-        return bs_pb2.WriteResponse(committed_size=upload.committed)
-
-    @mapped_unary
     async def QueryWriteStatus(
         self, request: bs_pb2.QueryWriteStatusRequest, context: grpc.aio.ServicerContext
     ) -> bs_pb2.QueryWriteStatusResponse:
         name = parse_write_name(request.resource_name)
         if await self._store.contains(name.digest):
             return bs_pb2.QueryWriteStatusResponse(committed_size=name.digest.size, complete=True)
-        upload = self.uploads.get(name)
-        return bs_pb2.QueryWriteStatusResponse(
-            committed_size=upload.committed if upload else 0, complete=False
-        )
+        return bs_pb2.QueryWriteStatusResponse(committed_size=0, complete=False)
+
+
+class _Unfinished(Exception):
+    """The client half-closed its Write stream without finish_write; the store discards what it received."""
+
+
+class _WriteStream:
+    """One Write stream as the chunk iterator of a `store.put`: checks offsets and size, decodes zstd."""
+
+    def __init__(
+        self, name: ResourceName, first: bs_pb2.WriteRequest, requests: AsyncIterator[bs_pb2.WriteRequest]
+    ) -> None:
+        self.received = 0
+        """Bytes of the stream so far (compressed bytes for compressed-blobs)."""
+        self._name = name
+        self._first = first
+        self._requests = requests
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Yield the uncompressed bytes; ends at finish_write, raises `_Unfinished` at a half-close without it.
+
+        Raises:
+            BadRequest: a changed resource name, a wrong write_offset, malformed zstd.
+            IntegrityError: more bytes than the digest's size.
+        """
+        size = self._name.digest.size
+        decompressor = Decompressor(size) if self._name.compressor else None
+        stored = 0
+        request: bs_pb2.WriteRequest | None = self._first
+        while request is not None:
+            if request.resource_name and request.resource_name != self._first.resource_name:
+                raise BadRequest("resource_name changed within one Write stream", request.resource_name)
+            if request.write_offset != self.received:
+                raise BadRequest(f"write_offset {request.write_offset}, expected {self.received}")
+            self.received += len(request.data)
+            # One piece at a time: the store's pace is the stream's pace (a small zstd message may be huge).
+            for piece in decompressor.feed(request.data) if decompressor else (request.data,):
+                stored += len(piece)
+                if stored > size:
+                    raise IntegrityError(
+                        str(self._name.digest), f"more than {size} bytes", what="upload size"
+                    )
+                if piece:
+                    yield piece
+            if request.finish_write:
+                if decompressor:
+                    decompressor.finish()
+                return
+            request = await anext(self._requests, None)
+        raise _Unfinished

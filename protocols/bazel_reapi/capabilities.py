@@ -9,7 +9,7 @@ import grpc
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi._proto import remote_execution_pb2_grpc as re_grpc
 from protocols.bazel_reapi._proto import semver_pb2
-from protocols.bazel_reapi.common import MAX_BATCH_TOTAL_SIZE, ac_namespace, mapped_unary
+from protocols.bazel_reapi.common import MAX_BATCH_TOTAL_SIZE, ac_namespace
 
 __all__ = ["CapabilitiesServicer", "server_capabilities"]
 
@@ -38,7 +38,6 @@ class CapabilitiesServicer(re_grpc.CapabilitiesServicer):
     def __init__(self) -> None:
         self._capabilities = server_capabilities()
 
-    @mapped_unary
     async def GetCapabilities(
         self, request: re_pb2.GetCapabilitiesRequest, context: grpc.aio.ServicerContext
     ) -> re_pb2.ServerCapabilities:

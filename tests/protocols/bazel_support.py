@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 
@@ -17,6 +20,33 @@ from protocols.bazel_reapi import GRPC_SERVER_OPTIONS, add_servicers
 from protocols.bazel_reapi._proto import bytestream_pb2_grpc as bs_grpc
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi._proto import remote_execution_pb2_grpc as re_grpc
+
+T = TypeVar("T")
+
+
+# micd's own server (micd/app.py) takes messages up to 32 MiB: big enough for 100,000 digests in one request.
+DAEMON_OPTIONS = (("grpc.max_receive_message_length", 32 << 20), ("grpc.max_send_message_length", 32 << 20))
+
+
+async def worst_loop_delay(call: Awaitable[T]) -> tuple[T, float]:
+    """Await `call` while a ticker on the same event loop records its worst delay between 5 ms ticks."""
+    worst, running = 0.0, True
+
+    async def ticker() -> None:
+        nonlocal worst
+        last = time.perf_counter()
+        while running:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            worst, last = max(worst, now - last), now
+
+    task = asyncio.create_task(ticker())
+    try:
+        result = await call
+    finally:
+        running = False
+        await task
+    return result, worst
 
 
 def new_store() -> TieredStore:
@@ -40,19 +70,20 @@ class Reapi:
     cas: re_grpc.ContentAddressableStorageStub
     ac: re_grpc.ActionCacheStub
     bytestream: bs_grpc.ByteStreamStub
-    uploads: object
     port: int
 
 
 @asynccontextmanager
-async def reapi_server(store, *, token: str | None = None) -> AsyncIterator[Reapi]:
+async def reapi_server(
+    store, *, token: str | None = None, options=GRPC_SERVER_OPTIONS
+) -> AsyncIterator[Reapi]:
     """Serve `store` over REAPI on 127.0.0.1:<ephemeral>; with `token`, behind micd's TokenInterceptor."""
     interceptors = [TokenInterceptor(token)] if token else []
-    server = grpc.aio.server(options=GRPC_SERVER_OPTIONS, interceptors=interceptors)
-    uploads = add_servicers(server, store)
+    server = grpc.aio.server(options=options, interceptors=interceptors)
+    add_servicers(server, store)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=GRPC_SERVER_OPTIONS)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
     try:
         yield Reapi(
             channel,
@@ -60,10 +91,8 @@ async def reapi_server(store, *, token: str | None = None) -> AsyncIterator[Reap
             re_grpc.ContentAddressableStorageStub(channel),
             re_grpc.ActionCacheStub(channel),
             bs_grpc.ByteStreamStub(channel),
-            uploads,
             port,
         )
     finally:
         await channel.close()
-        uploads.close()
         await server.stop(None)

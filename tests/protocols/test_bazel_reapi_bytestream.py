@@ -12,7 +12,9 @@ from micd.store import Digest
 from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
 from micd.tiers.tiered import TieredStore
+from protocols.bazel_reapi import GRPC_SERVER_OPTIONS, add_servicers
 from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
+from protocols.bazel_reapi._proto import bytestream_pb2_grpc as bs_grpc
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi.bytestream import MAX_READ_CHUNK
 from protocols.bazel_reapi.compression import PIECE, compress_bytes, decompress_bytes
@@ -171,61 +173,128 @@ async def test_existing_blob_returns_early_with_full_committed_size(env):
     assert (await env.bytestream.Write(iter([compressed]))).committed_size == -1
 
 
-async def test_resumable_write_and_query_write_status(env):
+async def test_a_write_ended_without_finish_write_keeps_nothing(env):
+    """A half-close without finish_write ends the upload: committed_size 0 (the spec allows less than was
+    sent), nothing stored, no resume at the old offset; a Write from 0 then stores the blob."""
     data, digest = blob(1 << 20)
-    name = upload_name(digest, uuid="resume-me")
+    name = upload_name(digest, uuid="half")
     half = len(data) // 2
-    first = requests(name, data[:half], finish=False)
-    assert (await env.bytestream.Write(iter(first))).committed_size == half
+    assert (await env.bytestream.Write(iter(requests(name, data[:half], finish=False)))).committed_size == 0
     status = await env.bytestream.QueryWriteStatus(bs_pb2.QueryWriteStatusRequest(resource_name=name))
-    assert (status.committed_size, status.complete) == (half, False)
+    assert (status.committed_size, status.complete) == (0, False)
+    assert not await env.store.contains(digest)
     # one message: a rejected stream should not race the client still sending (grpc reports INTERNAL then)
-    wrong = requests(name, data[half + 1 :], offset=half + 1, chunk=len(data))
-    await expect_code(env.bytestream.Write(iter(wrong)), grpc.StatusCode.INVALID_ARGUMENT)
-    # a resume at the wrong offset is refused without losing what was committed
-    assert (
-        await env.bytestream.QueryWriteStatus(bs_pb2.QueryWriteStatusRequest(resource_name=name))
-    ).committed_size == half
-    rest = requests(name, data[half:], offset=half)
-    rest[0].resource_name = name
-    assert (await env.bytestream.Write(iter(rest))).committed_size == digest.size
+    resume = requests(name, data[half:], offset=half, chunk=len(data))
+    await expect_code(env.bytestream.Write(iter(resume)), grpc.StatusCode.INVALID_ARGUMENT)
+    assert (await env.bytestream.Write(iter(requests(name, data)))).committed_size == digest.size
     status = await env.bytestream.QueryWriteStatus(bs_pb2.QueryWriteStatusRequest(resource_name=name))
     assert (status.committed_size, status.complete) == (digest.size, True)
     assert await env.store.get_bytes(digest) == data
 
 
-async def test_client_cancel_mid_stream_keeps_the_upload_resumable(env):
-    data, digest = blob(2 << 20)
-    name = upload_name(digest, uuid="cancelled")
-    sent = asyncio.Event()
+def _hanging_write(name: str, data: bytes, sent: asyncio.Event):
+    """A Write stream that sends `data` without finish_write, then hangs until the call is cancelled."""
 
     async def gen():
-        for msg in requests(name, data[: 1 << 20], finish=False):
+        for msg in requests(name, data, finish=False):
             yield msg
         sent.set()
-        await asyncio.sleep(30)  # hang until cancelled
+        await asyncio.sleep(30)
 
-    call = env.bytestream.Write(gen())
-    await sent.wait()
-    query = bs_pb2.QueryWriteStatusRequest(resource_name=name)
-    deadline = asyncio.get_running_loop().time() + 15  # bounds for a loaded machine, not expectations
-    while (await env.bytestream.QueryWriteStatus(query)).committed_size != 1 << 20:
-        assert asyncio.get_running_loop().time() < deadline, "the server never consumed the sent chunks"
+    return gen()
+
+
+async def _until(predicate, what: str, timeout: float = 10) -> None:
+    """Poll `predicate` (a bound for a loaded machine, not an expectation)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, what
         await asyncio.sleep(0.02)
-    call.cancel()
-    assert (await env.bytestream.QueryWriteStatus(query)).committed_size == 1 << 20
-    rest = requests(name, data[1 << 20 :], offset=1 << 20)
-    deadline = asyncio.get_running_loop().time() + 15
-    while True:  # ABORTED while the server has not yet noticed the cancelled stream: retry, as Bazel does
+
+
+class ActivePuts:
+    """Forwards to the wrapped store and counts the `put` calls in progress (each holds a reservation)."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.active = 0
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    async def put(self, digest, chunks):
+        self.active += 1
         try:
-            resp = await env.bytestream.Write(iter(rest))
-            break
-        except grpc.aio.AioRpcError as err:
-            assert err.code() == grpc.StatusCode.ABORTED, err.details()
-            assert asyncio.get_running_loop().time() < deadline, "the cancelled upload never let go"
-            await asyncio.sleep(0.02)
-    assert resp.committed_size == digest.size
-    assert await env.store.get_bytes(digest) == data
+            await self._inner.put(digest, chunks)
+        finally:
+            self.active -= 1
+
+
+async def test_a_cancelled_write_releases_its_reservation_at_once(tmp_path):
+    """A client that goes away mid-Write must not keep disk space reserved: with a 3 MiB hard cap, a second
+    2 MiB upload fits as soon as the server has seen the first one cancelled (it was refused StoreFull for
+    600 s). Resuming is not offered: QueryWriteStatus reports 0, and the client starts again from there."""
+    disk = DiskTier(tmp_path / "cache", soft_cap=3 << 20, hard_cap=3 << 20)
+    store = TieredStore(memory=MemoryTier(budget=1 << 20), disk=disk, memory_fill_limit=1 << 20)
+    await store.start()
+    first, first_digest = blob(2 << 20)
+    second, second_digest = blob(2 << 20)
+    try:
+        async with reapi_server(store) as reapi:
+            sent = asyncio.Event()
+            name = upload_name(first_digest, uuid="cancelled")
+            call = reapi.bytestream.Write(_hanging_write(name, first[: 1 << 20], sent))
+            await sent.wait()
+            call.cancel()
+
+            async def second_fits() -> bool:
+                try:
+                    # one message: a refusal must not race the client still sending (grpc says INTERNAL)
+                    one = requests(upload_name(second_digest), second, chunk=len(second))
+                    await reapi.bytestream.Write(iter(one))
+                except grpc.aio.AioRpcError as err:
+                    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+                    return False
+                return True
+
+            await _until(second_fits, "the cancelled upload kept its reservation")
+            assert await store.get_bytes(second_digest) == second
+            query = bs_pb2.QueryWriteStatusRequest(resource_name=name)
+            assert (await reapi.bytestream.QueryWriteStatus(query)).committed_size == 0
+            # (the cap makes room for it by evicting the second blob)
+            restart = await reapi.bytestream.Write(iter(requests(name, first, chunk=len(first))))
+            assert restart.committed_size == first_digest.size
+    finally:
+        await store.close()
+
+
+async def test_server_shutdown_ends_an_upload_in_progress():
+    """Production never closes an uploads registry: stopping the server must end every store write it
+    started (its reservation and temp file go with it)."""
+    store = ActivePuts(new_store())
+    data, digest = blob(2 << 20)
+    sent = asyncio.Event()
+    server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
+    add_servicers(server, store)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = bs_grpc.ByteStreamStub(channel).Write(
+            _hanging_write(upload_name(digest), data[: 1 << 20], sent)
+        )
+        await sent.wait()
+
+        async def put_started() -> bool:
+            return store.active == 1
+
+        await _until(put_started, "the upload never reached the store")
+        await server.stop(None)
+        call.cancel()
+
+    async def put_ended() -> bool:
+        return store.active == 0
+
+    await _until(put_ended, "an upload outlived the server")
 
 
 async def test_compressed_write_and_read(env):
