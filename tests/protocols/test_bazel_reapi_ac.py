@@ -61,7 +61,7 @@ async def test_a_stored_result_that_does_not_parse_is_a_miss(env):
     """A corrupt stored entry is the server's problem, not the request's: NOT_FOUND (Bazel runs the action
     and uploads a fresh result), never UNKNOWN or INVALID_ARGUMENT."""
     _, action = blob()
-    await env.store.put_record("bazel-ac", action_key(action), Record(b"\x0a\x05ab"))
+    await env.store.put_record("bazel-ac", action_key(action.function, action.hex), Record(b"\x0a\x05ab"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await env.ac.GetActionResult(re_pb2.GetActionResultRequest(action_digest=pd(action)))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
