@@ -44,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -367,6 +368,13 @@ def run_phase(cfg: dict, daemon_pid: int, sampler: RssSampler) -> dict:
     return result
 
 
+def memory_tier_mib(daemon) -> float:
+    """The memory tier's bytes after a phase (from /stats): the part of the RSS that is the cache's own budget."""
+    request = urllib.request.Request(f"{daemon.http}/stats", headers={"Authorization": f"Bearer {daemon.token}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)["store"]["memory"]["bytes"] / (1 << 20)
+
+
 def log_problems(log: Path) -> list[str]:
     """The daemon log's warning and error lines (it runs at log level WARNING)."""
     try:
@@ -402,7 +410,8 @@ def report(results: list[dict], header: list[str], problems: list[str]) -> bool:
             f"{r['client_cpu']:>14.1f}"
         )
     for r in results:
-        extra = f"; TCP connections opened {r['opened']}, reused {r['reused']}" if "opened" in r else ""
+        extra = f"; memory tier at its end {r['memory_tier']:.0f} MiB"
+        extra += f"; TCP connections opened {r['opened']}, reused {r['reused']}" if "opened" in r else ""
         print(f"\n{r['kind']}: seeding errors {r['seed_errors']}; load average at its end "
               f"{', '.join(f'{x:.2f}' for x in r['load'])}{extra}")  # fmt: skip
         for kind, n in sorted(r["error_kinds"].items(), key=lambda kv: -kv[1]):
@@ -471,6 +480,7 @@ def main() -> None:
             results.append(run_phase(cfg, daemon.process.pid, sampler))
             if daemon.process.poll() is not None:
                 raise RuntimeError(f"the daemon exited with {daemon.process.returncode} during {cfg['kind']}")
+            results[-1]["memory_tier"] = memory_tier_mib(daemon)
         problems = log_problems(work / "state" / "daemon.log")
     finally:
         if sampler:
