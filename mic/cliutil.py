@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mic.config import MicConfig, load_config
 from mic.errors import BadRequest, ConfigError, Conflict, MicError, NotFound, StoreUnavailable
 from mic.workspace import Workspace
+from micd.config import Config, load_config
 
 if TYPE_CHECKING:
     from mic.objects import Project
@@ -33,7 +33,7 @@ _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect (start-u
 class Env:
     """What a command runs with: its config, whether to print JSON, and lazily opened store/workspace."""
 
-    config: MicConfig
+    config: Config
     as_json: bool
     project_name: str | None = None
     _store: ObjectStore | None = None
@@ -43,7 +43,7 @@ class Env:
         if self._store is None:
             from mic.objectstore import open_store
 
-            self._store = open_store(self.config.store_url, s3_endpoint_url=self.config.s3_endpoint_url)
+            self._store = open_store(self.config.store_url, s3_endpoint_url=self.config.vcs_s3_endpoint_url)
         return self._store
 
     def workspace(self) -> Workspace:
@@ -104,7 +104,7 @@ def command_options(fn: Callable[..., Coroutine[Any, Any, None] | None]) -> Call
     @functools.wraps(fn)
     def wrapper(*args: Any, as_json: bool, store_url: str | None, s3_endpoint_url: str | None, **kwargs: Any) -> None:
         try:
-            config = load_config({"store_url": store_url, "s3_endpoint_url": s3_endpoint_url}, cwd=Path.cwd())
+            config = load_config({"store_url": store_url, "vcs_s3_endpoint_url": s3_endpoint_url}, cwd=Path.cwd())
         except MicError as exc:
             fail(as_json, exc)
             return

@@ -1,6 +1,7 @@
 """`mic daemon run|start|stop|status`, `mic stats` and `mic config show`: the daemon as seen from the CLI.
 
-Arguments only; the work is in `micd.client` (the one way `mic` reaches micd). Every command has `--json`.
+Arguments only; the work is in `micd.client` (the one way `mic` reaches the daemon) and `micd.config` (the
+configuration both halves share). Every command has `--json`.
 """
 
 from __future__ import annotations
@@ -9,18 +10,18 @@ import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import click
 
 import micd.client as client  # noqa: PLR0402  (the layering test rejects `from micd import …`)
+from micd.config import DAEMON_KEYS, Config, ConfigError, load_config
 
 __all__ = ["format_bytes", "register", "stats_rows"]
 
 
 def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    for key in reversed(client.KEYS):
+    for key in reversed(DAEMON_KEYS):
         command = click.option(
             key.flag, key.attr, default=None, metavar="VALUE", help=f"{key.help} [{key.name}, env {key.env}]"
         )(command)
@@ -28,14 +29,14 @@ def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _flags(params: dict[str, Any]) -> dict[str, Any]:
-    attrs = {key.attr for key in client.KEYS}
+    attrs = {key.attr for key in DAEMON_KEYS}
     return {name: value for name, value in params.items() if name in attrs and value is not None}
 
 
-def _load(params: dict[str, Any]) -> client.Config:
+def _load(params: dict[str, Any]) -> Config:
     try:
-        return client.load_config(_flags(params))
-    except client.ConfigError as exc:
+        return load_config(_flags(params))
+    except ConfigError as exc:
         raise click.ClickException(f"configuration error: {exc}") from exc
 
 
@@ -229,7 +230,7 @@ def register(group: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Print {key: {value, source}} as JSON.")
     @_config_options
     def show(as_json: bool, **params: Any) -> None:
-        """Print every effective daemon setting and where its value came from."""
+        """Print every effective setting (daemon and VCS) and where its value came from."""
         config = _load(params)
         rows = config.effective()
         data = {name: {"value": value, "source": source} for name, value, source in rows}
@@ -239,8 +240,4 @@ def register(group: click.Group) -> None:
 
 
 def _show(value: object) -> str:
-    if value is None:
-        return "(unset)"
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
+    return "(unset)" if value is None else str(value)
