@@ -106,7 +106,7 @@ def _parse_switch(value: object) -> bool:
 def _parse_count(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     raise ValueError(f"expected a whole number ≥ 0, got {value!r}")
 
