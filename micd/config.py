@@ -270,7 +270,7 @@ class Config:
         return self.sources.get(attr, "default")
 
     def validate(self) -> Config:
-        """Check cross-key invariants; raise ConfigError naming the keys and their sources."""
+        """Check values and cross-key invariants; raise ConfigError naming the keys and their sources."""
 
         def where(attr: str) -> str:
             return f"{_BY_ATTR[attr].name} (from {self.source(attr)})"
@@ -301,6 +301,7 @@ class Config:
         return self
 
     def _validate_vcs(self, where: Callable[[str], str]) -> None:
+        """The VCS keys: a usable store URL and a finite, positive watcher idle timeout."""
         url = self.store_url
         if not url.startswith(("file://", "s3://")):
             raise ConfigError(f"{where('store_url')} = {url!r} must start with file:// or s3://")
