@@ -2,11 +2,14 @@
 
 The root group loads a command module only when one of its commands runs (click's lazy-group pattern):
 `mic status` and `mic land` never import the daemon client, which keeps every VCS command's start-up short.
+It also hands click's usage errors to `mic.cliutil.fail` when `--json` was given, so that every error under
+`--json` is a JSON object.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import click
 
@@ -33,6 +36,21 @@ class _LazyGroup(click.Group):
         if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
             importlib.import_module(COMMAND_MODULES[cmd_name]).register(self)
         return self.commands.get(cmd_name)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        options = args[: args.index("--")] if "--" in args else args
+        ctx.meta["mic.json"] = "--json" in options
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:  # an unknown command or a subcommand's bad arguments
+            if not ctx.meta.get("mic.json"):
+                raise
+            from mic.cliutil import fail
+
+            fail(True, exc)
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

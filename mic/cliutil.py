@@ -1,7 +1,10 @@
-"""Shared plumbing for mic's VCS commands: common options, config → store → project, output, error mapping.
+"""Shared plumbing for mic's commands: common options, config → store → project, output, and the error path.
 
-Every command gets `--json` (machine output on stdout), `--store` and `--s3-endpoint-url`. Errors are mapped to
-exit codes in exactly one place (`_exit_code`): 1 generic, 2 bad input, 3 conflict, 4 not found / unavailable.
+VCS commands get `--json` (machine output on stdout), `--store` and `--s3-endpoint-url` from `command_options`.
+Every command's errors, the daemon commands' and click's usage errors included, are reported by `fail`:
+without `--json` as one line `mic: error: …` on stderr, with `--json` as one JSON object on stdout,
+`{"error": message, "kind": error class}` (a conflict adds `paths` and `sessions`). Exit codes (`_exit_code`):
+1 the operation failed, 2 usage or configuration error, 3 conflict, 4 not found or store unavailable.
 """
 
 from __future__ import annotations
@@ -12,13 +15,13 @@ import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from mic.config import MicConfig, load_config
 from mic.errors import BadRequest, ConfigError, Conflict, MicError, NotFound, StoreUnavailable
 from mic.workspace import Workspace
+from micd.config import Config, load_config
 
 if TYPE_CHECKING:
     from mic.objects import Project
@@ -33,7 +36,7 @@ _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect (start-u
 class Env:
     """What a command runs with: its config, whether to print JSON, and lazily opened store/workspace."""
 
-    config: MicConfig
+    config: Config
     as_json: bool
     project_name: str | None = None
     _store: ObjectStore | None = None
@@ -43,7 +46,7 @@ class Env:
         if self._store is None:
             from mic.objectstore import open_store
 
-            self._store = open_store(self.config.store_url, s3_endpoint_url=self.config.s3_endpoint_url)
+            self._store = open_store(self.config.store_url, s3_endpoint_url=self.config.vcs_s3_endpoint_url)
         return self._store
 
     def workspace(self) -> Workspace:
@@ -63,25 +66,27 @@ class Env:
             await self._store.close()
 
 
-def _exit_code(exc: MicError) -> int:
+def _exit_code(exc: MicError | click.UsageError) -> int:
     if isinstance(exc, Conflict):
         return 3
     if isinstance(exc, NotFound | StoreUnavailable):
         return 4
-    if isinstance(exc, BadRequest | ConfigError):
+    if isinstance(exc, BadRequest | ConfigError | click.UsageError):
         return 2
     return 1
 
 
-def fail(env_json: bool, exc: MicError) -> None:
-    """Report `exc` (stderr, or a JSON object on stdout with --json) and exit with its code."""
-    if env_json:
-        payload: dict[str, Any] = {"error": str(exc), "kind": type(exc).__name__}
+def fail(as_json: bool, exc: MicError | click.UsageError) -> NoReturn:
+    """Report `exc` (one line on stderr, or with --json one JSON object on stdout) and exit with its code."""
+    message = exc.format_message() if isinstance(exc, click.UsageError) else str(exc)
+    if as_json:
+        kind = "UsageError" if isinstance(exc, click.UsageError) else type(exc).__name__  # not click's subclasses
+        payload: dict[str, Any] = {"error": message, "kind": kind}
         if isinstance(exc, Conflict):
             payload.update(paths=list(exc.paths), sessions=list(exc.sessions))
         click.echo(json.dumps(payload))
     else:
-        click.echo(f"mic: error: {exc}", err=True)
+        click.echo(f"mic: error: {message}", err=True)
     sys.exit(_exit_code(exc))
 
 
@@ -104,10 +109,9 @@ def command_options(fn: Callable[..., Coroutine[Any, Any, None] | None]) -> Call
     @functools.wraps(fn)
     def wrapper(*args: Any, as_json: bool, store_url: str | None, s3_endpoint_url: str | None, **kwargs: Any) -> None:
         try:
-            config = load_config({"store_url": store_url, "s3_endpoint_url": s3_endpoint_url}, cwd=Path.cwd())
+            config = load_config({"store_url": store_url, "vcs_s3_endpoint_url": s3_endpoint_url}, cwd=Path.cwd())
         except MicError as exc:
             fail(as_json, exc)
-            return
         env = Env(config, as_json, kwargs.pop("project", None))
         if not fn.__code__.co_flags & _CO_COROUTINE:  # store-free commands skip the event loop entirely
             try:

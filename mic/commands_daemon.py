@@ -1,51 +1,50 @@
 """`mic daemon run|start|stop|status`, `mic stats` and `mic config show`: the daemon as seen from the CLI.
 
-Arguments only; the work is in `micd.client` (the one way `mic` reaches micd). Every command has `--json`.
+Arguments only; the work is in `micd.client` (the one way `mic` reaches the daemon) and `micd.config` (the
+configuration both halves share). Every command has `--json`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 import micd.client as client  # noqa: PLR0402  (the layering test rejects `from micd import …`)
+from mic.cliutil import fail
+from mic.errors import MicError
+from micd.config import DAEMON_KEYS, load_config
 
 __all__ = ["format_bytes", "register", "stats_rows"]
 
 
-def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    for key in reversed(client.KEYS):
-        command = click.option(
-            key.flag, key.attr, default=None, metavar="VALUE", help=f"{key.help} [{key.name}, env {key.env}]"
-        )(command)
-    return command
+def _options(json_help: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Add `--json` and one option per daemon key; send every MicError through mic's one error path."""
+
+    def decorate(fn: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(fn)
+        def reported(*args: Any, as_json: bool, **params: Any) -> None:
+            try:
+                fn(*args, as_json=as_json, **params)
+            except MicError as exc:
+                fail(as_json, exc)
+
+        command: Callable[..., None] = reported
+        for key in reversed(DAEMON_KEYS):
+            help_text = f"{key.help} [{key.name}, env {key.env}]"
+            command = click.option(key.flag, key.attr, default=None, metavar="VALUE", help=help_text)(command)
+        return click.option("--json", "as_json", is_flag=True, help=json_help)(command)
+
+    return decorate
 
 
 def _flags(params: dict[str, Any]) -> dict[str, Any]:
-    attrs = {key.attr for key in client.KEYS}
+    attrs = {key.attr for key in DAEMON_KEYS}
     return {name: value for name, value in params.items() if name in attrs and value is not None}
-
-
-def _load(params: dict[str, Any]) -> client.Config:
-    try:
-        return client.load_config(_flags(params))
-    except client.ConfigError as exc:
-        raise click.ClickException(f"configuration error: {exc}") from exc
-
-
-@contextlib.contextmanager
-def _daemon_errors() -> Iterator[None]:
-    """Report a failed daemon call as a one-line error (exit status 1) rather than a traceback."""
-    try:
-        yield
-    except client.DaemonError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 def _emit(data: dict[str, Any], as_json: bool, text: str) -> None:
@@ -159,43 +158,37 @@ def register(group: click.Group) -> None:
         """Run, start, stop and inspect this session's micd."""
 
     @daemon.command("run")
-    @click.option("--json", "as_json", is_flag=True, help="Print the endpoints as JSON.")
-    @_config_options
+    @_options("Print the endpoints as JSON.")
     def run(as_json: bool, **params: Any) -> None:
         """Run the daemon in the foreground (prints its endpoints; Ctrl-C stops it)."""
-        _load(params)  # report configuration errors before replacing this process
+        load_config(_flags(params))  # report configuration errors before replacing this process
         client.run_foreground(_flags(params), as_json=as_json)
 
     @daemon.command("start")
-    @click.option("--json", "as_json", is_flag=True, help="Print the endpoints as JSON.")
     @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the daemon.")
-    @_config_options
+    @_options("Print the endpoints as JSON.")
     def start(as_json: bool, timeout: float, **params: Any) -> None:
         """Start the daemon in the background unless one already serves this session."""
-        config = _load(params)
-        with _daemon_errors():
-            info, started = client.start_daemon(config, _flags(params), timeout=timeout)
+        config = load_config(_flags(params))
+        info, started = client.start_daemon(config, _flags(params), timeout=timeout)
         head = "started" if started else "already running"
         _emit({**info.as_dict(), "started": started}, as_json, f"{head}: {_describe(info)}")
 
     @daemon.command("stop")
-    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for draining and exit.")
-    @_config_options
+    @_options("Print the result as JSON.")
     def stop(as_json: bool, timeout: float, **params: Any) -> None:
         """Stop the daemon (SIGTERM: it drains the S3 upload queue first) and wait for it to exit."""
-        config = _load(params)
-        with _daemon_errors():
-            pid = client.stop_daemon(config, timeout=timeout)
+        config = load_config(_flags(params))
+        pid = client.stop_daemon(config, timeout=timeout)
         text = f"stopped micd pid {pid}" if pid else f"no daemon was running for {config.state_dir}"
         _emit({"stopped": pid is not None, "pid": pid}, as_json, text)
 
     @daemon.command("status")
-    @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-    @_config_options
+    @_options("Print the status as JSON.")
     def status(as_json: bool, **params: Any) -> None:
         """Print pid, endpoints and uptime; exit status 1 if no daemon is running."""
-        config = _load(params)
+        config = load_config(_flags(params))
         info = client.find_running(config)
         if info is None:
             _emit(
@@ -207,13 +200,10 @@ def register(group: click.Group) -> None:
         _emit({"running": True, **info.as_dict()}, as_json, _describe(info))
 
     @group.command("stats")
-    @click.option("--json", "as_json", is_flag=True, help="Print the raw statistics as JSON.")
-    @_config_options
+    @_options("Print the raw statistics as JSON.")
     def stats(as_json: bool, **params: Any) -> None:
         """Hits, misses, bytes and hit ratio per tool and tier; tier sizes, upload queue and S3 state."""
-        config = _load(params)
-        with _daemon_errors():
-            data = client.fetch_json(config, "/stats")
+        data = client.fetch_json(load_config(_flags(params)), "/stats")
         if as_json:
             data["rows"] = stats_rows(data)
         _emit(data, as_json, _stats_table(data))
@@ -226,12 +216,10 @@ def register(group: click.Group) -> None:
             """Inspect the effective configuration."""
 
     @config_group.command("show")
-    @click.option("--json", "as_json", is_flag=True, help="Print {key: {value, source}} as JSON.")
-    @_config_options
+    @_options("Print {key: {value, source}} as JSON.")
     def show(as_json: bool, **params: Any) -> None:
-        """Print every effective daemon setting and where its value came from."""
-        config = _load(params)
-        rows = config.effective()
+        """Print every effective setting (daemon and VCS) and where its value came from."""
+        rows = load_config(_flags(params)).effective()
         data = {name: {"value": value, "source": source} for name, value, source in rows}
         width = max(len(name) for name, _, _ in rows)
         text = "\n".join(f"{name:<{width}}  {_show(value):<40}  ({source})" for name, value, source in rows)
@@ -239,8 +227,4 @@ def register(group: click.Group) -> None:
 
 
 def _show(value: object) -> str:
-    if value is None:
-        return "(unset)"
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
+    return "(unset)" if value is None else str(value)

@@ -84,7 +84,7 @@ async def init(env: Env, name: str | None) -> None:
     await _create_project(env, name)
     Workspace.create(
         root, WorkspaceState(name, 0, EMPTY_ROOT.hex()), store_url=env.config.store_url,
-        s3_endpoint_url=env.config.s3_endpoint_url,
+        s3_endpoint_url=env.config.vcs_s3_endpoint_url,
     )
     emit(env, {"project": name, "workspace": str(root), "store": env.config.store_url},
          f"created project {name} with its workspace in {root}\nnext: mic land \"why these files\"")
@@ -105,7 +105,7 @@ async def checkout_cmd(env: Env, project_name: str, directory: Path | None, at: 
     skipped: list[str] = []
     ws = await checkout(
         Project(env.store, project), root, store_url=env.config.store_url,
-        s3_endpoint_url=env.config.s3_endpoint_url, position=resolve_position(at), skipped=skipped,
+        s3_endpoint_url=env.config.vcs_s3_endpoint_url, position=resolve_position(at), skipped=skipped,
     )
     files = len(ws.index.entries)
     emit(env, {"project": project, "workspace": str(root), "position": ws.state.base, "files": files,

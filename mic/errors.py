@@ -5,7 +5,7 @@ Every error a user can trigger is a `MicError`; the CLI maps them to exit codes 
 
 from __future__ import annotations
 
-from micd.errors import BadRequest, Conflict, FormatError, IntegrityError, MicError, NotFound
+from micd.errors import BadRequest, ConfigError, Conflict, FormatError, IntegrityError, MicError, NotFound
 
 __all__ = [
     "BadRequest",
@@ -33,10 +33,6 @@ class PreconditionFailed(MicError):
 
 class StoreUnavailable(MicError):
     """The object store cannot be reached or used; the message says exactly what to set or create."""
-
-
-class ConfigError(MicError):
-    """A configuration value is invalid; the message names the key and where its value came from."""
 
 
 class WorkspaceError(MicError):

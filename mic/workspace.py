@@ -1,7 +1,7 @@
 """A mic workspace: a directory with `.mic/` holding its project, base position, active session and stat cache.
 
 Files in `.mic/`: `state.json` (project, base position and tree, active session, last HLC, unmerged paths), `config.toml` (the
-store this workspace came from, read by `mic.config` as part of the workspace layer) and `index` (the stat cache,
+store this workspace came from, read by `micd.config` as part of the workspace layer) and `index` (the stat cache,
 see `mic.statcache`). State is written with temp + rename, so a killed command leaves the old or the new state.
 
 Two mic commands may run in one workspace at once (an agent's `mic session note` during its `mic land`). Each

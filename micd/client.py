@@ -19,20 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from micd.config import KEYS, Config, ConfigError, Key, load_config
+from micd.config import KEYS, Config
 from micd.errors import MicError
 from micd.statedir import StatePaths, hold_lock, is_alive, read_pid
 
 __all__ = [
-    "KEYS",
-    "Config",
-    "ConfigError",
     "DaemonError",
     "DaemonInfo",
-    "Key",
     "fetch_json",
     "find_running",
-    "load_config",
     "run_foreground",
     "start_daemon",
     "stop_daemon",

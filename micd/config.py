@@ -1,20 +1,30 @@
-"""micd configuration: one frozen dataclass, one loader, one `validate()`.
+"""The one configuration of mic and micd: typed keys, one loader, one `validate()`.
 
-Precedence, highest first: CLI flags > `MIC_*` environment variables > workspace `mic.toml` (found by walking
-up from the working directory) > user config `$XDG_CONFIG_HOME/mic/config.toml` > defaults. Every effective
-value remembers where it came from, so `mic config show` and validation errors can name the source.
+Precedence, highest first: CLI flags > `MIC_*` environment variables > the workspace's `mic.toml`, then its
+`.mic/config.toml` (written by `mic init`/`mic checkout`) > user config `$XDG_CONFIG_HOME/mic/config.toml` >
+defaults. Every effective value remembers where it came from, so `mic config show` and validation errors can
+name the source.
+
+The workspace is the nearest directory at or above the working directory that holds `mic.toml` or `.mic/`
+(with neither anywhere, the working directory). It is a VCS checkout (`workspace_root`) when it holds `.mic/`.
 
 TOML layout (all keys optional)::
 
     [store]  dir, memory_budget, disk_soft_cap, disk_hard_cap   # sizes: 1073741824, "512MiB", "10GiB"
     [s3]     bucket, prefix, endpoint_url, region               # S3 is off when no bucket is set
     [daemon] state_dir, session, idle_timeout, drain_timeout, log_level   # durations: 600, "30s", "10m", "2h"
+    [vcs]    store_url, s3_endpoint_url, watch, watch_min_files, watch_idle_timeout, debug_kill_at
+    [tools.bazel] instance_name                                 # written into the generated bazelrc
+
+`vcs.store_url` is the VCS object store (`file:///dir` or `s3://bucket/prefix`); `vcs.watch` ("on"/"off")
+with `watch_min_files` and `watch_idle_timeout` control the file watcher; `MIC_DEBUG_KILL_AT` is a test hook
+(the lander SIGKILLs itself at the named step). `MIC_S3_ENDPOINT_URL` sets both `s3.endpoint_url` and
+`vcs.s3_endpoint_url`.
 
 The session (and so the state dir) is, in order: `daemon.session` from any layer, the mic session active in
 the workspace (`.mic/state.json`), else a stable id derived from the workspace path (one per workspace).
 
-This module and `mic/config.py` are the only places that read `os.environ`; everything else receives values
-as explicit arguments.
+This is the only module that reads `os.environ`; everything else receives values as explicit arguments.
 """
 
 from __future__ import annotations
@@ -29,9 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from micd.errors import MicError
+from micd.errors import ConfigError
 
 __all__ = [
+    "DAEMON_KEYS",
     "KEYS",
     "Config",
     "ConfigError",
@@ -47,10 +58,6 @@ _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*", re.IGNORECASE)
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SECONDS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-class ConfigError(MicError):
-    """A configuration value is malformed or inconsistent; the message names the key and its source."""
 
 
 def parse_size(value: object) -> int:
@@ -88,6 +95,22 @@ def _parse_str(value: object) -> str:
     return value
 
 
+def _parse_switch(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("on", "off"):
+        return value.lower() == "on"
+    raise ValueError(f"expected on or off, got {value!r}")
+
+
+def _parse_count(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    raise ValueError(f"expected a whole number ≥ 0, got {value!r}")
+
+
 def _parse_level(value: object) -> str:
     level = _parse_str(value).upper()
     if level not in LOG_LEVELS:
@@ -105,11 +128,12 @@ class Key:
     parse: Callable[[object], Any]
     help: str
     is_path: bool = False
+    cli_flag: str = ""
 
     @property
     def flag(self) -> str:
-        """The command-line option, e.g. `--memory-budget`."""
-        return "--" + self.attr.replace("_", "-")
+        """The command-line option: `cli_flag` if set, else from the attribute, e.g. `--memory-budget`."""
+        return self.cli_flag or "--" + self.attr.replace("_", "-")
 
 
 KEYS: tuple[Key, ...] = (
@@ -150,15 +174,67 @@ KEYS: tuple[Key, ...] = (
         "daemon.drain_timeout", "drain_timeout", "MIC_DRAIN_TIMEOUT", parse_duration, "S3 drain bound at stop"
     ),
     Key("daemon.log_level", "log_level", "MIC_LOG_LEVEL", _parse_level, "daemon log level"),
+    Key(
+        "vcs.store_url",
+        "store_url",
+        "MIC_STORE_URL",
+        _parse_str,
+        "VCS object store: file:///dir or s3://bucket/prefix",
+        cli_flag="--store",
+    ),
+    Key(
+        "vcs.s3_endpoint_url",
+        "vcs_s3_endpoint_url",
+        "MIC_S3_ENDPOINT_URL",
+        _parse_str,
+        "S3-compatible endpoint URL of the VCS store",
+        cli_flag="--s3-endpoint-url",
+    ),
+    Key("vcs.watch", "watch", "MIC_WATCH", _parse_switch, "file watcher for large workspaces: on or off"),
+    Key(
+        "vcs.watch_min_files",
+        "watch_min_files",
+        "MIC_WATCH_MIN_FILES",
+        _parse_count,
+        "start a watcher only for workspaces with this many files",
+    ),
+    Key(
+        "vcs.watch_idle_timeout",
+        "watch_idle_timeout",
+        "MIC_WATCH_IDLE_TIMEOUT",
+        parse_duration,
+        "a watcher exits after this long without a request",
+    ),
+    Key(
+        "vcs.debug_kill_at",
+        "debug_kill_at",
+        "MIC_DEBUG_KILL_AT",
+        _parse_str,
+        "test hook: the lander kills itself at this step",
+    ),
+    Key(
+        "tools.bazel.instance_name",
+        "bazel_instance_name",
+        "MIC_BAZEL_INSTANCE_NAME",
+        _parse_str,
+        "REAPI instance name written into the bazelrc",
+    ),
 )
+DAEMON_KEYS = tuple(key for key in KEYS if not key.name.startswith("vcs."))
+"""The keys the daemon uses: `mic daemon …`, `mic stats`, `mic config show` and `micd` take them as flags."""
 _BY_NAME = {key.name: key for key in KEYS}
 _BY_ATTR = {key.attr: key for key in KEYS}
-_SECTIONS = {"store", "s3", "daemon"}
+_SECTIONS = {"store", "s3", "daemon", "vcs", "tools"}
+_S3_URL = re.compile(r"s3://[^/\s]+(/.*)?")
+_HTTP_URL = re.compile(r"https?://[^/\s]+")
 
 
 @dataclass(frozen=True)
 class Config:
-    """Effective daemon configuration. `sources[attr]` says where each value came from."""
+    """Effective configuration of both halves. `sources[attr]` says where each value came from.
+
+    `workspace_root` is the workspace when it is a VCS checkout (holds `.mic/`), else None.
+    """
 
     cache_dir: Path
     memory_budget: int
@@ -173,7 +249,15 @@ class Config:
     idle_timeout: float
     drain_timeout: float
     log_level: str
+    store_url: str
+    vcs_s3_endpoint_url: str | None
+    watch: bool
+    watch_min_files: int
+    watch_idle_timeout: float
+    debug_kill_at: str | None
+    bazel_instance_name: str
     workspace: Path
+    workspace_root: Path | None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -186,7 +270,7 @@ class Config:
         return self.sources.get(attr, "default")
 
     def validate(self) -> Config:
-        """Check cross-key invariants; raise ConfigError naming the keys and their sources."""
+        """Check values and cross-key invariants; raise ConfigError naming the keys and their sources."""
 
         def where(attr: str) -> str:
             return f"{_BY_ATTR[attr].name} (from {self.source(attr)})"
@@ -198,17 +282,37 @@ class Config:
             )
         if self.disk_soft_cap == 0:
             raise ConfigError(f"{where('disk_soft_cap')} must be > 0 (the disk tier is always on)")
-        if self.s3_endpoint_url and not re.match(r"https?://[^/\s]+", self.s3_endpoint_url):
-            raise ConfigError(
-                f"{where('s3_endpoint_url')} must be an http:// or https:// URL, got {self.s3_endpoint_url!r}"
-            )
+        for attr in ("s3_endpoint_url", "vcs_s3_endpoint_url"):
+            url = getattr(self, attr)
+            if url and not _HTTP_URL.match(url):
+                raise ConfigError(f"{where(attr)} must be an http:// or https:// URL, got {url!r}")
         if self.s3_bucket is not None and not re.fullmatch(
             r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", self.s3_bucket
         ):
             raise ConfigError(f"{where('s3_bucket')} is not a valid bucket name: {self.s3_bucket!r}")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", self.session):
             raise ConfigError(f"{where('session')} must be letters, digits, '_', '.', '-': {self.session!r}")
+        self._validate_vcs(where)
+        if not re.fullmatch(r"([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?", self.bazel_instance_name):
+            raise ConfigError(
+                f"{where('bazel_instance_name')} must be '/'-separated letters, digits, '_', '.', '-': "
+                f"{self.bazel_instance_name!r}"
+            )
         return self
+
+    def _validate_vcs(self, where: Callable[[str], str]) -> None:
+        """The VCS keys: a usable store URL and a finite, positive watcher idle timeout."""
+        url = self.store_url
+        if not url.startswith(("file://", "s3://")):
+            raise ConfigError(f"{where('store_url')} = {url!r} must start with file:// or s3://")
+        if url.startswith("s3://") and not _S3_URL.fullmatch(url):
+            raise ConfigError(
+                f"{where('store_url')} = {url!r} names no bucket: use s3://BUCKET/optional/prefix"
+            )
+        if url.startswith("file://") and not url.startswith(("file:///", "file://localhost/")):
+            raise ConfigError(f"{where('store_url')} = {url!r} must be an absolute file:///path")
+        if not 0 < self.watch_idle_timeout < float("inf"):
+            raise ConfigError(f"{where('watch_idle_timeout')} must be a positive number of seconds")
 
     def effective(self) -> list[tuple[str, object, str]]:
         """(key name, value, source) for every key, in table order: what `mic config show` prints."""
@@ -220,18 +324,12 @@ class Config:
         return rows
 
 
-def find_workspace(cwd: Path) -> tuple[Path, Path | None]:
-    """Walk up from `cwd` to the first dir holding `mic.toml` or `.mic/`; (workspace, mic.toml or None).
-
-    With no marker anywhere, the workspace is `cwd` itself.
-    """
+def find_workspace(cwd: Path) -> Path:
+    """Return the nearest directory at or above `cwd` holding `mic.toml` or `.mic/`; with neither, `cwd`."""
     for directory in (cwd, *cwd.parents):
-        toml_path = directory / "mic.toml"
-        if toml_path.is_file():
-            return directory, toml_path
-        if (directory / ".mic").is_dir():
-            return directory, None
-    return cwd, None
+        if (directory / "mic.toml").is_file() or (directory / ".mic").is_dir():
+            return directory
+    return cwd
 
 
 def _active_session(workspace: Path) -> tuple[str | None, str]:
@@ -244,8 +342,22 @@ def _active_session(workspace: Path) -> tuple[str | None, str]:
     return (session, f"active session in {state}") if isinstance(session, str) and session else (None, "")
 
 
+def _flatten(table: dict[str, Any], prefix: str, path: Path) -> dict[str, tuple[object, str]]:
+    """{dotted key name: (value, source)} for every value under `table`; subtables ([tools.bazel]) recurse."""
+    found: dict[str, tuple[object, str]] = {}
+    for name, value in table.items():
+        full = f"{prefix}.{name}"
+        if isinstance(value, dict):
+            found.update(_flatten(value, full, path))
+        elif full in _BY_NAME:
+            found[full] = (value, str(path))
+        else:
+            raise ConfigError(f"{path}: unknown key {full} (known: {', '.join(sorted(_BY_NAME))})")
+    return found
+
+
 def _read_toml(path: Path) -> dict[str, tuple[object, str]]:
-    """Flatten the known sections of a TOML file into {key name: (value, source)}."""
+    """Flatten the known sections of a TOML file into {key name: (value, source)}; other tables are ignored."""
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
@@ -254,16 +366,24 @@ def _read_toml(path: Path) -> dict[str, tuple[object, str]]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
     found: dict[str, tuple[object, str]] = {}
-    for section in _SECTIONS & data.keys():
-        table = data[section]
-        if not isinstance(table, dict):
+    for section in sorted(_SECTIONS & data.keys()):
+        if not isinstance(data[section], dict):
             raise ConfigError(f"{path}: [{section}] must be a table")
-        for name, value in table.items():
-            full = f"{section}.{name}"
-            if full not in _BY_NAME:
-                raise ConfigError(f"{path}: unknown key {full} (known: {', '.join(sorted(_BY_NAME))})")
-            found[full] = (value, str(path))
+        found.update(_flatten(data[section], section, path))
     return found
+
+
+def _layers(
+    flags: Mapping[str, object], env: Mapping[str, str], config_home: Path, workspace: Path
+) -> list[dict[str, tuple[object, str]]]:
+    """Every layer as {key name: (raw value, source)}, lowest precedence first."""
+    files = (config_home / "mic" / "config.toml", workspace / ".mic" / "config.toml", workspace / "mic.toml")
+    layers = [_read_toml(path) for path in files if path.is_file()]
+    layers.append({k.name: (env[k.env], f"env {k.env}") for k in KEYS if env.get(k.env, "") != ""})
+    layers.append(
+        {_BY_ATTR[a].name: (v, f"flag {_BY_ATTR[a].flag}") for a, v in flags.items() if v is not None}
+    )
+    return layers
 
 
 def load_config(
@@ -276,7 +396,7 @@ def load_config(
 
     Args:
         flags: command-line values keyed by attribute (`memory_budget`); None values are ignored.
-        cwd: where to start looking for the workspace `mic.toml` (default: the process cwd).
+        cwd: where to start looking for the workspace (default: the process cwd).
         env: the environment (default: `os.environ`).
 
     Raises:
@@ -286,23 +406,12 @@ def load_config(
     env = os.environ if env is None else env
     cwd = (cwd or Path.cwd()).resolve()
     home = Path(env.get("HOME") or Path.home())
-    config_home = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
-    workspace, workspace_toml = find_workspace(cwd)
-
-    layers: list[dict[str, tuple[object, str]]] = []
-    user_toml = config_home / "mic" / "config.toml"
-    if user_toml.is_file():
-        layers.append(_read_toml(user_toml))
-    if workspace_toml is not None:
-        layers.append(_read_toml(workspace_toml))
-    layers.append({k.name: (env[k.env], f"env {k.env}") for k in KEYS if env.get(k.env, "") != ""})
-    layers.append(
-        {_BY_ATTR[a].name: (v, f"flag {_BY_ATTR[a].flag}") for a, v in (flags or {}).items() if v is not None}
-    )
+    workspace = find_workspace(cwd)
 
     values: dict[str, object] = {}
-    sources: dict[str, str] = {"workspace": "found from cwd" if workspace != cwd or workspace_toml else "cwd"}
-    for layer in layers:  # lowest precedence first; later layers overwrite
+    sources: dict[str, str] = {"workspace": "found from cwd" if workspace != cwd else "cwd"}
+    config_home = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
+    for layer in _layers(flags or {}, env, config_home, workspace):  # later layers overwrite
         for name, (raw, source) in layer.items():
             key = _BY_NAME[name]
             try:
@@ -315,15 +424,26 @@ def load_config(
             values[key.attr] = value
             sources[key.attr] = source
 
-    cache_home = Path(env.get("XDG_CACHE_HOME") or home / ".cache")
-    state_home = Path(env.get("XDG_STATE_HOME") or home / ".local" / "state")
     session = values.get("session")
     if session is None:
         session, sources["session"] = _active_session(workspace)
     if session is None:
         session = "ws-" + hashlib.sha256(str(workspace).encode()).hexdigest()[:16]
         sources["session"] = f"derived from workspace {workspace}"
-    defaults: dict[str, object] = {
+    merged = {**_defaults(env, home, str(session)), **values, "session": session}
+    for attr in ("s3_bucket", "s3_endpoint_url", "s3_region", "vcs_s3_endpoint_url", "debug_kill_at"):
+        merged[attr] = merged[attr] or None
+    workspace_root = workspace if (workspace / ".mic").is_dir() else None
+    config = Config(workspace=workspace, workspace_root=workspace_root, sources=sources, **merged)  # type: ignore[arg-type]
+    return config.validate()
+
+
+def _defaults(env: Mapping[str, str], home: Path, session: str) -> dict[str, object]:
+    """Every key's default; the directories follow the XDG base-directory variables."""
+    cache_home = Path(env.get("XDG_CACHE_HOME") or home / ".cache")
+    state_home = Path(env.get("XDG_STATE_HOME") or home / ".local" / "state")
+    data_home = Path(env.get("XDG_DATA_HOME") or home / ".local" / "share")
+    return {
         "cache_dir": cache_home / "mic" / "store",
         "memory_budget": 256 << 20,
         "disk_soft_cap": 20 << 30,
@@ -336,8 +456,11 @@ def load_config(
         "idle_timeout": 3600.0,
         "drain_timeout": 10.0,
         "log_level": "INFO",
+        "store_url": f"file://{data_home / 'mic' / 'projects'}",
+        "vcs_s3_endpoint_url": None,
+        "watch": True,
+        "watch_min_files": 10_000,
+        "watch_idle_timeout": 1800.0,
+        "debug_kill_at": None,
+        "bazel_instance_name": "",
     }
-    merged = {**defaults, **values, "session": session}
-    for attr in ("s3_bucket", "s3_endpoint_url", "s3_region"):
-        merged[attr] = merged[attr] or None
-    return Config(workspace=workspace, sources=sources, **merged).validate()  # type: ignore[arg-type]

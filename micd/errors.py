@@ -7,6 +7,7 @@ from __future__ import annotations
 
 __all__ = [
     "BadRequest",
+    "ConfigError",
     "Conflict",
     "FormatError",
     "IntegrityError",
@@ -29,6 +30,10 @@ class BadRequest(MicError):
         self.what = what
         self.value = value
         super().__init__(what if value is None else f"{what}: {value!r}")
+
+
+class ConfigError(MicError):
+    """A configuration value is malformed or inconsistent; the message names the key and its source."""
 
 
 class Unauthorized(MicError):

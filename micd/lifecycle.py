@@ -222,7 +222,12 @@ async def serve(config: Config, paths: StatePaths, *, on_ready: Callable[[dict[s
         }
         # bazelrc before ports.json: whoever sees ports.json (the readiness signal) finds the bazelrc too.
         await asyncio.to_thread(
-            write_bazelrc, paths.root, grpc_port=grpc_port, http_port=http_port, token=token
+            write_bazelrc,
+            paths.root,
+            grpc_port=grpc_port,
+            http_port=http_port,
+            token=token,
+            instance_name=config.bazel_instance_name,
         )
         await asyncio.to_thread(write_json_atomic, paths.ports, info)
         log.info("serving http on %s and grpc on %s (pid %d)", info["http"], info["grpc"], os.getpid())

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from micd.config import KEYS, ConfigError, load_config
+from micd.config import DAEMON_KEYS, ConfigError, load_config
 from micd.lifecycle import AlreadyRunning, run_daemon
 
 __all__ = ["config_options", "main"]
@@ -24,7 +24,7 @@ EXIT_ALREADY_RUNNING = 3  # mirrored in micd.client: the starter waits for the d
 
 def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add one `--<key>` option per configuration key (the highest-precedence layer)."""
-    for key in reversed(KEYS):
+    for key in reversed(DAEMON_KEYS):
         command = click.option(
             key.flag, key.attr, default=None, metavar="VALUE", help=f"{key.help} [{key.name}, env {key.env}]"
         )(command)
@@ -33,7 +33,7 @@ def config_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def flags_from(params: dict[str, Any]) -> dict[str, Any]:
     """Return the configuration flags the user actually gave."""
-    attrs = {key.attr for key in KEYS}
+    attrs = {key.attr for key in DAEMON_KEYS}
     return {name: value for name, value in params.items() if name in attrs and value is not None}
 
 

@@ -36,10 +36,14 @@ def bazelrc_text(*, grpc_port: int, http_port: int, token: str, instance_name: s
     return "\n".join(lines) + "\n"
 
 
-def write_bazelrc(state_dir: Path, *, grpc_port: int, http_port: int, token: str) -> Path:
-    """Write `<state_dir>/bazelrc` and return its path."""
+def write_bazelrc(
+    state_dir: Path, *, grpc_port: int, http_port: int, token: str, instance_name: str = ""
+) -> Path:
+    """Write `<state_dir>/bazelrc` (with `instance_name`, the `tools.bazel.instance_name` setting) and return
+    its path."""
     path = Path(state_dir) / BAZELRC
-    write_atomic(path, bazelrc_text(grpc_port=grpc_port, http_port=http_port, token=token))
+    text = bazelrc_text(grpc_port=grpc_port, http_port=http_port, token=token, instance_name=instance_name)
+    write_atomic(path, text)
     return path
 
 

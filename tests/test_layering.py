@@ -1,7 +1,8 @@
 """The architecture, enforced: import direction between layers and where the environment may be read.
 
 protocols -> micd core -> micd/tiers; only micd/app.py imports protocols; mic reaches micd only through
-micd.client (and the shared micd.errors); os.environ is read only in the two config modules.
+micd.client and the two modules both halves share: micd.errors (one error hierarchy) and micd.config (one
+configuration; it imports nothing of micd but micd.errors). os.environ is read only in micd/config.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("mic", "micd", "protocols")
-ENV_READERS = {"mic/config.py", "micd/config.py"}
+ENV_READERS = {"micd/config.py"}
+# What mic may import from micd: the client, and the error hierarchy and configuration both halves share.
+MIC_MAY_IMPORT = ("micd.client", "micd.errors", "micd.config")
 # micd modules that may know about processes, files of the session and the CLI-facing client.
 MICD_EDGE = {"micd.app", "micd.lifecycle", "micd.main", "micd.client", "micd.config", "micd.toolconfig"}
 
@@ -62,7 +65,9 @@ def _violations(module: str, imports: set[str]) -> list[str]:
             bad.append(f"{module} imports {name}: protocols talk to the micd.store contract only")
         if top == "protocols" and name in MICD_EDGE - {"micd.toolconfig"}:
             bad.append(f"{module} imports {name}: protocols must not reach the daemon's edges")
-        if top == "mic" and name.startswith("micd") and not name.startswith(("micd.client", "micd.errors")):
+        if module == "micd.config" and name.startswith("micd") and not name.startswith("micd.errors"):
+            bad.append(f"{module} imports {name}: mic imports the config, so it depends on micd.errors only")
+        if top == "mic" and name.startswith("micd") and not name.startswith(MIC_MAY_IMPORT):
             bad.append(f"{module} imports {name}: mic reaches micd only through micd.client")
     return bad
 
@@ -95,3 +100,6 @@ def test_checker_catches_violations() -> None:
     assert _violations("mic.landing", {"micd.tiers.memory"})
     assert not _violations("micd.app", {"protocols.bazel_http"})
     assert not _violations("mic.commands_daemon", {"micd.client"})
+    assert not _violations("mic.cliutil", {"micd.config"})
+    assert _violations("mic.cliutil", {"micd.lifecycle"})
+    assert _violations("micd.config", {"micd.statedir"})

@@ -14,7 +14,7 @@ paths dirtied after the client's token: a file path, a directory prefix ending i
 Before answering, the watcher creates a cookie file `.mic/cookies/N` and answers only once it has read that file's
 own creation event: every change made before the request was queued before the cookie, so it is in the answer.
 
-Settings (`mic.config`): `vcs.watch` ("off" disables it), `vcs.watch_min_files` (smaller workspaces get no
+Settings (`micd.config`): `vcs.watch` ("off" disables it), `vcs.watch_min_files` (smaller workspaces get no
 watcher: a full scan is cheap there), `vcs.watch_idle_timeout`. Limits, shared with git's fsmonitor: inotify does
 not report writes through a shared `mmap`, nor writes to a hard-linked file made through a path outside the
 workspace; where those matter, `vcs.watch = "off"` gives the stat scan alone.

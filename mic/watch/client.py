@@ -20,7 +20,7 @@ from mic.statcache import Index, ScanResult, Token, scan, scan_paths
 from mic.watch import FULL, LOG, SOCKET
 
 if TYPE_CHECKING:
-    from mic.config import MicConfig
+    from micd.config import Config
 
 __all__ = ["WatchSettings", "ask", "scan_workspace", "start"]
 
@@ -38,9 +38,8 @@ class WatchSettings:
     idle_timeout: float = 1800.0
 
     @classmethod
-    def from_config(cls, config: MicConfig) -> WatchSettings:
-        return cls(config.watch == "on" and sys.platform == "linux", int(config.watch_min_files),
-                   float(config.watch_idle_timeout))
+    def from_config(cls, config: Config) -> WatchSettings:
+        return cls(config.watch and sys.platform == "linux", config.watch_min_files, config.watch_idle_timeout)
 
 
 def ask(dot: Path, token: Token | None) -> tuple[str, int, list[str]]:

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from mic.config import load_config
+from micd.config import load_config
 from mic.errors import Conflict
 from mic.objects import Project
 from mic.objectstore import open_store
@@ -21,7 +21,7 @@ from mic.workspace import Workspace
 
 async def _main(root: Path, goal: str, go: Path) -> dict[str, object]:
     config = load_config(cwd=root)
-    store = open_store(config.store_url, s3_endpoint_url=config.s3_endpoint_url)
+    store = open_store(config.store_url, s3_endpoint_url=config.vcs_s3_endpoint_url)
     ws = Workspace.open(config.workspace_root)
     project = Project(store, ws.state.project)
     try:

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from mic.cli import main
 from mic.commands_daemon import format_bytes, stats_rows
+from micd.config import KEYS
 from tests.micd.test_lifecycle import micd  # noqa: F401 - fixture: a real daemon process
 
 SNAPSHOT = {
@@ -62,6 +63,24 @@ def test_config_show_attributes_every_source(workspace, monkeypatch):
     text = CliRunner().invoke(main, ["config", "show"]).output
     line = next(line for line in text.splitlines() if line.startswith("s3.prefix"))
     assert "team/" in line and "(env MIC_S3_PREFIX)" in line
+    assert len(text.splitlines()) == len(shown)
+
+
+def test_config_show_lists_every_key_of_both_halves(workspace, monkeypatch):
+    (workspace / ".mic").mkdir()
+    (workspace / ".mic" / "config.toml").write_text('[vcs]\nstore_url = "file:///checked/out"\n')
+    (workspace / "mic.toml").write_text('[vcs]\nwatch = "off"\n[tools.bazel]\ninstance_name = "ci"\n')
+    monkeypatch.setenv("MIC_WATCH_MIN_FILES", "50")
+    shown = json.loads(CliRunner().invoke(main, ["config", "show", "--json"]).stdout)
+    assert list(shown) == [key.name for key in KEYS] + ["workspace"]
+    dot_mic = str(workspace / ".mic" / "config.toml")
+    assert shown["vcs.store_url"] == {"value": "file:///checked/out", "source": dot_mic}
+    assert shown["vcs.watch"] == {"value": False, "source": str(workspace / "mic.toml")}
+    assert shown["vcs.watch_min_files"] == {"value": 50, "source": "env MIC_WATCH_MIN_FILES"}
+    assert shown["vcs.watch_idle_timeout"] == {"value": 1800.0, "source": "default"}
+    assert shown["tools.bazel.instance_name"] == {"value": "ci", "source": str(workspace / "mic.toml")}
+    text = CliRunner().invoke(main, ["config", "show"]).stdout
+    assert any(line.startswith("vcs.store_url") and "file:///checked/out" in line for line in text.splitlines())
     assert len(text.splitlines()) == len(shown)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mic.config import load_config
+from micd.config import load_config
 from mic.objects import Project
 from mic.objectstore import open_store
 from mic.tree import Tree
@@ -57,7 +57,7 @@ def _run_landers(workspaces: list[Path], tmp_path: Path) -> list[dict]:
 
 async def _history(workspace: Path):
     config = load_config(cwd=workspace)
-    store = open_store(config.store_url, s3_endpoint_url=config.s3_endpoint_url)
+    store = open_store(config.store_url, s3_endpoint_url=config.vcs_s3_endpoint_url)
     project = Project(store, "race")
     try:
         head, _ = await project.read_head()

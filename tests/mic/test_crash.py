@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from mic.config import load_config
+from micd.config import load_config
 from mic.landing import KILL_POINTS
 from mic.objects import Project
 from mic.objectstore import open_store
@@ -20,7 +20,7 @@ BEFORE_RECORD = ("rolled-forward", "checked", "objects-written")
 
 async def _inspect(workspace):
     config = load_config(cwd=workspace)
-    store = open_store(config.store_url, s3_endpoint_url=config.s3_endpoint_url)
+    store = open_store(config.store_url, s3_endpoint_url=config.vcs_s3_endpoint_url)
     project = Project(store, "p")
     try:
         head, _ = await project.read_head()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mic.config import load_config
+from micd.config import load_config
 from mic.errors import ConfigError
 from mic.statcache import Index, scan
 from mic.watch import LOG, PID, SOCKET, client

@@ -1,4 +1,5 @@
-"""micd.config: precedence of every layer, source attribution, validation messages, workspace discovery."""
+"""micd.config, the one configuration of mic and micd: precedence of every layer, source attribution,
+validation messages, workspace discovery, the VCS and tool keys."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from micd.config import ConfigError, load_config, parse_duration, parse_size
+from micd.config import KEYS, ConfigError, load_config, parse_duration, parse_size
 
 
 def _env(**extra: str) -> dict[str, str]:
     base = {
         k: v
         for k, v in os.environ.items()
-        if k in ("HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME")
+        if k in ("HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME")
     }
     return {**base, **extra}
 
@@ -141,6 +142,83 @@ def test_xdg_config_home_is_respected(layout, tmp_path):
     assert config.drain_timeout == 3.0
 
 
+
+def test_vcs_store_default_follows_xdg_data_home(layout):
+    config = load_config(cwd=layout["cwd"], env=_env(XDG_DATA_HOME="/data"))
+    assert config.store_url == "file:///data/mic/projects" and config.source("store_url") == "default"
+    assert config.workspace_root is None  # no .mic/ anywhere: not a VCS checkout
+
+
+# Each row adds one layer for vcs.store_url; the highest present wins and is named as the source.
+VCS_PRECEDENCE = [
+    ("user config", {"user"}, "file:///user", "{user}"),
+    (".mic/config.toml beats user", {"user", "dotmic"}, "file:///dotmic", "{dotmic}"),
+    ("mic.toml beats .mic/config.toml", {"user", "dotmic", "toml"}, "s3://b/p", "{toml}"),
+    ("env beats files", {"user", "dotmic", "toml", "env"}, "file:///env", "env MIC_STORE_URL"),
+    ("flag beats env", {"user", "dotmic", "toml", "env", "flag"}, "file:///flag", "flag --store"),
+]
+
+
+@pytest.mark.parametrize(
+    ("description", "layers", "expected", "source"), VCS_PRECEDENCE, ids=[r[0] for r in VCS_PRECEDENCE]
+)
+def test_vcs_precedence(layout, description, layers, expected, source):
+    dotmic = layout["ws"] / ".mic" / "config.toml"
+    dotmic.parent.mkdir()
+    if "user" in layers:
+        layout["user"].write_text('[vcs]\nstore_url = "file:///user"\ns3_endpoint_url = "http://user:1"\n')
+    if "dotmic" in layers:
+        dotmic.write_text('[vcs]\nstore_url = "file:///dotmic"\n')
+    if "toml" in layers:
+        layout["toml"].write_text('[vcs]\nstore_url = "s3://b/p"\n')
+    env = _env(MIC_STORE_URL="file:///env") if "env" in layers else _env()
+    flags = {"store_url": "file:///flag"} if "flag" in layers else {}
+    config = load_config(flags, cwd=layout["cwd"], env=env)
+    assert config.store_url == expected
+    assert config.source("store_url") == source.format(user=layout["user"], dotmic=dotmic, toml=layout["toml"])
+    assert config.vcs_s3_endpoint_url == "http://user:1"  # a lower layer still supplies the keys it alone sets
+    assert config.workspace_root == layout["ws"]
+
+
+def test_one_env_var_sets_both_s3_endpoints(layout):
+    config = load_config(cwd=layout["cwd"], env=_env(MIC_S3_ENDPOINT_URL="http://127.0.0.1:9000"))
+    assert config.s3_endpoint_url == config.vcs_s3_endpoint_url == "http://127.0.0.1:9000"
+    config = load_config({"vcs_s3_endpoint_url": "http://vcs:1"}, cwd=layout["cwd"], env=_env())
+    assert (config.s3_endpoint_url, config.vcs_s3_endpoint_url) == (None, "http://vcs:1")
+    assert config.source("vcs_s3_endpoint_url") == "flag --s3-endpoint-url"
+
+
+def test_vcs_and_tool_values_are_typed(layout):
+    layout["toml"].write_text(
+        "[vcs]\nwatch = false\nwatch_min_files = 5\nwatch_idle_timeout = \"10m\"\n"
+        '[tools.bazel]\ninstance_name = "team/main"\n'
+    )
+    config = load_config(cwd=layout["cwd"], env=_env())
+    assert (config.watch, config.watch_min_files, config.watch_idle_timeout) == (False, 5, 600.0)
+    assert config.bazel_instance_name == "team/main"
+    assert config.source("bazel_instance_name") == str(layout["toml"])
+    config = load_config(cwd=layout["cwd"], env=_env(MIC_WATCH="on", MIC_WATCH_MIN_FILES="7"))
+    assert (config.watch, config.watch_min_files) == (True, 7)
+
+
+def test_nearest_marker_of_either_kind_is_the_workspace(layout):
+    """One rule for both halves: the nearest directory holding mic.toml or .mic/ (with neither, the cwd)."""
+    assert load_config(cwd=layout["cwd"], env=_env()).workspace == layout["cwd"]
+    (layout["ws"] / ".mic").mkdir()
+    config = load_config(cwd=layout["cwd"], env=_env())
+    assert (config.workspace, config.workspace_root) == (layout["ws"], layout["ws"])
+    inner = layout["ws"] / "sub"
+    (inner / "mic.toml").write_text('[vcs]\nwatch = "off"\n')  # a nearer mic.toml makes a nearer workspace
+    config = load_config(cwd=layout["cwd"], env=_env())
+    assert (config.workspace, config.workspace_root, config.watch) == (inner, None, False)
+
+
+def test_effective_lists_every_key_of_both_halves(layout):
+    rows = load_config(cwd=layout["cwd"], env=_env()).effective()
+    names = [name for name, _, _ in rows]
+    assert names == [key.name for key in KEYS] + ["workspace"]
+    assert {"vcs.store_url", "vcs.watch", "store.memory_budget", "tools.bazel.instance_name"} <= set(names)
+
 BAD = [
     (
         "bad size in env",
@@ -184,6 +262,18 @@ BAD = [
     ),
     ("bad session", {}, {"MIC_SESSION": "../x"}, None, "daemon.session (from env MIC_SESSION)"),
     ("negative size", {}, {}, "[store]\ndisk_soft_cap = -1\n", "store.disk_soft_cap (from {toml})"),
+    ("store url scheme", {}, {}, "[vcs]\nstore_url = 'http://x'\n", "must start with file:// or s3://"),
+    ("store url bucket", {"store_url": "s3:///nobucket"}, {}, None, "vcs.store_url (from flag --store)"),
+    ("store url relative", {}, {"MIC_STORE_URL": "file://rel/x"}, None, "must be an absolute file:///path"),
+    ("store url type", {}, {}, "[vcs]\nstore_url = 3\n", "vcs.store_url (from {toml}): expected a string"),
+    ("vcs endpoint", {"vcs_s3_endpoint_url": "ftp://x"}, {}, None, "vcs.s3_endpoint_url (from flag"),
+    ("unknown vcs key", {}, {}, "[vcs]\nbogus = 'x'\n", "{toml}: unknown key vcs.bogus"),
+    ("watch switch", {}, {"MIC_WATCH": "maybe"}, None, "vcs.watch (from env MIC_WATCH): expected on or off"),
+    ("watch count", {}, {}, "[vcs]\nwatch_min_files = -1\n", "vcs.watch_min_files (from {toml})"),
+    ("watch idle 0", {}, {"MIC_WATCH_IDLE_TIMEOUT": "0"}, None, "vcs.watch_idle_timeout (from env"),
+    ("unknown tool key", {}, {}, "[tools.bazel]\nname = 'x'\n", "unknown key tools.bazel.name"),
+    ("unknown tool", {}, {}, "[tools.gradel]\ninstance_name = 'x'\n", "unknown key tools.gradel.instance_name"),
+    ("instance name", {}, {"MIC_BAZEL_INSTANCE_NAME": "a b"}, None, "tools.bazel.instance_name (from env"),
     (
         "zero soft cap",
         {"disk_soft_cap": "0"},

@@ -183,6 +183,13 @@ def test_token_file_is_private_and_survives_restarts(micd, tmp_path):
     assert fourth.stop() == 0
 
 
+def test_bazelrc_carries_the_configured_instance_name(micd, tmp_path):
+    (tmp_path / "mic.toml").write_text('[tools.bazel]\ninstance_name = "team/main"\n')
+    daemon = micd()
+    assert "build --remote_instance_name=team/main\n" in (daemon.state / "bazelrc").read_text()
+    assert daemon.stop() == 0
+
+
 def test_second_daemon_for_the_same_state_dir_refuses(micd, tmp_path):
     first = micd()
     second = subprocess.run(
