@@ -534,6 +534,21 @@ def test_the_real_malloc_trim_is_found_on_this_libc():
     assert libc.malloc_trim is not None and libc.malloc_trim(0) in (0, 1)
 
 
+def _run_per_mode(script: str, modes: tuple[str, ...]) -> dict[str, int]:
+    """Run `script` in a fresh interpreter once per mode (its argv[1]); the integer each run printed."""
+    printed = {}
+    for mode in modes:
+        out = subprocess.run(
+            [sys.executable, "-c", script, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        printed[mode] = int(out.stdout)
+    return printed
+
+
 def test_freed_transfer_buffers_are_reused_not_faulted_in_again():
     """With `keep_freed_heap`, MiB-sized buffers freed by one transfer are reused by the next: the process
     takes (almost) no new page faults for them. Without it glibc unmaps them and every buffer is faulted
@@ -549,16 +564,7 @@ def test_freed_transfer_buffers_are_reused_not_faulted_in_again():
         "for _ in range(20): transfer()\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
     )
-    faults = {}
-    for mode in ("default", "tuned"):
-        out = subprocess.run(
-            [sys.executable, "-c", script, mode],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-        faults[mode] = int(out.stdout)
+    faults = _run_per_mode(script, ("default", "tuned"))
     pages = 20 * 8 * (1 << 20) // 4096
     assert faults["tuned"] < pages // 20, faults
     assert faults["default"] > pages // 2, faults  # the default really does fault them in again
@@ -593,15 +599,6 @@ def test_worker_threads_share_the_kept_heap():
         "done.set()\n"
         "for t in threads: t.join()\n"
     )
-    grown = {}
-    for mode in ("per-thread", "tuned"):
-        out = subprocess.run(
-            [sys.executable, "-c", script, mode],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-        grown[mode] = int(out.stdout)
+    grown = _run_per_mode(script, ("per-thread", "tuned"))
     assert grown["per-thread"] > 6 * 16, grown  # an arena per thread really keeps a pool per thread
     assert grown["tuned"] < 3 * 16, grown

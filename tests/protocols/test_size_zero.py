@@ -97,14 +97,17 @@ async def test_bazel_http_cas_refuses_a_lying_size_zero_digest(http, method):
     assert ok.status == 200
 
 
-async def test_bazel_http_ac_hit_needs_real_blobs(http, store):
+async def _stored_lying_result(store) -> tuple[re_pb2.ActionResult, Digest]:
+    """An action cache entry whose output is (H, 0), as stored before the fix (its ref never checked)."""
     result = re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="out", digest=pd(LYING))])
     action = Digest.of(b"action")
-    await store.put_record(
-        ac_namespace(""),
-        action_key(action.function, action.hex),
-        Record(result.SerializeToString(), (LYING,)),
-    )
+    record = Record(result.SerializeToString(), (LYING,))
+    await store.put_record(ac_namespace(""), action_key(action.function, action.hex), record)
+    return result, action
+
+
+async def test_bazel_http_ac_hit_needs_real_blobs(http, store):
+    result, action = await _stored_lying_result(store)
     assert (await http.get(f"/ac/{action.hex}", headers=AUTH)).status == 404
     put = await http.put(f"/ac/{Digest.of(b'other').hex}", data=result.SerializeToString(), headers=AUTH)
     assert put.status == 400
@@ -153,13 +156,7 @@ def _grpc_code(number: int) -> grpc.StatusCode:
 
 
 async def test_reapi_action_result_with_a_lying_size_zero_output_is_no_hit(reapi, store):
-    result = re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="out", digest=pd(LYING))])
-    action = Digest.of(b"action")
-    await store.put_record(
-        ac_namespace(""),
-        action_key(action.function, action.hex),
-        Record(result.SerializeToString(), (LYING,)),
-    )
+    result, action = await _stored_lying_result(store)
     get = reapi.ac.GetActionResult(re_pb2.GetActionResultRequest(action_digest=pd(action)))
     assert await _code(get) == grpc.StatusCode.NOT_FOUND
     update = reapi.ac.UpdateActionResult(
