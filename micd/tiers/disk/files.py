@@ -42,6 +42,7 @@ from typing import NamedTuple
 from micd import libc
 from micd.blobs import Verifier
 from micd.store import Digest, new_hasher
+from micd.tiers.disk.layout import make_private_dirs
 
 __all__ = [
     "FULL_ERRNOS",
@@ -198,7 +199,7 @@ def _create_locked(tmp_root: Path, name: str) -> int | None:
     """Create `tmp_root/name` whose lock file we flocked before it got that name: the lock's fd, or None if a
     cleaner took the staging directory meanwhile."""
     staging = tmp_root / f"{_STAGING}{name}"
-    staging.mkdir(parents=True)
+    make_private_dirs(staging)
     try:
         fd = os.open(staging / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     except FileNotFoundError:
@@ -267,7 +268,7 @@ class TempWriter:
             except FileNotFoundError:
                 if not self.path.exists():
                     raise
-                Path(final).parent.mkdir(parents=True, exist_ok=True)
+                make_private_dirs(Path(final).parent)
                 os.replace(self.path, final)
             self._moved = True
             return sig
@@ -479,7 +480,7 @@ def _publish_unnamed(final: str, data: bytes) -> Sig | None:
     try:
         fd = os.open(directory, os.O_WRONLY | os.O_TMPFILE, 0o600)
     except FileNotFoundError:  # the shard directory was removed by hand: recreate it
-        Path(directory).mkdir(parents=True, exist_ok=True)
+        make_private_dirs(directory)
         fd = os.open(directory, os.O_WRONLY | os.O_TMPFILE, 0o600)
     try:
         _write_all(fd, data)

@@ -244,7 +244,7 @@ class Journal:
     def _create(self) -> _Segment:
         """A new zero-filled, fsynced segment whose name is durable too (so a crash cannot lose it)."""
         first = not self._segments
-        self.dir.mkdir(exist_ok=True)
+        self.dir.mkdir(0o700, exist_ok=True)
         path = self.dir / f"seg.{len(self._segments)}"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
