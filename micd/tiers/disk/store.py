@@ -6,7 +6,8 @@ is a miss. The index carries sizes for the caps and last-access order for LRU ev
 
 Caps: a write reserves `digest.size` before its first byte. If used + reserved + size would pass the hard cap,
 least recently used entries are evicted to make room, but only when that can succeed; otherwise `StoreFull`
-is raised before anything changes. After each write, usage above the soft cap is evicted down to 90% of it.
+is raised before anything changes: the only eviction a request ever waits for. A write that takes usage
+above the soft cap starts a background pass that evicts down to 90% of it (`upkeep`), ahead of need.
 A real ENOSPC/EDQUOT is `StoreFull` too. Usage is this process's view: other daemons' writes are counted
 when we meet their files and on a rescan (at most once a minute, before a write), so several daemons
 writing at once may overshoot the caps by what they wrote since their last rescan.
@@ -142,7 +143,8 @@ class DiskTier(IndexState):
             return
         if self._snapshot_task is not None:
             await self._snapshot_task
-        area, self._area = self._area, None
+        area, self._area = self._area, None  # also stops a background eviction pass after its batch
+        await self.settled()
         if self._commit is not None:  # let in-flight small writes finish before their temp dir goes
             await self._commit.close()
             self._commit = None
@@ -312,7 +314,7 @@ class DiskTier(IndexState):
                 await asyncio.to_thread(writer.abort)
         finally:
             self._reserved -= digest.size
-        await self._after_write(key)
+        self._after_write(key)
 
     async def _new_writer(self) -> files.TempWriter:
         """A new temp file in our temp area, aborted (not leaked) if the caller is cancelled meanwhile."""
@@ -350,7 +352,7 @@ class DiskTier(IndexState):
             self._seen(key, digest.size)
             return
         self._published(key, digest.size, sig)
-        await self._after_write(key)
+        self._after_write(key)
 
     def _count_orphan(self, key: str, size: int, _result: object) -> None:
         """Count a write published although its caller was cancelled meanwhile (`_completing`, `GroupCommit.put`)."""
@@ -419,4 +421,4 @@ class DiskTier(IndexState):
                 await asyncio.to_thread(writer.abort)
         finally:
             self._reserved -= len(data)
-        await self._after_write(kv_key(namespace, key))
+        self._after_write(kv_key(namespace, key))

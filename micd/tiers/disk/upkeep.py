@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from micd.tiers.disk.layout import Layout
 from micd.tiers.disk.lru import Lru
 
 __all__ = ["IndexState"]
+
+log = logging.getLogger(__name__)
 
 _SNAPSHOT_EVERY_NS = 300 * 10**9
 _SNAPSHOT_AFTER_CHANGES = 10_000
@@ -43,6 +46,7 @@ class IndexState:
         self._snapshot_at = 0
         self._scanned_at = 0
         self._snapshot_task: asyncio.Task[None] | None = None
+        self._evictor: asyncio.Task[None] | None = None
 
     @property
     def used_bytes(self) -> int:
@@ -112,18 +116,40 @@ class IndexState:
                 raise StoreFull(self._lru.used + self._reserved, size, self.hard_cap)
         self._reserved += size
 
-    async def _after_write(self, written: str) -> None:
+    def _after_write(self, written: str) -> None:
+        """Count a write; past the soft cap, start a background eviction pass (never waited for here)."""
         self._changes += 1
-        if self._lru.used > self.soft_cap and not self._evict_lock.locked():
-            async with self._evict_lock:
-                # Never the entry just written: a blob above the soft cap would vanish as it lands.
-                await self._evict_to(evict.low_water(self.soft_cap), skip={written})
+        if self._lru.used > self.soft_cap and self._evictor is None and self._area is not None:
+            self._evictor = asyncio.create_task(self._evict_in_background(written))
         self._maybe_snapshot()
 
+    async def _evict_in_background(self, written: str) -> None:
+        """Evict down to the low-water mark in batches of `evict.BACKGROUND_BATCH` victims, taking the lock
+        per batch: a write that needs the hard cap's room waits for one batch at most, not for the pass.
+        Never the entry that started the pass: a blob above the soft cap would vanish as it lands."""
+        target = evict.low_water(self.soft_cap)
+        try:
+            while self._lru.used > target and self._area is not None:
+                async with self._evict_lock:
+                    if not await self._evict_round(target, {written}, evict.BACKGROUND_BATCH):
+                        break
+        except Exception:  # a failed pass leaves the next write to start another
+            log.exception("background eviction in %s failed", self.layout.root)
+        finally:
+            self._evictor = None
+
+    async def settled(self) -> None:
+        """Wait until no background eviction pass runs (for `close` and for tests)."""
+        while self._evictor is not None:
+            await asyncio.shield(self._evictor)
+
     async def evict(self, target: int | None = None) -> int:
-        """Evict least recently used entries down to `target` bytes (default: 90% of the soft cap)."""
+        """Evict least recently used entries down to `target` bytes (default: 90% of the soft cap) now;
+        returns the bytes freed."""
         async with self._evict_lock:
-            return await self._evict_to(evict.low_water(self.soft_cap) if target is None else target)
+            before = self.evicted_bytes
+            await self._evict_to(evict.low_water(self.soft_cap) if target is None else target)
+            return self.evicted_bytes - before
 
     def _clean_dead_temp(self) -> None:
         """Replay and remove the temp areas of dead writers (blocking)."""
@@ -145,26 +171,31 @@ class IndexState:
                 self._lru.add(key, entry.size, entry.atime_ns)
                 self._changes += 1
 
-    async def _evict_to(self, target: int, skip: frozenset[str] | set[str] = frozenset()) -> int:
-        freed = 0
+    async def _evict_to(self, target: int) -> None:
         for _ in range(16):  # bounded: each round deletes, forgets or re-ranks every victim it looks at
-            victims = self._lru.victims(max(target, 0), skip=skip)
-            if not victims:
+            if not await self._evict_round(target):
                 break
-            for key, outcome, atime in await asyncio.to_thread(
-                evict.check_and_unlink, self.layout, victims, self._temp_area().path
-            ):
-                if outcome is evict.Outcome.USED:
-                    self._lru.touch(key, atime)
-                    continue
-                entry = self._lru.remove(key)
-                self._verified.pop(key, None)
-                self._changes += 1
-                if outcome is evict.Outcome.DELETED and entry is not None:
-                    self.evictions += 1
-                    self.evicted_bytes += entry.size
-                    freed += entry.size
-        return freed
+
+    async def _evict_round(
+        self, target: int, skip: frozenset[str] | set[str] = frozenset(), limit: int | None = None
+    ) -> bool:
+        """Check and evict (up to `limit`) victims that bring usage to `target`; False if there were none."""
+        victims = self._lru.victims(max(target, 0), skip=skip)[:limit]
+        if not victims:
+            return False
+        for key, outcome, atime in await asyncio.to_thread(
+            evict.check_and_unlink, self.layout, victims, self._temp_area().path
+        ):
+            if outcome is evict.Outcome.USED:
+                self._lru.touch(key, atime)
+                continue
+            entry = self._lru.remove(key)
+            self._verified.pop(key, None)
+            self._changes += 1
+            if outcome is evict.Outcome.DELETED and entry is not None:
+                self.evictions += 1
+                self.evicted_bytes += entry.size
+        return True
 
     def _maybe_snapshot(self) -> None:
         due = time.monotonic_ns() - self._snapshot_at > _SNAPSHOT_EVERY_NS
