@@ -46,7 +46,7 @@ from micd.record import decode_record, encode_record
 from micd.store import Digest, Record
 from micd.tiers.disk import files, index
 from micd.tiers.disk.blob import FileBlob
-from micd.tiers.disk.ingest import WRITE_BATCH, FilesystemFull, Pipeline, collect
+from micd.tiers.disk.ingest import WRITE_BATCH, ByteBudget, FilesystemFull, Pipeline, collect
 from micd.tiers.disk.journal import RECORD_OVERHEAD, GroupCommit, Journal
 from micd.tiers.disk.kvfile import decode_kv_file, encode_kv_file
 from micd.tiers.disk.layout import Layout, blob_key, check_kv_name, kv_key
@@ -104,11 +104,14 @@ class DiskTier(IndexState):
         verify_limit: int = 4 << 20,
         journal_segment_bytes: int = 16 << 20,
         journal_segments: int = 4,
+        ingest_budget: int = 64 << 20,
     ) -> None:
         if not 0 < soft_cap <= hard_cap:
             raise ValueError(f"disk caps must satisfy 0 < soft_cap ≤ hard_cap (got {soft_cap}, {hard_cap})")
         if verify_limit < 0:
             raise ValueError(f"verify_limit must be ≥ 0 (got {verify_limit})")
+        if ingest_budget <= 0:
+            raise ValueError(f"ingest_budget must be > 0 (got {ingest_budget})")
         super().__init__(Layout(root), soft_cap=soft_cap, hard_cap=hard_cap)
         self.verify_limit = verify_limit
         self._journal_shape = (journal_segment_bytes, journal_segments)
@@ -116,6 +119,8 @@ class DiskTier(IndexState):
         self._journal: Journal | None = None
         self._commit: GroupCommit | None = None
         self._marked = Marked(files.TOUCH_EVERY_NS)
+        self._budget = ByteBudget(ingest_budget)
+        self._batch_bytes = min(WRITE_BATCH, max(1, ingest_budget // 4))
 
     # -- lifecycle and stats -----------------------------------------------------------------------
     async def open(self) -> None:
@@ -154,6 +159,10 @@ class DiskTier(IndexState):
         entries = list(self._lru.items())
         await asyncio.to_thread(index.save_snapshot, self.layout, entries, area.path)
         await asyncio.to_thread(area.release)
+
+    def stats(self) -> dict[str, int]:
+        """`IndexState.stats` plus the upload memory budget: bytes held, writes waiting for it."""
+        return {**super().stats(), "ingest_held_bytes": self._budget.held, "ingest_waiting": self._budget.waiting}
 
     # -- CAS reads ---------------------------------------------------------------------------------
     async def contains(self, digest: Digest) -> bool:
@@ -257,21 +266,27 @@ class DiskTier(IndexState):
     async def put(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
         """Stream to a temp file while hashing; publish by rename only if digest and size match.
 
-        A small blob (≤ `_FAST_MAX`) whose reservation needs no await is gathered in memory (reserved
-        before its first byte, like every write) and group-committed (`_put_small`).
+        A small blob (≤ `_FAST_MAX`) is gathered in memory and group-committed (`_put_small`) when its
+        reservation needs no await and it gets memory budget at once, never more than half the budget for
+        all gathered blobs (the rest keeps streamed uploads moving); otherwise it streams like a large one.
 
         Raises:
             IntegrityError: the bytes do not match `digest` (nothing stored, temp file removed).
             StoreFull: no room under the hard cap, or the filesystem is full (`FilesystemFull`).
         """
-        if 0 < digest.size <= self._small_max and self._reserve_now(digest.size):
+        size = digest.size
+        if 0 < size <= self._small_max and self._budget.try_take(size, leave=self._budget.total // 2):
             try:
-                data = await collect(digest, chunks)
-            except BaseException:
-                self._reserved -= digest.size
-                raise
-            await self._put_small(digest, data)
-            return
+                if self._reserve_now(size):
+                    try:
+                        data = await collect(digest, chunks)
+                    except BaseException:
+                        self._reserved -= size
+                        raise
+                    await self._put_small(digest, data)
+                    return
+            finally:
+                self._budget.give(size)
         await self._put_streaming(digest, chunks)
 
     async def _put_streaming(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
@@ -286,20 +301,7 @@ class DiskTier(IndexState):
             writer = await self._new_writer()
             try:
                 verifier = Verifier(digest)
-                pipeline = Pipeline(writer, verifier)
-                batch: list[bytes] = []
-                pending = 0
-                try:
-                    async for chunk in chunks:
-                        batch.append(chunk)
-                        pending += len(chunk)
-                        if pending >= WRITE_BATCH:
-                            await pipeline.submit(batch, pending)
-                            batch, pending = [], 0
-                    await pipeline.submit(batch, pending)
-                    await pipeline.flush()
-                finally:
-                    await pipeline.settle()
+                await self._stream_to(writer, verifier, chunks)
                 verifier.check()
                 sig = await _completing(
                     asyncio.to_thread(writer.publish, path), partial(self._count_orphan, key, digest.size)
@@ -315,6 +317,38 @@ class DiskTier(IndexState):
         finally:
             self._reserved -= digest.size
         self._after_write(key)
+
+    async def _stream_to(self, writer: files.TempWriter, verifier: Verifier, chunks: AsyncIterator[bytes]) -> None:
+        """Hash and write `chunks` in batches, each chunk held in memory only with budget: short of it, the
+        batch so far is written first (so all budget held meanwhile is on its way back), then this upload
+        waits, reading no more from its client."""
+        pipeline = Pipeline(writer, verifier, self._budget)
+        batch: list[bytes] = []
+        pending = held = 0
+
+        async def submit() -> None:
+            nonlocal batch, pending, held
+            full, nbytes, owned = batch, pending, held
+            batch, pending, held = [], 0, 0
+            await pipeline.submit(full, nbytes, owned)  # owns that budget now, even if this raises
+
+        try:
+            async for chunk in chunks:
+                if self._budget.try_take(len(chunk)):
+                    held += len(chunk)
+                else:
+                    if batch:
+                        await submit()
+                    held += await self._budget.take(len(chunk))
+                batch.append(chunk)
+                pending += len(chunk)
+                if pending >= self._batch_bytes:
+                    await submit()
+            await submit()
+            await pipeline.flush()
+        finally:
+            self._budget.give(held)  # a batch never submitted
+            await pipeline.settle()
 
     async def _new_writer(self) -> files.TempWriter:
         """A new temp file in our temp area, aborted (not leaked) if the caller is cancelled meanwhile."""
