@@ -41,7 +41,10 @@ async def test_blob_over_the_hard_cap_is_rejected_and_nothing_changes(make_tier)
     with pytest.raises(StoreFull, match="hard cap of 10000 bytes") as info:
         await tier.put_bytes(Digest.of(big), big)
     assert info.value.needed == 10_001 and info.value.hard_cap == 10_000
-    assert tier.stats() == before
+    # Nothing stored, evicted or held; only our idle headroom in the shared ledger may be given back.
+    assert {k: v for k, v in tier.stats().items() if k != "root_claimed_bytes"} == {
+        k: v for k, v in before.items() if k != "root_claimed_bytes"
+    }
     for digest, data in kept:
         assert await tier.get_bytes(digest) == data
     assert not await tier.contains(Digest.of(big))

@@ -55,4 +55,3 @@ async def test_the_write_crossing_the_soft_cap_does_not_wait_for_eviction(make_t
     await tier.settled()
     assert tier.evictions == 2 and tier.used_bytes == 9 * size  # down to the low-water mark, oldest first
     assert await tier.find_missing([d for d, _ in blobs]) == [blobs[0][0], blobs[1][0]]
-

@@ -28,7 +28,9 @@ def disk_defaults() -> dict:
 
 
 @pytest.mark.parametrize(
-    ("size", "clients"), [(1 << 20, 24), (6 << 20, 8)], ids=["small blobs (gathered)", "large blobs (streamed)"]
+    ("size", "clients"),
+    [(1 << 20, 24), (6 << 20, 8)],
+    ids=["small blobs (gathered)", "large blobs (streamed)"],
 )
 async def test_bytes_held_by_concurrent_uploads_stay_within_the_budget(make_tier, size, clients):
     tier: DiskTier = await make_tier()

@@ -1,6 +1,6 @@
 """The disk tier's cache is private to its user: every directory it creates is 0700 and every file it writes
 0600, whatever the umask, so other local users cannot even list which digests are cached. An existing root
-of ours with looser modes (an older version made 0755 directories and a 0644 snapshot) is tightened on open."""
+of ours with looser modes (an older version made 0755 directories, a 0644 snapshot) is tightened on open."""
 
 from __future__ import annotations
 

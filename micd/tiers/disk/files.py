@@ -53,6 +53,7 @@ __all__ = [
     "bump_atime",
     "clean_dead_temp",
     "exists_all",
+    "is_alive",
     "mark_used",
     "open_large",
     "publish_unsynced",
@@ -101,6 +102,16 @@ def _try_lock(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def is_alive(tmp_root: Path, owner: str) -> bool:
+    """Whether the `TempArea` named `owner` under `tmp_root` is live: its lock is held (blocking)."""
+    lock = tmp_root / owner / _LOCK
+    fd = _try_lock(lock)
+    if fd is None:
+        return lock.exists()
+    os.close(fd)
+    return False
 
 
 def clean_dead_temp(tmp_root: Path, replay: Callable[[Path], object]) -> int:

@@ -24,8 +24,10 @@ _PARALLEL_MIN = 1 << 20
 class FilesystemFull(StoreFull):
     """The filesystem itself ran out of space or quota mid-write (the temp file was removed)."""
 
-    def __init__(self, root: Path, used: int, needed: int, hard_cap: int, reason: str) -> None:
-        super().__init__(used, needed, hard_cap)
+    def __init__(
+        self, root: Path, used: int, needed: int, hard_cap: int, reason: str, *, reserved: int = 0
+    ) -> None:
+        super().__init__(used, needed, hard_cap, reserved=reserved)
         message = (
             f"cache store full: the filesystem holding {root} refused a {needed}-byte write ({reason})"
             " (free space on that filesystem or lower store.disk_hard_cap)"

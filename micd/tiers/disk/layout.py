@@ -7,6 +7,7 @@ Layout (the version is in the directory name, so a future layout can live beside
     <root>/v1/tmp/<owner>/                      temp files of one live DiskTier; <owner>/lock is flock'ed
     <root>/v1/tmp/<owner>/journal/seg.<n>       its small-blob journal (group commit, see `journal.py`)
     <root>/v1/index/snapshot                    the index snapshot (see `index.py`)
+    <root>/v1/usage                             bytes used and claimed by all daemons (see `usage.py`)
 
 Other components keep their own directories under `<root>/v1/` (e.g. `s3-queue/`); nothing here touches
 names it does not recognise.
@@ -116,6 +117,7 @@ class Layout:
         self.tmp = self.base / "tmp"
         self.index = self.base / "index"
         self.snapshot = self.index / "snapshot"
+        self.usage = self.base / "usage"
         self._shards: list[tuple[str, str]] | None = None
         self.cas_prefix = f"{self.cas}/"
         """`cas` as a string ending in "/", for building many blob paths cheaply."""

@@ -4,13 +4,17 @@ Files are the truth, the in-memory index a cache of them: existence is always an
 (one `access` call, never a body read), so a blob written by another process is found and one evicted by another process
 is a miss. The index carries sizes for the caps and last-access order for LRU eviction (see `index.py`).
 
-Caps: a write reserves `digest.size` before its first byte. If used + reserved + size would pass the hard cap,
-least recently used entries are evicted to make room, but only when that can succeed; otherwise `StoreFull`
-is raised before anything changes: the only eviction a request ever waits for. A write that takes usage
-above the soft cap starts a background pass that evicts down to 90% of it (`upkeep`), ahead of need.
-A real ENOSPC/EDQUOT is `StoreFull` too. Usage is this process's view: other daemons' writes are counted
-when we meet their files and on a rescan (at most once a minute, before a write), so several daemons
-writing at once may overshoot the caps by what they wrote since their last rescan.
+Caps: they cover the whole root, shared by every daemon of the user, and all its disk use: published files,
+journal segments and in-flight temp files. A write reserves `digest.size` before its first byte, and the
+journal claims each segment before creating it; both come out of this daemon's claim in the root's usage
+ledger (`usage.py`), which is granted only while all daemons' files and claims together stay under the hard
+cap. Most small writes reserve from headroom the claim already holds, with no ledger call. Short of room,
+dead daemons' claims are dropped, then least recently used entries evicted, but only when that can
+succeed; otherwise `StoreFull` (bytes used and reserved apart) is raised before anything changes: the only
+eviction a request ever waits for. A write that takes the root above the soft cap starts a background pass
+that evicts down to 90% of it (`upkeep`), ahead of need. A real ENOSPC/EDQUOT is `StoreFull` too. Each
+daemon evicts from what it knows of (its index; other daemons' files join at a rescan, at most a minute
+apart, which also corrects the ledger's count of files).
 
 Writes: every blob is verified and durable before the call returns, so an acknowledged blob survives a crash
 and a visible name holds verified bytes (or, after a power loss, bytes that fail verification on read and
@@ -41,10 +45,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from micd.blobs import BytesBlob, Verifier, aiter_bytes, clamp_range
-from micd.errors import FormatError, IntegrityError
+from micd.errors import FormatError, IntegrityError, StoreFull
 from micd.record import decode_record, encode_record
 from micd.store import Digest, Record
-from micd.tiers.disk import files, index
+from micd.tiers.disk import files, index, usage
 from micd.tiers.disk.blob import FileBlob
 from micd.tiers.disk.ingest import WRITE_BATCH, ByteBudget, FilesystemFull, Pipeline, collect
 from micd.tiers.disk.journal import RECORD_OVERHEAD, GroupCommit, Journal
@@ -114,8 +118,10 @@ class DiskTier(IndexState):
             raise ValueError(f"ingest_budget must be > 0 (got {ingest_budget})")
         super().__init__(Layout(root), soft_cap=soft_cap, hard_cap=hard_cap)
         self.verify_limit = verify_limit
-        self._journal_shape = (journal_segment_bytes, journal_segments)
-        self._small_max = min(_FAST_MAX, journal_segment_bytes - RECORD_OVERHEAD)
+        # Segments count against the hard cap (claimed as the journal needs them): at most 1/64 of it each.
+        segment_bytes = min(journal_segment_bytes, hard_cap // 64)
+        self._journal_shape = (segment_bytes, journal_segments)
+        self._small_max = min(_FAST_MAX, segment_bytes - RECORD_OVERHEAD)  # ≤ 0: no group commit
         self._journal: Journal | None = None
         self._commit: GroupCommit | None = None
         self._marked = Marked(files.TOUCH_EVERY_NS)
@@ -131,13 +137,21 @@ class DiskTier(IndexState):
         self._journal = Journal(
             area.path, self.layout.root, segment_bytes=segment_bytes, max_segments=segments
         )
+        self._journal.allow(0)  # each segment is claimed under the hard cap first (`_journal_room`)
         self._commit = GroupCommit(self._journal, area)
 
     def _open_blocking(self) -> None:
         self.layout.make_dirs()
         self._clean_dead_temp()
         self._area = files.TempArea(self.layout.tmp)
+        self._ledger = usage.Ledger(
+            self.layout.usage, self._area.path.name, partial(files.is_alive, self.layout.tmp)
+        )
+        before = self._ledger.exchange(0, 0, (), self.hard_cap, prune=True)
         self._lru, valid = index.load_index(self.layout)
+        if not before.others:  # nobody holds unpublished counts: our listing is the exact count of the root
+            self._ledger.recount(self._lru.used, before.applied)
+        self._root = self._ledger.exchange(0, 0, (), self.hard_cap)
         self._snapshot_at = self._scanned_at = time.monotonic_ns()
         if not valid:
             index.save_snapshot(self.layout, self._lru.items(), self._area.path)
@@ -156,13 +170,21 @@ class DiskTier(IndexState):
         if self._journal is not None:  # syncfs: what the journal covered is durable without it
             await asyncio.to_thread(self._journal.close)
             self._journal = None
+        if self._trimmer is not None:
+            await self._trimmer
+        if self._ledger is not None:
+            async with self._ledger_lock:
+                ledger, self._ledger = self._ledger, None
+                await asyncio.to_thread(ledger.leave, self._unsynced)
+            self._unsynced = self._claim = self._journal_claimed = 0
         entries = list(self._lru.items())
         await asyncio.to_thread(index.save_snapshot, self.layout, entries, area.path)
         await asyncio.to_thread(area.release)
 
     def stats(self) -> dict[str, int]:
         """`IndexState.stats` plus the upload memory budget: bytes held, writes waiting for it."""
-        return {**super().stats(), "ingest_held_bytes": self._budget.held, "ingest_waiting": self._budget.waiting}
+        budget = self._budget
+        return {**super().stats(), "ingest_held_bytes": budget.held, "ingest_waiting": budget.waiting}
 
     # -- CAS reads ---------------------------------------------------------------------------------
     async def contains(self, digest: Digest) -> bool:
@@ -266,9 +288,9 @@ class DiskTier(IndexState):
     async def put(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
         """Stream to a temp file while hashing; publish by rename only if digest and size match.
 
-        A small blob (≤ `_FAST_MAX`) is gathered in memory and group-committed (`_put_small`) when its
-        reservation needs no await and it gets memory budget at once, never more than half the budget for
-        all gathered blobs (the rest keeps streamed uploads moving); otherwise it streams like a large one.
+        A small blob (≤ `_FAST_MAX`) is gathered in memory and group-committed (`_put_small`) when it gets
+        room under the hard cap and memory budget at once, never more than half the budget for all gathered
+        blobs (the rest keeps streamed uploads moving); otherwise it streams like a large one.
 
         Raises:
             IntegrityError: the bytes do not match `digest` (nothing stored, temp file removed).
@@ -277,11 +299,11 @@ class DiskTier(IndexState):
         size = digest.size
         if 0 < size <= self._small_max and self._budget.try_take(size, leave=self._budget.total // 2):
             try:
-                if self._reserve_now(size):
+                if await self._reserve_small(size):
                     try:
                         data = await collect(digest, chunks)
                     except BaseException:
-                        self._reserved -= size
+                        self._release(size)
                         raise
                     await self._put_small(digest, data)
                     return
@@ -315,10 +337,12 @@ class DiskTier(IndexState):
             finally:
                 await asyncio.to_thread(writer.abort)
         finally:
-            self._reserved -= digest.size
+            self._release(digest.size)
         self._after_write(key)
 
-    async def _stream_to(self, writer: files.TempWriter, verifier: Verifier, chunks: AsyncIterator[bytes]) -> None:
+    async def _stream_to(
+        self, writer: files.TempWriter, verifier: Verifier, chunks: AsyncIterator[bytes]
+    ) -> None:
         """Hash and write `chunks` in batches, each chunk held in memory only with budget: short of it, the
         batch so far is written first (so all budget held meanwhile is on its way back), then this upload
         waits, reading no more from its client."""
@@ -358,43 +382,86 @@ class DiskTier(IndexState):
     async def put_bytes(self, digest: Digest, data: bytes) -> None:
         """`put` for bytes already in memory: group-committed through the journal when small.
 
-        Falls back to the streaming path when the blob is large or the reservation needs an await (a rescan
-        is due, or the cap needs eviction, or the blob may already exist at a full cap).
+        Falls back to the streaming path when the blob is large or there is no room under the hard cap (the
+        blob may already exist, which the streaming path checks first).
         """
-        if 0 < digest.size <= self._small_max and self._reserve_now(digest.size):
+        if 0 < digest.size <= self._small_max and await self._reserve_small(digest.size):
             await self._put_small(digest, data)
         else:
             await self._put_streaming(digest, aiter_bytes(data))
 
     async def _put_small(self, digest: Digest, data: bytes) -> None:
-        """Verify, journal and publish `data` with the next group commit; releases the reservation the caller
+        """Verify, journal and publish `data` with the next group commit; ends the reservation the caller
         took."""
         key = blob_key(digest)
         if self._commit is None:
             raise RuntimeError("DiskTier is not open")
         try:
+            room = await self._journal_room()
+        except BaseException:
+            self._release(digest.size)
+            raise
+        if not room:  # not even one segment fits under the hard cap: write it like a large blob
+            self._release(digest.size)
+            await self._put_streaming(digest, aiter_bytes(data))
+            return
+        try:
             sig = await self._commit.put(
                 digest, self.layout.blob_file(digest), data, partial(self._count_orphan, key, digest.size)
             )
-        except OSError as exc:
-            if exc.errno in files.FULL_ERRNOS:
+        except BaseException as exc:
+            self._release(digest.size)
+            if isinstance(exc, OSError) and exc.errno in files.FULL_ERRNOS:
                 raise self._fs_full(digest.size, exc) from exc
             raise
-        finally:
-            self._reserved -= digest.size
         if sig is None:  # already stored (the bytes were still verified)
             self._seen(key, digest.size)
-            return
-        self._published(key, digest.size, sig)
-        self._after_write(key)
+            self._release(digest.size)
+        else:
+            self._published(key, digest.size, sig)
+            self._release(digest.size)  # after counting the file: its bytes stay covered by our claim
+            self._after_write(key)
+        if self._journal is not None and self._journal.starved:  # it waited for a segment: claim one more
+            await self._journal_room()
+
+    async def _journal_room(self) -> bool:
+        """Claim a journal segment under the hard cap before the journal creates it: one before the first
+        small write, one more whenever an append had to wait for one (up to the journal's maximum). False if
+        the journal has none and none can be claimed now."""
+        journal = self._journal
+        if journal is None:
+            raise RuntimeError("DiskTier is not open")
+        if journal.allowed and not journal.starved or journal.allowed == journal.max_segments:
+            return True
+        try:
+            await self._reserve(journal.segment_bytes)
+        except StoreFull:
+            return journal.allowed > 0
+        self._reserved -= journal.segment_bytes
+        if journal.allowed and not journal.starved or journal.allowed == journal.max_segments:
+            return True  # a concurrent write claimed one meanwhile: ours stays as headroom
+        self._journal_claimed += journal.segment_bytes
+        journal.allow(journal.allowed + 1)
+        return True
+
+    async def _reserve_small(self, size: int) -> bool:
+        """Reserve for a group-committed write (awaiting only when our headroom is short); False means let the
+        streaming path decide (at a full cap, an already stored blob still succeeds there)."""
+        if self._reserve_now(size):
+            return True
+        try:
+            await self._reserve(size)
+        except StoreFull:
+            return False
+        return True
 
     def _count_orphan(self, key: str, size: int, _result: object) -> None:
         """Count a write published although its caller was cancelled meanwhile (`_completing`, `GroupCommit.put`)."""
-        self._lru.add(key, size, time.time_ns())
+        self._wrote(key, size)
         self._changes += 1
 
     def _published(self, key: str, size: int, sig: files.Sig) -> None:
-        self._lru.add(key, size, time.time_ns())
+        self._wrote(key, size)
         if size > self.verify_limit:  # only large reads consult it; small ones are always verified
             self._verified[key] = sig
 
@@ -408,7 +475,10 @@ class DiskTier(IndexState):
         verifier.check()
 
     def _fs_full(self, needed: int, exc: OSError) -> FilesystemFull:
-        return FilesystemFull(self.layout.root, self.used_bytes, needed, self.hard_cap, exc.strerror or "")
+        return FilesystemFull(
+            self.layout.root, self.root_used_bytes, needed, self.hard_cap, exc.strerror or "",
+            reserved=self._root.others + self._claim,
+        )  # fmt: skip
 
     # -- KV ----------------------------------------------------------------------------------------
     async def get_record(self, namespace: str, key: str) -> Record | None:
@@ -446,7 +516,7 @@ class DiskTier(IndexState):
                     asyncio.to_thread(writer.publish, self.layout.kv_path(namespace, key)),
                     partial(self._count_orphan, kv_key(namespace, key), len(data)),
                 )
-                self._lru.add(kv_key(namespace, key), len(data), time.time_ns())  # before the abort's await
+                self._wrote(kv_key(namespace, key), len(data))  # before the abort's await
             except OSError as exc:
                 if exc.errno in files.FULL_ERRNOS:
                     raise self._fs_full(len(data), exc) from exc
@@ -454,5 +524,5 @@ class DiskTier(IndexState):
             finally:
                 await asyncio.to_thread(writer.abort)
         finally:
-            self._reserved -= len(data)
+            self._release(len(data))
         self._after_write(kv_key(namespace, key))
