@@ -268,12 +268,13 @@ class IndexState:
             await asyncio.shield(self._evictor)
 
     async def evict(self, target: int | None = None) -> int:
-        """Evict least recently used entries down to `target` bytes (default: 90% of the soft cap) now;
-        returns the bytes freed."""
+        """Evict least recently used entries down to `target` bytes (default: 90% of the soft cap) now, and
+        tell the other daemons (one ledger call); returns the bytes freed."""
         async with self._evict_lock:
             before = self.evicted_bytes
             await self._evict_to(evict.low_water(self.soft_cap) if target is None else target)
-            return self.evicted_bytes - before
+        await self._exchange()
+        return self.evicted_bytes - before
 
     def _clean_dead_temp(self) -> None:
         """Replay and remove the temp areas of dead writers (blocking)."""
