@@ -9,8 +9,8 @@ the hard cap, so what all daemons have on disk together stays under it too.
 
 Not durable (no fsync): after a crash the counts can be wrong, and every daemon's rescan (`refresh`, at most
 a minute apart) sets `used` from the files again (`recount`). A daemon killed with SIGKILL leaves its row
-behind; it is dropped once the daemon's temp area lock is free (`prune`, run by a daemon short of room,
-right after it cleaned dead daemons' temp areas). An unreadable file counts as empty.
+behind; it is dropped once the daemon's temp area lock is free (`prune`, run by a daemon that opens, or
+that is short of room right after it cleaned dead daemons' temp areas). An unreadable file counts as empty.
 
 Byte layout (little-endian), `MAGIC` `MICU`, `VERSION` 1:
 
