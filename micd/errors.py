@@ -73,15 +73,20 @@ class FormatError(MicError):
 
 
 class StoreFull(MicError):
-    """The disk tier reached its hard cap; the write was rejected and nothing was changed."""
+    """The disk tier reached its hard cap; the write was rejected and nothing was changed.
 
-    def __init__(self, used: int, needed: int, hard_cap: int) -> None:
+    `used` counts stored blobs and records, `reserved` what is held for writes in flight and journals (of
+    every daemon sharing the cache), apart: a full cache and one busy with uploads call for different fixes.
+    """
+
+    def __init__(self, used: int, needed: int, hard_cap: int, *, reserved: int = 0) -> None:
         self.used = used
+        self.reserved = reserved
         self.needed = needed
         self.hard_cap = hard_cap
         super().__init__(
-            f"cache store full: {used} bytes used + {needed} needed exceeds the hard cap of {hard_cap} bytes "
-            "(raise store.disk_hard_cap or free space)"
+            f"cache store full: {used} bytes used + {reserved} reserved (writes in flight, journals) "
+            f"+ {needed} needed exceeds the hard cap of {hard_cap} bytes (raise store.disk_hard_cap or free space)"
         )
 
 

@@ -79,6 +79,8 @@ async def test_random_operations_never_serve_wrong_bytes(tmp_path, seed):
                 await tier.close()
                 tiers[slot] = await open_tier(root)
             assert tier.used_bytes <= HARD + max(len(p) for p in pool)
+        for tier in tiers:
+            await tier.settled()
         on_disk, files = disk_usage(root)
         assert on_disk <= HARD
         for tier in tiers:

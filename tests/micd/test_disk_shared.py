@@ -288,6 +288,7 @@ async def test_eviction_keeps_a_blob_another_daemon_published_again_after_the_ch
     republished = republish_at_the_last_moment(monkeypatch, victim, blobs[0])
     extra = blob(1000, seed=600)
     await tier.put_bytes(Digest.of(extra), extra)  # over the soft cap: evicts blobs[0] (oldest) first
+    await tier.settled()
     monkeypatch.undo()
     assert republished["ino"]
     assert victim.stat().st_ino == republished["ino"], "the other daemon's acknowledged blob was deleted"

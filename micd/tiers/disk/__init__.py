@@ -2,7 +2,8 @@
 
 Split by concern: `layout` (paths), `lru` (pure ordering), `index` (snapshot format and reconcile),
 `files` (temp files, publish), `journal` (group commit of small blobs, replay), `blob` (verified streaming reads), `evict` (victim checks), `kvfile` (record
-file format), `ingest` (write-path helpers), `upkeep` (LRU view, caps, eviction, rescans, snapshots: the
+file format), `ingest` (write-path helpers, memory budget), `usage` (the root's usage ledger, shared by all
+daemons, for the hard cap), `upkeep` (LRU view, caps, eviction, rescans, snapshots: the
 base class of `DiskTier`), `store` (the `DiskTier` itself: reads and writes).
 """
 

@@ -17,11 +17,15 @@ from micd.tiers.disk import files
 from micd.tiers.disk.layout import Layout
 from micd.tiers.disk.lru import Entry
 
-__all__ = ["ATIME_SLACK_NS", "Outcome", "check_and_unlink", "low_water"]
+__all__ = ["ATIME_SLACK_NS", "BACKGROUND_BATCH", "Outcome", "check_and_unlink", "low_water"]
 
 _JUDGE_FLAGS = getattr(os, "O_PATH", os.O_RDONLY)  # O_PATH: no read access needed, never touches the atime
 ATIME_SLACK_NS = 2 * 10**9
 """A file atime this much newer than our record means someone else read it (filesystem timestamp jitter)."""
+
+BACKGROUND_BATCH = 256
+"""Victims per thread call of a background pass (~0.4 s of unlinks measured at 2,100 files in 3 s): the most
+a write needing the hard cap's room waits for the pass to let it in."""
 
 
 class Outcome(Enum):
@@ -31,7 +35,8 @@ class Outcome(Enum):
 
 
 def low_water(soft_cap: int) -> int:
-    """Where an eviction pass stops: 90% of the soft cap, so passes are batched rather than per write."""
+    """Where an eviction pass stops: 90% of the soft cap, so a pass (started when usage crosses the soft cap)
+    frees room ahead of the next writes rather than evicting per write."""
     return soft_cap - soft_cap // 10
 
 

@@ -42,6 +42,7 @@ from typing import NamedTuple
 from micd import libc
 from micd.blobs import Verifier
 from micd.store import Digest, new_hasher
+from micd.tiers.disk.layout import make_private_dirs
 
 __all__ = [
     "FULL_ERRNOS",
@@ -52,6 +53,7 @@ __all__ = [
     "bump_atime",
     "clean_dead_temp",
     "exists_all",
+    "is_alive",
     "mark_used",
     "open_large",
     "publish_unsynced",
@@ -100,6 +102,16 @@ def _try_lock(path: Path) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def is_alive(tmp_root: Path, owner: str) -> bool:
+    """Whether the `TempArea` named `owner` under `tmp_root` is live: its lock is held (blocking)."""
+    lock = tmp_root / owner / _LOCK
+    fd = _try_lock(lock)
+    if fd is None:
+        return lock.exists()
+    os.close(fd)
+    return False
 
 
 def clean_dead_temp(tmp_root: Path, replay: Callable[[Path], object]) -> int:
@@ -198,7 +210,7 @@ def _create_locked(tmp_root: Path, name: str) -> int | None:
     """Create `tmp_root/name` whose lock file we flocked before it got that name: the lock's fd, or None if a
     cleaner took the staging directory meanwhile."""
     staging = tmp_root / f"{_STAGING}{name}"
-    staging.mkdir(parents=True)
+    make_private_dirs(staging)
     try:
         fd = os.open(staging / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     except FileNotFoundError:
@@ -267,7 +279,7 @@ class TempWriter:
             except FileNotFoundError:
                 if not self.path.exists():
                     raise
-                Path(final).parent.mkdir(parents=True, exist_ok=True)
+                make_private_dirs(Path(final).parent)
                 os.replace(self.path, final)
             self._moved = True
             return sig
@@ -479,7 +491,7 @@ def _publish_unnamed(final: str, data: bytes) -> Sig | None:
     try:
         fd = os.open(directory, os.O_WRONLY | os.O_TMPFILE, 0o600)
     except FileNotFoundError:  # the shard directory was removed by hand: recreate it
-        Path(directory).mkdir(parents=True, exist_ok=True)
+        make_private_dirs(directory)
         fd = os.open(directory, os.O_WRONLY | os.O_TMPFILE, 0o600)
     try:
         _write_all(fd, data)

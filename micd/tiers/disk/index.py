@@ -225,11 +225,11 @@ def scan_changes(layout: Layout, known: dict[str, int]) -> tuple[dict[str, Entry
 
 
 def save_snapshot(layout: Layout, entries: Iterable[tuple[str, tuple[int, int]]], tmp_dir: Path) -> None:
-    """Write the snapshot atomically (temp in `tmp_dir`, fsync, rename); blocking."""
+    """Write the snapshot atomically (temp in `tmp_dir`, fsync, rename), private to its user; blocking."""
     data = encode_snapshot(entries)
     tmp = tmp_dir / f"snapshot.{os.getpid()}.{time.monotonic_ns()}"
     try:
-        with open(tmp, "wb") as handle:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

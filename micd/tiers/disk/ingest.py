@@ -1,10 +1,12 @@
-"""Ingest helpers of the disk tier's write paths: pipelined hash-and-write, small-upload gathering, and the
-error a full filesystem becomes. Split from `store.py` to keep that module about state and policy.
+"""Ingest helpers of the disk tier's write paths: the memory budget of uploads, pipelined hash-and-write,
+small-upload gathering, and the error a full filesystem becomes. Split from `store.py` to keep that module
+about state and policy.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from micd.errors import IntegrityError, StoreFull
 from micd.store import Digest
 from micd.tiers.disk import files
 
-__all__ = ["WRITE_BATCH", "FilesystemFull", "Pipeline", "collect"]
+__all__ = ["WRITE_BATCH", "ByteBudget", "FilesystemFull", "Pipeline", "collect"]
 
 WRITE_BATCH = 4 << 20  # bytes gathered before one worker-thread write: bounded memory, few thread hops
 _PARALLEL_MIN = 1 << 20
@@ -22,8 +24,10 @@ _PARALLEL_MIN = 1 << 20
 class FilesystemFull(StoreFull):
     """The filesystem itself ran out of space or quota mid-write (the temp file was removed)."""
 
-    def __init__(self, root: Path, used: int, needed: int, hard_cap: int, reason: str) -> None:
-        super().__init__(used, needed, hard_cap)
+    def __init__(
+        self, root: Path, used: int, needed: int, hard_cap: int, reason: str, *, reserved: int = 0
+    ) -> None:
+        super().__init__(used, needed, hard_cap, reserved=reserved)
         message = (
             f"cache store full: the filesystem holding {root} refused a {needed}-byte write ({reason})"
             " (free space on that filesystem or lower store.disk_hard_cap)"
@@ -31,21 +35,94 @@ class FilesystemFull(StoreFull):
         self.args = (message,)
 
 
+class ByteBudget:
+    """Bytes of uploads all writes of one tier may hold in memory at once (gathered small blobs, streamed
+    batches not yet written): back-pressure, so memory stays bounded whatever the number of clients. A
+    write that gets no budget stops reading its client until some is given back. Waiters are served in
+    order. Runs on one event loop."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.held = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        """Writes waiting for budget now."""
+        return len(self._waiters)
+
+    def try_take(self, nbytes: int, leave: int = 0) -> bool:
+        """Take `nbytes` now if that leaves at least `leave` bytes free and nobody waits; else False."""
+        if self._waiters or self.held + nbytes + leave > self.total:
+            return False
+        self.held += nbytes
+        return True
+
+    async def take(self, nbytes: int) -> int:
+        """Wait for and take `nbytes` (at most the whole budget, so one huge chunk cannot wait forever);
+        returns the amount taken, to `give` back."""
+        nbytes = min(nbytes, self.total)
+        if self.try_take(nbytes):
+            return nbytes
+        granted = asyncio.get_running_loop().create_future()
+        self._waiters.append((nbytes, granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if not granted.cancelled():  # granted just before the cancel arrived
+                self.give(nbytes)
+            elif (nbytes, granted) in self._waiters:  # else `_wake` dropped it already
+                self._waiters.remove((nbytes, granted))
+                self._wake()
+            raise
+        return nbytes
+
+    def give(self, nbytes: int) -> None:
+        """Give back what `take` or `try_take` took."""
+        self.held -= nbytes
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            nbytes, granted = self._waiters[0]
+            if granted.done():  # cancelled, its task not run yet
+                self._waiters.popleft()
+                continue
+            if self.held + nbytes > self.total:
+                return
+            self._waiters.popleft()
+            self.held += nbytes
+            granted.set_result(None)
+
+
 class Pipeline:
     """Hashes and writes one batch in worker threads while the event loop receives the next.
 
-    At most one batch is in flight, so hashing stays in order and memory stays at about two batches.
+    At most one batch is in flight, so hashing stays in order; the budget a batch holds is given back once it
+    is written (or failed).
     """
 
-    def __init__(self, writer: files.TempWriter, verifier: Verifier) -> None:
+    def __init__(self, writer: files.TempWriter, verifier: Verifier, budget: ByteBudget) -> None:
         self._writer = writer
         self._verifier = verifier
+        self._budget = budget
         self._inflight: asyncio.Future[None] | None = None
 
-    async def submit(self, batch: list[bytes], nbytes: int) -> None:
-        """Start `batch` once the previous one is done (raising its error, if any)."""
-        await self.flush()
-        self._inflight = asyncio.ensure_future(_hash_and_write(self._writer, batch, nbytes, self._verifier))
+    async def submit(self, batch: list[bytes], nbytes: int, held: int) -> None:
+        """Start `batch`, which holds `held` bytes of budget, once the previous one is done (raising its
+        error, if any; `batch`'s budget is then given back)."""
+        try:
+            await self.flush()
+        except BaseException:
+            self._budget.give(held)
+            raise
+        self._inflight = asyncio.ensure_future(self._write(batch, nbytes, held))
+
+    async def _write(self, batch: list[bytes], nbytes: int, held: int) -> None:
+        try:
+            await _hash_and_write(self._writer, batch, nbytes, self._verifier)
+        finally:
+            self._budget.give(held)
 
     async def flush(self) -> None:
         """Wait for the batch in flight."""

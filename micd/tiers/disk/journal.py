@@ -156,7 +156,12 @@ class _Segment:
 
 
 class Journal:
-    """The segments of one live writer. `append` is called by one thread at a time (`GroupCommit`)."""
+    """The segments of one live writer. `append` is called by one thread at a time (`GroupCommit`).
+
+    At most `allowed` segments are created (all by default): an owner that counts them against a cap sets it
+    (`allow`) as it claims their bytes, and must allow one before the first `append`. `starved`
+    says an append waited for lack of an allowed segment (the owner may then claim one more).
+    """
 
     def __init__(self, owner_dir: Path, sync_root: Path, *, segment_bytes: int = 16 << 20,
                  max_segments: int = 4) -> None:  # fmt: skip
@@ -167,6 +172,8 @@ class Journal:
         self._sync_root = sync_root
         self.segment_bytes = segment_bytes
         self.max_segments = max_segments
+        self.allowed = max_segments
+        self.starved = False
         self.syncs = 0
         self._segments: list[_Segment] = []
         self._current: _Segment | None = None
@@ -227,7 +234,8 @@ class Journal:
                 self._full.append(current)
                 self._current = None
                 self._cond.notify_all()
-            while not self._free and len(self._segments) >= self.max_segments:
+            while not self._free and len(self._segments) >= self.allowed:
+                self.starved = self.allowed < self.max_segments
                 if self._sync_error is not None:
                     error, self._sync_error = self._sync_error, None
                     raise error
@@ -244,7 +252,7 @@ class Journal:
     def _create(self) -> _Segment:
         """A new zero-filled, fsynced segment whose name is durable too (so a crash cannot lose it)."""
         first = not self._segments
-        self.dir.mkdir(exist_ok=True)
+        self.dir.mkdir(0o700, exist_ok=True)
         path = self.dir / f"seg.{len(self._segments)}"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -297,6 +305,13 @@ class Journal:
 
     def segment_count(self) -> int:
         return len(self._segments)
+
+    def allow(self, segments: int) -> None:
+        """Let the journal create up to `segments` segments (capped at `max_segments`)."""
+        with self._cond:
+            self.allowed = min(segments, self.max_segments)
+            self.starved = False
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Make everything durable, then remove the segments (blocking; no `append` may run)."""

@@ -7,6 +7,7 @@ Layout (the version is in the directory name, so a future layout can live beside
     <root>/v1/tmp/<owner>/                      temp files of one live DiskTier; <owner>/lock is flock'ed
     <root>/v1/tmp/<owner>/journal/seg.<n>       its small-blob journal (group commit, see `journal.py`)
     <root>/v1/index/snapshot                    the index snapshot (see `index.py`)
+    <root>/v1/usage                             bytes used and claimed by all daemons (see `usage.py`)
 
 Other components keep their own directories under `<root>/v1/` (e.g. `s3-queue/`); nothing here touches
 names it does not recognise.
@@ -16,7 +17,10 @@ file), and so a digest announced with a wrong size is a plain miss. KV file name
 namespace or key can name a path outside the tree; callers' names are still validated (`check_kv_name`).
 
 Index keys are short strings: `"<function>/<hex>.<size>"` for a blob, `"kv/<hex>"` for a record. All
-functions here are pure.
+functions here are pure but `make_private_dirs` and `Layout.make_dirs`.
+
+Privacy: the cache is its user's alone (its file names say which digests are cached), so every directory
+the tier creates is 0700 and every file it writes 0600, whatever the umask.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ __all__ = [
     "check_kv_name",
     "kv_hex",
     "kv_key",
+    "make_private_dirs",
     "parse_blob_name",
 ]
 
@@ -76,6 +81,31 @@ def parse_blob_name(name: str) -> int | None:
     return int(size)
 
 
+def make_private_dirs(path: Path | str) -> None:
+    """`mkdir -p` with mode 0700 for every directory it creates (`os.makedirs` gives parents the umask's
+    mode); existing ones are left as they are (blocking)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        make_private_dirs(os.path.dirname(path))
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+
+
+def _tighten(path: Path, private: int) -> None:
+    """Drop group and other access from `path` if it is ours (an older version's 0755/0644); blocking."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        os.chmod(path, private)
+
+
 class Layout:
     """Paths under one cache root."""
 
@@ -87,6 +117,7 @@ class Layout:
         self.tmp = self.base / "tmp"
         self.index = self.base / "index"
         self.snapshot = self.index / "snapshot"
+        self.usage = self.base / "usage"
         self._shards: list[tuple[str, str]] | None = None
         self.cas_prefix = f"{self.cas}/"
         """`cas` as a string ending in "/", for building many blob paths cheaply."""
@@ -126,11 +157,16 @@ class Layout:
 
         Skipped when the last directory this creates exists (a previous open finished). A shard removed by
         hand later is recreated by the first write into it (`files.TempWriter.publish`, `files.publish_unsynced`).
+        An existing root of ours is made private first: 0700 on the root (nobody else gets past it, so the
+        shards below need no chmod each) and on its top directories, 0600 on the snapshot.
         """
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        self.index.mkdir(parents=True, exist_ok=True)
+        for path in (self.root, self.base, self.cas, self.kv, self.tmp, self.index):
+            _tighten(path, 0o700)
+        _tighten(self.snapshot, 0o600)
+        make_private_dirs(self.tmp)
+        make_private_dirs(self.index)
         shards = self.shard_dirs()
         if os.path.isdir(shards[-1][1]):
             return
         for _, path in shards:
-            os.makedirs(path, exist_ok=True)
+            make_private_dirs(path)

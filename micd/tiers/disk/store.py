@@ -4,12 +4,17 @@ Files are the truth, the in-memory index a cache of them: existence is always an
 (one `access` call, never a body read), so a blob written by another process is found and one evicted by another process
 is a miss. The index carries sizes for the caps and last-access order for LRU eviction (see `index.py`).
 
-Caps: a write reserves `digest.size` before its first byte. If used + reserved + size would pass the hard cap,
-least recently used entries are evicted to make room, but only when that can succeed; otherwise `StoreFull`
-is raised before anything changes. After each write, usage above the soft cap is evicted down to 90% of it.
-A real ENOSPC/EDQUOT is `StoreFull` too. Usage is this process's view: other daemons' writes are counted
-when we meet their files and on a rescan (at most once a minute, before a write), so several daemons
-writing at once may overshoot the caps by what they wrote since their last rescan.
+Caps: they cover the whole root, shared by every daemon of the user, and all its disk use: published files,
+journal segments and in-flight temp files. A write reserves `digest.size` before its first byte, and the
+journal claims each segment before creating it; both come out of this daemon's claim in the root's usage
+ledger (`usage.py`), which is granted only while all daemons' files and claims together stay under the hard
+cap. Most small writes reserve from headroom the claim already holds, with no ledger call. Short of room,
+dead daemons' claims are dropped, then least recently used entries evicted, but only when that can
+succeed; otherwise `StoreFull` (bytes used and reserved apart) is raised before anything changes: the only
+eviction a request ever waits for. A write that takes the root above the soft cap starts a background pass
+that evicts down to 90% of it (`upkeep`), ahead of need. A real ENOSPC/EDQUOT is `StoreFull` too. Each
+daemon evicts from what it knows of (its index; other daemons' files join at a rescan, at most a minute
+apart, which also corrects the ledger's count of files).
 
 Writes: every blob is verified and durable before the call returns, so an acknowledged blob survives a crash
 and a visible name holds verified bytes (or, after a power loss, bytes that fail verification on read and
@@ -40,12 +45,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from micd.blobs import BytesBlob, Verifier, aiter_bytes, clamp_range
-from micd.errors import FormatError, IntegrityError
+from micd.errors import FormatError, IntegrityError, StoreFull
 from micd.record import decode_record, encode_record
 from micd.store import Digest, Record
-from micd.tiers.disk import files, index
+from micd.tiers.disk import files, index, usage
 from micd.tiers.disk.blob import FileBlob
-from micd.tiers.disk.ingest import WRITE_BATCH, FilesystemFull, Pipeline, collect
+from micd.tiers.disk.ingest import WRITE_BATCH, ByteBudget, FilesystemFull, Pipeline, collect
 from micd.tiers.disk.journal import RECORD_OVERHEAD, GroupCommit, Journal
 from micd.tiers.disk.kvfile import decode_kv_file, encode_kv_file
 from micd.tiers.disk.layout import Layout, blob_key, check_kv_name, kv_key
@@ -103,18 +108,25 @@ class DiskTier(IndexState):
         verify_limit: int = 4 << 20,
         journal_segment_bytes: int = 16 << 20,
         journal_segments: int = 4,
+        ingest_budget: int = 64 << 20,
     ) -> None:
         if not 0 < soft_cap <= hard_cap:
             raise ValueError(f"disk caps must satisfy 0 < soft_cap ≤ hard_cap (got {soft_cap}, {hard_cap})")
         if verify_limit < 0:
             raise ValueError(f"verify_limit must be ≥ 0 (got {verify_limit})")
+        if ingest_budget <= 0:
+            raise ValueError(f"ingest_budget must be > 0 (got {ingest_budget})")
         super().__init__(Layout(root), soft_cap=soft_cap, hard_cap=hard_cap)
         self.verify_limit = verify_limit
-        self._journal_shape = (journal_segment_bytes, journal_segments)
-        self._small_max = min(_FAST_MAX, journal_segment_bytes - RECORD_OVERHEAD)
+        # Segments count against the hard cap (claimed as the journal needs them): at most 1/64 of it each.
+        segment_bytes = min(journal_segment_bytes, hard_cap // 64)
+        self._journal_shape = (segment_bytes, journal_segments)
+        self._small_max = min(_FAST_MAX, segment_bytes - RECORD_OVERHEAD)  # ≤ 0: no group commit
         self._journal: Journal | None = None
         self._commit: GroupCommit | None = None
         self._marked = Marked(files.TOUCH_EVERY_NS)
+        self._budget = ByteBudget(ingest_budget)
+        self._batch_bytes = min(WRITE_BATCH, max(1, ingest_budget // 4))
 
     # -- lifecycle and stats -----------------------------------------------------------------------
     async def open(self) -> None:
@@ -125,13 +137,21 @@ class DiskTier(IndexState):
         self._journal = Journal(
             area.path, self.layout.root, segment_bytes=segment_bytes, max_segments=segments
         )
+        self._journal.allow(0)  # each segment is claimed under the hard cap first (`_journal_room`)
         self._commit = GroupCommit(self._journal, area)
 
     def _open_blocking(self) -> None:
         self.layout.make_dirs()
         self._clean_dead_temp()
         self._area = files.TempArea(self.layout.tmp)
+        self._ledger = usage.Ledger(
+            self.layout.usage, self._area.path.name, partial(files.is_alive, self.layout.tmp)
+        )
+        before = self._ledger.exchange(0, 0, (), self.hard_cap, prune=True)
         self._lru, valid = index.load_index(self.layout)
+        if not before.others:  # nobody holds unpublished counts: our listing is the exact count of the root
+            self._ledger.recount(self._lru.used, before.applied)
+        self._root = self._ledger.exchange(0, 0, (), self.hard_cap)
         self._snapshot_at = self._scanned_at = time.monotonic_ns()
         if not valid:
             index.save_snapshot(self.layout, self._lru.items(), self._area.path)
@@ -142,16 +162,29 @@ class DiskTier(IndexState):
             return
         if self._snapshot_task is not None:
             await self._snapshot_task
-        area, self._area = self._area, None
+        area, self._area = self._area, None  # also stops a background eviction pass after its batch
+        await self.settled()
         if self._commit is not None:  # let in-flight small writes finish before their temp dir goes
             await self._commit.close()
             self._commit = None
         if self._journal is not None:  # syncfs: what the journal covered is durable without it
             await asyncio.to_thread(self._journal.close)
             self._journal = None
+        if self._trimmer is not None:
+            await self._trimmer
+        if self._ledger is not None:
+            async with self._ledger_lock:
+                ledger, self._ledger = self._ledger, None
+                await asyncio.to_thread(ledger.leave, self._unsynced)
+            self._unsynced = self._claim = self._journal_claimed = 0
         entries = list(self._lru.items())
         await asyncio.to_thread(index.save_snapshot, self.layout, entries, area.path)
         await asyncio.to_thread(area.release)
+
+    def stats(self) -> dict[str, int]:
+        """`IndexState.stats` plus the upload memory budget: bytes held, writes waiting for it."""
+        budget = self._budget
+        return {**super().stats(), "ingest_held_bytes": budget.held, "ingest_waiting": budget.waiting}
 
     # -- CAS reads ---------------------------------------------------------------------------------
     async def contains(self, digest: Digest) -> bool:
@@ -248,21 +281,27 @@ class DiskTier(IndexState):
     async def put(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
         """Stream to a temp file while hashing; publish by rename only if digest and size match.
 
-        A small blob (≤ `_FAST_MAX`) whose reservation needs no await is gathered in memory (reserved
-        before its first byte, like every write) and group-committed (`_put_small`).
+        A small blob (≤ `_FAST_MAX`) is gathered in memory and group-committed (`_put_small`) when it gets
+        room under the hard cap and memory budget at once, never more than half the budget for all gathered
+        blobs (the rest keeps streamed uploads moving); otherwise it streams like a large one.
 
         Raises:
             IntegrityError: the bytes do not match `digest` (nothing stored, temp file removed).
             StoreFull: no room under the hard cap, or the filesystem is full (`FilesystemFull`).
         """
-        if 0 < digest.size <= self._small_max and self._reserve_now(digest.size):
+        size = digest.size
+        if 0 < size <= self._small_max and self._budget.try_take(size, leave=self._budget.total // 2):
             try:
-                data = await collect(digest, chunks)
-            except BaseException:
-                self._reserved -= digest.size
-                raise
-            await self._put_small(digest, data)
-            return
+                if await self._reserve_small(size):
+                    try:
+                        data = await collect(digest, chunks)
+                    except BaseException:
+                        self._release(size)
+                        raise
+                    await self._put_small(digest, data)
+                    return
+            finally:
+                self._budget.give(size)
         await self._put_streaming(digest, chunks)
 
     async def _put_streaming(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
@@ -277,20 +316,7 @@ class DiskTier(IndexState):
             writer = await self._new_writer()
             try:
                 verifier = Verifier(digest)
-                pipeline = Pipeline(writer, verifier)
-                batch: list[bytes] = []
-                pending = 0
-                try:
-                    async for chunk in chunks:
-                        batch.append(chunk)
-                        pending += len(chunk)
-                        if pending >= WRITE_BATCH:
-                            await pipeline.submit(batch, pending)
-                            batch, pending = [], 0
-                    await pipeline.submit(batch, pending)
-                    await pipeline.flush()
-                finally:
-                    await pipeline.settle()
+                await self._stream_to(writer, verifier, chunks)
                 verifier.check()
                 await _completing(
                     asyncio.to_thread(writer.publish, path), partial(self._count_orphan, key, digest.size)
@@ -304,8 +330,42 @@ class DiskTier(IndexState):
             finally:
                 await asyncio.to_thread(writer.abort)
         finally:
-            self._reserved -= digest.size
-        await self._after_write(key)
+            self._release(digest.size)
+        self._after_write(key)
+
+    async def _stream_to(
+        self, writer: files.TempWriter, verifier: Verifier, chunks: AsyncIterator[bytes]
+    ) -> None:
+        """Hash and write `chunks` in batches, each chunk held in memory only with budget: short of it, the
+        batch so far is written first (so all budget held meanwhile is on its way back), then this upload
+        waits, reading no more from its client."""
+        pipeline = Pipeline(writer, verifier, self._budget)
+        batch: list[bytes] = []
+        pending = held = 0
+
+        async def submit() -> None:
+            nonlocal batch, pending, held
+            full, nbytes, owned = batch, pending, held
+            batch, pending, held = [], 0, 0
+            await pipeline.submit(full, nbytes, owned)  # owns that budget now, even if this raises
+
+        try:
+            async for chunk in chunks:
+                if self._budget.try_take(len(chunk)):
+                    held += len(chunk)
+                else:
+                    if batch:
+                        await submit()
+                    held += await self._budget.take(len(chunk))
+                batch.append(chunk)
+                pending += len(chunk)
+                if pending >= self._batch_bytes:
+                    await submit()
+            await submit()
+            await pipeline.flush()
+        finally:
+            self._budget.give(held)  # a batch never submitted
+            await pipeline.settle()
 
     async def _new_writer(self) -> files.TempWriter:
         """A new temp file in our temp area, aborted (not leaked) if the caller is cancelled meanwhile."""
@@ -315,43 +375,86 @@ class DiskTier(IndexState):
     async def put_bytes(self, digest: Digest, data: bytes) -> None:
         """`put` for bytes already in memory: group-committed through the journal when small.
 
-        Falls back to the streaming path when the blob is large or the reservation needs an await (a rescan
-        is due, or the cap needs eviction, or the blob may already exist at a full cap).
+        Falls back to the streaming path when the blob is large or there is no room under the hard cap (the
+        blob may already exist, which the streaming path checks first).
         """
-        if 0 < digest.size <= self._small_max and self._reserve_now(digest.size):
+        if 0 < digest.size <= self._small_max and await self._reserve_small(digest.size):
             await self._put_small(digest, data)
         else:
             await self._put_streaming(digest, aiter_bytes(data))
 
     async def _put_small(self, digest: Digest, data: bytes) -> None:
-        """Verify, journal and publish `data` with the next group commit; releases the reservation the caller
+        """Verify, journal and publish `data` with the next group commit; ends the reservation the caller
         took."""
         key = blob_key(digest)
         if self._commit is None:
             raise RuntimeError("DiskTier is not open")
         try:
+            room = await self._journal_room()
+        except BaseException:
+            self._release(digest.size)
+            raise
+        if not room:  # not even one segment fits under the hard cap: write it like a large blob
+            self._release(digest.size)
+            await self._put_streaming(digest, aiter_bytes(data))
+            return
+        try:
             sig = await self._commit.put(
                 digest, self.layout.blob_file(digest), data, partial(self._count_orphan, key, digest.size)
             )
-        except OSError as exc:
-            if exc.errno in files.FULL_ERRNOS:
+        except BaseException as exc:
+            self._release(digest.size)
+            if isinstance(exc, OSError) and exc.errno in files.FULL_ERRNOS:
                 raise self._fs_full(digest.size, exc) from exc
             raise
-        finally:
-            self._reserved -= digest.size
         if sig is None:  # already stored (the bytes were still verified)
             self._seen(key, digest.size)
-            return
-        self._published(key, digest.size)
-        await self._after_write(key)
+            self._release(digest.size)
+        else:
+            self._published(key, digest.size)
+            self._release(digest.size)  # after counting the file: its bytes stay covered by our claim
+            self._after_write(key)
+        if self._journal is not None and self._journal.starved:  # it waited for a segment: claim one more
+            await self._journal_room()
+
+    async def _journal_room(self) -> bool:
+        """Claim a journal segment under the hard cap before the journal creates it: one before the first
+        small write, one more whenever an append had to wait for one (up to the journal's maximum). False if
+        the journal has none and none can be claimed now."""
+        journal = self._journal
+        if journal is None:
+            raise RuntimeError("DiskTier is not open")
+        if journal.allowed and not journal.starved or journal.allowed == journal.max_segments:
+            return True
+        try:
+            await self._reserve(journal.segment_bytes)
+        except StoreFull:
+            return journal.allowed > 0
+        self._reserved -= journal.segment_bytes
+        if journal.allowed and not journal.starved or journal.allowed == journal.max_segments:
+            return True  # a concurrent write claimed one meanwhile: ours stays as headroom
+        self._journal_claimed += journal.segment_bytes
+        journal.allow(journal.allowed + 1)
+        return True
+
+    async def _reserve_small(self, size: int) -> bool:
+        """Reserve for a group-committed write (awaiting only when our headroom is short); False means let the
+        streaming path decide (at a full cap, an already stored blob still succeeds there)."""
+        if self._reserve_now(size):
+            return True
+        try:
+            await self._reserve(size)
+        except StoreFull:
+            return False
+        return True
 
     def _count_orphan(self, key: str, size: int, _result: object) -> None:
         """Count a write published although its caller was cancelled meanwhile (`_completing`, `GroupCommit.put`)."""
-        self._lru.add(key, size, time.time_ns())
+        self._wrote(key, size)
         self._changes += 1
 
     def _published(self, key: str, size: int) -> None:
-        self._lru.add(key, size, time.time_ns())
+        self._wrote(key, size)
 
     async def _drain_verify(self, digest: Digest, chunks: AsyncIterator[bytes]) -> None:
         verifier = Verifier(digest)
@@ -363,7 +466,10 @@ class DiskTier(IndexState):
         verifier.check()
 
     def _fs_full(self, needed: int, exc: OSError) -> FilesystemFull:
-        return FilesystemFull(self.layout.root, self.used_bytes, needed, self.hard_cap, exc.strerror or "")
+        return FilesystemFull(
+            self.layout.root, self.root_used_bytes, needed, self.hard_cap, exc.strerror or "",
+            reserved=self._root.others + self._claim,
+        )  # fmt: skip
 
     # -- KV ----------------------------------------------------------------------------------------
     async def get_record(self, namespace: str, key: str) -> Record | None:
@@ -401,7 +507,7 @@ class DiskTier(IndexState):
                     asyncio.to_thread(writer.publish, self.layout.kv_path(namespace, key)),
                     partial(self._count_orphan, kv_key(namespace, key), len(data)),
                 )
-                self._lru.add(kv_key(namespace, key), len(data), time.time_ns())  # before the abort's await
+                self._wrote(kv_key(namespace, key), len(data))  # before the abort's await
             except OSError as exc:
                 if exc.errno in files.FULL_ERRNOS:
                     raise self._fs_full(len(data), exc) from exc
@@ -409,5 +515,5 @@ class DiskTier(IndexState):
             finally:
                 await asyncio.to_thread(writer.abort)
         finally:
-            self._reserved -= len(data)
-        await self._after_write(kv_key(namespace, key))
+            self._release(len(data))
+        self._after_write(kv_key(namespace, key))
