@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from micd.errors import IntegrityError
 from micd.store import Digest
 from micd.tiers.disk import DiskTier
 
@@ -34,6 +35,17 @@ async def chunked(data: bytes, size: int = 1000) -> AsyncIterator[bytes]:
 async def read(handle: Any) -> bytes:
     """The whole body of an open blob handle."""
     return b"".join([chunk async for chunk in handle.chunks()])
+
+
+async def drain(handle: Any) -> tuple[bytes, BaseException | None]:
+    """What an open blob handle streamed, and the IntegrityError that cut it short (None if it completed)."""
+    got = bytearray()
+    try:
+        async for chunk in handle.chunks():
+            got += chunk
+    except IntegrityError as exc:
+        return bytes(got), exc
+    return bytes(got), None
 
 
 def temp_files(tier: DiskTier) -> list[Path]:

@@ -24,7 +24,7 @@ from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
 from micd.tiers.tiered import TieredStore
 from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
-from tests.micd.helpers import blob
+from tests.micd.helpers import blob, drain
 from tests.protocols.bazel_support import reapi_server
 
 SIZE = 3 << 20  # several read batches, far above the verify limit (always hashed on read)
@@ -42,16 +42,6 @@ def rot(path: Path, position: int) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     after = os.stat(path)
     assert (after.st_ino, after.st_size, after.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-async def read_all(handle) -> tuple[bytes, BaseException | None]:
-    got = bytearray()
-    try:
-        async for chunk in handle.chunks():
-            got += chunk
-    except IntegrityError as exc:
-        return bytes(got), exc
-    return bytes(got), None
 
 
 @pytest.fixture
@@ -72,7 +62,7 @@ async def _stored_and_read_once(store: TieredStore, function: str = "sha256") ->
     digest = Digest.of(data, function)
     await store.put_bytes(digest, data)
     handle = await store.get(digest)
-    assert (await read_all(handle)) == (data, None)  # read, hashed and found good by this process
+    assert (await drain(handle)) == (data, None)  # read, hashed and found good by this process
     return data, digest, store.disk.layout.blob_path(digest)
 
 
@@ -81,20 +71,20 @@ async def _stored_and_read_once(store: TieredStore, function: str = "sha256") ->
 async def test_rot_after_a_verified_read_fails_the_next_read(store, function, where):
     data, digest, path = await _stored_and_read_once(store, function)
     rot(path, {"start": 0, "middle": SIZE // 2, "end": SIZE - 1}[where])
-    got, error = await read_all(await store.get(digest))
+    got, error = await drain(await store.get(digest))
     assert isinstance(error, IntegrityError)
     assert len(got) < len(data)  # never the whole length
     assert store.disk.corruptions == 1
     assert not path.exists() and await store.get(digest) is None  # dropped: the next read is a clean miss
     await store.put_bytes(digest, data)  # and an upload heals it
-    assert (await read_all(await store.get(digest))) == (data, None)
+    assert (await drain(await store.get(digest))) == (data, None)
 
 
 async def test_rot_fails_a_range_read_outside_the_damage(store):
     """A range that does not cover the damaged byte is still refused: the whole file is hashed."""
     _, digest, path = await _stored_and_read_once(store)
     rot(path, SIZE - 1)
-    got, error = await read_all(await store.get(digest, 0, 1000))
+    got, error = await drain(await store.get(digest, 0, 1000))
     assert isinstance(error, IntegrityError) and got == b""
 
 

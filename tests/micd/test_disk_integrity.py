@@ -11,7 +11,7 @@ import pytest
 from micd.errors import BadRequest, IntegrityError
 from micd.store import Digest, Record
 from micd.tiers.disk.ingest import WRITE_BATCH
-from tests.micd.helpers import blob, temp_files
+from tests.micd.helpers import blob, drain, temp_files
 
 SMALL_LIMIT = 64 << 10
 
@@ -27,16 +27,6 @@ def flip(path: Path, position: int) -> None:
         byte = handle.read(1)
         handle.seek(position)
         handle.write(bytes([byte[0] ^ 0x40]))
-
-
-async def drain(handle) -> tuple[bytes, BaseException | None]:
-    got = bytearray()
-    try:
-        async for chunk in handle.chunks():
-            got += chunk
-    except IntegrityError as exc:
-        return bytes(got), exc
-    return bytes(got), None
 
 
 @pytest.mark.parametrize("function", ["sha256", "blake3"])

@@ -31,7 +31,7 @@ __all__ = ["MAGIC", "VERSION", "decode_kv_file", "encode_kv_file"]
 
 MAGIC = b"MICK"
 VERSION = 1
-_FORMAT = "disk kv record file"
+_FORMAT = "kv record file"  # on disk and, since issue 10, in S3
 _HEAD = struct.Struct(">4sBHH")
 _SUM = 32
 

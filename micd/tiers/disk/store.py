@@ -484,7 +484,7 @@ class DiskTier(IndexState):
         try:
             got_ns, got_key, raw = decode_kv_file(data)
             if (got_ns, got_key) != (namespace, key):
-                raise FormatError("disk kv record file", "names a different record", got=(got_ns, got_key))
+                raise FormatError("kv record file", "names a different record", got=(got_ns, got_key))
             record = decode_record(raw)
         except FormatError:
             await self._discard_corrupt(ikey, path, sig)
