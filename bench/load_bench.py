@@ -89,12 +89,15 @@ class Tally:
     """What one phase's requests did."""
 
     latencies: list[float] = field(default_factory=list)
+    by_op: dict[str, list[float]] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
     bytes: int = 0
 
     def record(self, started: float, error: str | None, detail: str = "", size: int = 0) -> None:
-        self.latencies.append(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.latencies.append(seconds)
+        self.by_op.setdefault(detail.split(" ", 1)[0], []).append(seconds)  # detail starts with the operation
         if error is None:
             self.bytes += size
             return
@@ -112,6 +115,7 @@ class Tally:
             "p50": pct(lat, 0.5),
             "p99": pct(lat, 0.99),
             "max": max(lat, default=float("nan")),
+            "p50_p99_by_op": {op: (pct(x, 0.5), pct(x, 0.99)) for op, x in sorted(self.by_op.items())},
             "slow": sum(1 for x in lat if x > SLOW_SECONDS),
             "seconds": seconds,
             "mbytes": self.bytes / 1e6,
@@ -414,6 +418,8 @@ def report(results: list[dict], header: list[str], problems: list[str]) -> bool:
         extra += f"; TCP connections opened {r['opened']}, reused {r['reused']}" if "opened" in r else ""
         print(f"\n{r['kind']}: seeding errors {r['seed_errors']}; load average at its end "
               f"{', '.join(f'{x:.2f}' for x in r['load'])}{extra}")  # fmt: skip
+        for op, (p50, p99) in r["p50_p99_by_op"].items():
+            print(f"  {op}: p50 {p50 * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms")
         for kind, n in sorted(r["error_kinds"].items(), key=lambda kv: -kv[1]):
             print(f"  {n:>7} × {kind}")
         for example in r["examples"]:
