@@ -51,9 +51,9 @@ class ByteBudget:
         """Writes waiting for budget now."""
         return len(self._waiters)
 
-    def try_take(self, nbytes: int, leave: int = 0) -> bool:
-        """Take `nbytes` now if that leaves at least `leave` bytes free and nobody waits; else False."""
-        if self._waiters or self.held + nbytes + leave > self.total:
+    def try_take(self, nbytes: int) -> bool:
+        """Take `nbytes` now if they are free and nobody waits; else False."""
+        if self._waiters or self.held + nbytes > self.total:
             return False
         self.held += nbytes
         return True
