@@ -445,7 +445,9 @@ def _defaults(env: Mapping[str, str], home: Path, session: str) -> dict[str, obj
     data_home = Path(env.get("XDG_DATA_HOME") or home / ".local" / "share")
     return {
         "cache_dir": cache_home / "mic" / "store",
-        "memory_budget": 256 << 20,
+        # 128 MiB: the disk tier's files sit in the page cache anyway, and a per-session daemon must stay under
+        # 512 MiB RSS with 200 clients (issue 10); 256 MiB of cache left too little room for requests in flight.
+        "memory_budget": 128 << 20,
         "disk_soft_cap": 20 << 30,
         "disk_hard_cap": 25 << 30,
         "s3_bucket": None,

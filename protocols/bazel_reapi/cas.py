@@ -13,6 +13,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
+from micd.budget import ByteBudget
 from micd.errors import BadRequest, MicError, NotFound
 from micd.store import Digest, Store
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
@@ -38,6 +39,10 @@ TREE_PAGE_BYTES = 3 << 20
 _WALK_BATCH = 256  # directories GetTree fetches with one store call and parses in one worker-thread call
 _UPDATE_CHUNK = 256  # BatchUpdateBlobs entries stored concurrently before the next chunk
 _FIND_CHUNK = 10_000  # FindMissingBlobs digests looked up with one store call
+BATCH_BUDGET = 16 << 20
+"""Blob bytes the batch calls in process may hold at once; the others wait, holding only their request. A
+call's parsing, copies and response hold its bytes several times over: 64 concurrent clients of 1-4 blobs
+up to 1 MiB took ~410 MiB beyond the memory tier before this bound, ~260 MiB with it (bench/RESULTS.md)."""
 _T = TypeVar("_T")
 _OK = status_pb2.Status(code=grpc.StatusCode.OK.value[0])
 
@@ -55,6 +60,7 @@ def _status(exc: BaseException) -> status_pb2.Status:
 class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageServicer):
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._batch_budget = ByteBudget(BATCH_BUDGET)
 
     async def FindMissingBlobs(
         self, request: re_pb2.FindMissingBlobsRequest, context: grpc.aio.ServicerContext
@@ -73,12 +79,20 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
         ac_namespace(request.instance_name)
         function = digest_function(request.digest_function)
         # Both sizes: compressed entries may announce far more bytes than they carry, and each is decoded whole.
-        _check_batch_size(
-            max(
-                sum(len(r.data) for r in request.requests), sum(r.digest.size_bytes for r in request.requests)
-            )
+        size = max(
+            sum(len(r.data) for r in request.requests), sum(r.digest.size_bytes for r in request.requests)
         )
-        entries = list(request.requests)
+        _check_batch_size(size)
+        taken = await self._batch_budget.take(size)
+        try:
+            return await self._update(request.requests, function)
+        finally:
+            self._batch_budget.give(taken)
+
+    async def _update(
+        self, requests: Iterable[re_pb2.BatchUpdateBlobsRequest.Request], function: str
+    ) -> re_pb2.BatchUpdateBlobsResponse:
+        entries = list(requests)
         statuses: list[status_pb2.Status] = []
         for start in range(0, len(entries), _UPDATE_CHUNK):  # each chunk's await lets other calls in
             statuses += await _all(
@@ -110,9 +124,14 @@ class ContentAddressableStorageServicer(re_grpc.ContentAddressableStorageService
         ac_namespace(request.instance_name)
         function = digest_function(request.digest_function)
         digests = await off_loop(len(request.digests), from_protos, request.digests, function)
-        _check_batch_size(sum(d.size for d in digests))
-        found = await self._store.get_many_bytes(digests)
-        return await off_loop(len(found), _read_response, digests, found)
+        size = sum(d.size for d in digests)
+        _check_batch_size(size)
+        taken = await self._batch_budget.take(size)
+        try:
+            found = await self._store.get_many_bytes(digests)
+            return await off_loop(len(found), _read_response, digests, found)
+        finally:
+            self._batch_budget.give(taken)
 
     async def GetTree(
         self, request: re_pb2.GetTreeRequest, context: grpc.aio.ServicerContext

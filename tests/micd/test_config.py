@@ -36,7 +36,7 @@ def layout(tmp_path: Path, clean_env: Path) -> dict[str, Path]:
 
 # Each row adds one layer; the highest layer present must win and be named as the source.
 PRECEDENCE = [
-    ("defaults only", set(), 256 << 20, "default"),
+    ("defaults only", set(), 128 << 20, "default"),
     ("user config", {"user"}, 1 << 20, "{user}"),
     ("workspace beats user", {"user", "toml"}, 2 << 20, "{toml}"),
     ("env beats files", {"user", "toml", "env"}, 3 << 20, "env MIC_MEMORY_BUDGET"),

@@ -1,4 +1,4 @@
-"""Ingest helpers of the disk tier's write paths: the memory budget of uploads, pipelined hash-and-write,
+"""Ingest helpers of the disk tier's write paths: pipelined hash-and-write,
 small-upload gathering, and the error a full filesystem becomes. Split from `store.py` to keep that module
 about state and policy.
 """
@@ -6,16 +6,16 @@ about state and policy.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from micd.blobs import Verifier
+from micd.budget import ByteBudget
 from micd.errors import IntegrityError, StoreFull
 from micd.store import Digest
 from micd.tiers.disk import files
 
-__all__ = ["WRITE_BATCH", "ByteBudget", "FilesystemFull", "Pipeline", "collect"]
+__all__ = ["WRITE_BATCH", "FilesystemFull", "Pipeline", "collect"]
 
 WRITE_BATCH = 4 << 20  # bytes gathered before one worker-thread write: bounded memory, few thread hops
 _PARALLEL_MIN = 1 << 20
@@ -33,66 +33,6 @@ class FilesystemFull(StoreFull):
             " (free space on that filesystem or lower store.disk_hard_cap)"
         )
         self.args = (message,)
-
-
-class ByteBudget:
-    """Bytes of uploads all writes of one tier may hold in memory at once (gathered small blobs, streamed
-    batches not yet written): back-pressure, so memory stays bounded whatever the number of clients. A
-    write that gets no budget stops reading its client until some is given back. Waiters are served in
-    order. Runs on one event loop."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.held = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
-
-    @property
-    def waiting(self) -> int:
-        """Writes waiting for budget now."""
-        return len(self._waiters)
-
-    def try_take(self, nbytes: int) -> bool:
-        """Take `nbytes` now if they are free and nobody waits; else False."""
-        if self._waiters or self.held + nbytes > self.total:
-            return False
-        self.held += nbytes
-        return True
-
-    async def take(self, nbytes: int) -> int:
-        """Wait for and take `nbytes` (at most the whole budget, so one huge chunk cannot wait forever);
-        returns the amount taken, to `give` back."""
-        nbytes = min(nbytes, self.total)
-        if self.try_take(nbytes):
-            return nbytes
-        granted = asyncio.get_running_loop().create_future()
-        self._waiters.append((nbytes, granted))
-        try:
-            await granted
-        except asyncio.CancelledError:
-            if not granted.cancelled():  # granted just before the cancel arrived
-                self.give(nbytes)
-            elif (nbytes, granted) in self._waiters:  # else `_wake` dropped it already
-                self._waiters.remove((nbytes, granted))
-                self._wake()
-            raise
-        return nbytes
-
-    def give(self, nbytes: int) -> None:
-        """Give back what `take` or `try_take` took."""
-        self.held -= nbytes
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters:
-            nbytes, granted = self._waiters[0]
-            if granted.done():  # cancelled, its task not run yet
-                self._waiters.popleft()
-                continue
-            if self.held + nbytes > self.total:
-                return
-            self._waiters.popleft()
-            self.held += nbytes
-            granted.set_result(None)
 
 
 class Pipeline:

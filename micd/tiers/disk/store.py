@@ -45,12 +45,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from micd.blobs import BytesBlob, Verifier, aiter_bytes, clamp_range
+from micd.budget import ByteBudget
 from micd.errors import FormatError, IntegrityError, StoreFull
 from micd.record import decode_record, encode_record
 from micd.store import Digest, Record
 from micd.tiers.disk import files, index, usage
 from micd.tiers.disk.blob import FileBlob
-from micd.tiers.disk.ingest import WRITE_BATCH, ByteBudget, FilesystemFull, Pipeline, collect
+from micd.tiers.disk.ingest import WRITE_BATCH, FilesystemFull, Pipeline, collect
 from micd.tiers.disk.journal import RECORD_OVERHEAD, GroupCommit, Journal
 from micd.tiers.disk.kvfile import decode_kv_file, encode_kv_file
 from micd.tiers.disk.layout import Layout, blob_key, check_kv_name, kv_key
