@@ -146,7 +146,7 @@ def test_stats_table_and_json_from_a_running_daemon(micd, tmp_path, monkeypatch)
     assert any(line.startswith("cas") for line in table.splitlines()[1:])
     assert "store:" in table and "disk.used_bytes" in table
     budget = next(line for line in table.splitlines() if line.strip().startswith("memory.budget"))
-    assert budget.split()[-2:] == ["256.0", "MiB"]  # sizes are shown human-readable
+    assert budget.split()[-2:] == ["128.0", "MiB"]  # sizes are shown human-readable
     assert daemon.stop() == 0
 
 
