@@ -46,6 +46,7 @@ from micd.tiers.disk.lru import Entry, Lru
 __all__ = [
     "MAGIC",
     "VERSION",
+    "check_header",
     "decode_snapshot",
     "encode_snapshot",
     "load_index",
@@ -100,16 +101,22 @@ def decode_snapshot(data: bytes) -> list[tuple[str, tuple[int, int]]]:
     return list(zip(keys, zip(sizes, atimes, strict=True), strict=True))
 
 
+def check_header(what: str, got: tuple[bytes, int, bytes], expected: tuple[bytes, int]) -> None:
+    """Check the header both disk-tier files share: 4-byte magic, version byte, 3 reserved zero bytes."""
+    magic, version, reserved = got
+    if magic != expected[0]:
+        raise FormatError(what, "bad magic", offset=0, expected=expected[0], got=magic)
+    if version != expected[1]:
+        raise FormatError(what, "unsupported version", offset=4, expected=expected[1], got=version)
+    if reserved != b"\0\0\0":
+        raise FormatError(what, "reserved bytes not zero", offset=5, got=reserved)
+
+
 def _decode_columns(data: bytes) -> tuple[list[str], list[int], list[int]]:
     if len(data) < _HEAD.size + _SUM:
         raise FormatError(_FORMAT, "truncated", offset=0, expected=_HEAD.size + _SUM, got=len(data))
     magic, version, reserved, count, key_len = _HEAD.unpack_from(data)
-    if magic != MAGIC:
-        raise FormatError(_FORMAT, "bad magic", offset=0, expected=MAGIC, got=magic)
-    if version != VERSION:
-        raise FormatError(_FORMAT, "unsupported version", offset=4, expected=VERSION, got=version)
-    if reserved != b"\0\0\0":
-        raise FormatError(_FORMAT, "reserved bytes not zero", offset=5, got=reserved)
+    check_header(_FORMAT, (magic, version, reserved), (MAGIC, VERSION))
     expected_len = _HEAD.size + key_len + 16 * count + _SUM
     if len(data) != expected_len:
         raise FormatError(_FORMAT, "length does not match the header", expected=expected_len, got=len(data))

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from micd.errors import FormatError
+from micd.tiers.disk.index import check_header
 
 __all__ = ["MAGIC", "VERSION", "Ledger", "State", "View", "decode_usage", "encode_usage"]
 
@@ -78,12 +79,7 @@ def decode_usage(data: bytes) -> State:
     if len(data) < _HEAD.size + _SUM.size:
         raise FormatError(_FORMAT, "truncated", offset=0, expected=_HEAD.size + _SUM.size, got=len(data))
     magic, version, reserved, used, applied, count = _HEAD.unpack_from(data)
-    if magic != MAGIC:
-        raise FormatError(_FORMAT, "bad magic", offset=0, expected=MAGIC, got=magic)
-    if version != VERSION:
-        raise FormatError(_FORMAT, "unsupported version", offset=4, expected=VERSION, got=version)
-    if reserved != b"\0\0\0":
-        raise FormatError(_FORMAT, "reserved bytes not zero", offset=5, got=reserved)
+    check_header(_FORMAT, (magic, version, reserved), (MAGIC, VERSION))
     end = _HEAD.size + _ROW.size * count
     if len(data) != end + _SUM.size:
         raise FormatError(
