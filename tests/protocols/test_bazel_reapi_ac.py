@@ -204,4 +204,4 @@ async def test_a_huge_action_result_keeps_the_event_loop_responsive(where):
     async with reapi_server(store, options=DAEMON_OPTIONS) as reapi:
         update = reapi.channel.unary_unary(UPDATE)(_update(action, result).SerializeToString())
         _, worst = await worst_loop_delay(update)
-    assert worst < 0.3, f"the event loop stalled for {worst:.2f} s"  # a bound for a loaded machine
+    assert worst < 0.6, f"the event loop stalled for {worst:.2f} s"  # old code: 0.9-1.1 s

@@ -332,7 +332,7 @@ async def test_a_huge_batch_keeps_the_event_loop_responsive(build):
             f"/build.bazel.remote.execution.v2.ContentAddressableStorage/{method}"
         )
         _, worst = await worst_loop_delay(call(request))
-    assert worst < 0.3, f"{method}: the event loop stalled for {worst:.2f} s"  # a bound for a loaded machine
+    assert worst < 0.6, f"{method}: the event loop stalled for {worst:.2f} s"  # old code: 0.9-1.5 s
 
 
 @pytest.mark.parametrize("metadata", [None, (("authorization", "Bearer wrong"),)], ids=["missing", "wrong"])
