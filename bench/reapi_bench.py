@@ -139,14 +139,13 @@ def start_micd(tmp: Path) -> Server:
 async def serve_memory(port: int, token: str) -> None:
     """`--serve-memory`: micd's REAPI servicers and token interceptor over a memory-only TieredStore, i.e. the
     daemon's protocol path without the disk tier (isolates protocol cost from disk durability cost)."""
-    from micd.auth import TokenInterceptor
+    from micd.app import create_grpc_server
+    from micd.config import load_config
     from micd.tiers.memory import MemoryTier
     from micd.tiers.tiered import TieredStore
-    from protocols.bazel_reapi import GRPC_SERVER_OPTIONS, add_servicers
 
     store = TieredStore(memory=MemoryTier(budget=6 << 30, max_blob=LARGE + (1 << 20)))
-    server = grpc.aio.server(options=GRPC_SERVER_OPTIONS, interceptors=[TokenInterceptor(token)])
-    add_servicers(server, store.for_tool("bazel"))
+    server = create_grpc_server(store, load_config(), token=token).server
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
@@ -197,10 +196,10 @@ class _FloorByteStream(bs_grpc.ByteStreamServicer):
 
 async def serve_floor(port: int) -> None:
     """`--serve-floor`: the cheapest cache a Python grpc.aio server can be (see the module docstring)."""
-    from protocols.bazel_reapi import GRPC_SERVER_OPTIONS
+    from micd.app import new_grpc_server
 
     blobs: dict[str, bytes] = {}
-    server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
+    server = new_grpc_server()
     re_grpc.add_ContentAddressableStorageServicer_to_server(_FloorCas(blobs), server)
     bs_grpc.add_ByteStreamServicer_to_server(_FloorByteStream(blobs), server)
     server.add_insecure_port(f"127.0.0.1:{port}")

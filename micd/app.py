@@ -1,8 +1,10 @@
-"""The composition root: builds the store from config and mounts every protocol on the HTTP and gRPC servers.
+"""The composition root: builds the store from config and mounts every frontend on the HTTP and gRPC servers.
 
-This is the only module that imports `protocols`. To add a protocol, add one line below:
-an HTTP protocol contributes `routes(store)` in `create_app`, a gRPC one `add_servicers(server, store)` in
-`create_grpc_server`. Each gets `store.for_tool(<name>)` so metrics are kept per tool.
+This is the only module that imports `protocols`. To add a protocol, add its module's `FRONTEND` to
+`FRONTENDS` (micd/frontend.py says what a declaration holds). From that tuple alone, `create_app` mounts each
+HTTP part as a sub-application under its prefix, `create_grpc_server` registers each gRPC part, and the
+lifecycle writes each client configuration. Each part gets `store.for_tool(name, namespaces)`: metrics per
+tool, and KV access limited to the namespaces it declared. Overlapping declarations stop the daemon at start.
 
 Daemon endpoints of its own: `/healthz` (open, for readiness probes), `/metrics` (Prometheus text) and
 `/stats` (JSON for `mic stats`). Client-caused 4xx and disconnects go to the `micd.access` logger, server
@@ -19,7 +21,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -27,26 +30,41 @@ from aiohttp import web
 
 from micd.auth import OPEN_PATHS, TokenInterceptor, auth_middleware
 from micd.config import Config
+from micd.frontend import Frontend, check_frontends, check_services
 from micd.metrics import Metrics
 from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
 from micd.tiers.tiered import TieredStore
-from protocols import bazel_http, bazel_reapi, cas_http
+from protocols import bazel, cas_http
 
 __all__ = [
     "ACTIVITY",
+    "FRONTENDS",
+    "GRPC_OPTIONS",
     "METRICS",
     "SERVER_LOGGER",
     "STORE",
     "Activity",
     "LogLimiter",
     "create_app",
+    "GrpcServer",
     "create_grpc_server",
+    "new_grpc_server",
     "open_store",
 ]
 
+FRONTENDS: tuple[Frontend, ...] = (
+    cas_http.FRONTEND,
+    bazel.FRONTEND,
+)
+"""Every tool the daemon serves, one line per protocol module."""
+
 _CLIENT_GONE = 499  # nginx's "client closed request": the status of a response no client will read
 GRPC_MAX_MESSAGE = 32 << 20  # ≥ 16 MiB: Bazel batches up to its own 4 MiB limit, other clients go higher.
+GRPC_OPTIONS = (
+    ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
+    ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
+)
 log = logging.getLogger("micd")
 access_log = logging.getLogger("micd.access")
 server_log = logging.getLogger("micd.http")  # aiohttp's own server errors, e.g. unparsable requests
@@ -262,9 +280,17 @@ async def handle_stats(request: web.Request) -> web.Response:
 
 
 def create_app(
-    store: Any, config: Config, *, token: str, metrics: Metrics, activity: Activity | None = None
+    store: Any,
+    config: Config,
+    *,
+    token: str,
+    metrics: Metrics,
+    activity: Activity | None = None,
+    frontends: Sequence[Frontend] = FRONTENDS,
 ) -> web.Application:
-    """Build the HTTP application: auth on all but /healthz, daemon endpoints, then each protocol's routes."""
+    """Build the HTTP application: auth on all but /healthz, daemon endpoints, then each frontend's
+    sub-application under its prefix."""
+    check_frontends(frontends)
     activity = activity or Activity()
     access, errors, server = LogLimiter(access_log), LogLimiter(log), LogLimiter(server_log)
     app = web.Application(
@@ -286,8 +312,10 @@ def create_app(
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/stats", handle_stats)
-    app.router.add_routes(cas_http.routes(store.for_tool("cas")))
-    app.router.add_routes(bazel_http.routes(store.for_tool("bazel")))
+    for frontend in frontends:
+        if frontend.http is not None and frontend.prefix is not None:
+            view = store.for_tool(frontend.name, frontend.namespaces)
+            app.add_subapp(frontend.prefix, frontend.http(view))
     return app
 
 
@@ -337,16 +365,38 @@ class _ActivityInterceptor(grpc.aio.ServerInterceptor):
         return handler._replace(**{kind: streaming if handler.response_streaming else unary})
 
 
+def new_grpc_server(interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
+    """A gRPC server with the daemon's message limits: the daemon's and the tests' are built alike."""
+    return grpc.aio.server(interceptors=list(interceptors), options=GRPC_OPTIONS)
+
+
+@dataclass
+class GrpcServer:
+    """The daemon's gRPC server and the clean-up its frontends declared, run once it has stopped."""
+
+    server: grpc.aio.Server
+    closers: tuple[Callable[[], Awaitable[None]], ...] = ()
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop serving (in-flight calls get `grace` seconds), then let each frontend clean up."""
+        await self.server.stop(grace)
+        for close in self.closers:
+            await close()
+
+
 def create_grpc_server(
-    store: Any, config: Config, *, token: str, activity: Activity | None = None
-) -> grpc.aio.Server:
-    """Build the gRPC server (not yet bound or started): token interceptor and each protocol's servicers."""
-    server = grpc.aio.server(
-        interceptors=[TokenInterceptor(token), _ActivityInterceptor(activity or Activity())],
-        options=[
-            ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
-            ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
-        ],
-    )
-    bazel_reapi.add_servicers(server, store.for_tool("bazel"))
-    return server
+    store: Any,
+    config: Config,
+    *,
+    token: str,
+    activity: Activity | None = None,
+    frontends: Sequence[Frontend] = FRONTENDS,
+) -> GrpcServer:
+    """Build the gRPC server (not yet bound or started): token interceptor and each frontend's services."""
+    check_frontends(frontends)
+    server = new_grpc_server([TokenInterceptor(token), _ActivityInterceptor(activity or Activity())])
+    parts = {f.name: f.grpc(store.for_tool(f.name, f.namespaces)) for f in frontends if f.grpc is not None}
+    check_services(parts)
+    for part in parts.values():
+        server.add_generic_rpc_handlers(tuple(part.handlers))
+    return GrpcServer(server, tuple(part.close for part in parts.values() if part.close is not None))

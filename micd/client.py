@@ -28,6 +28,7 @@ __all__ = [
     "DaemonInfo",
     "fetch_json",
     "find_running",
+    "read_environment",
     "run_foreground",
     "start_daemon",
     "stop_daemon",
@@ -107,6 +108,22 @@ def read_token(config: Config) -> str:
         return StatePaths(config.state_dir).token.read_text().strip()
     except OSError as exc:
         raise DaemonError(f"cannot read the session token in {config.state_dir}: {exc.strerror}") from exc
+
+
+def read_environment(config: Config) -> dict[str, str]:
+    """Every tool's client environment the daemon of `config.state_dir` wrote (`env.json`, see
+    micd/toolconfig.py): what activation exports. Raises DaemonError when there is none or it is unreadable."""
+    path = StatePaths(config.state_dir).env
+    try:
+        document = json.loads(path.read_text())
+        env = document["env"]
+        if document.get("version") != 1 or not all(isinstance(v, str) for v in env.values()):
+            raise ValueError(f"unsupported version or values in {path}")
+        return {str(name): value for name, value in env.items()}
+    except FileNotFoundError:
+        raise DaemonError(f"no daemon environment in {config.state_dir} (is the daemon running?)") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DaemonError(f"cannot read the daemon environment {path}: {exc}") from exc
 
 
 def _healthy(info: DaemonInfo, timeout: float = 2.0) -> bool:

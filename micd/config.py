@@ -265,6 +265,11 @@ class Config:
         """S3 is on exactly when a bucket is configured."""
         return bool(self.s3_bucket)
 
+    def tool_settings(self, tool: str) -> dict[str, Any]:
+        """The `[tools.<tool>]` values by their name in that table, e.g. {"instance_name": ""} for bazel."""
+        prefix = f"tools.{tool}."
+        return {key.name[len(prefix) :]: getattr(self, key.attr) for key in KEYS if key.name.startswith(prefix)}
+
     def source(self, attr: str) -> str:
         """Where the value of `attr` came from ("default", "env MIC_…", a file, "flag --…")."""
         return self.sources.get(attr, "default")

@@ -9,6 +9,8 @@ State dir layout (see architecture.md; one per session, or per workspace when no
     ports.json    {"pid", "http_port", "grpc_port", …} written atomically (temp + fsync + rename) only after
                   both listeners answer a probe; removed first at shutdown
     token         the session token, mode 0600, kept across restarts so configured clients keep working
+    env.json      every frontend's client environment, and each frontend's client files (e.g. bazelrc), 0600,
+                  written before ports.json and removed at shutdown (micd/toolconfig.py)
     daemon.log    info and errors;  access.log: client-caused 4xx only
 
 Shutdown (SIGTERM, SIGINT or idle timeout): remove ports.json, stop accepting and give in-flight requests a
@@ -33,13 +35,13 @@ import grpc
 from aiohttp import web
 
 from micd import libc
-from micd.app import SERVER_LOGGER, Activity, create_app, create_grpc_server, open_store
+from micd.app import FRONTENDS, SERVER_LOGGER, Activity, GrpcServer, create_app, create_grpc_server, open_store
 from micd.auth import new_token
 from micd.config import Config
 from micd.errors import MicError
 from micd.metrics import Metrics
 from micd.statedir import StatePaths, hold_lock, read_pid, write_atomic, write_json_atomic
-from micd.toolconfig import remove_tool_configs, write_bazelrc
+from micd.toolconfig import remove_client_configs, write_client_configs
 
 __all__ = [
     "AlreadyRunning",
@@ -189,7 +191,8 @@ async def serve(config: Config, paths: StatePaths, *, on_ready: Callable[[dict[s
     activity = Activity()
     store = await open_store(config, metrics)
     runner: web.AppRunner | None = None
-    grpc_server: grpc.aio.Server | None = None
+    grpc_server: GrpcServer | None = None
+    client_files: list[Path] = []
     try:
         app = create_app(store, config, token=token, metrics=metrics, activity=activity)
         # A 1 MiB read buffer (2 MiB high-water) lets the socket keep filling while the disk tier hashes and
@@ -206,8 +209,8 @@ async def serve(config: Config, paths: StatePaths, *, on_ready: Callable[[dict[s
         await site.start()
         http_port = runner.addresses[0][1]
         grpc_server = create_grpc_server(store, config, token=token, activity=activity)
-        grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
-        await grpc_server.start()
+        grpc_port = grpc_server.server.add_insecure_port("127.0.0.1:0")
+        await grpc_server.server.start()
         await _probe(http_port, grpc_port)
         info = {
             "version": PORTS_VERSION,
@@ -220,14 +223,15 @@ async def serve(config: Config, paths: StatePaths, *, on_ready: Callable[[dict[s
             "state_dir": str(paths.root),
             "started_at": time.time(),
         }
-        # bazelrc before ports.json: whoever sees ports.json (the readiness signal) finds the bazelrc too.
-        await asyncio.to_thread(
-            write_bazelrc,
+        # Client configuration before ports.json: whoever sees ports.json (the readiness signal) finds it too.
+        client_files = await asyncio.to_thread(
+            write_client_configs,
             paths.root,
-            grpc_port=grpc_port,
+            FRONTENDS,
             http_port=http_port,
+            grpc_port=grpc_port,
             token=token,
-            instance_name=config.bazel_instance_name,
+            settings=config.tool_settings,
         )
         await asyncio.to_thread(write_json_atomic, paths.ports, info)
         log.info("serving http on %s and grpc on %s (pid %d)", info["http"], info["grpc"], os.getpid())
@@ -236,7 +240,7 @@ async def serve(config: Config, paths: StatePaths, *, on_ready: Callable[[dict[s
         log.info("stopping: %s", reason)
     finally:
         _unlink(paths.ports)  # first, so no client picks up a daemon that is going away
-        remove_tool_configs(paths.root)
+        remove_client_configs(client_files)
         if runner is not None:
             await runner.cleanup()
         if grpc_server is not None:
@@ -257,8 +261,9 @@ def run_daemon(config: Config, *, echo: bool, on_ready: Callable[[dict[str, Any]
     with hold_lock(paths.lock, blocking=False) as acquired:
         if not acquired:
             raise AlreadyRunning(paths.root, read_pid(paths.pid))
-        # We own the state dir now: whatever ports.json is left belongs to a dead daemon (kill -9).
+        # We own the state dir now: whatever ports.json and env.json are left belong to a dead daemon (kill -9).
         _unlink(paths.ports)
+        _unlink(paths.env)
         paths.pid.write_text(f"{os.getpid()}\n")
         configure_logging(paths, config.log_level, echo=echo)
         keep_freed_heap()

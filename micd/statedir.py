@@ -48,6 +48,11 @@ class StatePaths:
         return self.root / "ports.json"
 
     @property
+    def env(self) -> Path:
+        """Every frontend's client environment (micd/toolconfig.py), 0600: it may carry the token."""
+        return self.root / "env.json"
+
+    @property
     def token(self) -> Path:
         """The session token (0600)."""
         return self.root / "token"

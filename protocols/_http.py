@@ -16,7 +16,7 @@ from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from micd.errors import BadRequest, IntegrityError, MicError, NotFound, StoreFull, Unauthorized
+from micd.errors import BadRequest, IntegrityError, MicError, NotFound, StoreFull, TierUnavailable, Unauthorized
 from micd.store import Blob, Store
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "request_body",
     "send_blob",
     "status_for",
+    "sub_app",
 ]
 
 CONTENT_TYPE = "application/octet-stream"
@@ -83,12 +84,22 @@ def status_for(exc: MicError) -> int:
         return 401
     if isinstance(exc, NotFound):
         return 404
+    if isinstance(exc, TierUnavailable):
+        return 503
     return 500
 
 
 def error_response(exc: MicError) -> web.Response:
     """A small plain-text error: some clients (Bazel) choke on error bodies over 10 KiB."""
     return web.Response(status=status_for(exc), text=str(exc)[:2000] + "\n")
+
+
+def sub_app(routes: list[web.RouteDef]) -> web.Application:
+    """A frontend's own aiohttp application holding `routes`, for the composition root to mount under the
+    frontend's prefix (the daemon's middlewares, auth first, run for it too)."""
+    app = web.Application()
+    app.router.add_routes(routes)
+    return app
 
 
 def bind(

@@ -1,5 +1,6 @@
-"""Bazel's HTTP remote cache (`--remote_cache=http://…`): GET/PUT/HEAD `/ac/<sha256>` and `/cas/<sha256>`,
-optionally under an instance prefix (`/<instance>/ac/<sha256>`, the instance may contain `/`).
+"""Bazel's HTTP remote cache (`--remote_cache=http://…/bazel`): GET/PUT/HEAD `/ac/<sha256>` and `/cas/<sha256>`,
+optionally under an instance prefix (`/<instance>/ac/<sha256>`, the instance may contain `/`). Paths here are
+relative to the Bazel frontend's prefix (`protocols/bazel.py`); Bazel appends them to its cache URL.
 
 | route                         | store                                                              |
 |-------------------------------|--------------------------------------------------------------------|
@@ -26,12 +27,12 @@ from aiohttp import web
 from micd.errors import BadRequest, IntegrityError
 from micd.store import Digest, Record, Store
 from micd.validate import parse_digest, parse_hash, parse_size
-from protocols._http import CONTENT_TYPE, bind, expect_continue, request_body, send_blob
+from protocols._http import CONTENT_TYPE, bind, expect_continue, request_body, send_blob, sub_app
 from protocols.bazel_reapi.action_result import action_key, action_result_refs, decode_action_result
 from protocols.bazel_reapi.common import ac_namespace
 from protocols.bazel_reapi.compression import compress_bytes, compress_stream
 
-__all__ = ["MAX_AC_BODY", "SIZE_NAMESPACE", "routes"]
+__all__ = ["MAX_AC_BODY", "SIZE_NAMESPACE", "app"]
 
 SIZE_NAMESPACE = "bazel-cas-size"
 MAX_AC_BODY = 4 << 20
@@ -161,9 +162,8 @@ async def handle_put_cas(request: web.Request, store: Store) -> web.StreamRespon
     return web.Response(status=200)
 
 
-def routes(store: Store) -> list[web.RouteDef]:
-    """The HTTP cache's routes bound to `store` (normally `tiered.for_tool("bazel")`)."""
-
+def app(store: Store) -> web.Application:
+    """The HTTP cache's sub-application bound to `store` (normally `tiered.for_tool("bazel")`)."""
     table = []
     for prefix in ("", "/" + _INSTANCE):
         for kind, get, put in (("ac", handle_get_ac, handle_put_ac), ("cas", handle_get_cas, handle_put_cas)):
@@ -173,4 +173,4 @@ def routes(store: Store) -> list[web.RouteDef]:
                 web.head(path, bind(get, store)),
                 web.put(path, bind(put, store, close_failed_puts=True), expect_handler=expect_continue),
             ]
-    return table
+    return sub_app(table)

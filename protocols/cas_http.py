@@ -8,10 +8,8 @@ Routes (all need the session token; see micd/auth.py):
     HEAD /cas/{function}/{hex}/{size}  200 with Content-Length if present, else 404 (never reads the body)
 
 `function` is `sha256` or `blake3`, `hex` the lowercase 64-hex hash, `size` decimal bytes. The size is in the
-path because the core's digests carry it (as REAPI resource names do); it also keeps these four-segment paths
-disjoint from Bazel's `/cas/<hex>` and `/<instance>/cas/<hex>` (`_ROUTE` keeps an instance `cas/<x>` Bazel's).
-Segments are matched loosely and then checked by `micd.validate.parse_digest`, so a traversal such as `..%2F`
-or a malformed hash is a 400, not a 404.
+path because the core's digests carry it (as REAPI resource names do). Segments are matched loosely and then
+checked by `micd.validate.parse_digest`, so a traversal such as `..%2F` or a malformed hash is a 400, not a 404.
 
 Bodies stream both ways: PUT feeds the request body (`_http.request_body`) to `store.put` (which hashes while
 writing and publishes only on a match); GET sends bounded chunks, verified as they are read (`_http.send_blob`).
@@ -27,15 +25,12 @@ from aiohttp import web
 from micd.errors import BadRequest, IntegrityError
 from micd.store import Digest, Store
 from micd.validate import parse_digest
-from protocols._http import CONTENT_TYPE, bind, expect_continue, request_body, send_blob, status_for
+from micd.frontend import Frontend
+from protocols._http import CONTENT_TYPE, bind, expect_continue, request_body, send_blob, status_for, sub_app
 
-__all__ = ["PREFIX", "parse_range", "routes", "status_for"]
+__all__ = ["FRONTEND", "app", "parse_range", "status_for"]
 
-PREFIX = "/cas"
-# The hash segment is never `ac` or `cas`: `/cas/<x>/cas/<hex>` is Bazel's cache under the instance `cas/<x>`
-# (protocols/bazel_http.py). aiohttp tries routes under the longest literal prefix first, so only this
-# pattern, not the order of registration, can leave such a path to Bazel's routes.
-_ROUTE = PREFIX + "/{function}/{hex:(?!(?:ac|cas)/)[^/]+}/{size}"
+_ROUTE = "/{function}/{hex}/{size}"
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")  # 19 digits cover any blob size; int() of more is slow
 
 
@@ -111,11 +106,15 @@ async def handle_put_blob(request: web.Request, store: Store) -> web.StreamRespo
     return web.Response(status=201)
 
 
-def routes(store: Store) -> list[web.RouteDef]:
-    """Return the endpoint's routes bound to `store` (normally `tiered.for_tool("cas")`)."""
+def app(store: Store) -> web.Application:
+    """The endpoint's sub-application bound to `store` (normally `tiered.for_tool("cas")`)."""
+    return sub_app(
+        [
+            web.head(_ROUTE, bind(handle_head_blob, store)),
+            web.get(_ROUTE, bind(handle_get_blob, store), allow_head=False),
+            web.put(_ROUTE, bind(handle_put_blob, store), expect_handler=expect_continue),
+        ]
+    )
 
-    return [
-        web.head(_ROUTE, bind(handle_head_blob, store)),
-        web.get(_ROUTE, bind(handle_get_blob, store), allow_head=False),
-        web.put(_ROUTE, bind(handle_put_blob, store), expect_handler=expect_continue),
-    ]
+
+FRONTEND = Frontend(name="cas", prefix="/cas", http=app)

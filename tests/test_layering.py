@@ -63,7 +63,7 @@ def _violations(module: str, imports: set[str]) -> list[str]:
             bad.append(f"{module} imports {name}: tiers know nothing of the daemon's edges")
         if top == "protocols" and (name.startswith("micd.tiers") or name.startswith("mic.") or name == "mic"):
             bad.append(f"{module} imports {name}: protocols talk to the micd.store contract only")
-        if top == "protocols" and name in MICD_EDGE - {"micd.toolconfig"}:
+        if top == "protocols" and name in MICD_EDGE:
             bad.append(f"{module} imports {name}: protocols must not reach the daemon's edges")
         if module == "micd.config" and name.startswith("micd") and not name.startswith("micd.errors"):
             bad.append(f"{module} imports {name}: mic imports the config, so it depends on micd.errors only")

@@ -107,11 +107,15 @@ class TieredStore:
         if self.disk is not None:
             await self.disk.close()
 
-    def for_tool(self, tool: str) -> Store:
-        """Return a view recording per-tool hits, misses, bytes, latency (tier "all"), delegating the rest."""
+    def for_tool(self, tool: str, namespaces: tuple[str, ...] = ()) -> Store:
+        """Return a view recording per-tool hits, misses, bytes, latency (tier "all"), delegating the rest;
+        its KV calls are limited to `namespaces` (each with its `/…` sub-namespaces)."""
         view = self._views.get(tool)
         if view is None:
-            view = self._views[tool] = ToolView(self, tool, functools.partial(self._event, tool, "all"))
+            report = functools.partial(self._event, tool, "all")
+            view = self._views[tool] = ToolView(self, tool, report, namespaces)
+        elif view.namespaces != namespaces:
+            raise ValueError(f"tool {tool} already has a view for namespaces {view.namespaces}")
         return view
 
     def stats(self) -> dict[str, Any]:

@@ -20,8 +20,7 @@ The CAS is shared by every instance name and tool; the action cache has one KV n
 
 from __future__ import annotations
 
-import grpc
-
+from micd.frontend import GrpcPart
 from micd.store import Store
 from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
@@ -29,18 +28,19 @@ from protocols.bazel_reapi.action_cache import ActionCacheServicer
 from protocols.bazel_reapi.bytestream import ByteStreamServicer
 from protocols.bazel_reapi.capabilities import CapabilitiesServicer
 from protocols.bazel_reapi.cas import ContentAddressableStorageServicer
-from protocols.bazel_reapi.common import GRPC_SERVER_OPTIONS, add_service
+from protocols.bazel_reapi.common import service_handler
 
-__all__ = ["GRPC_SERVER_OPTIONS", "add_servicers"]
+__all__ = ["services"]
 
 
-def add_servicers(server: grpc.aio.Server, store: Store) -> None:
-    """Register the four services on `server`; create the server with GRPC_SERVER_OPTIONS.
-
-    Nothing outlives a call: stopping the server ends every upload in progress.
-    """
-    services = re_pb2.DESCRIPTOR.services_by_name
-    add_service(server, services["Capabilities"], CapabilitiesServicer())
-    add_service(server, services["ContentAddressableStorage"], ContentAddressableStorageServicer(store))
-    add_service(server, services["ActionCache"], ActionCacheServicer(store))
-    add_service(server, bs_pb2.DESCRIPTOR.services_by_name["ByteStream"], ByteStreamServicer(store))
+def services(store: Store) -> GrpcPart:
+    """The four services over `store`. Nothing outlives a call: stopping the server ends every upload."""
+    by_name = re_pb2.DESCRIPTOR.services_by_name
+    return GrpcPart(
+        handlers=(
+            service_handler(by_name["Capabilities"], CapabilitiesServicer()),
+            service_handler(by_name["ContentAddressableStorage"], ContentAddressableStorageServicer(store)),
+            service_handler(by_name["ActionCache"], ActionCacheServicer(store)),
+            service_handler(bs_pb2.DESCRIPTOR.services_by_name["ByteStream"], ByteStreamServicer(store)),
+        )
+    )

@@ -1,6 +1,6 @@
 """Shared pieces of the REAPI servicers: proto ↔ `Digest` conversion, the action-cache namespace of an
 instance, the one mapping from micd errors to gRPC status codes (used for whole calls and per-blob statuses),
-and `add_service`, which registers a servicer with request parsing and that mapping around every method.
+and `service_handler`, which wraps a servicer with request parsing and that mapping around every method.
 """
 
 from __future__ import annotations
@@ -31,30 +31,25 @@ from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 
 __all__ = [
     "AC_NAMESPACE",
-    "GRPC_SERVER_OPTIONS",
     "INLINE_ITEMS",
     "MAX_BATCH_TOTAL_SIZE",
     "OutOfRange",
     "ac_namespace",
-    "add_service",
     "digest_function",
     "enum_name",
     "from_proto",
     "from_protos",
     "grpc_code",
     "off_loop",
+    "service_handler",
     "to_proto",
 ]
 
 AC_NAMESPACE = "bazel-ac"
 INLINE_ITEMS = 1000
 """Requests with more digests or entries than this are converted in a worker thread (`off_loop`)."""
-# Batch calls carry whole blobs in one message; keep them well under the message limit below.
+# Batch calls carry whole blobs in one message; advertised to clients, well under the daemon's message limit.
 MAX_BATCH_TOTAL_SIZE = 4 << 20
-GRPC_SERVER_OPTIONS = (
-    ("grpc.max_receive_message_length", MAX_BATCH_TOTAL_SIZE + (1 << 20)),
-    ("grpc.max_send_message_length", MAX_BATCH_TOTAL_SIZE + (1 << 20)),
-)
 _T = TypeVar("_T")
 _FUNCTIONS: dict[int, str] = {re_pb2.DigestFunction.SHA256: "sha256", re_pb2.DigestFunction.BLAKE3: "blake3"}
 _RESERVED_SEGMENTS = frozenset(
@@ -158,15 +153,16 @@ def grpc_code(exc: BaseException) -> grpc.StatusCode:
     return next((code for kinds, code in _GRPC_CODES if isinstance(exc, kinds)), grpc.StatusCode.INTERNAL)
 
 
-def add_service(server: grpc.aio.Server, service: ServiceDescriptor, servicer: object) -> None:
-    """Register `servicer`'s methods for `service` (from a `_pb2.DESCRIPTOR`), each parsing its own request.
+def service_handler(service: ServiceDescriptor, servicer: object) -> grpc.ServiceRpcHandler:
+    """The handler serving `servicer`'s methods for `service` (from a `_pb2.DESCRIPTOR`), each parsing its own
+    request.
 
     Every method takes its request as bytes and parses it here: grpc's deserializer would turn bytes that do
     not parse into UNKNOWN before the method runs, where this makes them INVALID_ARGUMENT naming the message.
     A MicError a method raises aborts the call with its `grpc_code`.
     """
     handlers = {method.name: _handler(method, getattr(servicer, method.name)) for method in service.methods}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
 def _parse(message_class: Any, raw: bytes) -> Any:

@@ -46,7 +46,7 @@ class _Store:
         self.memory = MemoryTier()
         self.tools: list[str] = []
 
-    def for_tool(self, tool: str) -> MemoryTier:
+    def for_tool(self, tool: str, namespaces: tuple[str, ...] = ()) -> MemoryTier:
         self.tools.append(tool)
         return self.memory
 
@@ -69,12 +69,16 @@ def app(config) -> web.Application:
 
 
 def _concrete_paths(app: web.Application) -> list[tuple[str, str]]:
-    """(method, path) for every route, placeholders filled with a value their pattern accepts."""
+    """(method, path) for every route, sub-applications included, placeholders filled with a value their
+    pattern accepts."""
     out = []
-    for route in app.router.routes():
-        info = route.resource.get_info() if route.resource else {}
+    for resource in app.router.resources():
+        info = resource.get_info()
+        if "app" in info:  # a frontend's sub-application under its prefix
+            out += _concrete_paths(info["app"])  # its resources carry the prefix
+            continue
         template = info.get("path") or info.get("formatter")
-        assert template, f"cannot enumerate route {route!r}"
+        assert template, f"cannot enumerate resource {resource!r}"
 
         def fill(match: re.Match, template: str = template) -> str:
             pattern = match.group(2) or r"[^{}/]+"
@@ -86,7 +90,8 @@ def _concrete_paths(app: web.Application) -> list[tuple[str, str]]:
         path = _PLACEHOLDER.sub(fill, template)
         if "pattern" in info:  # the filled path must reach this very route, not fall through to a 404
             assert info["pattern"].fullmatch(path), (template, path)
-        out.append(("GET" if route.method == "*" else route.method, path))
+        for route in resource:
+            out.append(("GET" if route.method == "*" else route.method, path))
     return sorted(set(out))
 
 
@@ -173,7 +178,7 @@ async def test_activity_counts_requests_in_flight(aiohttp_client, config):
 async def test_grpc_server_checks_token_and_allows_large_messages(config):
     activity = Activity()
     quiet_since = activity.last
-    server = create_grpc_server(_Store(), config, token=TOKEN, activity=activity)
+    server = create_grpc_server(_Store(), config, token=TOKEN, activity=activity).server
 
     async def echo(request: bytes, context) -> bytes:
         return request
@@ -203,7 +208,7 @@ async def test_grpc_server_checks_token_and_allows_large_messages(config):
 
 async def test_grpc_calls_in_flight_are_not_idleness(config):
     activity = Activity()
-    server = create_grpc_server(_Store(), config, token=TOKEN, activity=activity)
+    server = create_grpc_server(_Store(), config, token=TOKEN, activity=activity).server
     release = asyncio.Event()
 
     async def slow(request: bytes, context) -> bytes:

@@ -18,6 +18,7 @@ from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
 from micd.tiers.s3 import S3Tier
 from micd.tiers.tiered import TieredStore
+from micd.tiers.toolview import ForeignNamespace
 from micd.upload_queue import UploadQueue
 from tests.micd.helpers import FAST_FAILING_S3, count_requests, read, s3_keys
 
@@ -239,8 +240,8 @@ async def test_concurrent_s3_reads_share_one_request(store, boto, bucket):
 
 
 async def test_for_tool_view_records_per_tool_metrics(store):
-    bazel = store.for_tool("bazel")
-    assert store.for_tool("bazel") is bazel
+    bazel = store.for_tool("bazel", ("bazel-ac",))
+    assert store.for_tool("bazel", ("bazel-ac",)) is bazel
     (digest, data), (absent, _) = blobs(2, seed=8)
     await bazel.put_bytes(digest, data)
     assert await bazel.get_bytes(digest) == data
@@ -257,6 +258,18 @@ async def test_for_tool_view_records_per_tool_metrics(store):
     assert got["bazel/memory/hit"]["count"] == 1
     assert got["bazel/s3/miss"]["count"] >= 1
     assert "store/all/hit" not in got
+
+
+async def test_for_tool_view_keeps_to_its_namespaces(store):
+    bazel = store.for_tool("bazel", ("bazel-ac",))
+    for namespace in ("gradle", "bazel-acx", "bazel", ""):  # a sibling whose name merely starts alike too
+        with pytest.raises(ForeignNamespace):
+            await bazel.put_record(namespace, "k", Record(b"x"))
+        with pytest.raises(ForeignNamespace):
+            await bazel.get_record(namespace, "k")
+    assert await bazel.get_record("bazel-ac/team/main", "k") is None  # its sub-namespaces are its own
+    with pytest.raises(ValueError):
+        store.for_tool("bazel", ("gradle",))  # one tool, one declaration
 
 
 async def test_hard_cap_is_a_clear_error_and_nothing_is_queued(tmp_path, s3_proxy, bucket):

@@ -16,7 +16,8 @@ from micd.auth import TokenInterceptor
 from micd.store import Digest
 from micd.tiers.memory import MemoryTier
 from micd.tiers.tiered import TieredStore
-from protocols.bazel_reapi import GRPC_SERVER_OPTIONS, add_servicers
+from micd.app import GRPC_OPTIONS, new_grpc_server
+from protocols import bazel_reapi
 from protocols.bazel_reapi._proto import bytestream_pb2_grpc as bs_grpc
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi._proto import remote_execution_pb2_grpc as re_grpc
@@ -25,9 +26,6 @@ T = TypeVar("T")
 
 
 # micd's own server (micd/app.py) takes messages up to 32 MiB: big enough for 100,000 digests in one request.
-DAEMON_OPTIONS = (("grpc.max_receive_message_length", 32 << 20), ("grpc.max_send_message_length", 32 << 20))
-
-
 async def worst_loop_delay(call: Awaitable[T]) -> tuple[T, float]:
     """Await `call` while a ticker on the same event loop records its worst delay between 5 ms ticks."""
     worst, running = 0.0, True
@@ -75,15 +73,16 @@ class Reapi:
 
 @asynccontextmanager
 async def reapi_server(
-    store, *, token: str | None = None, options=GRPC_SERVER_OPTIONS
+    store, *, token: str | None = None
 ) -> AsyncIterator[Reapi]:
-    """Serve `store` over REAPI on 127.0.0.1:<ephemeral>; with `token`, behind micd's TokenInterceptor."""
+    """Serve `store` over REAPI on 127.0.0.1:<ephemeral>, with the daemon's message limits (client too);
+    with `token`, behind micd's TokenInterceptor."""
     interceptors = [TokenInterceptor(token)] if token else []
-    server = grpc.aio.server(options=options, interceptors=interceptors)
-    add_servicers(server, store)
+    server = new_grpc_server(interceptors)
+    server.add_generic_rpc_handlers(tuple(bazel_reapi.services(store).handlers))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)
     try:
         yield Reapi(
             channel,

@@ -51,12 +51,12 @@ def _result(*outputs: tuple[bytes, str]) -> bytes:
 
 async def test_cas_put_get_head_with_both_basic_alphabets(env):
     data, hex_ = _blob()
-    resp = await env.put(f"/cas/{hex_}", data=data, headers=STD)
+    resp = await env.put(f"/bazel/cas/{hex_}", data=data, headers=STD)
     assert resp.status == 200
-    resp = await env.get(f"/cas/{hex_}", headers={**URLSAFE, "Accept-Encoding": "gzip"})  # as Bazel sends
+    resp = await env.get(f"/bazel/cas/{hex_}", headers={**URLSAFE, "Accept-Encoding": "gzip"})  # as Bazel sends
     assert resp.status == 200 and await resp.read() == data
     assert resp.headers["Content-Length"] == str(len(data)) and resp.version == (1, 1)
-    resp = await env.head(f"/cas/{hex_}", headers=STD)
+    resp = await env.head(f"/bazel/cas/{hex_}", headers=STD)
     assert resp.status == 200 and resp.headers["Content-Length"] == str(len(data))
 
 
@@ -72,11 +72,11 @@ async def test_cas_put_get_head_with_both_basic_alphabets(env):
 async def test_token_required(env, headers):
     data, hex_ = _blob()
     for method, path in (
-        ("PUT", f"/cas/{hex_}"),
-        ("GET", f"/cas/{hex_}"),
-        ("PUT", f"/ac/{hex_}"),
-        ("GET", f"/main/inst/ac/{hex_}"),
-        ("HEAD", f"/ac/{hex_}"),
+        ("PUT", f"/bazel/cas/{hex_}"),
+        ("GET", f"/bazel/cas/{hex_}"),
+        ("PUT", f"/bazel/ac/{hex_}"),
+        ("GET", f"/bazel/main/inst/ac/{hex_}"),
+        ("HEAD", f"/bazel/ac/{hex_}"),
     ):
         resp = await env.request(method, path, data=data if method == "PUT" else None, headers=headers)
         assert resp.status == 401, (method, path)
@@ -85,16 +85,16 @@ async def test_token_required(env, headers):
 
 async def test_cas_misses_and_digest_mismatch(env):
     data, hex_ = _blob()
-    assert (await env.get(f"/cas/{hex_}", headers=STD)).status == 404
-    resp = await env.put(f"/cas/{hex_}", data=data + b"!", headers=STD)
+    assert (await env.get(f"/bazel/cas/{hex_}", headers=STD)).status == 404
+    resp = await env.put(f"/bazel/cas/{hex_}", data=data + b"!", headers=STD)
     assert resp.status == 400 and len(await resp.read()) < 10_000
     assert not await env.store.contains(Digest("sha256", hex_, len(data)))
     assert not await env.store.contains(Digest("sha256", hex_, len(data) + 1))
-    assert (await env.get(f"/cas/{hex_}", headers=STD)).status == 404
+    assert (await env.get(f"/bazel/cas/{hex_}", headers=STD)).status == 404
 
 
 @pytest.mark.parametrize(
-    "path", ["/cas/XYZ", "/ac/" + "A" * 64, "/cas/" + "a" * 63, "/a/blobs/ac/" + "a" * 64]
+    "path", ["/bazel/cas/XYZ", "/bazel/ac/" + "A" * 64, "/bazel/cas/" + "a" * 63, "/bazel/a/blobs/ac/" + "a" * 64]
 )
 async def test_malformed_paths_are_400(env, path):
     assert (await env.put(path, data=b"x", headers=STD)).status == 400
@@ -103,19 +103,19 @@ async def test_malformed_paths_are_400(env, path):
 
 async def test_ac_rejects_non_action_results(env):
     _, key = _blob()
-    resp = await env.put(f"/ac/{key}", data=b"\xff\xff\xff", headers=STD)
+    resp = await env.put(f"/bazel/ac/{key}", data=b"\xff\xff\xff", headers=STD)
     assert resp.status == 400
-    assert (await env.get(f"/ac/{key}", headers=STD)).status == 404
+    assert (await env.get(f"/bazel/ac/{key}", headers=STD)).status == 404
 
 
 async def test_ac_hit_only_when_referenced_blobs_exist(env):
     out, out_hex = _blob()
     _, key = _blob()
     body = _result((out, out_hex))
-    assert (await env.put(f"/ac/{key}", data=body, headers=STD)).status == 200
-    assert (await env.get(f"/ac/{key}", headers=STD)).status == 404  # out is not in the CAS yet
-    assert (await env.put(f"/cas/{out_hex}", data=out, headers=STD)).status == 200
-    resp = await env.get(f"/ac/{key}", headers=STD)
+    assert (await env.put(f"/bazel/ac/{key}", data=body, headers=STD)).status == 200
+    assert (await env.get(f"/bazel/ac/{key}", headers=STD)).status == 404  # out is not in the CAS yet
+    assert (await env.put(f"/bazel/cas/{out_hex}", data=out, headers=STD)).status == 200
+    resp = await env.get(f"/bazel/ac/{key}", headers=STD)
     assert resp.status == 200 and await resp.read() == body
 
 
@@ -138,40 +138,40 @@ async def test_ac_hit_only_when_the_files_inside_output_directories_exist(env):
         ]
     ).SerializeToString()
     _, key = _blob()
-    resp = await env.put(f"/ac/{key}", data=result, headers=STD)
+    resp = await env.put(f"/bazel/ac/{key}", data=result, headers=STD)
     assert resp.status == 400 and "Tree" in await resp.text()  # the Tree is not uploaded yet
-    assert (await env.put(f"/cas/{tree_hex}", data=tree_bytes, headers=STD)).status == 200
-    assert (await env.put(f"/ac/{key}", data=result, headers=STD)).status == 200
-    assert (await env.get(f"/ac/{key}", headers=STD)).status == 404  # the file inside is not in the CAS
-    assert (await env.put(f"/cas/{inner_hex}", data=inner, headers=STD)).status == 200
-    assert (await env.get(f"/ac/{key}", headers=STD)).status == 200
+    assert (await env.put(f"/bazel/cas/{tree_hex}", data=tree_bytes, headers=STD)).status == 200
+    assert (await env.put(f"/bazel/ac/{key}", data=result, headers=STD)).status == 200
+    assert (await env.get(f"/bazel/ac/{key}", headers=STD)).status == 404  # the file inside is not in the CAS
+    assert (await env.put(f"/bazel/cas/{inner_hex}", data=inner, headers=STD)).status == 200
+    assert (await env.get(f"/bazel/ac/{key}", headers=STD)).status == 200
 
 
 async def test_instance_prefix_is_its_own_namespace_shared_with_grpc(env):
     out, out_hex = _blob()
     _, key = _blob()
-    await env.put(f"/cas/{out_hex}", data=out, headers=STD)
+    await env.put(f"/bazel/cas/{out_hex}", data=out, headers=STD)
     body = _result((out, out_hex))
-    assert (await env.put(f"/main/inst/ac/{key}", data=body, headers=STD)).status == 200
-    assert (await env.get(f"/main/inst/ac/{key}", headers=STD)).status == 200
-    assert (await env.get(f"/ac/{key}", headers=STD)).status == 404
-    assert (await env.get(f"/main/ac/{key}", headers=STD)).status == 404
+    assert (await env.put(f"/bazel/main/inst/ac/{key}", data=body, headers=STD)).status == 200
+    assert (await env.get(f"/bazel/main/inst/ac/{key}", headers=STD)).status == 200
+    assert (await env.get(f"/bazel/ac/{key}", headers=STD)).status == 404
+    assert (await env.get(f"/bazel/main/ac/{key}", headers=STD)).status == 404
     record = await env.store.get_record(ac_namespace("main/inst"), action_key("sha256", key))
     assert record is not None and record.value == body
     # the CAS is shared: the blob is reachable under any prefix
-    assert await (await env.get(f"/main/inst/cas/{out_hex}", headers=STD)).read() == out
+    assert await (await env.get(f"/bazel/main/inst/cas/{out_hex}", headers=STD)).read() == out
 
 
 @pytest.mark.parametrize("instance", ["cas/x", "cas/sha256", "ac/cas"])
 async def test_an_instance_that_looks_like_the_generic_cas_route_is_still_bazels(env, instance):
     """`/cas/<x>/cas/<hex>` has the generic CAS endpoint's four segments: it must reach Bazel's cache."""
     data, hex_ = _blob()
-    assert (await env.put(f"/{instance}/cas/{hex_}", data=data, headers=STD)).status == 200
-    assert await (await env.get(f"/{instance}/cas/{hex_}", headers=STD)).read() == data
+    assert (await env.put(f"/bazel/{instance}/cas/{hex_}", data=data, headers=STD)).status == 200
+    assert await (await env.get(f"/bazel/{instance}/cas/{hex_}", headers=STD)).read() == data
     _, key = _blob()
     body = _result((data, hex_))
-    assert (await env.put(f"/{instance}/ac/{key}", data=body, headers=STD)).status == 200
-    assert await (await env.get(f"/{instance}/ac/{key}", headers=STD)).read() == body
+    assert (await env.put(f"/bazel/{instance}/ac/{key}", data=body, headers=STD)).status == 200
+    assert await (await env.get(f"/bazel/{instance}/ac/{key}", headers=STD)).read() == body
     # and the generic endpoint still answers a malformed digest with a 400, not a 404
     assert (await env.get(f"/cas/sha256/{hex_[:10]}/{len(data)}", headers=STD)).status == 400
 
@@ -181,15 +181,15 @@ async def test_results_uploaded_over_grpc_are_served_with_their_blobs(env):
     out, out_hex = _blob()
     digest = Digest("sha256", out_hex, len(out))
     await env.store.put_bytes(digest, out)
-    assert (await env.get(f"/cas/{out_hex}", headers=STD)).status == 404  # HTTP paths carry no size
+    assert (await env.get(f"/bazel/cas/{out_hex}", headers=STD)).status == 404  # HTTP paths carry no size
     assert (
-        await env.get(f"/cas/{out_hex}", headers={**STD, "X-Digest-SizeBytes": str(len(out))})
+        await env.get(f"/bazel/cas/{out_hex}", headers={**STD, "X-Digest-SizeBytes": str(len(out))})
     ).status == 200
     _, key = _blob()
     result = re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="o", digest=pd(digest))])
     await env.store.put_record("bazel-ac", f"sha256:{key}", Record(result.SerializeToString(), (digest,)))
-    assert (await env.get(f"/ac/{key}", headers=STD)).status == 200
-    assert await (await env.get(f"/cas/{out_hex}", headers=STD)).read() == out
+    assert (await env.get(f"/bazel/ac/{key}", headers=STD)).status == 200
+    assert await (await env.get(f"/bazel/cas/{out_hex}", headers=STD)).read() == out
 
 
 async def test_zstd_encodings(env):
@@ -197,39 +197,39 @@ async def test_zstd_encodings(env):
     hex_ = hashlib.sha256(data).hexdigest()
     packed = compress_bytes(data)
     zstd = {**STD, "Content-Encoding": "zstd"}
-    assert (await env.put(f"/cas/{hex_}", data=packed, headers=zstd)).status == 400  # no X-Digest-SizeBytes
-    resp = await env.put(f"/cas/{hex_}", data=packed, headers={**zstd, "X-Digest-SizeBytes": str(len(data))})
+    assert (await env.put(f"/bazel/cas/{hex_}", data=packed, headers=zstd)).status == 400  # no X-Digest-SizeBytes
+    resp = await env.put(f"/bazel/cas/{hex_}", data=packed, headers={**zstd, "X-Digest-SizeBytes": str(len(data))})
     assert resp.status == 200
-    resp = await env.get(f"/cas/{hex_}", headers={**STD, "Accept-Encoding": "zstd"}, auto_decompress=False)
+    resp = await env.get(f"/bazel/cas/{hex_}", headers={**STD, "Accept-Encoding": "zstd"}, auto_decompress=False)
     assert resp.headers["Content-Encoding"] == "zstd"
     assert decompress_bytes(await resp.read(), len(data)) == data
     for plain in ("gzip", "zstd;q=0", "gzip, zstd; q=0.0", "zstdx", "zstd;q=bad"):
-        resp = await env.get(f"/cas/{hex_}", headers={**STD, "Accept-Encoding": plain}, auto_decompress=False)
+        resp = await env.get(f"/bazel/cas/{hex_}", headers={**STD, "Accept-Encoding": plain}, auto_decompress=False)
         assert "Content-Encoding" not in resp.headers and await resp.read() == data, plain
     for wanted in ("br, ZSTD", "zstd;q=0.5", "gzip;q=1, zstd"):
         resp = await env.get(
-            f"/cas/{hex_}", headers={**STD, "Accept-Encoding": wanted}, auto_decompress=False
+            f"/bazel/cas/{hex_}", headers={**STD, "Accept-Encoding": wanted}, auto_decompress=False
         )
         assert resp.headers.get("Content-Encoding") == "zstd", wanted
     bad = {**zstd, "X-Digest-SizeBytes": str(len(data))}
     _, other = _blob()
-    assert (await env.put(f"/cas/{other}", data=b"not zstd at all", headers=bad)).status == 400
+    assert (await env.put(f"/bazel/cas/{other}", data=b"not zstd at all", headers=bad)).status == 400
     assert not await env.store.contains(Digest("sha256", other, len(data)))
     _, key = _blob()
     body = _result((data, hex_))
-    assert (await env.put(f"/ac/{key}", data=compress_bytes(body), headers=zstd)).status == 200
-    resp = await env.get(f"/ac/{key}", headers={**STD, "Accept-Encoding": "zstd"}, auto_decompress=False)
+    assert (await env.put(f"/bazel/ac/{key}", data=compress_bytes(body), headers=zstd)).status == 200
+    resp = await env.get(f"/bazel/ac/{key}", headers={**STD, "Accept-Encoding": "zstd"}, auto_decompress=False)
     assert decompress_bytes(await resp.read(), 1 << 20) == body
     assert (
-        await env.put(f"/ac/{key}", data=body, headers={**STD, "Content-Encoding": "x-foo"})
+        await env.put(f"/bazel/ac/{key}", data=body, headers={**STD, "Content-Encoding": "x-foo"})
     ).status == 400
 
 
 async def test_existing_blob_put_is_accepted_again(env):
     data, hex_ = _blob(300_000)
     for _ in range(2):  # Bazel's HTTP client re-PUTs every blob on every build
-        assert (await env.put(f"/cas/{hex_}", data=data, headers=STD)).status == 200
-    assert await (await env.get(f"/cas/{hex_}", headers=STD)).read() == data
+        assert (await env.put(f"/bazel/cas/{hex_}", data=data, headers=STD)).status == 200
+    assert await (await env.get(f"/bazel/cas/{hex_}", headers=STD)).read() == data
 
 
 @pytest.mark.parametrize(
@@ -241,13 +241,13 @@ async def test_existing_blob_put_is_accepted_again(env):
     ],
 )
 async def test_expect_continue_refusals_come_before_100(env, kind, headers):
-    statuses = await _put_expecting_continue(env, f"/{kind}/{'a' * 64}", {**STD, **headers})
+    statuses = await _put_expecting_continue(env, f"/bazel/{kind}/{'a' * 64}", {**STD, **headers})
     assert statuses[0].startswith(b"HTTP/1.1 400 ")
 
 
 async def test_expect_continue_upload(env):
     data, hex_ = _blob(100_000)
     headers = {**STD, "Content-Length": str(len(data))}
-    statuses = await _put_expecting_continue(env, f"/cas/{hex_}", headers, data)
+    statuses = await _put_expecting_continue(env, f"/bazel/cas/{hex_}", headers, data)
     assert [line.split(b" ")[1] for line in statuses] == [b"100", b"200"]
-    assert (await env.get(f"/cas/{hex_}", headers=STD)).status == 200
+    assert (await env.get(f"/bazel/cas/{hex_}", headers=STD)).status == 200

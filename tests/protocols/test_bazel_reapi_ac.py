@@ -8,7 +8,7 @@ import pytest
 from micd.store import Digest, Record
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi.action_result import action_key
-from tests.protocols.bazel_support import DAEMON_OPTIONS, blob, new_store, pd, reapi_server, worst_loop_delay
+from tests.protocols.bazel_support import blob, new_store, pd, reapi_server, worst_loop_delay
 
 UPDATE = "/build.bazel.remote.execution.v2.ActionCache/UpdateActionResult"
 
@@ -201,7 +201,7 @@ async def test_a_huge_action_result_keeps_the_event_loop_responsive(where):
         output = re_pb2.OutputDirectory(path="out/d", tree_digest=pd(tree_digest))
         result = re_pb2.ActionResult(output_directories=[output])
     _, action = blob()
-    async with reapi_server(store, options=DAEMON_OPTIONS) as reapi:
+    async with reapi_server(store) as reapi:
         update = reapi.channel.unary_unary(UPDATE)(_update(action, result).SerializeToString())
         _, worst = await worst_loop_delay(update)
     assert worst < 0.6, f"the event loop stalled for {worst:.2f} s"  # old code: 0.9-1.1 s

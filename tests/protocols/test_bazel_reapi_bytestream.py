@@ -12,7 +12,8 @@ from micd.store import Digest
 from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
 from micd.tiers.tiered import TieredStore
-from protocols.bazel_reapi import GRPC_SERVER_OPTIONS, add_servicers
+from micd.app import GRPC_OPTIONS, new_grpc_server
+from protocols import bazel_reapi
 from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
 from protocols.bazel_reapi._proto import bytestream_pb2_grpc as bs_grpc
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
@@ -274,8 +275,8 @@ async def test_server_shutdown_ends_an_upload_in_progress():
     store = ActivePuts(new_store())
     data, digest = blob(2 << 20)
     sent = asyncio.Event()
-    server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
-    add_servicers(server, store)
+    server = new_grpc_server()
+    server.add_generic_rpc_handlers(tuple(bazel_reapi.services(store).handlers))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -10,7 +10,7 @@ from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi.cas import TREE_PAGE_BYTES
 from protocols.bazel_reapi.common import MAX_BATCH_TOTAL_SIZE
 from protocols.bazel_reapi.compression import compress_bytes
-from tests.protocols.bazel_support import DAEMON_OPTIONS, blob, new_store, pd, reapi_server, worst_loop_delay
+from tests.protocols.bazel_support import blob, new_store, pd, reapi_server, worst_loop_delay
 
 GET_TREE = "/build.bazel.remote.execution.v2.ContentAddressableStorage/GetTree"
 OK, INVALID, NOT_FOUND = 0, grpc.StatusCode.INVALID_ARGUMENT.value[0], grpc.StatusCode.NOT_FOUND.value[0]
@@ -327,7 +327,7 @@ async def test_a_huge_batch_keeps_the_event_loop_responsive(build):
     """Requests as large as micd's 32 MiB message limit allows: converting their digests and entries takes
     about a second of Python, which runs off the event loop or in chunks that let other calls in."""
     method, request = build()
-    async with reapi_server(new_store(), options=DAEMON_OPTIONS) as reapi:
+    async with reapi_server(new_store()) as reapi:
         call = reapi.channel.unary_unary(
             f"/build.bazel.remote.execution.v2.ContentAddressableStorage/{method}"
         )

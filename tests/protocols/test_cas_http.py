@@ -32,7 +32,7 @@ def store() -> MemoryTier:
 @pytest.fixture
 async def client(aiohttp_client, store):
     app = web.Application()
-    app.router.add_routes(cas_http.routes(store))
+    app.add_subapp("/cas", cas_http.app(store))
     return await aiohttp_client(app)
 
 
@@ -190,7 +190,7 @@ class _CorruptBlob(BytesBlob):
 async def fake(aiohttp_client):
     store = _FakeStore()
     app = web.Application()
-    app.router.add_routes(cas_http.routes(store))
+    app.add_subapp("/cas", cas_http.app(store))
     return store, await aiohttp_client(app)
 
 
@@ -258,7 +258,7 @@ async def test_verified_disk_blobs_keep_the_connection_alive(aiohttp_client, tmp
     await disk.open()
     try:
         app = web.Application()
-        app.router.add_routes(cas_http.routes(disk))
+        app.add_subapp("/cas", cas_http.app(disk))
         client = await aiohttp_client(app)
         data = os.urandom(6 << 20)
         digest = Digest.of(data)
@@ -318,7 +318,7 @@ async def test_expect_continue_refuses_a_full_store_before_100(aiohttp_client, t
     await disk.open()
     try:
         app = web.Application()
-        app.router.add_routes(cas_http.routes(disk))
+        app.add_subapp("/cas", cas_http.app(disk))
         client = await aiohttp_client(app)
         digest = Digest("sha256", HEX, 2 << 20)  # over the hard cap: decided before any byte is read
         statuses = await _put_expecting_continue(client, _url(digest), {"Content-Length": str(digest.size)})

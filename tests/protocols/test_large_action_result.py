@@ -73,8 +73,8 @@ async def test_http_result_with_70k_outputs_is_a_hit(store, aiohttp_client, tmp_
         create_app(store, config, token=TOKEN, metrics=Metrics(), activity=Activity())
     )
     action = Digest.of(b"npm ci").hex
-    assert (await http.put(f"/ac/{action}", data=body, headers=AUTH)).status == 200
-    got = await http.get(f"/ac/{action}", headers=AUTH)
+    assert (await http.put(f"/bazel/ac/{action}", data=body, headers=AUTH)).status == 200
+    got = await http.get(f"/bazel/ac/{action}", headers=AUTH)
     assert got.status == 200 and await got.read() == body
 
 
@@ -94,5 +94,5 @@ async def test_a_result_over_the_record_bound_is_the_clients_error(
     http = await aiohttp_client(
         create_app(store, config, token=TOKEN, metrics=Metrics(), activity=Activity())
     )
-    put = await http.put(f"/ac/{Digest.of(b'b').hex}", data=result.SerializeToString(), headers=AUTH)
+    put = await http.put(f"/bazel/ac/{Digest.of(b'b').hex}", data=result.SerializeToString(), headers=AUTH)
     assert put.status == 400 and "at most 10 blobs" in await put.text()

@@ -90,10 +90,10 @@ async def test_generic_cas_put_of_a_lying_size_zero_digest_is_refused(http):
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 async def test_bazel_http_cas_refuses_a_lying_size_zero_digest(http, method):
     headers = {**AUTH, "X-Digest-SizeBytes": "0"}
-    assert (await http.request(method, f"/cas/{ABC}", headers=headers)).status == 400
-    assert (await http.request(method, f"/inst/cas/{ABC}", headers=headers)).status == 400
-    assert (await http.request(method, f"/cas/{ABC}", headers=AUTH)).status == 404  # size unknown: a miss
-    ok = await http.request(method, f"/cas/{EMPTY.hex}", headers=headers)
+    assert (await http.request(method, f"/bazel/cas/{ABC}", headers=headers)).status == 400
+    assert (await http.request(method, f"/bazel/inst/cas/{ABC}", headers=headers)).status == 400
+    assert (await http.request(method, f"/bazel/cas/{ABC}", headers=AUTH)).status == 404  # size unknown: a miss
+    ok = await http.request(method, f"/bazel/cas/{EMPTY.hex}", headers=headers)
     assert ok.status == 200
 
 
@@ -108,8 +108,8 @@ async def _stored_lying_result(store) -> tuple[re_pb2.ActionResult, Digest]:
 
 async def test_bazel_http_ac_hit_needs_real_blobs(http, store):
     result, action = await _stored_lying_result(store)
-    assert (await http.get(f"/ac/{action.hex}", headers=AUTH)).status == 404
-    put = await http.put(f"/ac/{Digest.of(b'other').hex}", data=result.SerializeToString(), headers=AUTH)
+    assert (await http.get(f"/bazel/ac/{action.hex}", headers=AUTH)).status == 404
+    put = await http.put(f"/bazel/ac/{Digest.of(b'other').hex}", data=result.SerializeToString(), headers=AUTH)
     assert put.status == 400
 
 
