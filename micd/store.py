@@ -119,6 +119,13 @@ class Cas(Protocol):
         """Return the digests that are absent, in input order, without reading any blob body."""
         ...
 
+    async def resolve(self, function: str, hex_: str) -> Digest | None:
+        """The digest of the stored blob with this hash, or None (never reads a body): for protocols whose
+        requests name a blob by hash alone (Bazel's HTTP cache), so they need not keep sizes of their own.
+        `hex_` must be a valid hash of `function` (`micd.validate.parse_hash`). The empty hash resolves to the
+        empty blob."""
+        ...
+
     async def get(self, digest: Digest, offset: int = 0, limit: int | None = None) -> Blob | None:
         """Open `[offset, offset+limit)` of the blob, or None on a miss (including a detected corruption).
 

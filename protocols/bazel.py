@@ -47,7 +47,7 @@ def client_config(context: ClientContext) -> ClientConfig:
 FRONTEND = Frontend(
     name="bazel",
     prefix="/bazel",
-    namespaces=(AC_NAMESPACE, bazel_http.SIZE_NAMESPACE),
+    namespaces=(AC_NAMESPACE,),
     http=bazel_http.app,
     grpc=bazel_reapi.services,
     client=client_config,

@@ -2,22 +2,22 @@
 optionally under an instance prefix (`/<instance>/ac/<sha256>`, the instance may contain `/`). Paths here are
 relative to the Bazel frontend's prefix (`protocols/bazel.py`); Bazel appends them to its cache URL.
 
-| route                         | store                                                              |
-|-------------------------------|--------------------------------------------------------------------|
-| GET/HEAD  [/inst]/ac/<hex>    | get_record(`bazel-ac[/inst]`, `sha256:<hex>`): 200 body / 404 miss  |
-| PUT       [/inst]/ac/<hex>    | body must parse as an ActionResult; refs → Record.refs; 200         |
-| GET/HEAD  [/inst]/cas/<hex>   | size via `X-Digest-SizeBytes` or the size index, then get; 404 miss |
-| PUT       [/inst]/cas/<hex>   | streamed `store.put` (hash checked while writing); 200              |
+| route                         | store                                                                 |
+|-------------------------------|-----------------------------------------------------------------------|
+| GET/HEAD  [/inst]/ac/<hex>    | get_record(`bazel-ac[/inst]`, `sha256:<hex>`): 200 body / 404 miss     |
+| PUT       [/inst]/ac/<hex>    | body must parse as an ActionResult; refs → Record.refs; 200            |
+| GET/HEAD  [/inst]/cas/<hex>   | size from `X-Digest-SizeBytes`, else `resolve("sha256", hex)`; 404 miss |
+| PUT       [/inst]/cas/<hex>   | streamed `store.put` (hash checked while writing); 200                 |
 
 The action cache is the gRPC one (`protocols.bazel_reapi`), so both transports share entries. Bazel's HTTP CAS
-paths carry no size while the core's digests do: every HTTP CAS PUT, and every action result served over HTTP,
-records `sha256:<hex>` → digest in the `bazel-cas-size` namespace (a Record whose ref is the blob, so it
-disappears with the blob). Quirks (protocols.md §1): Bazel never sends HEAD, treats 404 as a miss, needs
-HTTP/1.1 with Content-Length or chunked, chokes on error bodies over 10 KiB, and sends Basic auth in URL-safe
-base64 (handled by micd/auth.py). `Content-Encoding: zstd` uploads and `Accept-Encoding: zstd` downloads are
-for non-Bazel clients. aiohttp's request parser already decodes gzip/deflate/br/zstd request bodies (bounded,
-streaming; zstd through backports.zstd), so handlers read plain bytes; an encoded CAS upload must announce the
-blob's size in `X-Digest-SizeBytes`, since Content-Length is then the encoded size.
+paths carry no size while the core's digests do: the store finds the blob by hash alone (`Cas.resolve`), so a
+blob uploaded any way (gRPC, the generic CAS endpoint) is served here, and no read writes anything. Quirks
+(protocols.md §1): Bazel never sends HEAD, treats 404 as a miss, needs HTTP/1.1 with Content-Length or
+chunked, chokes on error bodies over 10 KiB, and sends Basic auth in URL-safe base64 (handled by
+micd/auth.py). `Content-Encoding: zstd` uploads and `Accept-Encoding: zstd` downloads are for non-Bazel
+clients. aiohttp's request parser already decodes gzip/deflate/br/zstd request bodies (bounded, streaming;
+zstd through backports.zstd), so handlers read plain bytes; an encoded CAS upload must announce the blob's
+size in `X-Digest-SizeBytes`, since Content-Length is then the encoded size.
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ from protocols.bazel_reapi.action_result import action_key, action_result_refs, 
 from protocols.bazel_reapi.common import ac_namespace
 from protocols.bazel_reapi.compression import compress_bytes, compress_stream
 
-__all__ = ["MAX_AC_BODY", "SIZE_NAMESPACE", "app"]
+__all__ = ["MAX_AC_BODY", "app"]
 
-SIZE_NAMESPACE = "bazel-cas-size"
 MAX_AC_BODY = 4 << 20
 _INSTANCE = r"{instance:[A-Za-z0-9_][A-Za-z0-9_.+/-]*}"
 _DECODED_BY_AIOHTTP = frozenset({"identity", "gzip", "deflate", "br", "zstd"})
@@ -74,22 +73,14 @@ def _is_encoded(request: web.Request) -> bool:
     return encoding != "identity"
 
 
-async def _remember_size(store: Store, digests: tuple[Digest, ...]) -> None:
-    for digest in digests:
-        if digest.function == "sha256":
-            await store.put_record(SIZE_NAMESPACE, action_key(digest.function, digest.hex), Record(b"", (digest,)))
-
-
 async def _lookup(request: web.Request, store: Store) -> Digest | None:
-    """The full digest of `/cas/<hex>`: from X-Digest-SizeBytes, or the size index (None: unknown = miss)."""
+    """The full digest of `/cas/<hex>`: the one X-Digest-SizeBytes announces, else the stored blob's with that
+    hash (None: a miss)."""
     hex_ = _parse_hex(request)
     announced = request.headers.get("X-Digest-SizeBytes")
     if announced is not None:
         return parse_digest("sha256", hex_, parse_size(announced))
-    record = await store.get_record(SIZE_NAMESPACE, f"sha256:{hex_}")
-    if record is None:
-        return Digest.empty() if hex_ == Digest.empty().hex else None
-    return record.refs[0]
+    return await store.resolve("sha256", hex_)
 
 
 async def handle_get_ac(request: web.Request, store: Store) -> web.StreamResponse:
@@ -97,7 +88,6 @@ async def handle_get_ac(request: web.Request, store: Store) -> web.StreamRespons
     record = await store.get_record(namespace, action_key("sha256", _parse_hex(request)))
     if record is None:
         return web.Response(status=404)
-    await _remember_size(store, record.refs)  # the client's next GETs are /cas/<hex> without sizes
     if request.method == "HEAD":
         return web.Response(status=200, headers={"Content-Length": str(len(record.value))})
     if _wants_zstd(request):
@@ -158,7 +148,6 @@ async def handle_put_cas(request: web.Request, store: Store) -> web.StreamRespon
             pass
     else:
         await store.put(digest, request_body(request))
-    await _remember_size(store, (digest,))
     return web.Response(status=200)
 
 

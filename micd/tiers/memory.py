@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
 
 from micd.blobs import BytesBlob, Verifier, aiter_bytes
-from micd.store import Digest, Record
+from micd.store import EMPTY_HEX, Digest, Record
 
 __all__ = ["MemoryTier"]
 
@@ -24,6 +24,7 @@ class MemoryTier:
         self.max_blob = budget // 4 if max_blob is None else max_blob
         self.used = 0
         self._blobs: OrderedDict[Digest, bytes] = OrderedDict()
+        self._by_hash: dict[tuple[str, str], Digest] = {}  # (function, hex) → each kept blob, for `resolve`
         self._records: dict[tuple[str, str], Record] = {}
 
     # -- CAS ---------------------------------------------------------------------------------------
@@ -40,6 +41,11 @@ class MemoryTier:
         blobs = self._blobs
         # `d.size or`: skips the is_empty call for the common non-empty digest
         return [d for d in digests if (d.size or not d.is_empty) and d not in blobs]
+
+    async def resolve(self, function: str, hex_: str) -> Digest | None:
+        if hex_ == EMPTY_HEX[function]:
+            return Digest.empty(function)
+        return self._by_hash.get((function, hex_))
 
     async def get(self, digest: Digest, offset: int = 0, limit: int | None = None) -> BytesBlob | None:
         data = b"" if digest.is_empty else self._touch(digest)
@@ -71,9 +77,11 @@ class MemoryTier:
         if digest.is_empty or len(data) > self.max_blob or digest in self._blobs:
             return
         self._blobs[digest] = data
+        self._by_hash[(digest.function, digest.hex)] = digest
         self.used += len(data)
         while self.used > self.budget and self._blobs:
-            _, old = self._blobs.popitem(last=False)
+            evicted, old = self._blobs.popitem(last=False)
+            del self._by_hash[(evicted.function, evicted.hex)]
             self.used -= len(old)
 
     # -- KV ----------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ Keys are `<prefix>/cas/<function>/<hh>/<hex>.<size>` (a zstd frame of the blob) 
 
 - **A digest is hash and size.** The size is in the key, as in the disk tier's file names, so a request
   with the right hash and a wrong size is a miss: never a hit, and never a reason to delete the real object.
+  A lookup by hash alone (`resolve`) therefore LISTs the key prefix `<hex>.`: one request, like a HEAD, and
+  no permission a HEAD's 404 does not need already (without s3:ListBucket, S3 answers a missing key 403).
 - **Never wrong data.** Every download is decompressed and hashed while it streams into a spool (memory for
   small blobs, an anonymous temp file for large ones) and is handed out only after the digest matched. A
   corrupt object is a miss, and it is deleted so the next upload repairs it.
@@ -36,8 +38,9 @@ Keys are `<prefix>/cas/<function>/<hh>/<hex>.<size>` (a zstd frame of the blob) 
   get its response headers, and then each next chunk, within `stall_timeout` (5 s: a bound on silence, not
   on the transfer). The first timeout degrades the tier, and the cool-down then skips S3 at once. Writes
   run in the upload queue, off the client's path, under `op_timeout`.
-- **Few requests.** A positive existence cache (content-addressed objects never change) and in-flight
-  de-duplication (N concurrent reads or HEADs of one digest share one request) prevent HEAD storms.
+- **Few requests.** A positive existence cache (content-addressed objects never change; hash → size, so it
+  answers `resolve` too) and in-flight de-duplication (N concurrent reads, HEADs or LISTs of one digest share
+  one request) prevent HEAD storms.
 - **Bounded memory.** Uploads compress into a spool and go up as one PUT or as multipart parts of `part_size`;
   downloads decompress through a streaming writer; at most one part or one chunk is in memory per transfer.
 """
@@ -62,8 +65,9 @@ from botocore.config import Config
 from micd.blobs import CHUNK, BytesBlob, Verifier, aiter_bytes, clamp_range
 from micd.errors import FormatError, IntegrityError, TierUnavailable
 from micd.record import decode_record, encode_record
-from micd.store import Digest, Record
+from micd.store import EMPTY_HEX, Digest, Record
 from micd.tiers.disk.kvfile import decode_kv_file, encode_kv_file
+from micd.tiers.disk.layout import parse_blob_name
 from micd.tiers.s3_health import Health, Missing
 from micd.tiers.s3_spool import Sink, SpoolBlob, SpoolEntry, retrieve_exception, temp_file
 
@@ -127,9 +131,10 @@ class S3Tier:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        self._exists: OrderedDict[Digest, None] = OrderedDict()
+        self._exists: OrderedDict[tuple[str, str], int] = OrderedDict()  # (function, hex) → size
         self._exists_max = existence_cache_size
         self._heads: dict[Digest, asyncio.Task[bool]] = {}
+        self._lists: dict[tuple[str, str], asyncio.Task[Digest | None]] = {}
         self._downloads: dict[Digest, SpoolEntry] = {}
         self._uploads: dict[Digest, asyncio.Future[None]] = {}
         self._stack: contextlib.AsyncExitStack | None = None
@@ -146,7 +151,8 @@ class S3Tier:
 
     async def close(self) -> None:
         """Cancel in-flight requests and close the client."""
-        pending: list[asyncio.Future[Any]] = [*self._heads.values(), *self._uploads.values()]
+        pending: list[asyncio.Future[Any]] = [*self._heads.values(), *self._lists.values()]
+        pending += self._uploads.values()
         for task in pending + [entry.task for entry in self._downloads.values()]:
             task.cancel()
         if self._stack is not None:
@@ -174,12 +180,12 @@ class S3Tier:
             "errors": self.errors,
             "last_error": self.last_error,
             "existence_cache": len(self._exists),
-            "inflight": len(self._heads) + len(self._downloads) + len(self._uploads),
+            "inflight": len(self._heads) + len(self._lists) + len(self._downloads) + len(self._uploads),
         }
 
     def known(self, digest: Digest) -> bool:
         """Tell from the existence cache alone (no request) whether the blob is in S3."""
-        return digest.is_empty or digest in self._exists
+        return digest.is_empty or self._exists.get((digest.function, digest.hex)) == digest.size
 
     def cas_key(self, digest: Digest) -> str:
         """Object key of a blob: `<prefix>/cas/<function>/<hh>/<hex>.<size>`."""
@@ -192,10 +198,17 @@ class S3Tier:
     def _remember(self, digest: Digest) -> None:
         if self._exists_max == 0:
             return
-        self._exists[digest] = None
-        self._exists.move_to_end(digest)
+        name = (digest.function, digest.hex)
+        self._exists[name] = digest.size
+        self._exists.move_to_end(name)
         while len(self._exists) > self._exists_max:
             self._exists.popitem(last=False)
+
+    def _forget(self, digest: Digest) -> None:
+        """Drop the blob from the existence cache (gone or corrupt); another size of its hash stays."""
+        name = (digest.function, digest.hex)
+        if self._exists.get(name) == digest.size:
+            del self._exists[name]
 
     def _guard(
         self, op: str, key: str, deadline: float | None = None
@@ -254,6 +267,38 @@ class S3Tier:
         except* TierUnavailable as failures:
             raise failures.exceptions[0] from None
         return [d for d in digests if d in missing]
+
+    async def resolve(self, function: str, hex_: str) -> Digest | None:
+        """The digest of the object stored under this hash: from the existence cache, else one LIST of its
+        key prefix (concurrent calls share it; a positive answer is cached). Raises TierUnavailable."""
+        if hex_ == EMPTY_HEX[function]:
+            return Digest.empty(function)
+        name = (function, hex_)
+        size = self._exists.get(name)
+        if size is not None:
+            return Digest(function, hex_, size)
+        task = self._lists.get(name)
+        if task is None:
+            task = asyncio.ensure_future(self._list(function, hex_))
+            self._lists[name] = task
+            task.add_done_callback(functools.partial(self._list_done, name))
+            task.add_done_callback(retrieve_exception)
+        return await asyncio.shield(task)
+
+    def _list_done(self, name: tuple[str, str], _: object) -> None:
+        self._lists.pop(name, None)
+
+    async def _list(self, function: str, hex_: str) -> Digest | None:
+        prefix = f"{self._base}cas/{function}/{hex_[:2]}/{hex_}."
+        async with self._guard("LIST", prefix, self._deadline_in(self._read_deadline)):
+            response = await self._client.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
+        for item in response.get("Contents", ()):
+            size = parse_blob_name(item["Key"].rpartition("/")[2])
+            if size:  # size 0 with this hash names nothing; a wrong size fails verification on GET
+                digest = Digest(function, hex_, size)
+                self._remember(digest)
+                return digest
+        return None
 
     # -- CAS: reads --------------------------------------------------------------------------------
     async def get(
@@ -322,7 +367,7 @@ class S3Tier:
             verifier.check()
         except Missing:
             spool.close()
-            self._exists.pop(digest, None)  # deleted behind our back (e.g. a bucket lifecycle rule)
+            self._forget(digest)  # deleted behind our back (e.g. a bucket lifecycle rule)
             return None
         except (IntegrityError, zstandard.ZstdError) as exc:
             spool.close()
@@ -341,7 +386,7 @@ class S3Tier:
         """Delete a corrupt object (never served) so that the next upload of this digest repairs it."""
         key = self.cas_key(digest)
         log.error("S3 object %s does not match its digest (%s); deleting it", key, exc)
-        self._exists.pop(digest, None)
+        self._forget(digest)
         await self._delete_corrupt(key)
 
     async def _delete_corrupt(self, key: str) -> None:

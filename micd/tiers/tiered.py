@@ -8,8 +8,8 @@ found and served without touching disk. Memory gets them only after the disk wri
 holds a blob the store rejected; a memory hit is a real hit (the verified bytes are there) even if another
 daemon has since evicted the disk copy. Writes reach S3 later through the journaled `UploadQueue` (write-behind), so a slow or dead S3 never slows
 or fails a client request: every `TierUnavailable` is counted (`s3_errors_total`), logged by the S3 tier, and
-degrades to the local tiers. `find_missing` asks S3 only about what no local tier has. A record is served only
-when every blob it references exists in some tier.
+degrades to the local tiers. `find_missing` and `resolve` ask S3 only about what no local tier has. A record
+is served only when every blob it references exists in some tier.
 
 Without a disk tier, writes land in memory only, so a blob larger than the memory tier's `max_blob` (or one
 evicted before its upload) never reaches S3: the memory tier would not keep it either; give S3 a disk tier.
@@ -190,6 +190,19 @@ class TieredStore:
             except TierUnavailable as exc:
                 self._s3_failed(tool, "find_missing", exc)
         return missing
+
+    async def resolve(self, function: str, hex_: str, *, tool: str = _DIRECT) -> Digest | None:
+        """The digest of the blob stored under this hash: the first tier that knows it (memory, disk, then
+        S3, whose existence cache keeps a hit); None if none does or S3 is down."""
+        digest = await self.memory.resolve(function, hex_)
+        if digest is None and self.disk is not None:
+            digest = await self.disk.resolve(function, hex_)
+        if digest is None and self.s3 is not None:
+            try:
+                digest = await self.s3.resolve(function, hex_)
+            except TierUnavailable as exc:
+                self._s3_failed(tool, "resolve", exc)
+        return digest
 
     async def get(
         self, digest: Digest, offset: int = 0, limit: int | None = None, *, tool: str = _DIRECT

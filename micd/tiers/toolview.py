@@ -52,6 +52,9 @@ class ToolView:
     async def find_missing(self, digests: Iterable[Digest]) -> list[Digest]:
         return await self._store.find_missing(digests, tool=self.tool)
 
+    async def resolve(self, function: str, hex_: str) -> Digest | None:
+        return await self._store.resolve(function, hex_, tool=self.tool)
+
     async def get(self, digest: Digest, offset: int = 0, limit: int | None = None) -> Blob | None:
         started = time.perf_counter()
         blob = await self._store.get(digest, offset, limit, tool=self.tool)

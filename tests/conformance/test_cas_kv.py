@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from micd.errors import BadRequest, IntegrityError
-from micd.store import Digest, Record
+from micd.store import EMPTY_HEX, Digest, Record
 
 from .conftest import Backend
 
@@ -119,6 +119,7 @@ async def test_wrong_size_is_rejected_and_not_stored(cas_store, function, delta)
     with pytest.raises(IntegrityError):
         await cas_store.put(real, chunked(body))
     assert await cas_store.find_missing([real, announced]) == [real, announced]
+    assert await cas_store.resolve(function, real.hex) is None
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
@@ -132,6 +133,24 @@ async def test_empty_blob_always_present(cas_store, function):
     with pytest.raises(IntegrityError):
         await cas_store.put(empty, chunked(b"not empty"))
     assert await cas_store.get_bytes(empty) == b""
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+@pytest.mark.parametrize("size", SIZES)
+async def test_resolve_finds_the_digest_by_hash_alone(cas_store, function, size):
+    data = blob(size, seed=40 + size)
+    digest = Digest.of(data, function)
+    assert await cas_store.resolve(function, digest.hex) is None
+    await cas_store.put(digest, chunked(data))
+    assert await cas_store.resolve(function, digest.hex) == digest
+    other = "sha256" if function == "blake3" else "blake3"
+    assert await cas_store.resolve(other, digest.hex) is None  # the hash is only a name under its function
+    assert await cas_store.resolve(other, Digest.of(data, other).hex) is None
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+async def test_resolve_of_the_empty_hash_is_the_empty_blob(cas_store, function):
+    assert await cas_store.resolve(function, EMPTY_HEX[function]) == Digest.empty(function)
 
 
 async def test_find_missing_keeps_input_order(cas_store):
@@ -164,7 +183,7 @@ class _OpenAudit:
             cls.paths.append(os.fsdecode(args[0]))
 
 
-async def test_find_missing_and_contains_never_read_bodies(cas_backend: Backend):
+async def test_find_missing_contains_and_resolve_never_read_bodies(cas_backend: Backend):
     backend = cas_backend
     cas_store = backend.store
     digests = [Digest.of(blob(5000, seed=i)) for i in range(20)]
@@ -175,6 +194,7 @@ async def test_find_missing_and_contains_never_read_bodies(cas_backend: Backend)
     try:
         assert await cas_store.find_missing(digests) == []
         assert all([await cas_store.contains(d) for d in digests])
+        assert [await cas_store.resolve(d.function, d.hex) for d in digests] == digests
         opened = list(_OpenAudit.paths)
     finally:
         _OpenAudit.paths = None

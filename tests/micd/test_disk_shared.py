@@ -106,6 +106,34 @@ async def test_blobs_deleted_by_another_tier_are_misses_not_errors(make_tier):
     assert second.corruptions == 0
 
 
+async def test_resolve_finds_what_another_tier_published_and_misses_what_it_evicted(make_tier):
+    first, second = await make_tier(), await make_tier()
+    small, large = blob(1000, 5), blob(3 << 20, 6)
+    ds, dl = Digest.of(small), Digest.of(large, "blake3")
+    await first.put_bytes(ds, small)
+    await first.put_bytes(dl, large)
+    assert second.entry_count == 0  # `second` has never heard of them
+    assert await second.resolve("sha256", ds.hex) == ds
+    assert await second.resolve("blake3", dl.hex) == dl
+    assert second.entry_count == 2  # indexed, as find_missing would
+    await first.evict(target=0)
+    assert await second.resolve("sha256", ds.hex) is None
+    assert await second.resolve("blake3", dl.hex) is None
+
+
+async def test_resolve_ignores_names_that_are_not_blobs_of_the_hash(make_tier):
+    tier = await make_tier()
+    data = blob(100, 7)
+    digest = Digest.of(data)
+    shard = tier.layout.blob_path(digest).parent
+    (shard / f"{digest.hex}.0").write_bytes(b"")  # a size-0 name for a non-empty hash names nothing
+    (shard / f"{digest.hex}.x").write_bytes(data)
+    (shard / f"{digest.hex[:-1]}0.{len(data)}").write_bytes(data)  # another hash sharing the shard
+    assert await tier.resolve("sha256", digest.hex) is None
+    await tier.put_bytes(digest, data)
+    assert await tier.resolve("sha256", digest.hex) == digest
+
+
 async def test_refresh_counts_other_writers_and_forgets_their_evictions(make_tier):
     first, second = await make_tier(), await make_tier()
     blobs = [blob(500, 10 + i) for i in range(4)]

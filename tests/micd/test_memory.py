@@ -105,3 +105,13 @@ async def test_records_are_kept_per_namespace_and_key():
     assert await tier.get_record("a", "k") == Record(b"1")
     assert await tier.get_record("b", "k") == Record(b"2")
     assert await tier.get_record("a", "x") is None
+
+
+async def test_resolve_forgets_evicted_blobs():
+    tier = MemoryTier(budget=200, max_blob=200)
+    a, b = b"a" * 100, b"b" * 150
+    await fill(tier, a)
+    assert await tier.resolve("sha256", d(a).hex) == d(a)
+    await fill(tier, b)  # evicts a
+    assert await tier.resolve("sha256", d(a).hex) is None
+    assert await tier.resolve("sha256", d(b).hex) == d(b)

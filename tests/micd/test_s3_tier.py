@@ -294,6 +294,35 @@ async def test_existence_cache_and_head_dedup(tier):
     assert sum(counts.values()) == 3
 
 
+async def test_resolve_lists_once_then_answers_from_the_existence_cache(tier, boto, bucket):
+    data = b"uploaded by another daemon" * 10
+    digest = Digest.of(data)
+    boto.put_object(Bucket=bucket, Key=tier.cas_key(digest), Body=zstandard.compress(data))
+    counts = count_requests(tier)
+    assert await asyncio.gather(*(tier.resolve("sha256", digest.hex) for _ in range(10))) == [digest] * 10
+    assert counts["ListObjectsV2"] == 1
+    assert await tier.resolve("sha256", digest.hex) == digest
+    assert await tier.contains(digest)
+    assert sum(counts.values()) == 1  # the size, and the existence, came from the cache
+    absent = Digest.of(b"never uploaded")
+    assert await tier.resolve("sha256", absent.hex) is None
+    assert await tier.resolve("sha256", absent.hex) is None
+    assert counts["ListObjectsV2"] == 3  # misses are not cached (someone may upload it)
+    assert await tier.resolve("sha256", Digest.empty().hex) == Digest.empty()
+    assert sum(counts.values()) == 3
+
+
+async def test_resolve_ignores_keys_that_name_no_blob_of_the_hash(tier, boto, bucket):
+    digest = Digest.of(b"named wrongly")
+    base = tier.cas_key(digest).rpartition(".")[0]
+    for junk in (f"{base}.0", f"{base}.x", f"{base}.12.zst"):  # size 0 with a non-empty hash names nothing
+        boto.put_object(Bucket=bucket, Key=junk, Body=b"")
+    assert await tier.resolve("sha256", digest.hex) is None
+    await tier.put_bytes(digest, b"named wrongly")
+    tier._exists.clear()
+    assert await tier.resolve("sha256", digest.hex) == digest
+
+
 async def test_existence_cache_is_bounded(s3_proxy, bucket):
     tier = S3Tier(bucket=bucket, endpoint_url=s3_proxy.endpoint_url, existence_cache_size=2)
     await tier.open()
@@ -317,6 +346,7 @@ async def test_outage_is_tier_unavailable_fast_and_recovers(tier, s3_proxy, capl
         for call in (
             tier.contains(other),
             tier.find_missing([other, Digest.of(b"more")]),
+            tier.resolve("sha256", other.hex),
             tier.get(other),
             tier.put_bytes(other, b"other"),
             tier.get_record("ns", "k"),

@@ -228,6 +228,30 @@ async def test_find_missing_asks_s3_only_for_local_misses(store):
     assert counts["HeadObject"] == 8
 
 
+async def test_resolve_asks_each_tier_in_turn_and_s3_only_for_local_misses(store, s3_proxy):
+    [(small, small_data)] = blobs(1, seed=12)
+    big_data = os.urandom(3 << 20)
+    big = Digest.of(big_data)
+    await store.put_bytes(small, small_data)
+    await store.put_bytes(big, big_data)
+    assert await store.queue.drain(20)
+    store.s3._exists.clear()
+    counts = count_requests(store.s3)
+    assert await store.resolve("sha256", small.hex) == small  # memory
+    assert await store.resolve("sha256", big.hex) == big  # disk (too big for memory)
+    assert sum(counts.values()) == 0
+    shutil.rmtree(store.disk.layout.root / "v1" / "cas")
+    store.memory._blobs.clear()
+    store.memory._by_hash.clear()
+    assert await store.resolve("sha256", small.hex) == small  # S3, then its existence cache
+    assert await store.resolve("sha256", small.hex) == small
+    assert counts["ListObjectsV2"] == 1
+    assert await store.get_bytes(small) == small_data
+    s3_proxy.cut()
+    assert await store.resolve("sha256", Digest.of(b"elsewhere").hex) is None  # an outage is a miss
+    assert store.metrics.snapshot()["counters"]["s3_errors_total"] == 1
+
+
 async def test_concurrent_s3_reads_share_one_request(store, boto, bucket):
     data = os.urandom(2 << 20)
     digest = Digest.of(data)
@@ -247,6 +271,7 @@ async def test_for_tool_view_records_per_tool_metrics(store):
     assert await bazel.get_bytes(digest) == data
     assert await bazel.get(absent) is None
     assert await bazel.contains(digest) and await bazel.find_missing([absent]) == [absent]
+    assert await bazel.resolve("sha256", digest.hex) == digest
     await bazel.put_record("bazel-ac/i", "k", Record(b"12345", (digest,)))
     assert (await bazel.get_record("bazel-ac/i", "k")).value == b"12345"
     assert await bazel.get_record("bazel-ac/i", "nope") is None

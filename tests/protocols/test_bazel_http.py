@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from collections import Counter
 
 import pytest
 
@@ -12,12 +13,13 @@ from micd.app import Activity, create_app
 from micd.config import load_config
 from micd.metrics import Metrics
 from micd.store import Digest, Record
+from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi.action_result import action_key
 from protocols.bazel_reapi.common import ac_namespace
 from protocols.bazel_reapi.compression import compress_bytes, decompress_bytes
 from protocols.bazel_http import MAX_AC_BODY
-from tests.protocols.bazel_support import new_store, pd
+from tests.protocols.bazel_support import blob, new_store, pd, reapi_server
 from tests.protocols.test_cas_http import _put_expecting_continue
 
 TOKEN = "a>>>?tok"  # base64 of "u:<token>" differs between the standard and URL-safe alphabets
@@ -176,20 +178,73 @@ async def test_an_instance_that_looks_like_the_generic_cas_route_is_still_bazels
     assert (await env.get(f"/cas/sha256/{hex_[:10]}/{len(data)}", headers=STD)).status == 400
 
 
-async def test_results_uploaded_over_grpc_are_served_with_their_blobs(env):
-    """A blob stored without its size being known to HTTP becomes readable once an AC hit names it."""
-    out, out_hex = _blob()
-    digest = Digest("sha256", out_hex, len(out))
-    await env.store.put_bytes(digest, out)
-    assert (await env.get(f"/bazel/cas/{out_hex}", headers=STD)).status == 404  # HTTP paths carry no size
-    assert (
-        await env.get(f"/bazel/cas/{out_hex}", headers={**STD, "X-Digest-SizeBytes": str(len(out))})
-    ).status == 200
+async def test_blobs_uploaded_over_grpc_or_the_generic_endpoint_are_hits_by_hash_alone(env):
+    """`/cas/<hex>` finds a blob however it was uploaded, though Bazel's HTTP routes never saw its size (with
+    the size index this was a 404 until an HTTP action cache hit named the blob)."""
+    by_grpc, grpc_digest = blob(3000)
+    async with reapi_server(env.store.for_tool("bazel", ("bazel-ac",))) as reapi:
+        name = f"uploads/u-1/blobs/{grpc_digest.hex}/{grpc_digest.size}"
+        write = bs_pb2.WriteRequest(resource_name=name, data=by_grpc, finish_write=True)
+        assert (await reapi.bytestream.Write(iter([write]))).committed_size == len(by_grpc)
+    generic, generic_hex = _blob(5000)
+    generic_path = f"/cas/sha256/{generic_hex}/{len(generic)}"
+    assert (await env.put(generic_path, data=generic, headers=STD)).status == 201
+    for data, hex_ in ((by_grpc, grpc_digest.hex), (generic, generic_hex)):
+        resp = await env.get(f"/bazel/cas/{hex_}", headers=STD)
+        assert resp.status == 200 and await resp.read() == data
+        resp = await env.head(f"/bazel/cas/{hex_}", headers=STD)
+        assert resp.status == 200 and resp.headers["Content-Length"] == str(len(data))
+        announced = {**STD, "X-Digest-SizeBytes": str(len(data))}
+        assert await (await env.get(f"/bazel/cas/{hex_}", headers=announced)).read() == data
+        wrong = {**STD, "X-Digest-SizeBytes": str(len(data) + 1)}  # a wrong size is a miss, never a hit
+        assert (await env.get(f"/bazel/cas/{hex_}", headers=wrong)).status == 404
+        assert (await env.head(f"/bazel/cas/{hex_}", headers=wrong)).status == 404
     _, key = _blob()
-    result = re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="o", digest=pd(digest))])
-    await env.store.put_record("bazel-ac", f"sha256:{key}", Record(result.SerializeToString(), (digest,)))
-    assert (await env.get(f"/bazel/ac/{key}", headers=STD)).status == 200
-    assert await (await env.get(f"/bazel/cas/{out_hex}", headers=STD)).read() == out
+    result = re_pb2.ActionResult(output_files=[re_pb2.OutputFile(path="o", digest=pd(grpc_digest))])
+    body = result.SerializeToString()
+    await env.store.put_record("bazel-ac", f"sha256:{key}", Record(body, (grpc_digest,)))
+    assert await (await env.get(f"/bazel/ac/{key}", headers=STD)).read() == body
+
+
+@pytest.fixture
+def writes(env, monkeypatch) -> Counter:
+    """Calls of the store's write methods: every tool's writes go through them."""
+    counts: Counter = Counter()
+
+    def counting(name: str):
+        write = getattr(env.store, name)
+
+        async def counted(*args, **kwargs):
+            counts[name] += 1
+            return await write(*args, **kwargs)
+
+        return counted
+
+    for name in ("put", "put_bytes", "put_record"):
+        monkeypatch.setattr(env.store, name, counting(name))
+    return counts
+
+
+async def test_reads_write_nothing(env, writes):
+    """An action cache hit and the CAS reads that follow store nothing (the size index wrote one record per
+    output on every HTTP action cache hit: 70 ms for 50 outputs, and an S3 upload each)."""
+    outputs = [_blob(100 + i) for i in range(5)]
+    for data, hex_ in outputs:
+        assert (await env.put(f"/bazel/cas/{hex_}", data=data, headers=STD)).status == 200
+    _, key = _blob()
+    assert (await env.put(f"/bazel/main/ac/{key}", data=_result(*outputs), headers=STD)).status == 200
+    assert writes["put"] == 5 and writes["put_record"] >= 1  # control: the count sees the uploads
+    writes.clear()
+    reads = [("GET", f"/bazel/main/ac/{key}", STD), ("HEAD", f"/bazel/main/ac/{key}", STD)]
+    reads.append(("GET", f"/bazel/main/ac/{key}", {**STD, "Accept-Encoding": "zstd"}))
+    for data, hex_ in outputs:
+        reads += [("GET", f"/bazel/main/cas/{hex_}", STD), ("HEAD", f"/bazel/cas/{hex_}", STD)]
+        reads.append(("GET", f"/bazel/cas/{hex_}", {**STD, "X-Digest-SizeBytes": str(len(data))}))
+    for method, path, headers in reads:
+        assert (await env.request(method, path, headers=headers)).status == 200, (method, path)
+    assert (await env.get(f"/bazel/ac/{_blob()[1]}", headers=STD)).status == 404
+    assert (await env.get(f"/bazel/cas/{_blob()[1]}", headers=STD)).status == 404
+    assert sum(writes.values()) == 0
 
 
 async def test_zstd_encodings(env):

@@ -92,7 +92,7 @@ async def test_bazel_http_cas_refuses_a_lying_size_zero_digest(http, method):
     headers = {**AUTH, "X-Digest-SizeBytes": "0"}
     assert (await http.request(method, f"/bazel/cas/{ABC}", headers=headers)).status == 400
     assert (await http.request(method, f"/bazel/inst/cas/{ABC}", headers=headers)).status == 400
-    assert (await http.request(method, f"/bazel/cas/{ABC}", headers=AUTH)).status == 404  # size unknown: a miss
+    assert (await http.request(method, f"/bazel/cas/{ABC}", headers=AUTH)).status == 404  # not stored: a miss
     ok = await http.request(method, f"/bazel/cas/{EMPTY.hex}", headers=headers)
     assert ok.status == 200
 

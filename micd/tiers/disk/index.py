@@ -46,6 +46,7 @@ from micd.tiers.disk.lru import Entry, Lru
 __all__ = [
     "MAGIC",
     "VERSION",
+    "blob_sizes",
     "check_header",
     "decode_snapshot",
     "encode_snapshot",
@@ -147,6 +148,17 @@ def _scan(layout: Layout) -> set[str]:
             continue
         found.update([prefix + name for name in names])
     return found
+
+
+def blob_sizes(layout: Layout, function: str, hex_: str) -> list[int]:
+    """Sizes in the names of the blob files stored under this hash (normally one, or none), from one listing
+    of its shard directory (blocking): a size-less lookup, and the size is only in the file name."""
+    prefix = f"{hex_}."
+    try:
+        names = os.listdir(f"{layout.cas_prefix}{function}/{hex_[:2]}")
+    except FileNotFoundError:
+        return []
+    return [size for name in names if name.startswith(prefix) and (size := parse_blob_name(name)) is not None]
 
 
 def _valid_name(key: str) -> bool:

@@ -48,7 +48,7 @@ from micd.blobs import BytesBlob, Verifier, aiter_bytes, clamp_range
 from micd.budget import ByteBudget
 from micd.errors import FormatError, IntegrityError, StoreFull
 from micd.record import decode_record, encode_record
-from micd.store import Digest, Record
+from micd.store import EMPTY_HEX, Digest, Record
 from micd.tiers.disk import files, index, usage
 from micd.tiers.disk.blob import FileBlob
 from micd.tiers.disk.ingest import WRITE_BATCH, FilesystemFull, Pipeline, collect
@@ -222,6 +222,20 @@ class DiskTier(IndexState):
                     self._forget(key)
                 missing.append(digest)
         return missing
+
+    async def resolve(self, function: str, hex_: str) -> Digest | None:
+        """The digest named by the blob file of this hash, found by listing its shard directory (the index is
+        keyed by the whole digest), so a blob another daemon published is found too. A found blob counts as
+        used, as in `find_missing`."""
+        if hex_ == EMPTY_HEX[function]:
+            return Digest.empty(function)
+        sizes = await asyncio.to_thread(index.blob_sizes, self.layout, function, hex_)
+        # A size-0 name with this (non-empty) hash names nothing that can exist.
+        found = [Digest(function, hex_, size) for size in sizes if size]
+        if not found:
+            return None
+        missing = await self.find_missing(found)  # marks it used; a file deleted meanwhile is a miss
+        return next((digest for digest in found if digest not in missing), None)
 
     async def get(
         self, digest: Digest, offset: int = 0, limit: int | None = None
