@@ -35,7 +35,7 @@ from micd.metrics import Metrics
 from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
 from micd.tiers.tiered import TieredStore
-from protocols import bazel, cas_http, nx
+from protocols import bazel, cas_http, nx, turbo
 
 __all__ = [
     "ACTIVITY",
@@ -57,6 +57,7 @@ FRONTENDS: tuple[Frontend, ...] = (
     cas_http.FRONTEND,
     bazel.FRONTEND,
     nx.FRONTEND,
+    turbo.FRONTEND,
 )
 """Every tool the daemon serves, one line per protocol module."""
 

@@ -65,7 +65,8 @@ async def test_no_or_wrong_token_is_401_text_plain_exactly(client, headers):
 
 
 @pytest.mark.parametrize(
-    "key", ["..%2F..%2Fcas", "..", ".", "../../cas/x", "a%2Fb", "a%20b", "%00", "x" * 300, "", "%C3%A9", "a/b"]
+    "key",
+    ["..%2F..%2Fcas", "..", ".", "../../cas/x", "a%2Fb", "a%20b", "%00", "x" * 300, "", "%C3%A9", "a/b"],
 )
 async def test_malformed_or_traversing_hashes_are_400_and_store_nothing(client, key):
     for method in ("GET", "PUT"):  # raw: an HTTP library would resolve the dot segments before sending
