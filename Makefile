@@ -7,8 +7,11 @@ BIN := $(VENV)/bin
 # System packages the test suite drives for real (bazel for the REAPI tests, gcc for its cc_binary, git for
 # `mic import git`, moto needs nothing from apt).
 APT_PACKAGES := bazel-bootstrap build-essential git
+# The JS clients the real-client tests drive (nx, turbo), pinned by this npm project's lockfile (Node.js 20 and
+# npm come with the machine); `npm ci` runs again only when the lockfile changes.
+NODE_CLIENTS := tests/clients/node
 
-.PHONY: run test install install-test system-deps
+.PHONY: run test install install-test system-deps node-clients
 
 $(BIN)/python:
 	python3 -m venv $(VENV)
@@ -27,8 +30,14 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+node-clients: $(NODE_CLIENTS)/node_modules/.package-lock.json
+
+$(NODE_CLIENTS)/node_modules/.package-lock.json: $(NODE_CLIENTS)/package-lock.json
+	npm ci --prefix $(NODE_CLIENTS) --no-audit --no-fund --loglevel=error
+	touch $@
+
 run: install
 	$(BIN)/mic daemon run
 
-test: system-deps install-test
+test: system-deps install-test node-clients
 	$(BIN)/pytest -q -ra

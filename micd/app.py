@@ -35,7 +35,7 @@ from micd.metrics import Metrics
 from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
 from micd.tiers.tiered import TieredStore
-from protocols import bazel, cas_http
+from protocols import bazel, cas_http, nx, turbo
 
 __all__ = [
     "ACTIVITY",
@@ -56,6 +56,8 @@ __all__ = [
 FRONTENDS: tuple[Frontend, ...] = (
     cas_http.FRONTEND,
     bazel.FRONTEND,
+    nx.FRONTEND,
+    turbo.FRONTEND,
 )
 """Every tool the daemon serves, one line per protocol module."""
 

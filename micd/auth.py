@@ -81,8 +81,13 @@ def auth_middleware(token: str, open_paths: frozenset[str] = OPEN_PATHS) -> Call
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         if request.path not in open_paths and not token_matches(request.headers.get("Authorization"), token):
-            raise web.HTTPUnauthorized(
-                text="missing or wrong session token\n", headers={"WWW-Authenticate": _CHALLENGE}
+            # Content-Type exactly `text/plain`, no charset: Nx compares it verbatim and otherwise reports
+            # "Misconfigured" instead of showing this text (protocols.md §3).
+            return web.Response(
+                status=401,
+                body=b"missing or wrong session token\n",
+                content_type="text/plain",
+                headers={"WWW-Authenticate": _CHALLENGE},
             )
         return await handler(request)
 

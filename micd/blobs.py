@@ -1,13 +1,15 @@
-"""Small helpers shared by tiers: an in-memory `Blob`, chunk iteration and a verifying hash sink."""
+"""Small helpers shared by tiers: an in-memory `Blob`, chunk iteration, and the hash sinks of the write
+paths: `Verifier` (the digest is announced) and `DigestBuilder` (the digest is computed, `Cas.put_stream`)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 from micd.errors import BadRequest, IntegrityError
 from micd.store import Digest, new_hasher
 
-__all__ = ["CHUNK", "BytesBlob", "Verifier", "aiter_bytes", "clamp_range"]
+__all__ = ["CHUNK", "BytesBlob", "DigestBuilder", "Hashing", "Verifier", "aiter_bytes", "clamp_range"]
 
 CHUNK = 1 << 20
 
@@ -70,3 +72,43 @@ class Verifier:
         got = self._hasher.hexdigest()
         if got != self.digest.hex:
             raise IntegrityError(self.digest.hex, got)
+
+
+class DigestBuilder:
+    """Hashes a blob whose digest is known only at its end (a tool's artifact, keyed by the tool's own hash).
+
+    With an announced `size`, IntegrityError as soon as more bytes pass, or at `digest()` if fewer did.
+    """
+
+    def __init__(self, function: str, size: int | None = None) -> None:
+        if size is not None and size < 0:
+            raise ValueError(f"announced size must be ≥ 0 (got {size})")
+        self.function = function
+        self.announced = size
+        self.size = 0
+        self._hasher = new_hasher(function)
+
+    def update(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.announced is not None and self.size > self.announced:
+            raise IntegrityError(f"{self.announced} bytes", f"more than {self.announced}", what="upload size")
+        self._hasher.update(chunk)
+
+    def check(self) -> None:
+        """Raise IntegrityError if the bytes seen fall short of the announced size."""
+        if self.announced is not None and self.size != self.announced:
+            raise IntegrityError(f"{self.announced} bytes", f"{self.size} bytes", what="upload size")
+
+    def digest(self) -> Digest:
+        """The digest of the bytes seen (after `check`)."""
+        self.check()
+        return Digest(self.function, self._hasher.hexdigest(), self.size)
+
+
+class Hashing(Protocol):
+    """What a write path feeds each chunk through before writing it: a `Verifier` or a `DigestBuilder`."""
+
+    def update(self, chunk: bytes) -> None: ...
+
+    def check(self) -> None:
+        """Raise IntegrityError unless the bytes seen are all there were to be."""

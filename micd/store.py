@@ -141,6 +141,19 @@ class Cas(Protocol):
         """
         ...
 
+    async def put_stream(
+        self, function: str, chunks: AsyncIterator[bytes], size: int | None = None
+    ) -> Digest:
+        """Store a blob whose digest is not known in advance (a tool's artifact, which the tool keys by its
+        own hash): hash with `function` while writing, publish under the computed digest, return it.
+
+        `size` is the announced length (a Content-Length): it is reserved under the hard cap before the first
+        byte, and a body longer or shorter raises IntegrityError with nothing stored. With `size=None` (a
+        chunked body) room is reserved in growing steps as the body arrives, so StoreFull may come mid-body.
+        If `chunks` raises (a client gone mid-body), that propagates and nothing is stored. Idempotent.
+        """
+        ...
+
     async def put_bytes(self, digest: Digest, data: bytes) -> None:
         """`put` for a blob already in memory."""
         ...

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
 
-from micd.blobs import BytesBlob, Verifier, aiter_bytes
+from micd.blobs import BytesBlob, DigestBuilder, Verifier, aiter_bytes
 from micd.store import EMPTY_HEX, Digest, Record
 
 __all__ = ["MemoryTier"]
@@ -68,6 +68,22 @@ class MemoryTier:
         verifier.check()
         if keep:
             self.insert(digest, b"".join(parts))
+
+    async def put_stream(
+        self, function: str, chunks: AsyncIterator[bytes], size: int | None = None
+    ) -> Digest:
+        builder = DigestBuilder(function, size)
+        parts: list[bytes] | None = [] if size is None or size <= self.max_blob else None
+        async for chunk in chunks:
+            builder.update(chunk)
+            if parts is not None:
+                parts.append(chunk)
+                if builder.size > self.max_blob:
+                    parts = None
+        digest = builder.digest()
+        if parts is not None:
+            self.insert(digest, b"".join(parts))
+        return digest
 
     async def put_bytes(self, digest: Digest, data: bytes) -> None:
         await self.put(digest, aiter_bytes(data))

@@ -62,7 +62,7 @@ import aioboto3
 import zstandard
 from botocore.config import Config
 
-from micd.blobs import CHUNK, BytesBlob, Verifier, aiter_bytes, clamp_range
+from micd.blobs import CHUNK, BytesBlob, DigestBuilder, Hashing, Verifier, aiter_bytes, clamp_range
 from micd.errors import FormatError, IntegrityError, TierUnavailable
 from micd.record import decode_record, encode_record
 from micd.store import EMPTY_HEX, Digest, Record
@@ -403,21 +403,48 @@ class S3Tier:
 
         Raises IntegrityError on a mismatch and TierUnavailable when S3 fails.
         """
-        small = digest.size <= _INLINE
+        spool = await self._compress(Verifier(digest), chunks, digest.size)
+        await self._upload_spool(digest, spool)
+
+    async def put_stream(
+        self, function: str, chunks: AsyncIterator[bytes], size: int | None = None
+    ) -> Digest:
+        """`put` for a blob whose digest is computed while it is compressed into the spool."""
+        builder = DigestBuilder(function, size)
+        spool = await self._compress(builder, chunks, size)
+        digest = builder.digest()  # checked by `_compress` already: cannot raise
+        await self._upload_spool(digest, spool)
+        return digest
+
+    async def _compress(self, hashing: Hashing, chunks: AsyncIterator[bytes], size: int | None) -> IO[bytes]:
+        """Hash and zstd-compress `chunks` into a spool (memory up to `_INLINE` announced bytes, else a temp
+        file) that the caller owns; `hashing` is checked before the frame ends (zstd refuses a frame shorter
+        than the size in its header)."""
+        small = size is not None and size <= _INLINE
         spool = io.BytesIO() if small else await asyncio.to_thread(temp_file, self.spool_dir)
+        try:
+            compressor = zstandard.ZstdCompressor(level=self._level)
+            frame_size = -1 if size is None else size  # -1: the frame header names no content size
+            writer = compressor.stream_writer(spool, size=frame_size, write_size=CHUNK, closefd=False)
+            async for chunk in chunks:
+                await _maybe_thread(small and len(chunk) <= 65536, _compress_chunk, hashing, writer, chunk)
+            hashing.check()
+            await _maybe_thread(small, writer.flush, zstandard.FLUSH_FRAME)
+        except BaseException:
+            spool.close()
+            raise
+        return spool
+
+    async def _upload_spool(self, digest: Digest, spool: IO[bytes]) -> None:
+        """Upload a verified spool (which this closes) unless S3 has the blob; concurrent puts of one digest
+        share one upload."""
         task = None
         try:
-            verifier = Verifier(digest)
-            compressor = zstandard.ZstdCompressor(level=self._level)
-            writer = compressor.stream_writer(spool, size=digest.size, write_size=CHUNK, closefd=False)
-            async for chunk in chunks:
-                await _maybe_thread(small and len(chunk) <= 65536, _compress_chunk, verifier, writer, chunk)
-            verifier.check()
-            await _maybe_thread(small, writer.flush, zstandard.FLUSH_FRAME)
             if digest.is_empty or self.known(digest):
                 return
             # Concurrent puts of one digest (each verified above) share one upload.
             if digest not in self._uploads:
+                small = isinstance(spool, io.BytesIO)
                 task = asyncio.ensure_future(self._upload_owned(self.cas_key(digest), spool, small))
                 self._uploads[digest] = task
                 task.add_done_callback(functools.partial(self._upload_done, digest))
@@ -517,8 +544,8 @@ class S3Tier:
             await self._client.put_object(Bucket=self.bucket, Key=s3_key, Body=body)
 
 
-def _compress_chunk(verifier: Verifier, writer: Any, chunk: bytes) -> None:
-    verifier.update(chunk)
+def _compress_chunk(hashing: Hashing, writer: Any, chunk: bytes) -> None:
+    hashing.update(chunk)
     writer.write(chunk)
 
 

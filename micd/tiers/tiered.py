@@ -327,6 +327,26 @@ class TieredStore:
         self._event(tool, "disk" if self.disk is not None else "memory", "put", digest.size, started)
         await self._after_put(digest)
 
+    async def put_stream(
+        self, function: str, chunks: AsyncIterator[bytes], size: int | None = None, *, tool: str = _DIRECT
+    ) -> Digest:
+        """`put` for a blob whose digest is computed from its bytes (`Cas.put_stream`): the local tier
+        hashes while writing; small blobs are kept in memory too; then the upload to S3 is journaled."""
+        started = time.perf_counter()
+        if self.disk is None:
+            digest = await self.memory.put_stream(function, chunks, size)
+        elif size is not None and size > self._fill_limit:
+            digest = await self.disk.put_stream(function, chunks, size)
+        else:
+            kept: list[bytes] = []
+            digest = await self.disk.put_stream(function, _tee(chunks, kept, self._fill_limit), size)
+            if digest.size <= self._fill_limit:
+                self.memory.insert(digest, b"".join(kept))
+        if not digest.is_empty:
+            self._event(tool, "disk" if self.disk is not None else "memory", "put", digest.size, started)
+            await self._after_put(digest)
+        return digest
+
     async def put_bytes(self, digest: Digest, data: bytes, *, tool: str = _DIRECT) -> None:
         """`put` for a blob already in memory; small blobs are kept in memory too."""
         started = time.perf_counter()

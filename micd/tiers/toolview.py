@@ -79,6 +79,14 @@ class ToolView:
         await self._store.put(digest, chunks, tool=self.tool)
         self._done("put", digest.size, started)
 
+    async def put_stream(
+        self, function: str, chunks: AsyncIterator[bytes], size: int | None = None
+    ) -> Digest:
+        started = time.perf_counter()
+        digest = await self._store.put_stream(function, chunks, size, tool=self.tool)
+        self._done("put", digest.size, started)
+        return digest
+
     async def put_bytes(self, digest: Digest, data: bytes) -> None:
         started = time.perf_counter()
         await self._store.put_bytes(digest, data, tool=self.tool)

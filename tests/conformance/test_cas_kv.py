@@ -294,3 +294,90 @@ async def test_get_many_bytes_answers_each_digest_in_input_order(cas_store):
     got = await cas_store.get_many_bytes(wanted)
     assert got == [stored[2], None, b"", stored[0], stored[2], None]
     assert await cas_store.get_many_bytes([]) == []
+
+
+# -- put_stream: blobs whose digest is computed from their bytes (tool caches) -----------------------------
+
+
+class ClientGone(ConnectionResetError):
+    """What a request body raises when its client vanishes mid-body."""
+
+
+async def vanishing(data: bytes, after: int) -> AsyncIterator[bytes]:
+    """A body that yields `after` bytes of `data`, then fails as a dropped connection does."""
+    async for chunk in chunked(data[:after], 4096):
+        yield chunk
+    raise ClientGone("client went away")
+
+
+def _leftover_temp_files(backend: Backend) -> list:
+    """Temp files a disk tier left under its root (its lock and journal aside); [] for other backends."""
+    if backend.files_root is None:
+        return []
+    tmp = backend.files_root / "v1" / "tmp"
+    return [p for p in tmp.rglob("*") if p.is_file() and p.name != "lock" and p.parent.name != "journal"]
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("announced", [True, False], ids=["announced", "unknown-size"])
+async def test_put_stream_stores_under_the_computed_digest(cas_store, function, size, announced):
+    data = blob(size, seed=40 + size)
+    digest = await cas_store.put_stream(function, chunked(data), size if announced else None)
+    assert digest == Digest.of(data, function)
+    assert await cas_store.contains(digest)
+    assert await read(cas_store, digest) == data
+
+
+@pytest.mark.parametrize("size", [4096, 3 << 20])
+@pytest.mark.parametrize("delta", [-1, +1, -4096])
+async def test_put_stream_body_other_than_announced_is_rejected_and_not_stored(cas_backend, size, delta):
+    cas_store = cas_backend.store
+    data = blob(size, seed=41)
+    with pytest.raises(IntegrityError):
+        await cas_store.put_stream("sha256", chunked(data), size + delta)
+    shorter = data[: size - 1]  # what a body cut short of its length would be stored as
+    assert await cas_store.find_missing([Digest.of(data), Digest.of(shorter)]) == [
+        Digest.of(data), Digest.of(shorter)
+    ]  # fmt: skip
+    assert _leftover_temp_files(cas_backend) == []
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+@pytest.mark.parametrize("announced", [0, None])
+async def test_put_stream_of_an_empty_body_is_the_empty_blob(cas_store, function, announced):
+    digest = await cas_store.put_stream(function, chunked(b""), announced)
+    assert digest == Digest.empty(function)
+    assert await cas_store.get_bytes(digest) == b""
+    with pytest.raises(IntegrityError):
+        await cas_store.put_stream(function, chunked(b"x"), 0)
+
+
+@pytest.mark.parametrize("size", [4096, 3 << 20])
+@pytest.mark.parametrize("announced", [True, False], ids=["announced", "unknown-size"])
+async def test_put_stream_from_a_client_that_vanishes_stores_nothing(cas_backend, size, announced):
+    cas_store = cas_backend.store
+    data = blob(size, seed=42)
+    cut = size // 2
+    with pytest.raises(ClientGone):
+        await cas_store.put_stream("sha256", vanishing(data, cut), size if announced else None)
+    assert await cas_store.find_missing([Digest.of(data), Digest.of(data[:cut])]) == [
+        Digest.of(data), Digest.of(data[:cut])
+    ]  # fmt: skip
+    assert _leftover_temp_files(cas_backend) == []
+
+
+@pytest.mark.parametrize("size", [1000, 3 << 20])
+async def test_put_stream_dedupes_with_put_and_itself(cas_store, size):
+    data = blob(size, seed=43)
+    digest = Digest.of(data)
+    await cas_store.put(digest, chunked(data))
+    sizes = [size, None, size, None]
+    results = await asyncio.gather(
+        *(cas_store.put_stream("sha256", chunked(data, 8192, pause=True), n) for n in sizes)
+    )
+    assert results == [digest] * 4
+    assert await read(cas_store, digest) == data
+    used = getattr(cas_store, "used_bytes", None)
+    if used is not None:
+        assert used == size  # stored and counted once

@@ -84,6 +84,7 @@ async def test_middleware(aiohttp_client):
         response = await client.get(path)
         assert response.status == 401
         assert "Bearer" in response.headers["WWW-Authenticate"]
+        assert response.headers["Content-Type"] == "text/plain"  # exactly: Nx compares it verbatim
         assert (await client.get(path, headers={"Authorization": "Bearer wrong"})).status == 401
     assert (await client.get("/secret", headers={"Authorization": f"Bearer {TOKEN}"})).status == 200
     assert (

@@ -14,7 +14,7 @@ from micd.errors import StoreFull
 from micd.store import Digest, Record
 from micd.tiers.disk import DiskTier, FilesystemFull
 from micd.tiers.disk import files as disk_files
-from tests.micd.helpers import blob, start_held_put, temp_files
+from tests.micd.helpers import blob, chunked, start_held_put, temp_files
 
 
 async def put_many(tier: DiskTier, count: int, size: int, first_seed: int = 0) -> list[tuple[Digest, bytes]]:
@@ -247,3 +247,30 @@ async def test_writes_of_other_processes_count_after_a_rescan(make_tier, monkeyp
     # `second` saw first's 3000 bytes before reserving, so it evicted the oldest to stay under the cap.
     assert second.used_bytes <= 4000
     assert second.evictions >= 1
+
+
+async def test_a_body_of_unknown_size_reserves_as_it_grows_up_to_the_hard_cap(make_tier):
+    tier = await make_tier(soft_cap=10_000, hard_cap=10_000)
+    fits = blob(6000, seed=60)  # far below the first reservation step: it gets just what each chunk needs
+    assert await tier.put_stream("sha256", chunked(fits), None) == Digest.of(fits)
+    assert await tier.get_bytes(Digest.of(fits)) == fits
+    # Over the cap: found out only mid-body (older blobs may be evicted on the way, as for any write).
+    too_big = blob(12_000, seed=61)
+    with pytest.raises(StoreFull):
+        await tier.put_stream("sha256", chunked(too_big), None)
+    assert not await tier.contains(Digest.of(too_big))
+    assert tier.stats()["reserved_bytes"] == 0
+    assert temp_files(tier) == []
+
+
+async def test_an_announced_size_over_the_hard_cap_is_refused_before_the_body_is_read(make_tier):
+    tier = await make_tier(soft_cap=10_000, hard_cap=10_000)
+    read = []
+
+    async def body():
+        read.append(True)
+        yield b"x"
+
+    with pytest.raises(StoreFull):
+        await tier.put_stream("sha256", body(), 1 << 40)
+    assert read == [] and tier.stats()["reserved_bytes"] == 0

@@ -77,6 +77,29 @@ async def test_write_behind_uploads_blobs_and_records(store, boto, bucket):
     assert store.metrics.snapshot()["gauges"]["upload_queue_depth"] == 0
 
 
+@pytest.mark.parametrize("announced", [True, False], ids=["announced", "unknown-size"])
+async def test_put_stream_is_kept_in_memory_written_behind_and_counted_per_tool(
+    store, boto, bucket, announced
+):
+    turbo = store.for_tool("turbo", ("turbo",))
+    (small, small_data), (big, big_data) = blobs(1, seed=9)[0], (Digest.of(b := os.urandom(3 << 20)), b)
+    for digest, data in ((small, small_data), (big, big_data)):
+        chunks = (data[i : i + 65536] for i in range(0, len(data), 65536))
+
+        async def body(chunks=chunks):
+            for chunk in chunks:
+                yield chunk
+
+        assert await turbo.put_stream("sha256", body(), len(data) if announced else None) == digest
+    assert small in store.memory._blobs and big not in store.memory._blobs  # written through when small
+    assert await store.queue.drain(20)
+    assert s3_keys(boto, bucket) == sorted([store.s3.cas_key(small), store.s3.cas_key(big)])
+    got = series(store)
+    assert got["turbo/all/put"]["count"] == 2
+    assert got["turbo/all/put"]["bytes"] == len(small_data) + len(big_data)
+    assert got["turbo/disk/put"]["count"] == 2
+
+
 async def test_s3_outage_mid_run_loses_nothing(tmp_path, s3_proxy, bucket, boto):
     store = make_store(
         tmp_path, s3_proxy.endpoint_url, bucket, maxsize=4

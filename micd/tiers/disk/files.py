@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from micd import libc
-from micd.blobs import Verifier
+from micd.blobs import Hashing
 from micd.store import Digest, new_hasher
 from micd.tiers.disk.layout import make_private_dirs
 
@@ -247,7 +247,7 @@ class TempWriter:
         self.written = 0
         self._moved = False  # renamed into place: nothing left to remove
 
-    def write(self, chunks: list[bytes], verifier: Verifier | None) -> None:
+    def write(self, chunks: list[bytes], verifier: Hashing | None) -> None:
         """Hash (if a verifier is given) and write `chunks`, then start their writeback; raises
         IntegrityError before writing excess."""
         with self._lock:

@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from micd.blobs import Verifier
+from micd.blobs import Hashing
 from micd.budget import ByteBudget
 from micd.errors import IntegrityError, StoreFull
 from micd.store import Digest
@@ -42,7 +42,7 @@ class Pipeline:
     is written (or failed).
     """
 
-    def __init__(self, writer: files.TempWriter, verifier: Verifier, budget: ByteBudget) -> None:
+    def __init__(self, writer: files.TempWriter, verifier: Hashing, budget: ByteBudget) -> None:
         self._writer = writer
         self._verifier = verifier
         self._budget = budget
@@ -79,7 +79,7 @@ class Pipeline:
 
 
 async def _hash_and_write(
-    writer: files.TempWriter, batch: list[bytes], nbytes: int, verifier: Verifier
+    writer: files.TempWriter, batch: list[bytes], nbytes: int, verifier: Hashing
 ) -> None:
     """Hash and write one batch; big batches in two threads at once (both release the GIL), so ingest
     costs max(hash, write) rather than their sum. Excess bytes a bad upload writes die with the temp file."""
@@ -91,7 +91,7 @@ async def _hash_and_write(
     )
 
 
-def _hash_all(verifier: Verifier, batch: list[bytes]) -> None:
+def _hash_all(verifier: Hashing, batch: list[bytes]) -> None:
     for chunk in batch:
         verifier.update(chunk)
 

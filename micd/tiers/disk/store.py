@@ -44,7 +44,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from micd.blobs import BytesBlob, Verifier, aiter_bytes, clamp_range
+from micd.blobs import BytesBlob, DigestBuilder, Hashing, Verifier, aiter_bytes, clamp_range
 from micd.budget import ByteBudget
 from micd.errors import FormatError, IntegrityError, StoreFull
 from micd.record import decode_record, encode_record
@@ -61,6 +61,7 @@ from micd.tiers.disk.upkeep import IndexState
 __all__ = ["DiskTier", "FilesystemFull"]
 
 _FAST_MAX = 1 << 20  # blobs up to this size are group-committed through the journal
+_GROW_MIN, _GROW_MAX = 1 << 20, 64 << 20  # reservation steps for a body of unknown size (`_put_computed`)
 
 _T = TypeVar("_T")
 
@@ -352,7 +353,7 @@ class DiskTier(IndexState):
         self._after_write(key)
 
     async def _stream_to(
-        self, writer: files.TempWriter, verifier: Verifier, chunks: AsyncIterator[bytes]
+        self, writer: files.TempWriter, verifier: Hashing, chunks: AsyncIterator[bytes]
     ) -> None:
         """Hash and write `chunks` in batches, each chunk held in memory only with budget: short of it, the
         batch so far is written first (so all budget held meanwhile is on its way back), then this upload
@@ -400,6 +401,84 @@ class DiskTier(IndexState):
             await self._put_small(digest, data)
         else:
             await self._put_streaming(digest, aiter_bytes(data))
+
+    async def put_stream(
+        self, function: str, chunks: AsyncIterator[bytes], size: int | None = None
+    ) -> Digest:
+        """`Cas.put_stream`: a small announced body is gathered in memory (with budget, as in `put`) and then
+        stored by `put_bytes` (group commit); any other streams to a temp file while hashing
+        (`_put_computed`).
+
+        Raises:
+            IntegrityError: the body is longer or shorter than `size` (nothing stored, temp file removed).
+            StoreFull: no room under the hard cap (mid-body if `size` is None), or the filesystem is full.
+        """
+        builder = DigestBuilder(function, size)
+        if size is None or not 0 < size <= self._small_max:
+            return await self._put_computed(builder, chunks)
+        held = await self._budget.take(size)
+        try:
+            parts = []
+            async for chunk in chunks:
+                builder.update(chunk)
+                parts.append(chunk)
+            digest = builder.digest()
+            await self.put_bytes(digest, b"".join(parts))
+        finally:
+            self._budget.give(held)
+        return digest
+
+    async def _put_computed(self, builder: DigestBuilder, chunks: AsyncIterator[bytes]) -> Digest:
+        """Stream to a temp file while hashing, then publish under the digest computed (or drop the temp file
+        if that blob is stored already). An announced size is reserved before the first byte; without one,
+        room is reserved ahead of the bytes, in steps that double up to `_GROW_MAX` (near the hard cap, just
+        what each chunk needs)."""
+        reserved = builder.announced or 0
+
+        async def reserving_ahead() -> AsyncIterator[bytes]:
+            nonlocal reserved
+            seen = 0
+            async for chunk in chunks:
+                seen += len(chunk)
+                if seen > reserved:
+                    need = seen - reserved
+                    step = max(need, min(max(reserved, _GROW_MIN), _GROW_MAX))
+                    try:
+                        await self._reserve(step)
+                    except StoreFull:
+                        if step == need:
+                            raise
+                        step = need
+                        await self._reserve(step)
+                    reserved += step
+                yield chunk
+
+        if reserved:
+            await self._reserve(reserved)
+        try:
+            writer = await self._new_writer()
+            try:
+                await self._stream_to(writer, builder, chunks if builder.announced else reserving_ahead())
+                digest = builder.digest()
+                key, path = blob_key(digest), self.layout.blob_file(digest)
+                if digest.is_empty or await asyncio.to_thread(files.mark_used, path, time.time_ns()):
+                    if not digest.is_empty:
+                        self._seen(key, digest.size)
+                    return digest
+                await _completing(
+                    asyncio.to_thread(writer.publish, path), partial(self._count_orphan, key, digest.size)
+                )
+                self._published(key, digest.size)  # before the abort's await, as in `_put_streaming`
+            except OSError as exc:
+                if exc.errno in files.FULL_ERRNOS:
+                    raise self._fs_full(builder.size, exc) from exc
+                raise
+            finally:
+                await asyncio.to_thread(writer.abort)
+        finally:
+            self._release(reserved)
+        self._after_write(key)
+        return digest
 
     async def _put_small(self, digest: Digest, data: bytes) -> None:
         """Verify, journal and publish `data` with the next group commit; ends the reservation the caller
