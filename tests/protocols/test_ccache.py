@@ -133,3 +133,11 @@ async def test_a_corrupt_stored_blob_is_never_served_as_wrong_bytes(client, size
     assert status == 404 and body != data
     assert (await client.put(URL, data=data, headers=AUTH)).status == 200  # the re-upload repairs it
     assert await _get(client) == (200, data)
+
+
+async def test_bytes_two_tools_upload_are_stored_once(client):
+    data = os.urandom(5000)
+    assert (await client.put(URL, data=data, headers=AUTH)).status == 200
+    assert (await client.put("/sccache/a/b/c/" + "0" * 64, data=data, headers=AUTH)).status == 201
+    assert (await client.put("/gradle/" + "0" * 32, data=data, headers=AUTH)).status == 200
+    assert client.store.disk.entry_count == 4  # one blob, three records
