@@ -10,9 +10,11 @@ Keys are lowercase hex (32 characters, MD5, in 4.4.1; any `[0-9a-f]{1,128}` is t
 The entry (a tar.gz Gradle calls a build cache artifact) goes to the CAS under its sha256; the record keeps
 the PUT's content type (`…build-cache-artifact.v1` from 4.x, `.v2` from current Gradle) to send back. A
 re-upload replaces the record. Entries over `MAX_ENTRY_SIZE` are refused with 413 before any body byte is
-read (deferred `Expect: 100-continue`, as `useExpectContinue` in Gradle 7.2+ asks); Gradle logs "Could not
-store entry" and carries on. A PUT of another content type than those (or octet-stream) is a 400: it is not
-Gradle's. (Gradle disables its remote cache for the rest of the build on a 400 or 401; a miss is a 404.)
+read (deferred `Expect: 100-continue`, as `useExpectContinue` in Gradle 7.2+ asks). Gradle has no status
+that skips one entry: on any non-2xx PUT (413 included, gradle#24060) it logs "Could not store entry" and
+stops using the remote cache for the rest of that build, which carries on locally. A PUT of another content
+type than those (or octet-stream) is a 400: it is not Gradle's. A miss is a 404, the one non-2xx GET Gradle
+takes calmly.
 
 Client configuration: an init script (`INIT_SCRIPT` in the state dir, mode 0600: it holds the token) that sets
 `buildCache.remote` to this prefix (with the trailing `/` 4.x requires), `push = true`, the token as the Basic
