@@ -5,8 +5,8 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 # System packages the test suite drives for real (bazel for the REAPI tests, gcc for its cc_binary, git for
-# `mic import git`, moto needs nothing from apt).
-APT_PACKAGES := bazel-bootstrap build-essential git
+# `mic import git`, gradle and ccache for their remote-cache tests; moto needs nothing from apt).
+APT_PACKAGES := bazel-bootstrap build-essential git gradle ccache
 # The JS clients the real-client tests drive (nx, turbo), pinned by this npm project's lockfile (Node.js 20 and
 # npm come with the machine); `npm ci` runs again only when the lockfile changes.
 NODE_CLIENTS := tests/clients/node

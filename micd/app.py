@@ -35,7 +35,7 @@ from micd.metrics import Metrics
 from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
 from micd.tiers.tiered import TieredStore
-from protocols import bazel, cas_http, nx, turbo
+from protocols import bazel, cas_http, ccache, gradle, nx, sccache, turbo
 
 __all__ = [
     "ACTIVITY",
@@ -58,6 +58,9 @@ FRONTENDS: tuple[Frontend, ...] = (
     bazel.FRONTEND,
     nx.FRONTEND,
     turbo.FRONTEND,
+    gradle.FRONTEND,
+    ccache.FRONTEND,
+    sccache.FRONTEND,
 )
 """Every tool the daemon serves, one line per protocol module."""
 

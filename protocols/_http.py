@@ -130,6 +130,7 @@ async def send_blob(
     status: int = 200,
     headers: Mapping[str, str] | None = None,
     encoding: tuple[str, Encoder] | None = None,
+    content_type: str = CONTENT_TYPE,
 ) -> web.StreamResponse:
     """Send `blob` (its range) as the response body and close it; the response is complete on return.
 
@@ -138,7 +139,7 @@ async def send_blob(
     """
     try:
         response = web.StreamResponse(status=status, headers=headers)
-        response.content_type = CONTENT_TYPE
+        response.content_type = content_type
         chunks = blob.chunks()
         if encoding is None:
             response.content_length = blob.length

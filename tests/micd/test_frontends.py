@@ -22,7 +22,15 @@ from micd.tiers.memory import MemoryTier
 TOKEN = "frontend-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HEX = "a" * 64
-SAMPLES = {"function": "sha256", "hex": HEX, "size": "1", "instance": "main/x", "key": HEX, "hash": "1234"}
+SAMPLES = {
+    "function": "sha256",
+    "hex": HEX,
+    "size": "1",
+    "instance": "main/x",
+    "key": HEX,
+    "hash": "1234",
+    "path": "ab/" + HEX,  # a multi-segment path (ccache subdirs, sccache WebDAV)
+}
 """A valid value per path placeholder name, so a request reaches the store rather than failing validation."""
 QUERY = "?slug=sample"
 """Query parameters some routes require (Turborepo's team), ignored by the others."""
