@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from micd.config import KEYS, Config
-from micd.errors import MicError
 from micd.statedir import StatePaths, hold_lock, is_alive, read_pid
+from mickernel.errors import MicError
 
 __all__ = [
     "DaemonError",

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import struct
 
-from micd.errors import BadRequest, FormatError
 from micd.store import Digest, Record
+from mickernel.errors import BadRequest, FormatError
 
 __all__ = ["MAGIC", "MAX_METADATA", "MAX_REFS", "VERSION", "decode_record", "encode_record"]
 

@@ -43,7 +43,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from micd.errors import FormatError, TierUnavailable
+from micd.errors import TierUnavailable
+from mickernel.errors import FormatError
 
 __all__ = ["MAGIC", "VERSION", "UploadQueue", "decode_entry", "encode_entry"]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-from mic.errors import FormatError
+from mickernel.errors import FormatError
 
 __all__ = ["Reader", "Writer", "check_header"]
 

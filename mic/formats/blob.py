@@ -18,7 +18,7 @@ import threading
 
 import zstandard
 
-from mic.errors import FormatError
+from mickernel.errors import FormatError
 
 from ._io import check_header
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from mic.errors import FormatError
+from mickernel.errors import FormatError
 
 from ._io import check_header
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 
-from mic.errors import FormatError
+from mickernel.errors import FormatError
 
 from ._io import check_header
 from .blob import MAX_SIZE

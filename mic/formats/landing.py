@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mic.bloom import Bloom
-from mic.errors import FormatError
+from mickernel.errors import FormatError
 
 from ._io import Reader, Writer, check_header
 

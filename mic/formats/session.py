@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from mic.errors import FormatError
+from mickernel.errors import FormatError
 
 from ._io import Reader, Writer, check_header
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from micd.errors import FormatError
 from micd.store import Digest, Record
 from micd.tiers.disk import DiskTier, index, kvfile
 from micd.tiers.disk.lru import Entry
+from mickernel.errors import FormatError
 
 KEYS = st.one_of(
     st.tuples(

@@ -39,9 +39,9 @@ from pathlib import Path
 
 import blake3
 
-from micd.errors import FormatError
 from micd.tiers.disk.layout import KV, Layout, parse_blob_name
 from micd.tiers.disk.lru import Entry, Lru
+from mickernel.errors import FormatError
 
 __all__ = [
     "MAGIC",

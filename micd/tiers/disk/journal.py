@@ -37,10 +37,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from micd import libc
-from micd.errors import IntegrityError
 from micd.store import FUNCTIONS, Digest, new_hasher
 from micd.tiers.disk import files
 from micd.tiers.disk.layout import Layout
+from mickernel.errors import IntegrityError
 
 __all__ = ["DIR", "RECORD_OVERHEAD", "GroupCommit", "Journal", "read_segment", "replay", "syncfs"]
 

@@ -25,7 +25,7 @@ import struct
 
 import blake3
 
-from micd.errors import FormatError
+from mickernel.errors import FormatError
 
 __all__ = ["MAGIC", "VERSION", "decode_kv_file", "encode_kv_file"]
 

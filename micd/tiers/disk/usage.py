@@ -38,8 +38,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from micd.errors import FormatError
 from micd.tiers.disk.index import check_header
+from mickernel.errors import FormatError
 
 __all__ = ["MAGIC", "VERSION", "Ledger", "State", "View", "decode_usage", "encode_usage"]
 
