@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from micd.config import KEYS, Config
-from micd.statedir import StatePaths, hold_lock, is_alive, read_pid
+from micd.statedir import StatePaths, is_alive, read_pid
 from mickernel.errors import MicError
+from mickernel.locks import hold_lock
 
 __all__ = [
     "DaemonError",

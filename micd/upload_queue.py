@@ -17,8 +17,8 @@ still found the entry is covered by this upload, and a later submit writes a fre
 again once the lock is free. Only `<name>.inflight` is removed afterwards. The kernel drops the lock of a
 daemon that dies (even by SIGKILL), so the next start turns an unlocked `<name>.inflight` back into an entry.
 
-Journal file `<journal_dir>/<sha256(key)[:40]>` (`<name>.<pid>.<random>.tmp` while it is written, removed
-by a later start once older than an hour; `<name>.inflight` while a worker uploads it; `<name>.lock` its
+Journal file `<journal_dir>/<sha256(key)[:40]>` (`.<name>.<random>.tmp` while it is written, removed by a
+later start once older than an hour; `<name>.inflight` while a worker uploads it; `<name>.lock` its
 lock; `<name>.bad` once found unreadable, kept for inspection):
 
 | offset | width | field                           |
@@ -44,6 +44,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from micd.errors import TierUnavailable
+from mickernel.atomic import write_atomic
 from mickernel.errors import FormatError
 
 __all__ = ["MAGIC", "VERSION", "UploadQueue", "decode_entry", "encode_entry"]
@@ -95,7 +96,6 @@ class UploadQueue:
         maxsize: int = 10_000,
         base_delay: float = 0.5,
         max_delay: float = 30.0,
-        fsync: bool = True,
         on_depth: Callable[[int], None] | None = None,
     ) -> None:
         if workers < 1 or maxsize < 1 or base_delay <= 0 or max_delay < base_delay:
@@ -105,7 +105,6 @@ class UploadQueue:
         self._maxsize = maxsize
         self._base_delay = base_delay
         self._max_delay = max_delay
-        self._fsync = fsync
         self.on_depth = on_depth
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize)
         self._keys: dict[str, str] = {}  # name → key, for items queued or in flight
@@ -234,19 +233,7 @@ class UploadQueue:
         path = self.journal_dir / name
         if path.exists():
             return True
-        tmp = self.journal_dir / f"{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-        with open(tmp, "wb") as file:
-            file.write(data)
-            if self._fsync:
-                file.flush()
-                os.fsync(file.fileno())
-        os.replace(tmp, path)
-        if self._fsync:
-            fd = os.open(self.journal_dir, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        write_atomic(path, data)
         return False
 
     # -- workers -----------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from inotify_simple import INotify, flags
 
 from mic.paths import skipped
 from mic.watch import COOKIES, FULL, LOCK, PID, SOCKET
+from mickernel.atomic import write_atomic
 
 __all__ = ["Watcher", "main"]
 
@@ -260,9 +261,7 @@ def main(argv: list[str], ready_fd: int) -> None:
         os.write(ready_fd, b"1")  # another watcher serves this workspace
         return
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with open(f"{dot}/{PID}.tmp", "w") as fh:
-        fh.write(f"{os.getpid()}\n")
-    os.replace(f"{dot}/{PID}.tmp", f"{dot}/{PID}")
+    write_atomic(f"{dot}/{PID}", f"{os.getpid()}\n")
     watcher = Watcher(root, idle)
     try:
         watcher.start()

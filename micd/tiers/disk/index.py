@@ -41,6 +41,7 @@ import blake3
 
 from micd.tiers.disk.layout import KV, Layout, parse_blob_name
 from micd.tiers.disk.lru import Entry, Lru
+from mickernel.atomic import write_atomic
 from mickernel.errors import FormatError
 
 __all__ = [
@@ -232,14 +233,6 @@ def scan_changes(layout: Layout, known: dict[str, int]) -> tuple[dict[str, Entry
 
 
 def save_snapshot(layout: Layout, entries: Iterable[tuple[str, tuple[int, int]]], tmp_dir: Path) -> None:
-    """Write the snapshot atomically (temp in `tmp_dir`, fsync, rename), private to its user; blocking."""
-    data = encode_snapshot(entries)
-    tmp = tmp_dir / f"snapshot.{os.getpid()}.{time.monotonic_ns()}"
-    try:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, layout.snapshot)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write the snapshot durably, private to its user; blocking. The temp file goes in `tmp_dir`, our temp
+    area, so one left by a crash is removed with the area."""
+    write_atomic(layout.snapshot, encode_snapshot(entries), mode=0o600, tmp_dir=tmp_dir)
