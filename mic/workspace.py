@@ -13,7 +13,6 @@ read-modify-write of `state.json` and `index` happens under `Workspace.locked()`
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -27,6 +26,7 @@ from mic.hlc import Clock
 from mic.paths import TEMP_SUFFIX, path_problem, show_path
 from mic.statcache import Index
 from mickernel.atomic import create_temp, write_atomic
+from mickernel.locks import hold_lock
 
 __all__ = ["Workspace", "WorkspaceState", "discard_temp"]
 
@@ -98,7 +98,7 @@ class Workspace:
         self.state = state
         self.clock = Clock(state.hlc)
         self._index: Index | None = None
-        self._lock_fd: int | None = None  # held by `locked()`
+        self._locked = False  # inside `locked()`
 
     @property
     def dot(self) -> Path:
@@ -147,21 +147,20 @@ class Workspace:
         state and index. On taking it, `state` is re-read and the index dropped (reloaded on next use): another
         command may have changed both while we waited. Re-entrant on one Workspace object.
 
-        The lock file is opened close-on-exec, so the watcher (a spawned process) never inherits it."""
-        if self._lock_fd is not None:
+        The lock file is opened close-on-exec (`mickernel.locks`), so the watcher (a spawned process) never
+        inherits it."""
+        if self._locked:
             yield self
             return
-        fd = os.open(self.dot / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            self._lock_fd = fd
-            self.state = _read_state(self.root)
-            self.clock.observe(self.state.hlc)
-            self._index = None
-            yield self
-        finally:
-            self._lock_fd = None
-            os.close(fd)  # releases the flock
+        with hold_lock(self.dot / "lock", mode=0o644):
+            self._locked = True
+            try:
+                self.state = _read_state(self.root)
+                self.clock.observe(self.state.hlc)
+                self._index = None
+                yield self
+            finally:
+                self._locked = False
 
     def save(self) -> None:
         """Persist state (and the index, if loaded) atomically."""

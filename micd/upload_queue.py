@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -46,6 +45,7 @@ from pathlib import Path
 from micd.errors import TierUnavailable
 from mickernel.atomic import write_atomic
 from mickernel.errors import FormatError
+from mickernel.locks import open_locked
 
 __all__ = ["MAGIC", "VERSION", "UploadQueue", "decode_entry", "encode_entry"]
 
@@ -345,17 +345,15 @@ class UploadQueue:
         """Open and flock `<name>.lock` without blocking; the fd, or None while a live worker holds it."""
         path = self.journal_dir / f"{name}.lock"
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = open_locked(path, blocking=False)
+            if fd is None:
+                return None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 held = os.fstat(fd)
                 try:
                     current = os.stat(path)
                 except FileNotFoundError:
                     current = None
-            except BlockingIOError:
-                os.close(fd)
-                return None
             except BaseException:
                 os.close(fd)
                 raise

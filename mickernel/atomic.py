@@ -24,7 +24,9 @@ Data = str | bytes | bytearray | memoryview | Sequence[bytes | bytearray | memor
 """Text (written as UTF-8), bytes, or byte parts written one after the other (never joined in memory)."""
 
 
-def create_temp(path: Path, *, mode: int, tmp_dir: Path | None = None, suffix: str = ".tmp") -> tuple[int, Path]:
+def create_temp(
+    path: Path, *, mode: int, tmp_dir: Path | None = None, suffix: str = ".tmp"
+) -> tuple[int, Path]:
     """A new empty file to become `path`: its fd, open for writing, and its name.
 
     Created exclusively (O_EXCL, which follows no symlink planted at its name) under the unpredictable name

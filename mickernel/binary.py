@@ -54,9 +54,8 @@ class Reader:
 
     def _take(self, n: int, what: str) -> memoryview:
         if n < 0 or self.pos + n > len(self.data):
-            raise FormatError(
-                self.fmt, f"truncated {what}", offset=self.pos, expected=f"{n} bytes", got=len(self.data) - self.pos
-            )
+            left = len(self.data) - self.pos
+            raise FormatError(self.fmt, f"truncated {what}", offset=self.pos, expected=f"{n} bytes", got=left)
         chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk
@@ -100,7 +99,9 @@ class Reader:
 
     def end(self) -> None:
         if self.pos != len(self.data):
-            raise FormatError(self.fmt, "trailing bytes", offset=self.pos, expected=self.pos, got=len(self.data))
+            raise FormatError(
+                self.fmt, "trailing bytes", offset=self.pos, expected=self.pos, got=len(self.data)
+            )
 
 
 class Writer:

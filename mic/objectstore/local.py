@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import os
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import blake3
@@ -29,6 +29,7 @@ import blake3
 from mic.errors import PreconditionFailed, StoreUnavailable
 from mic.objectstore import Obj, validate_key
 from mickernel.atomic import fsync_dir, write_atomic
+from mickernel.locks import hold_lock
 
 __all__ = ["LocalObjectStore", "etag_of"]
 
@@ -102,25 +103,21 @@ class LocalObjectStore:
             raise PreconditionFailed(key, "already exists") from None
         return etag_of(data)
 
-    def _lock(self, key: str) -> int:
+    def _lock(self, key: str) -> AbstractContextManager[bool]:
+        """Hold `key`'s lock (waiting for it): every writer of an existing key does."""
         lock_dir = self.root / ".locks"
         self._mkdir(lock_dir, durable=False)
-        fd = os.open(lock_dir / blake3.blake3(key.encode()).hexdigest()[:24], os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd
+        return hold_lock(lock_dir / blake3.blake3(key.encode()).hexdigest()[:24], mode=0o644)
 
     def _put_if_match(self, key: str, data: bytes, etag: str) -> str:
         validate_key(key)  # before its lock file is made
-        fd = self._lock(key)
-        try:
+        with self._lock(key):
             current = self._get(key)
             if current is None:
                 raise PreconditionFailed(key, f"expected ETag {etag}, but the object does not exist")
             if current.etag != etag:
                 raise PreconditionFailed(key, f"expected ETag {etag}, got {current.etag}")
             self._publish(key, data, exclusive=False)
-        finally:
-            os.close(fd)  # releases the flock
         return etag_of(data)
 
     def _list(self, prefix: str) -> list[str]:
@@ -140,16 +137,14 @@ class LocalObjectStore:
 
     def _delete(self, key: str) -> None:
         path = self._path(key)
-        fd = self._lock(key)
-        try:
-            path.unlink(missing_ok=True)
-        except NotADirectoryError:
-            pass
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-        finally:
-            os.close(fd)
+        with self._lock(key):
+            try:
+                path.unlink(missing_ok=True)
+            except NotADirectoryError:
+                pass
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
 
     # -- async API -------------------------------------------------------------------------------------------
 

@@ -97,5 +97,6 @@ def test_create_temp_name_and_mode(tmp_path):
     long = "n" * 250
     fd, path = create_temp(tmp_path / long, mode=0o755, suffix=".mic-tmp")
     os.close(fd)
-    assert path.parent == tmp_path and path.name.startswith("." + "n" * 64 + ".") and path.name.endswith(".mic-tmp")
+    assert path.parent == tmp_path
+    assert path.name.startswith("." + "n" * 64 + ".") and path.name.endswith(".mic-tmp")
     assert stat.S_IMODE(path.stat().st_mode) == 0o755

@@ -27,5 +27,6 @@ def test_every_module_is_checked():
 
 @pytest.mark.parametrize("module", MODULES)
 def test_imports_nothing_of_mic_micd_or_protocols(module):
-    result = subprocess.run([sys.executable, "-c", CHECK.format(module=module)], capture_output=True, text=True, check=False)
+    command = [sys.executable, "-c", CHECK.format(module=module)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
