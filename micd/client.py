@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -23,6 +22,7 @@ from micd.config import KEYS, Config
 from micd.statedir import StatePaths, is_alive, read_pid
 from mickernel.errors import MicError
 from mickernel.locks import hold_lock
+from mickernel.spawn import spawn_detached
 
 __all__ = [
     "DaemonError",
@@ -177,18 +177,6 @@ def _is_micd(pid: int) -> bool:
         return False
 
 
-def _spawn(paths: StatePaths, command: list[str]) -> subprocess.Popen[bytes]:
-    with open(paths.log, "ab") as log:
-        return subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            close_fds=True,
-        )
-
-
 def _log_tail(paths: StatePaths, lines: int = 15) -> str:
     try:
         return "\n".join(paths.log.read_text(errors="replace").splitlines()[-lines:])
@@ -211,7 +199,7 @@ def start_daemon(
         # The state dir and session are passed explicitly so the child cannot resolve them differently.
         pinned = {**flags, "state_dir": str(config.state_dir), "session": config.session}
         command = [sys.executable, "-m", "micd.main", "run", "--detached", *_flag_args(pinned)]
-        child = _spawn(paths, command)
+        child = spawn_detached(command, log=paths.log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = _read_ports(paths)
@@ -222,7 +210,7 @@ def start_daemon(
                 # Another daemon holds daemon.lock: one starting (its ports.json will come) or one shutting
                 # down (it removed ports.json first). Once the lock is free, start ours after all.
                 if info is None and not _daemon_holds_lock(paths):
-                    child = _spawn(paths, command)
+                    child = spawn_detached(command, log=paths.log)
             elif code is not None:
                 raise DaemonError(
                     f"micd exited with status {code} while starting; daemon.log says:\n{_log_tail(paths)}"
