@@ -37,13 +37,13 @@ import hashlib
 import logging
 import os
 import random
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from micd.errors import TierUnavailable
 from mickernel.atomic import write_atomic
+from mickernel.binary import BIG, Reader, Writer, check_header
 from mickernel.errors import FormatError
 from mickernel.locks import open_locked
 
@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"MICQ"
 VERSION = 1
-_HEAD = struct.Struct(">4sBH")
+_FORMAT = "upload journal"
+_MAX_ENTRY = 7 + 0xFFFF
 
 Handler = Callable[[str], Awaitable[None]]
 
@@ -63,26 +64,17 @@ def encode_entry(key: str) -> bytes:
     raw = key.encode()
     if not raw or len(raw) > 0xFFFF:
         raise ValueError(f"upload queue key must be 1..65535 bytes, got {len(raw)}")
-    return _HEAD.pack(MAGIC, VERSION, len(raw)) + raw
+    return Writer(MAGIC, order=BIG).u8(VERSION).u16(len(raw)).raw(raw).getvalue()
 
 
 def decode_entry(data: bytes) -> str:
     """Parse a journal file; FormatError on anything malformed."""
-    if len(data) < _HEAD.size:
-        raise FormatError("upload journal", "truncated header", offset=0, expected=_HEAD.size, got=len(data))
-    magic, version, length = _HEAD.unpack_from(data)
-    if magic != MAGIC:
-        raise FormatError("upload journal", "bad magic", offset=0, expected=MAGIC, got=magic)
-    if version != VERSION:
-        raise FormatError("upload journal", "unsupported version", offset=4, expected=VERSION, got=version)
-    if len(data) != _HEAD.size + length:
-        raise FormatError(
-            "upload journal", "bad length", offset=5, expected=_HEAD.size + length, got=len(data)
-        )
-    try:
-        return data[_HEAD.size :].decode()
-    except UnicodeDecodeError as exc:
-        raise FormatError("upload journal", "key is not UTF-8", offset=_HEAD.size) from exc
+    check_header(_FORMAT, data, MAGIC, (VERSION,))
+    reader = Reader(_FORMAT, data, 5, order=BIG)
+    length = reader.u16("key length")
+    if len(data) != reader.pos + length:
+        raise FormatError(_FORMAT, "bad length", offset=5, expected=reader.pos + length, got=len(data))
+    return reader.text(length, "key")
 
 
 class UploadQueue:
@@ -440,7 +432,7 @@ class UploadQueue:
             if len(found) < room:
                 try:
                     with open(entry.path, "rb") as file:
-                        found.append((entry.name, decode_entry(file.read(_HEAD.size + 0x10000))))
+                        found.append((entry.name, decode_entry(file.read(_MAX_ENTRY + 1))))
                 except FileNotFoundError:
                     continue
                 except FormatError as exc:

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from micd.tiers.disk.index import check_header
+from mickernel.binary import check_header
 from mickernel.errors import FormatError
 from mickernel.locks import locked_fd
 
@@ -78,8 +78,8 @@ def decode_usage(data: bytes) -> State:
     """Parse a ledger; FormatError if it is malformed."""
     if len(data) < _HEAD.size + _SUM.size:
         raise FormatError(_FORMAT, "truncated", offset=0, expected=_HEAD.size + _SUM.size, got=len(data))
-    magic, version, reserved, used, applied, count = _HEAD.unpack_from(data)
-    check_header(_FORMAT, (magic, version, reserved), (MAGIC, VERSION))
+    check_header(_FORMAT, data, MAGIC, (VERSION,), reserved=3)
+    _, _, _, used, applied, count = _HEAD.unpack_from(data)
     end = _HEAD.size + _ROW.size * count
     if len(data) != end + _SUM.size:
         raise FormatError(
