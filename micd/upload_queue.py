@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 MAGIC = b"MICQ"
 VERSION = 1
 _FORMAT = "upload journal"
-_MAX_ENTRY = 7 + 0xFFFF
+_MAX_ENTRY = 7 + 0xFFFF  # the header (magic, version, u16 key length) and the longest key
 
 Handler = Callable[[str], Awaitable[None]]
 
