@@ -15,12 +15,12 @@ __all__ = [
     "HEX64",
     "KEY",
     "NAMESPACE",
+    "parse_blob_size",
     "parse_digest",
     "parse_function",
     "parse_hash",
     "parse_key",
     "parse_namespace",
-    "parse_blob_size",
     "parse_size",
 ]
 
