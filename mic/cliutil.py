@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from mic.errors import BadRequest, ConfigError, Conflict, MicError, NotFound, StoreUnavailable
+from mic.errors import Conflict, StoreUnavailable
 from mic.workspace import Workspace
 from micd.config import Config, load_config
+from mickernel.errors import BadRequest, ConfigError, MicError, NotFound
 
 if TYPE_CHECKING:
     from mic.objects import Project

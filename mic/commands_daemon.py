@@ -16,8 +16,8 @@ import click
 
 import micd.client as client  # noqa: PLR0402  (the layering test rejects `from micd import …`)
 from mic.cliutil import fail
-from mic.errors import MicError
 from micd.config import DAEMON_KEYS, load_config
+from mickernel.errors import MicError
 
 __all__ = ["format_bytes", "register", "stats_rows"]
 

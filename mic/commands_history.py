@@ -11,8 +11,8 @@ import click
 
 from mic.cliutil import Env, command_options, emit, project_option
 from mic.commands_session import print_session, session_json
-from mic.errors import BadRequest, NotFound
 from mic.hlc import format_hlc
+from mickernel.errors import BadRequest, NotFound
 
 if TYPE_CHECKING:
     from mic.objects import Project

@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from mic.cliutil import Env, command_options, emit, project_option
-from mic.errors import BadRequest
 from mic.hlc import Clock
+from mickernel.errors import BadRequest
 
 __all__ = ["import_group"]
 

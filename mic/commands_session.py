@@ -7,10 +7,11 @@ from collections.abc import Callable
 import click
 
 from mic.cliutil import Env, command_options, emit, project_option
-from mic.errors import BadRequest, WorkspaceError
+from mic.errors import WorkspaceError
 from mic.formats.session import Decision, Message, Session
 from mic.hlc import format_hlc
 from mic.workspace import Workspace
+from mickernel.errors import BadRequest
 
 __all__ = ["session_group", "session_json"]
 

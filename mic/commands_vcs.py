@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 import click
 
 from mic.cliutil import Env, command_options, emit
-from mic.errors import BadRequest, WorkspaceError
+from mic.errors import WorkspaceError
 from mic.workspace import Workspace, WorkspaceState
+from mickernel.errors import BadRequest
 
 if TYPE_CHECKING:
     from mic.objects import Project

@@ -1,25 +1,22 @@
-"""mic's errors: the shared families from `micd.errors`, plus the few that only the VCS core raises.
+"""The errors only the VCS raises, under the root both halves share, `mickernel.errors.MicError`.
 
 Every error a user can trigger is a `MicError`; the CLI maps them to exit codes in one place.
 """
 
 from __future__ import annotations
 
-from micd.errors import BadRequest, ConfigError, Conflict, FormatError, IntegrityError, MicError, NotFound
+from mickernel.errors import IntegrityError, MicError
 
-__all__ = [
-    "BadRequest",
-    "ConfigError",
-    "Conflict",
-    "FormatError",
-    "IntegrityError",
-    "LostLanding",
-    "MicError",
-    "NotFound",
-    "PreconditionFailed",
-    "StoreUnavailable",
-    "WorkspaceError",
-]
+__all__ = ["Conflict", "LostLanding", "PreconditionFailed", "StoreUnavailable", "WorkspaceError"]
+
+
+class Conflict(MicError):
+    """A landing conflicts with landings since the session's base, or lost a compare-and-swap race."""
+
+    def __init__(self, message: str, *, paths: tuple[str, ...] = (), sessions: tuple[str, ...] = ()) -> None:
+        self.paths = paths
+        self.sessions = sessions
+        super().__init__(message)
 
 
 class PreconditionFailed(MicError):

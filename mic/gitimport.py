@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mic.errors import BadRequest, MicError
 from mic.formats.btree_node import FileEntry
 from mic.formats.session import Session
 from mic.hlc import Clock
@@ -23,6 +22,7 @@ from mic.landing import land, roll_forward
 from mic.objects import Project, content_hash
 from mic.paths import path_problem, show_path
 from mic.session import new_session_id
+from mickernel.errors import BadRequest, MicError
 
 __all__ = ["GitCommit", "ImportResult", "import_git", "read_history", "require_empty"]
 

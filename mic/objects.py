@@ -14,7 +14,7 @@ from contextlib import aclosing
 
 import blake3
 
-from mic.errors import BadRequest, IntegrityError, NotFound, PreconditionFailed
+from mic.errors import PreconditionFailed
 from mic.formats.blob import decode_blob, encode_blob
 from mic.formats.btree_node import Node, decode_node
 from mic.formats.chunked import CHUNK_SIZE, decode_chunked, encode_chunked
@@ -23,6 +23,7 @@ from mic.formats.head import Head, decode_head, encode_head
 from mic.formats.landing import Landing, decode_landing
 from mic.objectstore import Obj, ObjectStore
 from mic.tree import EMPTY_ROOT
+from mickernel.errors import BadRequest, IntegrityError, NotFound
 
 __all__ = ["Project", "content_hash", "landing_key", "list_projects", "validate_project_name"]
 

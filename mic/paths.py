@@ -75,6 +75,6 @@ def check_path(path: str) -> None:
     """Raise BadRequest naming `path` if mic cannot track it."""
     problem = path_problem(path)
     if problem is not None:
-        from mic.errors import BadRequest
+        from mickernel.errors import BadRequest
 
         raise BadRequest(f"cannot track {show_path(path)}: {problem}")

@@ -12,9 +12,10 @@ import re
 import secrets
 from collections.abc import Callable
 
-from mic.errors import BadRequest, Conflict, NotFound, PreconditionFailed
+from mic.errors import Conflict, PreconditionFailed
 from mic.formats.session import Session, decode_session, encode_session
 from mic.objects import Project
+from mickernel.errors import BadRequest, NotFound
 
 __all__ = ["find_session", "list_sessions", "load_session", "new_session_id", "start_session", "update_session"]
 

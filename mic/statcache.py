@@ -9,8 +9,8 @@ like git it lets a fresh checkout trust every file written more than `RACY_NS` b
 file a scan hashes is also judged against the scan's start, so saving long after the scan (as `mic land` does)
 cannot widen the window.
 
-The file is one `marshal`led tuple written with temp + rename (layout in `Index`). `mic status` on an unchanged
-tree decodes only the stat keys (path → (mtime, size, inode, mode, ctime)) and the changes against the base; the full
+The file is one `marshal`led tuple written with temp + fsync + rename (layout in `Index`). `mic status` on an
+unchanged tree decodes only the stat keys (path → (mtime, size, inode, mode, ctime)) and the changes against the base; the full
 entries are decoded only when some file's stat changed, and a save after a small change writes a delta.
 
 With the workspace watcher (`mic.watch`) the index also stores the watcher token it is valid for, and `scan_paths`
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Self
 
 from mic.paths import TEMP_SUFFIX, check_path, skipped, skipped_names
+from mickernel.atomic import write_atomic
 
 __all__ = [
     "Index", "ScanResult", "Token", "file_mode", "hash_path", "scan", "scan_paths", "stat_key",
@@ -37,7 +38,7 @@ __all__ = [
 
 RACY_NS = 100_000_000
 _VERSION = 6  # 6 adds ctime to the stat key; 5 added the watcher token; 4 and 5 are read (see `_upgraded`)
-_MAGIC = b"MICI"
+MAGIC = b"MICI"
 _HEADER = struct.Struct("<BxxxQQQ")  # version, then the byte lengths of the three parts
 _FORK_MIN = 20_000  # cached files below which a second walker process costs more than it saves
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -269,7 +270,7 @@ class Index:
     def _load(cls, path: Path) -> Index:
         try:
             raw = path.read_bytes()
-            if raw[:4] == _MAGIC:  # header, key blob, (delta, changes[, token]), entry blob: no copies made
+            if raw[:4] == MAGIC:  # header, key blob, (delta, changes[, token]), entry blob: no copies made
                 version, n_keys, n_meta, n_entries = _HEADER.unpack_from(raw, 4)
                 view = memoryview(raw)[4 + _HEADER.size :]
                 if version not in (4, 5, _VERSION) or len(view) != n_keys + n_meta + n_entries:
@@ -350,12 +351,8 @@ class Index:
     def _write(self, delta: dict[str, Entry | None], changes: dict[str, Change]) -> None:
         assert self._keys_blob is not None and self._entries_blob is not None
         meta = marshal.dumps((delta, changes, self.token))
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")  # concurrent writers never share one
-        with tmp.open("wb") as fh:
-            fh.write(_MAGIC + _HEADER.pack(_VERSION, len(self._keys_blob), len(meta), len(self._entries_blob)))
-            for part in (self._keys_blob, meta, self._entries_blob):
-                fh.write(part)
-        os.replace(tmp, self.path)
+        header = MAGIC + _HEADER.pack(_VERSION, len(self._keys_blob), len(meta), len(self._entries_blob))
+        write_atomic(self.path, [header, self._keys_blob, meta, self._entries_blob], mode=0o644)
         self.outdated = False
         self.saved_token = self.token
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from mic.errors import BadRequest, Conflict, NotFound, WorkspaceError
+from mic.errors import Conflict, WorkspaceError
 from mic.formats.btree_node import FileEntry
 from mic.formats.chunked import CHUNK_SIZE
 from mic.formats.session import Session
@@ -27,6 +27,7 @@ from mic.statcache import ScanResult, file_mode, hash_path, scan, stat_key, stat
 from mic.tree import EMPTY_ROOT, Tree
 from mic.watch.client import WatchSettings, scan_workspace
 from mic.workspace import Workspace, WorkspaceState, discard_temp
+from mickernel.errors import BadRequest, NotFound
 
 __all__ = [
     "LandOutcome", "Synced", "checkout", "land_workspace", "read_workspace_file", "resolve_position",

@@ -2,20 +2,19 @@
 
 Files in `.mic/`: `state.json` (project, base position and tree, active session, last HLC, unmerged paths), `config.toml` (the
 store this workspace came from, read by `micd.config` as part of the workspace layer) and `index` (the stat cache,
-see `mic.statcache`). State is written with temp + rename, so a killed command leaves the old or the new state.
+see `mic.statcache`). State is written durably with temp + fsync + rename (`mickernel.atomic`), so a killed command
+or a power cut leaves the old or the new state, and a base position once saved stays saved.
 
 Two mic commands may run in one workspace at once (an agent's `mic session note` during its `mic land`). Each
 read-modify-write of `state.json` and `index` happens under `Workspace.locked()`, an exclusive `flock` on
 `.mic/lock` that re-reads both files once held: without it the later writer restores what the earlier one read
-(a land's new base undone by a note). Temp files carry the writer's pid, so two writers never share one.
+(a land's new base undone by a note).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -26,6 +25,8 @@ from mic.errors import WorkspaceError
 from mic.hlc import Clock
 from mic.paths import TEMP_SUFFIX, path_problem, show_path
 from mic.statcache import Index
+from mickernel.atomic import create_temp, write_atomic
+from mickernel.locks import hold_lock
 
 __all__ = ["Workspace", "WorkspaceState", "discard_temp"]
 
@@ -97,7 +98,7 @@ class Workspace:
         self.state = state
         self.clock = Clock(state.hlc)
         self._index: Index | None = None
-        self._lock_fd: int | None = None  # held by `locked()`
+        self._locked = False  # inside `locked()`
 
     @property
     def dot(self) -> Path:
@@ -146,21 +147,20 @@ class Workspace:
         state and index. On taking it, `state` is re-read and the index dropped (reloaded on next use): another
         command may have changed both while we waited. Re-entrant on one Workspace object.
 
-        The lock file is opened close-on-exec, so the watcher (a spawned process) never inherits it."""
-        if self._lock_fd is not None:
+        The lock file is opened close-on-exec (`mickernel.locks`), so the watcher (a spawned process) never
+        inherits it."""
+        if self._locked:
             yield self
             return
-        fd = os.open(self.dot / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            self._lock_fd = fd
-            self.state = _read_state(self.root)
-            self.clock.observe(self.state.hlc)
-            self._index = None
-            yield self
-        finally:
-            self._lock_fd = None
-            os.close(fd)  # releases the flock
+        with hold_lock(self.dot / "lock", mode=0o644):
+            self._locked = True
+            try:
+                self.state = _read_state(self.root)
+                self.clock.observe(self.state.hlc)
+                self._index = None
+                yield self
+            finally:
+                self._locked = False
 
     def save(self) -> None:
         """Persist state (and the index, if loaded) atomically."""
@@ -171,12 +171,10 @@ class Workspace:
     def save_state(self) -> None:
         """Persist `state.json` alone (the index is a cache: an older one on disk only costs re-hashing)."""
         self.state.hlc = max(self.state.hlc, self.clock.last)
-        tmp = self.dot / f"state.json.{os.getpid()}.tmp"
         raw = asdict(self.state)
         if not raw["unmerged"]:
             del raw["unmerged"]  # an older mic reads this file as long as nothing is unmerged
-        tmp.write_text(json.dumps(raw, indent=1))
-        os.replace(tmp, self.dot / "state.json")
+        write_atomic(self.dot / "state.json", json.dumps(raw, indent=1), mode=0o644)
 
     def clear_merged(self, changes: Mapping[str, object]) -> list[str]:
         """Drop from `state.unmerged` every path the scan (`changes`, against the base) no longer reports: its
@@ -226,21 +224,21 @@ class Workspace:
         """A new empty file next to `rel` (its directories created), open for writing, with `mode`'s permissions,
         that a write fills before `install` moves it over `rel`: a reader never sees a partly written file.
 
-        Created exclusively under an unpredictable name (`mkstemp`: O_EXCL, which follows no symlink), with its
-        permissions set through its fd: whatever is planted next to `rel` (a symlink out of the workspace) is
+        Created exclusively under an unpredictable name (`create_temp`: O_EXCL, which follows no symlink), with
+        its permissions set through its fd: whatever is planted next to `rel` (a symlink out of the workspace) is
         never followed. Its name `.<name>.<random>.mic-tmp` is one the scan skips (`mic.paths`), so one left by
-        a killed write is never landed. The caller closes it, and removes it (`discard_temp`) unless installed."""
+        a killed write is never landed. The caller closes it, and removes it (`discard_temp`) unless installed.
+        Not fsynced: a checkout can always be redone from the store, and an fsync per file would bound it at the
+        disk's fsync rate."""
         path = self.file(rel)
         self.refuse_symlinked_parent(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
-        short = path.name.encode()[:64].decode(errors="ignore")  # a name near the 255-byte limit still gets one
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{short}.", suffix=TEMP_SUFFIX)
+        fd, tmp = create_temp(path, mode=0o755 if mode == 1 else 0o644, suffix=TEMP_SUFFIX)
         try:
-            os.fchmod(fd, 0o755 if mode == 1 else 0o644)
-            return os.fdopen(fd, "wb"), Path(name)
+            return os.fdopen(fd, "wb"), tmp
         except BaseException:
             os.close(fd)
-            discard_temp(Path(name))
+            discard_temp(tmp)
             raise
 
     def install(self, rel: str, tmp: Path) -> Path:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from micd.errors import BadRequest, IntegrityError
 from micd.store import Digest, new_hasher
+from mickernel.errors import BadRequest, IntegrityError
 
 __all__ = ["CHUNK", "BytesBlob", "DigestBuilder", "Hashing", "Verifier", "aiter_bytes", "clamp_range"]
 

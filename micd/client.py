@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -20,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from micd.config import KEYS, Config
-from micd.errors import MicError
-from micd.statedir import StatePaths, hold_lock, is_alive, read_pid
+from micd.statedir import StatePaths, is_alive, read_pid
+from mickernel.errors import MicError
+from mickernel.locks import hold_lock
+from mickernel.spawn import spawn_detached
 
 __all__ = [
     "DaemonError",
@@ -193,18 +194,6 @@ def _is_micd(pid: int) -> bool:
         return False
 
 
-def _spawn(paths: StatePaths, command: list[str]) -> subprocess.Popen[bytes]:
-    with open(paths.log, "ab") as log:
-        return subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            close_fds=True,
-        )
-
-
 def _log_tail(paths: StatePaths, lines: int = 15) -> str:
     try:
         return "\n".join(paths.log.read_text(errors="replace").splitlines()[-lines:])
@@ -227,7 +216,7 @@ def start_daemon(
         # The state dir and session are passed explicitly so the child cannot resolve them differently.
         pinned = {**flags, "state_dir": str(config.state_dir), "session": config.session}
         command = [sys.executable, "-m", "micd.main", "run", "--detached", *_flag_args(pinned)]
-        child = _spawn(paths, command)
+        child = spawn_detached(command, log=paths.log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = _read_ports(paths)
@@ -238,7 +227,7 @@ def start_daemon(
                 # Another daemon holds daemon.lock: one starting (its ports.json will come) or one shutting
                 # down (it removed ports.json first). Once the lock is free, start ours after all.
                 if info is None and not _daemon_holds_lock(paths):
-                    child = _spawn(paths, command)
+                    child = spawn_detached(command, log=paths.log)
             elif code is not None:
                 raise DaemonError(
                     f"micd exited with status {code} while starting; daemon.log says:\n{_log_tail(paths)}"

@@ -39,54 +39,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from micd.errors import ConfigError
+from mickernel.errors import ConfigError
+from mickernel.units import parse_byte_size, parse_duration
 
 __all__ = [
     "DAEMON_KEYS",
     "KEYS",
     "Config",
-    "ConfigError",
     "Key",
     "find_workspace",
     "load_config",
-    "parse_duration",
-    "parse_size",
 ]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*", re.IGNORECASE)
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SECONDS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_size(value: object) -> int:
-    """Parse a byte size: an int, or a string such as "512MiB", "10G", "1.5 GiB" (binary units)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size, got a boolean")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("size must be ≥ 0")
-        return value
-    match = _SIZE.fullmatch(str(value))
-    if not match:
-        raise ValueError(f"expected a size like 512MiB or 10GiB, got {value!r}")
-    unit = (match.group(2) or "").lower()[:1]
-    return int(float(match.group(1)) * _UNITS[unit])
-
-
-def parse_duration(value: object) -> float:
-    """Parse seconds: a number, or a string such as "90", "30s", "10m", "2h"."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration, got a boolean")
-    if isinstance(value, int | float):
-        if not value >= 0:  # also refuses nan, which every comparison would let through
-            raise ValueError("duration must be a number ≥ 0")
-        return float(value)
-    match = _DURATION.fullmatch(str(value))
-    if not match:
-        raise ValueError(f"expected a duration like 600, 30s, 10m or 2h, got {value!r}")
-    return float(match.group(1)) * _SECONDS[(match.group(2) or "").lower()]
 
 
 def _parse_str(value: object) -> str:
@@ -138,19 +103,19 @@ class Key:
 
 KEYS: tuple[Key, ...] = (
     Key("store.dir", "cache_dir", "MIC_CACHE_DIR", _parse_str, "shared disk cache root", is_path=True),
-    Key("store.memory_budget", "memory_budget", "MIC_MEMORY_BUDGET", parse_size, "memory tier size"),
+    Key("store.memory_budget", "memory_budget", "MIC_MEMORY_BUDGET", parse_byte_size, "memory tier size"),
     Key(
         "store.disk_soft_cap",
         "disk_soft_cap",
         "MIC_DISK_SOFT_CAP",
-        parse_size,
+        parse_byte_size,
         "disk size that starts eviction",
     ),
     Key(
         "store.disk_hard_cap",
         "disk_hard_cap",
         "MIC_DISK_HARD_CAP",
-        parse_size,
+        parse_byte_size,
         "disk size that rejects writes",
     ),
     Key("s3.bucket", "s3_bucket", "MIC_S3_BUCKET", _parse_str, "S3 bucket (S3 tier off when unset)"),

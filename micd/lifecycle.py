@@ -38,9 +38,11 @@ from micd import libc
 from micd.app import FRONTENDS, SERVER_LOGGER, Activity, GrpcServer, create_app, create_grpc_server, open_store
 from micd.auth import new_token
 from micd.config import Config
-from micd.errors import MicError
+from mickernel.errors import MicError
 from micd.metrics import Metrics
-from micd.statedir import StatePaths, hold_lock, read_pid, write_atomic, write_json_atomic
+from micd.statedir import StatePaths, read_pid, write_json_atomic
+from mickernel.atomic import write_atomic
+from mickernel.locks import hold_lock
 from micd.toolconfig import remove_client_configs, write_client_configs
 
 __all__ = [
@@ -264,7 +266,7 @@ def run_daemon(config: Config, *, echo: bool, on_ready: Callable[[dict[str, Any]
         # We own the state dir now: whatever ports.json and env.json are left belong to a dead daemon (kill -9).
         _unlink(paths.ports)
         _unlink(paths.env)
-        paths.pid.write_text(f"{os.getpid()}\n")
+        write_atomic(paths.pid, f"{os.getpid()}\n", mode=0o644)
         configure_logging(paths, config.log_level, echo=echo)
         keep_freed_heap()
         try:

@@ -14,8 +14,9 @@ from typing import Any
 
 import click
 
-from micd.config import DAEMON_KEYS, ConfigError, load_config
+from micd.config import DAEMON_KEYS, load_config
 from micd.lifecycle import AlreadyRunning, run_daemon
+from mickernel.errors import ConfigError
 
 __all__ = ["config_options", "main"]
 

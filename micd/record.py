@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import struct
 
-from micd.errors import BadRequest, FormatError
 from micd.store import Digest, Record
+from mickernel.binary import BIG, Reader, Writer, check_header
+from mickernel.errors import BadRequest, FormatError
 
 __all__ = ["MAGIC", "MAX_METADATA", "MAX_REFS", "VERSION", "decode_record", "encode_record"]
 
@@ -36,12 +37,7 @@ MAX_REFS = 1_000_000
 """The most CAS blobs one record may reference (an action with this many output files, say)."""
 MAX_METADATA = 1024
 _FORMAT = "kv record"
-_HEAD = struct.Struct(">4sBI")
-_U16 = struct.Struct(">H")
-_U32 = struct.Struct(">I")
 _REF = struct.Struct(">B32sQ")
-_COUNT = {1: _U16, 2: _U32}
-"""The width of the ref and metadata counts, per version."""
 _FUNCTION_IDS = {"sha256": 1, "blake3": 2}
 _FUNCTION_NAMES = {v: k for k, v in _FUNCTION_IDS.items()}
 
@@ -57,61 +53,32 @@ def encode_record(record: Record) -> bytes:
     if len(record.metadata) > MAX_METADATA:
         raise BadRequest(f"a record may carry at most {MAX_METADATA} metadata entries", len(record.metadata))
     ids = _FUNCTION_IDS
-    parts = [_HEAD.pack(MAGIC, VERSION, len(record.value)), record.value, _U32.pack(len(record.refs))]
-    parts += [_REF.pack(ids[ref.function], bytes.fromhex(ref.hex), ref.size) for ref in record.refs]
-    parts.append(_U32.pack(len(record.metadata)))
+    w = Writer(MAGIC, order=BIG).u8(VERSION).u32(len(record.value)).raw(record.value).u32(len(record.refs))
+    w.raw(b"".join([_REF.pack(ids[ref.function], bytes.fromhex(ref.hex), ref.size) for ref in record.refs]))
+    w.u32(len(record.metadata))
     for key, val in record.metadata:
-        key_b, val_b = key.encode(), val.encode()
-        parts += [_U16.pack(len(key_b)), key_b, _U32.pack(len(val_b)), val_b]
-    return b"".join(parts)
-
-
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data = memoryview(data)
-        self.pos = 0
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise FormatError(
-                _FORMAT, "truncated", offset=self.pos, expected=n, got=len(self.data) - self.pos
-            )
-        out = bytes(self.data[self.pos : self.pos + n])
-        self.pos += n
-        return out
-
-    def unpack(self, fmt: struct.Struct) -> tuple:
-        return fmt.unpack(self.take(fmt.size))
+        w.str16(key).str32(val)
+    return w.getvalue()
 
 
 def decode_record(data: bytes) -> Record:
     """Parse a record of version 1 or 2; raises FormatError on any malformed input."""
-    reader = _Reader(data)
-    magic, version, value_len = reader.unpack(_HEAD)
-    if magic != MAGIC:
-        raise FormatError(_FORMAT, "bad magic", offset=0, expected=MAGIC, got=magic)
-    count = _COUNT.get(version)
-    if count is None:
-        raise FormatError(_FORMAT, "unsupported version", offset=4, expected=VERSION, got=version)
-    value = reader.take(value_len)
-    refs = _refs(reader, reader.unpack(count)[0])
-    metadata = []
-    for _ in range(reader.unpack(count)[0]):
-        try:
-            key = reader.take(reader.unpack(_U16)[0]).decode()
-            val = reader.take(reader.unpack(_U32)[0]).decode()
-        except UnicodeDecodeError as exc:
-            raise FormatError(_FORMAT, "metadata is not UTF-8", offset=reader.pos) from exc
-        metadata.append((key, val))
-    if reader.pos != len(data):
-        raise FormatError(_FORMAT, "trailing bytes", offset=reader.pos, expected=reader.pos, got=len(data))
-    return Record(value, refs, tuple(metadata))
+    version = check_header(_FORMAT, data, MAGIC, (1, VERSION))
+    reader = Reader(_FORMAT, data, 5, order=BIG)
+    count = reader.u16 if version == 1 else reader.u32  # the width of the ref and metadata counts
+    value = reader.raw(reader.u32("value length"), "value")
+    refs = _refs(reader, count("ref count"))
+    metadata = tuple(
+        (reader.str16("metadata key"), reader.str32("metadata value")) for _ in range(count("metadata count"))
+    )
+    reader.end()
+    return Record(value, refs, metadata)
 
 
-def _refs(reader: _Reader, count: int) -> tuple[Digest, ...]:
+def _refs(reader: Reader, count: int) -> tuple[Digest, ...]:
     """`count` refs in one `iter_unpack` pass (a record may hold up to a million of them)."""
     start = reader.pos
-    raw = reader.take(count * _REF.size)
+    raw = reader.raw(count * _REF.size, "refs")
     names = _FUNCTION_NAMES
     try:
         return tuple(Digest(names[fid], hash_.hex(), size) for fid, hash_, size in _REF.iter_unpack(raw))

@@ -1,4 +1,4 @@
-"""The session state dir: its file names, the flock helpers and atomic writes of its small files.
+"""The session state dir: its file names, and reading and writing its small files.
 
 Shared by the daemon (`micd.lifecycle`) and the client `mic` uses (`micd.client`), and deliberately light:
 no aiohttp, grpc or tiers, so every `mic` command starts fast.
@@ -6,19 +6,17 @@ no aiohttp, grpc or tiers, so every `mic` command starts fast.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import json
 import os
 import stat
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StatePaths", "hold_lock", "is_alive", "read_pid", "write_atomic", "write_json_atomic"]
+from mickernel.atomic import write_atomic
+
+__all__ = ["StatePaths", "is_alive", "read_pid", "write_json_atomic"]
 
 
 @dataclass(frozen=True)
@@ -77,48 +75,8 @@ class StatePaths:
         return self
 
 
-@contextlib.contextmanager
-def hold_lock(path: Path, *, blocking: bool) -> Iterator[bool]:
-    """Flock `path` exclusively; yields whether it was acquired (always True when blocking)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)  # closing releases the flock
-
-
-def write_atomic(path: Path, text: str, *, mode: int = 0o600) -> None:
-    """Write `text` so readers see the old file, no file, or the complete new one.
-
-    Temp file in the same directory (created with `mode`), fsync, rename, fsync of the directory: a killed
-    process never leaves half a file under `path`. Blocking: call through asyncio.to_thread from async code.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """`write_atomic` of `data` as indented JSON (mode 0644: ports.json holds no secret)."""
+    """Durably replace `path` with `data` as indented JSON (mode 0644: ports.json holds no secret)."""
     write_atomic(path, json.dumps(data, indent=2) + "\n", mode=0o644)
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from micd.frontend import ClientContext, Frontend, check_client_config
-from micd.statedir import StatePaths, write_atomic
+from micd.statedir import StatePaths
+from mickernel.atomic import write_atomic
 
 __all__ = ["ENV_VERSION", "remove_client_configs", "write_client_configs"]
 

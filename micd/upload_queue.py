@@ -17,8 +17,8 @@ still found the entry is covered by this upload, and a later submit writes a fre
 again once the lock is free. Only `<name>.inflight` is removed afterwards. The kernel drops the lock of a
 daemon that dies (even by SIGKILL), so the next start turns an unlocked `<name>.inflight` back into an entry.
 
-Journal file `<journal_dir>/<sha256(key)[:40]>` (`<name>.<pid>.<random>.tmp` while it is written, removed
-by a later start once older than an hour; `<name>.inflight` while a worker uploads it; `<name>.lock` its
+Journal file `<journal_dir>/<sha256(key)[:40]>` (`.<name>.<random>.tmp` while it is written, removed by a
+later start once older than an hour; `<name>.inflight` while a worker uploads it; `<name>.lock` its
 lock; `<name>.bad` once found unreadable, kept for inspection):
 
 | offset | width | field                           |
@@ -33,17 +33,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
 import random
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from micd.errors import FormatError, TierUnavailable
+from micd.errors import TierUnavailable
+from mickernel.atomic import write_atomic
+from mickernel.binary import BIG, Reader, Writer, check_header
+from mickernel.errors import FormatError
+from mickernel.locks import open_locked
 
 __all__ = ["MAGIC", "VERSION", "UploadQueue", "decode_entry", "encode_entry"]
 
@@ -51,7 +53,8 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"MICQ"
 VERSION = 1
-_HEAD = struct.Struct(">4sBH")
+_FORMAT = "upload journal"
+_MAX_ENTRY = 7 + 0xFFFF  # the header (magic, version, u16 key length) and the longest key
 
 Handler = Callable[[str], Awaitable[None]]
 
@@ -61,26 +64,17 @@ def encode_entry(key: str) -> bytes:
     raw = key.encode()
     if not raw or len(raw) > 0xFFFF:
         raise ValueError(f"upload queue key must be 1..65535 bytes, got {len(raw)}")
-    return _HEAD.pack(MAGIC, VERSION, len(raw)) + raw
+    return Writer(MAGIC, order=BIG).u8(VERSION).u16(len(raw)).raw(raw).getvalue()
 
 
 def decode_entry(data: bytes) -> str:
     """Parse a journal file; FormatError on anything malformed."""
-    if len(data) < _HEAD.size:
-        raise FormatError("upload journal", "truncated header", offset=0, expected=_HEAD.size, got=len(data))
-    magic, version, length = _HEAD.unpack_from(data)
-    if magic != MAGIC:
-        raise FormatError("upload journal", "bad magic", offset=0, expected=MAGIC, got=magic)
-    if version != VERSION:
-        raise FormatError("upload journal", "unsupported version", offset=4, expected=VERSION, got=version)
-    if len(data) != _HEAD.size + length:
-        raise FormatError(
-            "upload journal", "bad length", offset=5, expected=_HEAD.size + length, got=len(data)
-        )
-    try:
-        return data[_HEAD.size :].decode()
-    except UnicodeDecodeError as exc:
-        raise FormatError("upload journal", "key is not UTF-8", offset=_HEAD.size) from exc
+    check_header(_FORMAT, data, MAGIC, (VERSION,))
+    reader = Reader(_FORMAT, data, 5, order=BIG)
+    length = reader.u16("key length")
+    if len(data) != reader.pos + length:
+        raise FormatError(_FORMAT, "bad length", offset=5, expected=reader.pos + length, got=len(data))
+    return reader.text(length, "key")
 
 
 class UploadQueue:
@@ -94,7 +88,6 @@ class UploadQueue:
         maxsize: int = 10_000,
         base_delay: float = 0.5,
         max_delay: float = 30.0,
-        fsync: bool = True,
         on_depth: Callable[[int], None] | None = None,
     ) -> None:
         if workers < 1 or maxsize < 1 or base_delay <= 0 or max_delay < base_delay:
@@ -104,7 +97,6 @@ class UploadQueue:
         self._maxsize = maxsize
         self._base_delay = base_delay
         self._max_delay = max_delay
-        self._fsync = fsync
         self.on_depth = on_depth
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize)
         self._keys: dict[str, str] = {}  # name → key, for items queued or in flight
@@ -233,19 +225,7 @@ class UploadQueue:
         path = self.journal_dir / name
         if path.exists():
             return True
-        tmp = self.journal_dir / f"{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-        with open(tmp, "wb") as file:
-            file.write(data)
-            if self._fsync:
-                file.flush()
-                os.fsync(file.fileno())
-        os.replace(tmp, path)
-        if self._fsync:
-            fd = os.open(self.journal_dir, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        write_atomic(path, data)
         return False
 
     # -- workers -----------------------------------------------------------------------------------
@@ -357,17 +337,15 @@ class UploadQueue:
         """Open and flock `<name>.lock` without blocking; the fd, or None while a live worker holds it."""
         path = self.journal_dir / f"{name}.lock"
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = open_locked(path, blocking=False)
+            if fd is None:
+                return None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 held = os.fstat(fd)
                 try:
                     current = os.stat(path)
                 except FileNotFoundError:
                     current = None
-            except BlockingIOError:
-                os.close(fd)
-                return None
             except BaseException:
                 os.close(fd)
                 raise
@@ -454,7 +432,7 @@ class UploadQueue:
             if len(found) < room:
                 try:
                     with open(entry.path, "rb") as file:
-                        found.append((entry.name, decode_entry(file.read(_HEAD.size + 0x10000))))
+                        found.append((entry.name, decode_entry(file.read(_MAX_ENTRY + 1))))
                 except FileNotFoundError:
                     continue
                 except FormatError as exc:

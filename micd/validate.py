@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import re
 
-from micd.errors import BadRequest
 from micd.store import EMPTY_HEX, FUNCTIONS, Digest
+from mickernel.errors import BadRequest
 
 __all__ = [
     "HEX64",
     "KEY",
     "NAMESPACE",
+    "parse_blob_size",
     "parse_digest",
     "parse_function",
     "parse_hash",
     "parse_key",
     "parse_namespace",
-    "parse_size",
 ]
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -38,8 +38,9 @@ def parse_function(function: str) -> str:
     return function
 
 
-def parse_size(size: str | int) -> int:
-    """Parse a blob size in bytes (0 ≤ size ≤ 1 TiB)."""
+def parse_blob_size(size: str | int) -> int:
+    """Parse the size of a digest: a plain decimal count of bytes (0 ≤ size ≤ 1 TiB), not a "512MiB"-style
+    configuration size (`mickernel.units.parse_byte_size`)."""
     if isinstance(size, str):
         # isascii: str.isdigit also accepts "١٢" (parsed as 12) and "²" (which int() rejects with ValueError).
         if not size.isascii() or not size.isdigit() or len(size) > 16:
@@ -48,6 +49,7 @@ def parse_size(size: str | int) -> int:
     if not 0 <= size <= MAX_BLOB_SIZE:
         raise BadRequest("size out of range", size)
     return size
+
 
 
 def parse_hash(function: str, hex_: str) -> str:
@@ -61,7 +63,7 @@ def parse_digest(function: str, hex_: str, size: str | int) -> Digest:
     """Build a Digest from untrusted parts; the hex must be lowercase and the right length, and a size of 0
     comes only with the hash of b"" (any other size-0 digest names a blob that cannot exist)."""
     function = parse_function(function)
-    digest = Digest(function, parse_hash(function, hex_), parse_size(size))
+    digest = Digest(function, parse_hash(function, hex_), parse_blob_size(size))
     if digest.size == 0 and digest.hex != EMPTY_HEX[function]:
         raise BadRequest(f"size 0 with a hash other than the empty blob's {function} hash", hex_)
     return digest

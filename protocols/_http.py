@@ -16,7 +16,8 @@ from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from micd.errors import BadRequest, IntegrityError, MicError, NotFound, StoreFull, TierUnavailable, Unauthorized
+from micd.errors import StoreFull, TierUnavailable, Unauthorized
+from mickernel.errors import BadRequest, IntegrityError, MicError, NotFound
 from micd.store import Blob, Store
 
 __all__ = [

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from micd.errors import BadRequest, IntegrityError
+from mickernel.errors import BadRequest, IntegrityError
 from micd.store import Digest, Record, Store
-from micd.validate import parse_digest, parse_hash, parse_size
+from micd.validate import parse_digest, parse_hash, parse_blob_size
 from protocols._http import CONTENT_TYPE, bind, expect_continue, request_body, send_blob, sub_app
 from protocols.bazel_reapi.action_result import action_key, action_result_refs, decode_action_result
 from protocols.bazel_reapi.common import ac_namespace
@@ -79,7 +79,7 @@ async def _lookup(request: web.Request, store: Store) -> Digest | None:
     hex_ = _parse_hex(request)
     announced = request.headers.get("X-Digest-SizeBytes")
     if announced is not None:
-        return parse_digest("sha256", hex_, parse_size(announced))
+        return parse_digest("sha256", hex_, parse_blob_size(announced))
     return await store.resolve("sha256", hex_)
 
 
@@ -135,7 +135,7 @@ async def handle_put_cas(request: web.Request, store: Store) -> web.StreamRespon
     encoded = _is_encoded(request)
     announced = request.headers.get("X-Digest-SizeBytes")
     if announced is not None:
-        size = parse_size(announced)
+        size = parse_blob_size(announced)
     elif encoded or request.content_length is None:
         raise BadRequest("an encoded or chunked CAS upload needs an X-Digest-SizeBytes header")
     else:

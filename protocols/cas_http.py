@@ -22,7 +22,7 @@ import re
 
 from aiohttp import web
 
-from micd.errors import BadRequest, IntegrityError
+from mickernel.errors import BadRequest, IntegrityError
 from micd.store import Digest, Store
 from micd.validate import parse_digest
 from micd.frontend import Frontend

@@ -25,10 +25,10 @@ import re
 
 from aiohttp import web
 
-from micd.errors import BadRequest
+from mickernel.errors import BadRequest
 from micd.frontend import ClientConfig, ClientContext, Frontend
 from micd.store import Store
-from micd.validate import parse_size
+from micd.validate import parse_blob_size
 from protocols._http import bind, expect_continue, request_body, send_blob, sub_app
 from protocols._keyed import find, open_artifact, put_artifact, remove
 
@@ -71,7 +71,7 @@ async def handle_head(request: web.Request, store: Store) -> web.StreamResponse:
 
 async def handle_put(request: web.Request, store: Store) -> web.StreamResponse:
     key = _key(request)
-    size = None if request.content_length is None else parse_size(request.content_length)
+    size = None if request.content_length is None else parse_blob_size(request.content_length)
     await put_artifact(store, NAMESPACE, key, request_body(request), size)
     return web.Response(status=200)
 

@@ -31,10 +31,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from micd.errors import BadRequest
+from mickernel.errors import BadRequest
 from micd.frontend import ClientConfig, ClientContext, Frontend
 from micd.store import Store
-from micd.validate import parse_size
+from micd.validate import parse_blob_size
 from protocols._http import bind, expect_continue, request_body, send_blob, sub_app
 from protocols._keyed import open_artifact, put_artifact
 
@@ -91,7 +91,7 @@ async def handle_put(request: web.Request, store: Store) -> web.StreamResponse:
     content_type = request.headers.get("Content-Type", ARTIFACT_V1)
     if not _CONTENT_TYPE.fullmatch(content_type) and content_type != "application/octet-stream":
         raise BadRequest("not a Gradle build cache artifact", content_type[:100])
-    size = None if request.content_length is None else parse_size(request.content_length)
+    size = None if request.content_length is None else parse_blob_size(request.content_length)
     if size is not None and size > MAX_ENTRY_SIZE:
         return _too_large()
     try:

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from micd.frontend import ClientConfig, ClientContext, Frontend
 from micd.store import Record, Store
-from micd.validate import parse_key, parse_size
+from micd.validate import parse_key, parse_blob_size
 from protocols._http import bind, expect_continue, request_body, send_blob, sub_app
 
 __all__ = ["FRONTEND", "NAMESPACE", "app", "client_config"]
@@ -50,7 +50,7 @@ async def handle_get_artifact(request: web.Request, store: Store) -> web.StreamR
 
 async def handle_put_artifact(request: web.Request, store: Store) -> web.StreamResponse:
     key = _parse_hash(request)
-    size = None if request.content_length is None else parse_size(request.content_length)
+    size = None if request.content_length is None else parse_blob_size(request.content_length)
     if await store.get_record(NAMESPACE, key) is not None:
         response = web.Response(status=409, text="artifact already exists\n")
         response.force_close()  # the body was not read: this connection cannot carry another request

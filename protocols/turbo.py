@@ -30,10 +30,10 @@ import re
 
 from aiohttp import web
 
-from micd.errors import BadRequest
+from mickernel.errors import BadRequest
 from micd.frontend import ClientConfig, ClientContext, Frontend
 from micd.store import Record, Store
-from micd.validate import parse_key, parse_namespace, parse_size
+from micd.validate import parse_key, parse_namespace, parse_blob_size
 from protocols._http import bind, expect_continue, request_body, send_blob, sub_app
 
 __all__ = ["DEFAULT_TEAM", "FRONTEND", "MAX_JSON_BODY", "NAMESPACE", "app", "client_config"]
@@ -146,7 +146,7 @@ async def handle_get_artifact(request: web.Request, store: Store) -> web.StreamR
 async def handle_put_artifact(request: web.Request, store: Store) -> web.StreamResponse:
     namespace, key = parse_team(request), parse_key(request.match_info["hash"])
     metadata = parse_metadata(request)
-    size = None if request.content_length is None else parse_size(request.content_length)
+    size = None if request.content_length is None else parse_blob_size(request.content_length)
     digest = await store.put_stream("sha256", request_body(request), size)
     await store.put_record(namespace, key, Record(b"", (digest,), metadata))
     team = namespace.removeprefix(NAMESPACE + "/")

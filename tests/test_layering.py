@@ -1,8 +1,9 @@
 """The architecture, enforced: import direction between layers and where the environment may be read.
 
 protocols -> micd core -> micd/tiers; only micd/app.py imports protocols; mic reaches micd only through
-micd.client and the two modules both halves share: micd.errors (one error hierarchy) and micd.config (one
-configuration; it imports nothing of micd but micd.errors). os.environ is read only in micd/config.py.
+micd.client and micd.config (one configuration for both halves; it imports nothing of micd). Both halves share
+mickernel (errors, atomic writes, locks, binary codecs, units), which imports none of them. os.environ is read
+only in micd/config.py.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("mic", "micd", "protocols")
+PACKAGES = ("mic", "micd", "mickernel", "protocols")
 ENV_READERS = {"micd/config.py"}
-# What mic may import from micd: the client, and the error hierarchy and configuration both halves share.
-MIC_MAY_IMPORT = ("micd.client", "micd.errors", "micd.config")
+# What mic may import from micd: the client, and the configuration both halves share.
+MIC_MAY_IMPORT = ("micd.client", "micd.config")
 # micd modules that may know about processes, files of the session and the CLI-facing client.
 MICD_EDGE = {"micd.app", "micd.lifecycle", "micd.main", "micd.client", "micd.config", "micd.toolconfig"}
 
@@ -55,6 +56,8 @@ def _violations(module: str, imports: set[str]) -> list[str]:
     top = module.split(".")[0]
     bad = []
     for name in imports:
+        if top == "mickernel" and name.split(".")[0] in ("mic", "micd", "protocols"):
+            bad.append(f"{module} imports {name}: mickernel sits below both halves and imports neither")
         if top == "micd" and name.startswith("protocols") and module != "micd.app":
             bad.append(f"{module} imports {name}: only micd.app (the composition root) mounts protocols")
         if top == "micd" and (name == "mic" or name.startswith("mic.")):
@@ -65,8 +68,8 @@ def _violations(module: str, imports: set[str]) -> list[str]:
             bad.append(f"{module} imports {name}: protocols talk to the micd.store contract only")
         if top == "protocols" and name in MICD_EDGE:
             bad.append(f"{module} imports {name}: protocols must not reach the daemon's edges")
-        if module == "micd.config" and name.startswith("micd") and not name.startswith("micd.errors"):
-            bad.append(f"{module} imports {name}: mic imports the config, so it depends on micd.errors only")
+        if module == "micd.config" and name.split(".")[0] == "micd":
+            bad.append(f"{module} imports {name}: mic imports the config, so it depends on mickernel only")
         if top == "mic" and name.startswith("micd") and not name.startswith(MIC_MAY_IMPORT):
             bad.append(f"{module} imports {name}: mic reaches micd only through micd.client")
     return bad
@@ -103,3 +106,9 @@ def test_checker_catches_violations() -> None:
     assert not _violations("mic.cliutil", {"micd.config"})
     assert _violations("mic.cliutil", {"micd.lifecycle"})
     assert _violations("micd.config", {"micd.statedir"})
+    assert _violations("micd.config", {"micd.errors"})
+    assert not _violations("micd.config", {"mickernel.errors"})
+    assert _violations("mic.cliutil", {"micd.errors"})
+    assert _violations("mickernel.atomic", {"mic.paths"})
+    assert _violations("mickernel.errors", {"micd"})
+    assert not _violations("mickernel.binary", {"mickernel.errors"})

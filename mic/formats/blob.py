@@ -18,9 +18,8 @@ import threading
 
 import zstandard
 
-from mic.errors import FormatError
-
-from ._io import check_header
+from mickernel.binary import check_header
+from mickernel.errors import FormatError
 
 __all__ = ["MAGIC", "MAX_SIZE", "VERSION", "decode_blob", "encode_blob"]
 

@@ -20,9 +20,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from mic.errors import FormatError
-
-from ._io import check_header
+from mickernel.binary import check_header
+from mickernel.errors import FormatError
 
 __all__ = [
     "MAGIC",

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import struct
 
-from mic.errors import FormatError
+from mickernel.binary import check_header
+from mickernel.errors import FormatError
 
-from ._io import check_header
 from .blob import MAX_SIZE
 
 __all__ = ["CHUNK_SIZE", "MAGIC", "VERSION", "decode_chunked", "encode_chunked"]

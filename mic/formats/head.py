@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from mic.errors import FormatError
+from mickernel.errors import FormatError
 
 __all__ = ["SIZE", "Head", "decode_head", "encode_head"]
 

@@ -21,9 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mic.bloom import Bloom
-from mic.errors import FormatError
-
-from ._io import Reader, Writer, check_header
+from mickernel.binary import LITTLE, Reader, Writer, check_header
+from mickernel.errors import FormatError
 
 __all__ = ["MAGIC", "VERSION", "Landing", "decode_landing", "encode_landing"]
 
@@ -51,7 +50,7 @@ def encode_landing(rec: Landing) -> bytes:
         raise ValueError("landing needs base < position and a 32-byte tree hash")
     if list(rec.paths) != sorted(set(rec.paths)):
         raise ValueError("landing paths must be sorted and unique")
-    w = Writer(MAGIC).u8(VERSION).u64(rec.position).u64(rec.base).raw(rec.tree).u64(rec.hlc)
+    w = Writer(MAGIC, order=LITTLE).u8(VERSION).u64(rec.position).u64(rec.base).raw(rec.tree).u64(rec.hlc)
     w.str16(rec.session).str32(rec.goal).u32(len(rec.paths))
     for path in rec.paths:
         w.str16(path)
@@ -65,7 +64,7 @@ def decode_landing(raw: bytes | memoryview) -> Landing:
         FormatError: bad header, truncation, base ≥ position, unsorted paths, bad bloom parameters.
     """
     check_header("MICL", raw, MAGIC, (VERSION,))
-    r = Reader("MICL", raw, 5)
+    r = Reader("MICL", raw, 5, order=LITTLE)
     position, base = r.u64("position"), r.u64("base")
     if not base < position:
         raise FormatError("MICL", "base must precede position", offset=13, expected=f"< {position}", got=base)

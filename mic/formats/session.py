@@ -19,9 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from mic.errors import FormatError
-
-from ._io import Reader, Writer, check_header
+from mickernel.binary import LITTLE, Reader, Writer, check_header
+from mickernel.errors import FormatError
 
 __all__ = [
     "KINDS",
@@ -87,8 +86,8 @@ def encode_session(s: Session) -> bytes:
     """Encode a session record."""
     if (s.status == "landed") != (s.landed > 0) or (s.landed and s.landed <= s.base):
         raise ValueError("a landed session needs landed > base; others need landed == 0")
-    w = Writer(MAGIC).u8(VERSION).u8(STATUSES.index(s.status)).u64(s.base).u64(s.landed).u64(s.hlc)
-    w.str16(s.id).str32(s.goal).u32(len(s.messages))
+    w = Writer(MAGIC, order=LITTLE).u8(VERSION).u8(STATUSES.index(s.status))
+    w.u64(s.base).u64(s.landed).u64(s.hlc).str16(s.id).str32(s.goal).u32(len(s.messages))
     for m in s.messages:
         w.u8(ROLES.index(m.role)).u64(m.hlc).str32(m.text)
     w.u32(len(s.decisions))
@@ -120,7 +119,7 @@ def decode_session(raw: bytes | memoryview) -> Session:
         FormatError: bad header, truncation, out-of-range enums, inconsistent landed position, unsorted changes.
     """
     check_header("MICS", raw, MAGIC, (VERSION,))
-    r = Reader("MICS", raw, 5)
+    r = Reader("MICS", raw, 5, order=LITTLE)
     status = _enum(r, STATUSES, "status")
     base, landed, hlc = r.u64("base"), r.u64("landed"), r.u64("hlc")
     if (status == "landed") != (landed > 0) or (landed and landed <= base):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlparse
 
-from mic.errors import BadRequest
+from mickernel.errors import BadRequest
 
 __all__ = ["Obj", "ObjectStore", "open_store", "validate_key"]
 

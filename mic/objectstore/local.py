@@ -1,11 +1,12 @@
 """ObjectStore on a local directory, safe across processes (the embedded default).
 
 Crash and race safety comes from the file system, not from a daemon:
-- `put_if_absent` writes a private temp file, fsyncs it, then `link()`s it to the key's path. `link` fails with
-  EEXIST if anything is there, so exactly one of N racing creators wins, and a reader never sees a partial file.
+- `put_if_absent` writes a private temp file, fsyncs it, then `link()`s it to the key's path (`write_atomic`,
+  exclusive). `link` fails with EEXIST if anything is there, so exactly one of N racing creators wins, and a
+  reader never sees a partial file.
 - `put_if_match` takes an exclusive `flock` on a per-key lock file, re-reads the object, compares its ETag, and
-  publishes the new bytes with temp + fsync + `rename` while still holding the lock. Every writer of an existing
-  key (`put_if_match`, `delete`) holds that lock, so the read-compare-replace is atomic.
+  publishes the new bytes with temp + fsync + `rename` (`write_atomic`) while still holding the lock. Every
+  writer of an existing key (`put_if_match`, `delete`) holds that lock, so the read-compare-replace is atomic.
 - Durability: an object's bytes are fsynced before it is linked, and the directory it is linked into is
   fsynced before the write returns (and each directory's entry in its parent, once per process). Without the
   directory fsync a power cut could keep `head` yet lose `landing/<n>` or a tree node it refers to.
@@ -19,26 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import os
-import uuid
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import blake3
 
 from mic.errors import PreconditionFailed, StoreUnavailable
 from mic.objectstore import Obj, validate_key
+from mickernel.atomic import fsync_dir, write_atomic
+from mickernel.locks import hold_lock
 
 __all__ = ["LocalObjectStore", "etag_of"]
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the entries just linked, renamed or created in `directory` survive a power cut."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def etag_of(data: bytes) -> str:
@@ -62,7 +55,10 @@ class LocalObjectStore:
 
     # -- blocking halves -------------------------------------------------------------------------------------
 
-    def _write_temp(self, data: bytes) -> Path:
+    def _publish(self, key: str, data: bytes, *, exclusive: bool) -> None:
+        """Write `data` at `key` durably (`write_atomic`, the temp file under `.tmp/`): replacing what is there,
+        or, `exclusive`, only if nothing is (FileExistsError otherwise)."""
+        path = self._path(key)
         tmp_dir = self.root / ".tmp"
         try:
             self._mkdir(tmp_dir, durable=False)  # temp files only pass through
@@ -71,21 +67,14 @@ class LocalObjectStore:
                 f"cannot create the local store at {self.root}: {exc.strerror}; set MIC_STORE_URL (or --store) "
                 "to a writable file:///path"
             ) from exc
-        tmp = tmp_dir / f"{uuid.uuid4().hex}.tmp"
+        self._mkdir(path.parent)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileNotFoundError:  # the directory went away under our cache of it
-            self._made.discard(tmp_dir)
+            write_atomic(path, data, mode=0o644, tmp_dir=tmp_dir, exclusive=exclusive)
+        except FileNotFoundError:  # a directory went away under our cache of it
+            self._made.difference_update((tmp_dir, path.parent))
             self._mkdir(tmp_dir, durable=False)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return tmp
+            self._mkdir(path.parent)
+            write_atomic(path, data, mode=0o644, tmp_dir=tmp_dir, exclusive=exclusive)
 
     def _mkdir(self, directory: Path, *, durable: bool = True) -> None:
         """Create `directory` if needed; when `durable`, also make its path from the store's root survive a
@@ -95,7 +84,7 @@ class LocalObjectStore:
             if durable:
                 d = directory
                 while d != self.root and d not in self._durable:
-                    _fsync_dir(d.parent)
+                    fsync_dir(d.parent)
                     self._durable.add(d)
                     d = d.parent
             self._made.add(directory)
@@ -108,48 +97,27 @@ class LocalObjectStore:
         return Obj(data, etag_of(data))
 
     def _put_if_absent(self, key: str, data: bytes) -> str:
-        path = self._path(key)
-        tmp = self._write_temp(data)
         try:
-            self._mkdir(path.parent)
-            try:
-                os.link(tmp, path)
-            except FileNotFoundError:  # the directory went away under our cache of it
-                self._made.discard(path.parent)
-                self._mkdir(path.parent)
-                os.link(tmp, path)
-            _fsync_dir(path.parent)  # the new name itself must survive before anything refers to it
+            self._publish(key, data, exclusive=True)
         except FileExistsError:
             raise PreconditionFailed(key, "already exists") from None
-        finally:
-            tmp.unlink(missing_ok=True)
         return etag_of(data)
 
-    def _lock(self, key: str) -> int:
+    def _lock(self, key: str) -> AbstractContextManager[bool]:
+        """Hold `key`'s lock (waiting for it): every writer of an existing key does."""
         lock_dir = self.root / ".locks"
         self._mkdir(lock_dir, durable=False)
-        fd = os.open(lock_dir / blake3.blake3(key.encode()).hexdigest()[:24], os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd
+        return hold_lock(lock_dir / blake3.blake3(key.encode()).hexdigest()[:24], mode=0o644)
 
     def _put_if_match(self, key: str, data: bytes, etag: str) -> str:
-        path = self._path(key)
-        fd = self._lock(key)
-        try:
+        validate_key(key)  # before its lock file is made
+        with self._lock(key):
             current = self._get(key)
             if current is None:
                 raise PreconditionFailed(key, f"expected ETag {etag}, but the object does not exist")
             if current.etag != etag:
                 raise PreconditionFailed(key, f"expected ETag {etag}, got {current.etag}")
-            tmp = self._write_temp(data)
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            _fsync_dir(path.parent)
-        finally:
-            os.close(fd)  # releases the flock
+            self._publish(key, data, exclusive=False)
         return etag_of(data)
 
     def _list(self, prefix: str) -> list[str]:
@@ -169,16 +137,14 @@ class LocalObjectStore:
 
     def _delete(self, key: str) -> None:
         path = self._path(key)
-        fd = self._lock(key)
-        try:
-            path.unlink(missing_ok=True)
-        except NotADirectoryError:
-            pass
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-        finally:
-            os.close(fd)
+        with self._lock(key):
+            try:
+                path.unlink(missing_ok=True)
+            except NotADirectoryError:
+                pass
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
 
     # -- async API -------------------------------------------------------------------------------------------
 

@@ -68,13 +68,12 @@ def ask(dot: Path, token: Token | None) -> tuple[str, int, list[str]]:
 
 def start(root: Path, idle_timeout: float) -> None:
     """Start the watcher of `root`, detached (it forks; its first process exits once the watcher listens)."""
-    import subprocess
+    import subprocess  # not at the top: `mic status` imports this module and rarely starts a watcher
 
-    with open(root / ".mic" / LOG, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mic.watch", os.fspath(root), str(idle_timeout)], cwd="/",
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
-        )
+    from mickernel.spawn import spawn_detached
+
+    argv = [sys.executable, "-m", "mic.watch", os.fspath(root), str(idle_timeout)]
+    proc = spawn_detached(argv, log=root / ".mic" / LOG, cwd="/")
     try:
         code = proc.wait(timeout=_START_TIMEOUT)
     except subprocess.TimeoutExpired:

@@ -14,7 +14,6 @@ a retry (before each answer) manages to watch everything.
 from __future__ import annotations
 
 import errno
-import fcntl
 import marshal
 import os
 import select
@@ -27,6 +26,8 @@ from inotify_simple import INotify, flags
 
 from mic.paths import skipped
 from mic.watch import COOKIES, FULL, LOCK, PID, SOCKET
+from mickernel.atomic import write_atomic
+from mickernel.locks import open_locked
 
 __all__ = ["Watcher", "main"]
 
@@ -253,16 +254,11 @@ def main(argv: list[str], ready_fd: int) -> None:
     root, idle = os.path.realpath(argv[0]), float(argv[1])
     dot = root + "/.mic"
     os.umask(0o077)  # the socket and cookies are this user's alone
-    lock_fd = os.open(f"{dot}/{LOCK}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if open_locked(f"{dot}/{LOCK}", blocking=False) is None:  # else held (its fd left open) until we exit
         os.write(ready_fd, b"1")  # another watcher serves this workspace
         return
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with open(f"{dot}/{PID}.tmp", "w") as fh:
-        fh.write(f"{os.getpid()}\n")
-    os.replace(f"{dot}/{PID}.tmp", f"{dot}/{PID}")
+    write_atomic(f"{dot}/{PID}", f"{os.getpid()}\n")
     watcher = Watcher(root, idle)
     try:
         watcher.start()

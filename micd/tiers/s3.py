@@ -63,13 +63,14 @@ import zstandard
 from botocore.config import Config
 
 from micd.blobs import CHUNK, BytesBlob, DigestBuilder, Hashing, Verifier, aiter_bytes, clamp_range
-from micd.errors import FormatError, IntegrityError, TierUnavailable
+from micd.errors import TierUnavailable
 from micd.record import decode_record, encode_record
 from micd.store import EMPTY_HEX, Digest, Record
 from micd.tiers.disk.kvfile import decode_kv_file, encode_kv_file
 from micd.tiers.disk.layout import parse_blob_name
 from micd.tiers.s3_health import Health, Missing
 from micd.tiers.s3_spool import Sink, SpoolBlob, SpoolEntry, retrieve_exception, temp_file
+from mickernel.errors import FormatError, IntegrityError
 
 __all__ = ["S3Tier", "SpoolBlob"]  # SpoolBlob: re-exported from s3_spool for callers that type against it
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from micd.blobs import CHUNK, BytesBlob, Verifier, clamp_range
-from micd.errors import IntegrityError
+from mickernel.errors import IntegrityError
 
 __all__ = ["Sink", "SpoolBlob", "SpoolEntry", "retrieve_exception", "temp_file"]
 

@@ -28,13 +28,14 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from micd.blobs import BytesBlob, Verifier, aiter_bytes
-from micd.errors import MicError, TierUnavailable
+from micd.errors import TierUnavailable
 from micd.metrics import Metrics
 from micd.store import Blob, Digest, Record, Store
 from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
 from micd.tiers.toolview import ToolView
 from micd.validate import parse_key, parse_namespace
+from mickernel.errors import MicError
 
 if TYPE_CHECKING:  # aioboto3 costs ~140 ms of start-up; a daemon without S3 never imports it
     from micd.tiers.s3 import S3Tier

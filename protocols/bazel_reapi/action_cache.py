@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import grpc
 
-from micd.errors import BadRequest, NotFound
+from mickernel.errors import BadRequest, NotFound
 from micd.store import Record, Store
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi._proto import remote_execution_pb2_grpc as re_grpc

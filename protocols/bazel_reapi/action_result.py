@@ -12,7 +12,7 @@ import asyncio
 
 from google.protobuf.message import DecodeError
 
-from micd.errors import BadRequest
+from mickernel.errors import BadRequest
 from micd.store import Cas, Digest
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi.common import from_proto, off_loop

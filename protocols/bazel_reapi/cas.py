@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from micd.budget import ByteBudget
-from micd.errors import BadRequest, MicError, NotFound
+from mickernel.errors import BadRequest, MicError, NotFound
 from micd.store import Digest, Store
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi._proto import remote_execution_pb2_grpc as re_grpc

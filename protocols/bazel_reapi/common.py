@@ -15,16 +15,8 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError
 
-from micd.errors import (
-    BadRequest,
-    FormatError,
-    IntegrityError,
-    MicError,
-    NotFound,
-    StoreFull,
-    TierUnavailable,
-    Unauthorized,
-)
+from micd.errors import StoreFull, TierUnavailable, Unauthorized
+from mickernel.errors import BadRequest, FormatError, IntegrityError, MicError, NotFound
 from micd.store import EMPTY_HEX, Digest
 from micd.validate import MAX_BLOB_SIZE, parse_digest, parse_function, parse_namespace
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2

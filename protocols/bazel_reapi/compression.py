@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import zstandard
 
-from micd.errors import BadRequest, IntegrityError
+from mickernel.errors import BadRequest, IntegrityError
 
 __all__ = ["PIECE", "Decompressor", "compress_bytes", "compress_stream", "decompress_bytes"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from micd.errors import BadRequest
+from mickernel.errors import BadRequest
 from micd.store import Digest
 from micd.validate import parse_digest, parse_key
 from protocols.bazel_reapi.common import ac_namespace

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from micd.errors import BadRequest, IntegrityError
 from micd.store import EMPTY_HEX, Digest, Record
+from mickernel.errors import BadRequest, IntegrityError
 
 from .conftest import Backend
 

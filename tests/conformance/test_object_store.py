@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mic.errors import BadRequest, PreconditionFailed
+from mic.errors import PreconditionFailed
 from mic.objectstore import open_store
+from mickernel.errors import BadRequest
 from tests.conformance.objectstore_fixtures import s3_atomic, s3_atomic_server, store_url  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]

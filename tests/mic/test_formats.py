@@ -10,13 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mic.bloom import Bloom
-from mic.errors import FormatError
 from mic.formats.blob import decode_blob, encode_blob
 from mic.formats.btree_node import ChildRef, FileEntry, Node, decode_node, encode_node
 from mic.formats.chunked import decode_chunked, encode_chunked
 from mic.formats.head import Head, decode_head, encode_head
 from mic.formats.landing import Landing, decode_landing, encode_landing
 from mic.formats.session import Change, Decision, Message, Session, decode_session, encode_session
+from mickernel.errors import FormatError
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 H = bytes(range(32))

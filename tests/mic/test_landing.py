@@ -7,7 +7,7 @@ import os
 import pytest
 
 from mic.bloom import Bloom
-from mic.errors import Conflict, IntegrityError
+from mic.errors import Conflict
 from mic.formats.btree_node import FileEntry
 from mic.formats.landing import Landing, encode_landing
 from mic.landing import land, roll_forward
@@ -15,6 +15,7 @@ from mic.objects import Project, content_hash, landing_key
 from mic.objectstore import open_store
 from mic.session import start_session
 from mic.tree import EMPTY_ROOT, Tree
+from mickernel.errors import IntegrityError
 from tests.conformance.objectstore_fixtures import s3_atomic, s3_atomic_server, store_url  # noqa: F401
 
 

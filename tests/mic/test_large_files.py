@@ -8,12 +8,13 @@ import tracemalloc
 import pytest
 
 from mic import objects, vcs
-from mic.errors import IntegrityError, WorkspaceError
+from mic.errors import WorkspaceError
 from mic.formats.blob import encode_blob
 from mic.formats.chunked import CHUNK_SIZE, decode_chunked, encode_chunked
 from mic.objects import Project, content_hash
 from mic.objectstore import open_store
 from mic.workspace import Workspace
+from mickernel.errors import IntegrityError
 from tests.mic.test_land_workspace import _checkout
 
 MiB = 1024 * 1024

@@ -4,17 +4,19 @@ returns (a power cut cannot keep `head` while losing `landing/<n>` or a tree nod
 from __future__ import annotations
 
 from mic.objectstore import local
+from mickernel import atomic
 
 
 async def test_each_link_and_replace_fsyncs_its_directory_after_the_name_exists(tmp_path, monkeypatch):
     synced: list[tuple[str, bool]] = []
-    real = local._fsync_dir
+    real = atomic.fsync_dir
 
     def recording(directory):
         synced.append((str(directory.relative_to(tmp_path)), (directory / "k").exists()))
         real(directory)
 
-    monkeypatch.setattr(local, "_fsync_dir", recording)
+    monkeypatch.setattr(atomic, "fsync_dir", recording)  # after each write
+    monkeypatch.setattr(local, "fsync_dir", recording)  # after each new directory
     store = local.LocalObjectStore(tmp_path)
     etag = await store.put_if_absent("p/landing/k", b"one")
     assert ("p/landing", True) in synced  # after the link: the name itself is what must survive

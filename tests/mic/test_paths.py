@@ -6,7 +6,6 @@ import os
 
 import pytest
 
-from mic.errors import BadRequest
 from mic.formats.btree_node import FileEntry
 from mic.landing import land
 from mic.objects import Project, content_hash
@@ -14,6 +13,7 @@ from mic.objectstore import open_store
 from mic.paths import path_problem
 from mic.session import start_session
 from mic.statcache import Index, scan, scan_paths
+from mickernel.errors import BadRequest
 from tests.fixtures.tools import require_tool
 from tests.mic.test_gitimport import git
 

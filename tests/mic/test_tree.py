@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mic.errors import IntegrityError, NotFound
 from mic.formats.btree_node import FileEntry, decode_node
 from mic.tree import EMPTY_ROOT, FANOUT, Tree, node_hash
+from mickernel.errors import IntegrityError, NotFound
 
 
 class MemoryNodes:

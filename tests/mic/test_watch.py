@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from micd.config import load_config
-from mic.errors import ConfigError
 from mic.statcache import Index, scan
 from mic.watch import LOG, PID, SOCKET, client
 from mic.watch.client import WatchSettings, scan_workspace
+from micd.config import load_config
+from mickernel.errors import ConfigError
 
 from .conftest import run_mic
 

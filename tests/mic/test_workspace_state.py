@@ -143,3 +143,29 @@ def test_a_state_file_that_is_not_an_object_is_reported_as_unreadable(local_stor
     ws = _ws(mic, tmp_path)
     (ws / ".mic" / "state.json").write_text("[1, 2]")
     assert "state.json is unreadable" in mic(ws, "status", code=1).output
+
+
+def test_save_state_is_durable(tmp_path, monkeypatch):
+    """The base position a land saved must survive a power cut: the new bytes are fsynced before they replace
+    `state.json`, and `.mic` after (else the rename itself can be lost). It used to be written with no fsync."""
+    from mic.workspace import Workspace, WorkspaceState
+
+    ws = Workspace.create(tmp_path, WorkspaceState("p", 0, "00" * 32), store_url="file:///x", s3_endpoint_url=None)
+    state = ws.dot / "state.json"
+    real_fsync = os.fsync
+    synced: list[tuple[str, int | None]] = []  # (what was fsynced, the base in state.json at that moment)
+
+    def recording(fd):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if os.path.isdir(target):
+            synced.append((target, json.loads(state.read_text())["base"]))
+        else:
+            synced.append((json.loads(os.pread(fd, 1 << 16, 0))["base"], json.loads(state.read_text())["base"]))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    ws.state.base = 7
+    ws.save_state()
+    assert synced == [(7, 0), (str(ws.dot), 7)]  # the new bytes while state.json is still old, then .mic
+    assert _state(tmp_path)["base"] == 7
+    assert sorted(os.listdir(ws.dot)) == ["config.toml", "state.json"]  # no temp file left

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from micd.errors import IntegrityError
 from micd.store import Digest
 from micd.tiers.disk import DiskTier
+from mickernel.errors import IntegrityError
 
 FAST_FAILING_S3: dict[str, Any] = {
     "max_attempts": 1,

@@ -17,12 +17,12 @@ import pytest
 
 from micd.app import Activity, create_app
 from micd.config import load_config
-from micd.errors import IntegrityError
 from micd.metrics import Metrics
 from micd.store import Digest
 from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
 from micd.tiers.tiered import TieredStore
+from mickernel.errors import IntegrityError
 from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
 from tests.micd.helpers import blob, drain
 from tests.protocols.bazel_support import reapi_server

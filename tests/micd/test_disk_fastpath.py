@@ -14,12 +14,13 @@ import os
 import pytest
 
 from micd import libc
-from micd.errors import IntegrityError, StoreFull
+from micd.errors import StoreFull
 from micd.store import Digest
 from micd.tiers.disk import DiskTier, FilesystemFull
 from micd.tiers.disk import files as disk_files
 from micd.tiers.disk import journal as disk_journal
 from micd.tiers.disk import store as disk_store
+from mickernel.errors import IntegrityError
 from tests.micd.helpers import blob, chunked, start_held_put, temp_files
 
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from micd.errors import FormatError
 from micd.store import Digest, Record
 from micd.tiers.disk import DiskTier, index, kvfile
 from micd.tiers.disk.lru import Entry
+from mickernel.errors import FormatError
 
 KEYS = st.one_of(
     st.tuples(
@@ -143,8 +143,9 @@ async def test_reopen_with_a_valid_snapshot_stats_no_blob_file(tmp_path, monkeyp
     assert len(calls) == 50 and third.entry_count == 50
 
 
-@pytest.mark.parametrize("damage", ["garbage", "missing", "truncated"])
+@pytest.mark.parametrize("damage", ["garbage", "missing", "truncated", "old magic"])
 async def test_damaged_snapshot_is_rebuilt_from_the_files(tmp_path, damage):
+    """"old magic": a snapshot written before its magic became MICX (it was MICI, the stat cache's too)."""
     tier = open_tier(tmp_path)
     await tier.open()
     digests = await fill(tier, 10)
@@ -155,6 +156,10 @@ async def test_damaged_snapshot_is_rebuilt_from_the_files(tmp_path, damage):
         snap.write_bytes(b"not a snapshot at all" * 10)
     elif damage == "missing":
         snap.unlink()
+    elif damage == "old magic":
+        snap.write_bytes(resum(b"MICI" + snap.read_bytes()[4:-32]))
+        with pytest.raises(FormatError, match="bad magic"):
+            index.decode_snapshot(snap.read_bytes())
     else:
         snap.write_bytes(snap.read_bytes()[:-7])
     again = open_tier(tmp_path)

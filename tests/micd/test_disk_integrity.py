@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from micd.errors import BadRequest, IntegrityError
 from micd.store import Digest, Record
 from micd.tiers.disk.ingest import WRITE_BATCH
+from mickernel.errors import BadRequest, IntegrityError
 from tests.micd.helpers import blob, drain, temp_files
 
 SMALL_LIMIT = 64 << 10

@@ -13,11 +13,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from micd.errors import IntegrityError, StoreFull
+from micd.errors import StoreFull
 from micd.store import Digest, Record
 from micd.tiers.disk import DiskTier
 from micd.tiers.disk import files as disk_files
 from micd.tiers.disk import journal as disk_journal
+from mickernel.errors import IntegrityError
 from tests.micd.helpers import blob, start_held_put, temp_files, wait_until
 
 

@@ -233,7 +233,7 @@ def clean_before_flock(monkeypatch, tmp_root: Path, age_ns: int = 0) -> list[int
             cleaned.append(disk_files.clean_dead_temp(tmp_root, lambda path: 0))
         return real_flock(fd, op)
 
-    monkeypatch.setattr(disk_files.fcntl, "flock", flock_after_a_cleaner)
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_cleaner)
     return cleaned
 
 

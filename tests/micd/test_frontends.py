@@ -14,7 +14,8 @@ from aiohttp import web
 
 from micd.app import FRONTENDS, create_app, create_grpc_server
 from micd.config import load_config
-from micd.errors import BadRequest, NotFound, StoreFull, TierUnavailable
+from micd.errors import StoreFull, TierUnavailable
+from mickernel.errors import BadRequest, NotFound
 from micd.frontend import ClientContext, Frontend, check_client_config, check_frontends, owns
 from micd.metrics import Metrics
 from micd.tiers.memory import MemoryTier

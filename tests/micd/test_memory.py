@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from micd.blobs import aiter_bytes
-from micd.errors import IntegrityError
 from micd.store import Digest, Record
 from micd.tiers.memory import MemoryTier
+from mickernel.errors import IntegrityError
 
 
 def d(data: bytes) -> Digest:

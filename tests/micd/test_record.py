@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from micd import record as record_module
-from micd.errors import BadRequest, FormatError
 from micd.record import MAGIC, VERSION, decode_record, encode_record
 from micd.store import Digest, Record
+from mickernel.errors import BadRequest, FormatError
 
 DIGESTS = st.builds(
     Digest,

@@ -13,14 +13,15 @@ import tracemalloc
 import pytest
 import zstandard
 
-from micd.errors import BadRequest, IntegrityError, TierUnavailable
+from micd.errors import TierUnavailable
 from micd.record import decode_record, encode_record
 from micd.store import Digest, Record
 from micd.tiers.disk.kvfile import decode_kv_file
 from micd.tiers.memory import MemoryTier
+from micd.tiers.s3 import S3Tier
 from micd.tiers.tiered import TieredStore
 from micd.upload_queue import UploadQueue
-from micd.tiers.s3 import S3Tier
+from mickernel.errors import BadRequest, IntegrityError
 from tests.fixtures.s3 import TcpProxy
 from tests.micd.helpers import FAST_FAILING_S3, count_requests, read, s3_keys, wait_until
 

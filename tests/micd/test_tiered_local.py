@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from micd.errors import IntegrityError, StoreFull
+from micd.errors import StoreFull
 from micd.store import Digest
 from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
 from micd.tiers.tiered import TieredStore
+from mickernel.errors import IntegrityError
 from tests.micd.helpers import blob, chunked
 
 

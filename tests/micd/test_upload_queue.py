@@ -13,8 +13,9 @@ import threading
 import pytest
 
 from micd import upload_queue
-from micd.errors import FormatError, TierUnavailable
+from micd.errors import TierUnavailable
 from micd.upload_queue import MAGIC, UploadQueue, decode_entry, encode_entry
+from mickernel.errors import FormatError
 from tests.micd.helpers import wait_until
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from micd.errors import BadRequest
 from micd.store import Digest
-from micd.validate import parse_digest, parse_function, parse_key, parse_namespace, parse_size
+from micd.validate import parse_blob_size, parse_digest, parse_function, parse_key, parse_namespace
+from mickernel.errors import BadRequest
 
 HEX = "0123456789abcdef" * 4
 
@@ -26,8 +26,8 @@ def test_parse_function_rejects(function):
     ("raw", "size"),
     [("0", 0), ("1", 1), ("123456", 123456), (0, 0), (1 << 40, 1 << 40), ("0007", 7)],
 )
-def test_parse_size_accepts(raw, size):
-    assert parse_size(raw) == size
+def test_parse_blob_size_accepts(raw, size):
+    assert parse_blob_size(raw) == size
 
 
 @pytest.mark.parametrize(
@@ -46,9 +46,9 @@ def test_parse_size_accepts(raw, size):
         ("9999999999999999", "out of range"),
     ],
 )
-def test_parse_size_rejects(raw, message):
+def test_parse_blob_size_rejects(raw, message):
     with pytest.raises(BadRequest, match=message):
-        parse_size(raw)
+        parse_blob_size(raw)
 
 
 @pytest.mark.parametrize("function", ["sha256", "blake3"])

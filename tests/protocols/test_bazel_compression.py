@@ -7,7 +7,7 @@ import os
 import pytest
 import zstandard
 
-from micd.errors import BadRequest, IntegrityError
+from mickernel.errors import BadRequest, IntegrityError
 from protocols.bazel_reapi.compression import PIECE, Decompressor, compress_bytes, decompress_bytes
 
 

@@ -7,17 +7,10 @@ import grpc
 import pytest
 from google.protobuf.message import DecodeError
 
-from micd.errors import (
-    BadRequest,
-    Conflict,
-    FormatError,
-    IntegrityError,
-    NotFound,
-    StoreFull,
-    TierUnavailable,
-    Unauthorized,
-)
+from mic.errors import Conflict
+from micd.errors import StoreFull, TierUnavailable, Unauthorized
 from micd.store import Digest
+from mickernel.errors import BadRequest, FormatError, IntegrityError, NotFound
 from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
 from protocols.bazel_reapi.common import OutOfRange, grpc_code
 

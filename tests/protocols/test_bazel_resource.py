@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from micd.errors import BadRequest
+from mickernel.errors import BadRequest
 from protocols.bazel_reapi.resource import parse_read_name, parse_write_name
 
 H = "ab" * 32

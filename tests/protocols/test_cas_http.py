@@ -13,10 +13,11 @@ from aiohttp import web
 from yarl import URL
 
 from micd.blobs import BytesBlob
-from micd.errors import BadRequest, IntegrityError, MicError, NotFound, StoreFull, Unauthorized
+from micd.errors import StoreFull, Unauthorized
 from micd.store import Digest
 from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
+from mickernel.errors import BadRequest, IntegrityError, MicError, NotFound
 from protocols import cas_http
 
 

@@ -20,8 +20,8 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from micd.blobs import CHUNK
-from micd.errors import IntegrityError
 from micd.store import Digest, new_hasher
+from mickernel.errors import IntegrityError
 
 __all__ = ["FileBlob"]
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import itertools
 import logging
 import os
@@ -43,6 +42,7 @@ from micd import libc
 from micd.blobs import Hashing
 from micd.store import Digest, new_hasher
 from micd.tiers.disk.layout import make_private_dirs
+from mickernel.locks import open_locked
 
 __all__ = [
     "FULL_ERRNOS",
@@ -91,17 +91,11 @@ class Sig(NamedTuple):
 
 
 def _try_lock(path: Path) -> int | None:
-    """Open and exclusively flock `path` without blocking; the fd, or None if someone holds it."""
+    """Open and exclusively flock `path` without blocking; the fd, or None if it is absent or held."""
     try:
-        fd = os.open(path, os.O_RDWR)
+        return open_locked(path, blocking=False, create=False)
     except FileNotFoundError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
 
 
 def is_alive(tmp_root: Path, owner: str) -> bool:
@@ -212,13 +206,14 @@ def _create_locked(tmp_root: Path, name: str) -> int | None:
     staging = tmp_root / f"{_STAGING}{name}"
     make_private_dirs(staging)
     try:
-        fd = os.open(staging / _LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_locked(staging / _LOCK, blocking=False)
     except FileNotFoundError:
         return None
+    if fd is None:
+        return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.rename(staging, tmp_root / name)
-    except (BlockingIOError, FileNotFoundError):
+    except FileNotFoundError:
         os.close(fd)
         return None
     except BaseException:

@@ -7,11 +7,12 @@ dropped, and a file the snapshot does not know (written since, or by another pro
 recently used. Without a valid snapshot every file is stat'ed once for its atime (slow path, then saved).
 
 Snapshot byte layout (all integers little-endian, so the columns load with one `array.frombytes`),
-`MAGIC` `MICI`, `VERSION` 1:
+`MAGIC` `MICX`, `VERSION` 1 (the magic was `MICI` until it proved to be the stat cache's too: a snapshot with
+the old one is unreadable, so the index is rebuilt from the files once, as after any damage):
 
 | offset        | width | field                                                                      |
 |---------------|-------|----------------------------------------------------------------------------|
-| 0             | 4     | magic `MICI`                                                               |
+| 0             | 4     | magic `MICX`                                                               |
 | 4             | 1     | version (1)                                                                |
 | 5             | 3     | reserved, zero                                                             |
 | 8             | 8     | u64 entry count N                                                          |
@@ -39,15 +40,16 @@ from pathlib import Path
 
 import blake3
 
-from micd.errors import FormatError
 from micd.tiers.disk.layout import KV, Layout, parse_blob_name
 from micd.tiers.disk.lru import Entry, Lru
+from mickernel.atomic import write_atomic
+from mickernel.binary import check_header
+from mickernel.errors import FormatError
 
 __all__ = [
     "MAGIC",
     "VERSION",
     "blob_sizes",
-    "check_header",
     "decode_snapshot",
     "encode_snapshot",
     "load_index",
@@ -56,7 +58,7 @@ __all__ = [
     "scan_changes",
 ]
 
-MAGIC = b"MICI"
+MAGIC = b"MICX"
 VERSION = 1
 _FORMAT = "disk index snapshot"
 _HEAD = struct.Struct("<4sB3sQQ")
@@ -102,22 +104,11 @@ def decode_snapshot(data: bytes) -> list[tuple[str, tuple[int, int]]]:
     return list(zip(keys, zip(sizes, atimes, strict=True), strict=True))
 
 
-def check_header(what: str, got: tuple[bytes, int, bytes], expected: tuple[bytes, int]) -> None:
-    """Check the header both disk-tier files share: 4-byte magic, version byte, 3 reserved zero bytes."""
-    magic, version, reserved = got
-    if magic != expected[0]:
-        raise FormatError(what, "bad magic", offset=0, expected=expected[0], got=magic)
-    if version != expected[1]:
-        raise FormatError(what, "unsupported version", offset=4, expected=expected[1], got=version)
-    if reserved != b"\0\0\0":
-        raise FormatError(what, "reserved bytes not zero", offset=5, got=reserved)
-
-
 def _decode_columns(data: bytes) -> tuple[list[str], list[int], list[int]]:
     if len(data) < _HEAD.size + _SUM:
         raise FormatError(_FORMAT, "truncated", offset=0, expected=_HEAD.size + _SUM, got=len(data))
-    magic, version, reserved, count, key_len = _HEAD.unpack_from(data)
-    check_header(_FORMAT, (magic, version, reserved), (MAGIC, VERSION))
+    check_header(_FORMAT, data, MAGIC, (VERSION,), reserved=3)
+    _, _, _, count, key_len = _HEAD.unpack_from(data)
     expected_len = _HEAD.size + key_len + 16 * count + _SUM
     if len(data) != expected_len:
         raise FormatError(_FORMAT, "length does not match the header", expected=expected_len, got=len(data))
@@ -244,14 +235,6 @@ def scan_changes(layout: Layout, known: dict[str, int]) -> tuple[dict[str, Entry
 
 
 def save_snapshot(layout: Layout, entries: Iterable[tuple[str, tuple[int, int]]], tmp_dir: Path) -> None:
-    """Write the snapshot atomically (temp in `tmp_dir`, fsync, rename), private to its user; blocking."""
-    data = encode_snapshot(entries)
-    tmp = tmp_dir / f"snapshot.{os.getpid()}.{time.monotonic_ns()}"
-    try:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, layout.snapshot)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write the snapshot durably, private to its user; blocking. The temp file goes in `tmp_dir`, our temp
+    area, so one left by a crash is removed with the area."""
+    write_atomic(layout.snapshot, encode_snapshot(entries), mode=0o600, tmp_dir=tmp_dir)

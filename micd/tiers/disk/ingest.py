@@ -11,9 +11,10 @@ from pathlib import Path
 
 from micd.blobs import Hashing
 from micd.budget import ByteBudget
-from micd.errors import IntegrityError, StoreFull
+from micd.errors import StoreFull
 from micd.store import Digest
 from micd.tiers.disk import files
+from mickernel.errors import IntegrityError
 
 __all__ = ["WRITE_BATCH", "FilesystemFull", "Pipeline", "collect"]
 

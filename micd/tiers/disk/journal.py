@@ -37,15 +37,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from micd import libc
-from micd.errors import IntegrityError
 from micd.store import FUNCTIONS, Digest, new_hasher
 from micd.tiers.disk import files
 from micd.tiers.disk.layout import Layout
+from mickernel.atomic import fsync_dir
+from mickernel.errors import IntegrityError
 
-__all__ = ["DIR", "RECORD_OVERHEAD", "GroupCommit", "Journal", "read_segment", "replay", "syncfs"]
+__all__ = ["DIR", "MAGIC", "RECORD_OVERHEAD", "GroupCommit", "Journal", "read_segment", "replay", "syncfs"]
 
 DIR = "journal"
-_MAGIC = b"micJ"
+MAGIC = b"micJ"
 _HEADER = struct.Struct("<4sIQB3x32sQ")  # magic, crc32(rest), generation, function, raw digest, size
 RECORD_OVERHEAD = _HEADER.size
 _ZERO_CHUNK = bytes(1 << 20)
@@ -75,18 +76,10 @@ def syncfs(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _record(generation: int, digest: Digest, data: bytes) -> bytes:
-    rest = _HEADER.pack(_MAGIC, 0, generation, FUNCTIONS.index(digest.function), bytes.fromhex(digest.hex),
+    rest = _HEADER.pack(MAGIC, 0, generation, FUNCTIONS.index(digest.function), bytes.fromhex(digest.hex),
                         digest.size)[8:]  # fmt: skip
-    return _MAGIC + struct.pack("<I", zlib.crc32(rest)) + rest + data
+    return MAGIC + struct.pack("<I", zlib.crc32(rest)) + rest + data
 
 
 def read_segment(data: bytes) -> tuple[list[tuple[Digest, bytes]], int]:
@@ -96,7 +89,7 @@ def read_segment(data: bytes) -> tuple[list[tuple[Digest, bytes]], int]:
     pos, generation = 0, None
     while pos + _HEADER.size <= len(data):
         magic, crc, gen, function, raw, size = _HEADER.unpack_from(data, pos)
-        if magic != _MAGIC or crc != zlib.crc32(data[pos + 8 : pos + _HEADER.size]):
+        if magic != MAGIC or crc != zlib.crc32(data[pos + 8 : pos + _HEADER.size]):
             break  # never written, or torn: nothing after it was acknowledged in this generation
         if generation is None:
             generation = gen
@@ -260,10 +253,10 @@ class Journal:
                 chunk = _ZERO_CHUNK[: min(len(_ZERO_CHUNK), self.segment_bytes - offset)]
                 os.pwrite(fd, chunk, offset)
             os.fsync(fd)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             if first:  # the owner directory was renamed into tmp/ without a sync
-                _fsync_dir(self._owner_dir)
-                _fsync_dir(self._owner_dir.parent)
+                fsync_dir(self._owner_dir)
+                fsync_dir(self._owner_dir.parent)
         except BaseException:
             os.close(fd)
             path.unlink(missing_ok=True)

@@ -25,7 +25,8 @@ import struct
 
 import blake3
 
-from micd.errors import FormatError
+from mickernel.binary import check_header
+from mickernel.errors import FormatError
 
 __all__ = ["MAGIC", "VERSION", "decode_kv_file", "encode_kv_file"]
 
@@ -47,11 +48,8 @@ def decode_kv_file(data: bytes) -> tuple[str, str, bytes]:
     """Return (namespace, key, record bytes); FormatError on anything malformed or corrupted."""
     if len(data) < _HEAD.size + _SUM:
         raise FormatError(_FORMAT, "truncated", offset=0, expected=_HEAD.size + _SUM, got=len(data))
-    magic, version, ns_len, key_len = _HEAD.unpack_from(data)
-    if magic != MAGIC:
-        raise FormatError(_FORMAT, "bad magic", offset=0, expected=MAGIC, got=magic)
-    if version != VERSION:
-        raise FormatError(_FORMAT, "unsupported version", offset=4, expected=VERSION, got=version)
+    check_header(_FORMAT, data, MAGIC, (VERSION,))
+    _, _, ns_len, key_len = _HEAD.unpack_from(data)
     body_end = len(data) - _SUM
     names_end = _HEAD.size + ns_len + key_len
     if names_end > body_end:

@@ -29,9 +29,9 @@ import hashlib
 import os
 from pathlib import Path
 
-from micd.errors import BadRequest
 from micd.store import FUNCTIONS, Digest
 from micd.validate import parse_key, parse_namespace
+from mickernel.errors import BadRequest
 
 __all__ = [
     "KV",

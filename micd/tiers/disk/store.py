@@ -46,7 +46,7 @@ from typing import TypeVar
 
 from micd.blobs import BytesBlob, DigestBuilder, Hashing, Verifier, aiter_bytes, clamp_range
 from micd.budget import ByteBudget
-from micd.errors import FormatError, IntegrityError, StoreFull
+from micd.errors import StoreFull
 from micd.record import decode_record, encode_record
 from micd.store import EMPTY_HEX, Digest, Record
 from micd.tiers.disk import files, index, usage
@@ -57,6 +57,7 @@ from micd.tiers.disk.kvfile import decode_kv_file, encode_kv_file
 from micd.tiers.disk.layout import Layout, blob_key, check_kv_name, kv_key
 from micd.tiers.disk.lru import Marked
 from micd.tiers.disk.upkeep import IndexState
+from mickernel.errors import FormatError, IntegrityError
 
 __all__ = ["DiskTier", "FilesystemFull"]
 

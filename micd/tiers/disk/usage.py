@@ -29,7 +29,6 @@ Byte layout (little-endian), `MAGIC` `MICU`, `VERSION` 1:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import struct
 import threading
@@ -38,8 +37,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from micd.errors import FormatError
-from micd.tiers.disk.index import check_header
+from mickernel.binary import check_header
+from mickernel.errors import FormatError
+from mickernel.locks import locked_fd
 
 __all__ = ["MAGIC", "VERSION", "Ledger", "State", "View", "decode_usage", "encode_usage"]
 
@@ -78,8 +78,8 @@ def decode_usage(data: bytes) -> State:
     """Parse a ledger; FormatError if it is malformed."""
     if len(data) < _HEAD.size + _SUM.size:
         raise FormatError(_FORMAT, "truncated", offset=0, expected=_HEAD.size + _SUM.size, got=len(data))
-    magic, version, reserved, used, applied, count = _HEAD.unpack_from(data)
-    check_header(_FORMAT, (magic, version, reserved), (MAGIC, VERSION))
+    check_header(_FORMAT, data, MAGIC, (VERSION,), reserved=3)
+    _, _, _, used, applied, count = _HEAD.unpack_from(data)
     end = _HEAD.size + _ROW.size * count
     if len(data) != end + _SUM.size:
         raise FormatError(
@@ -142,21 +142,17 @@ class Ledger:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[_Mutable]:
         """flock the ledger, read it, yield it for changes, write it back (unless the body raised), unlock."""
-        with self._mutex:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        with self._mutex, locked_fd(self._fd):
+            data = os.pread(self._fd, 1 << 20, 0)
             try:
-                data = os.pread(self._fd, 1 << 20, 0)
-                try:
-                    state = _Mutable(*decode_usage(data)) if data else _Mutable(0, 0, {})
-                except FormatError:  # a torn write before a power loss: the next rescan recounts
-                    state = _Mutable(0, 0, {})
-                yield state
-                new = encode_usage(State(state.used, state.applied, state.claims))
-                os.pwrite(self._fd, new, 0)
-                if len(new) < len(data):
-                    os.ftruncate(self._fd, len(new))
-            finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                state = _Mutable(*decode_usage(data)) if data else _Mutable(0, 0, {})
+            except FormatError:  # a torn write before a power loss: the next rescan recounts
+                state = _Mutable(0, 0, {})
+            yield state
+            new = encode_usage(State(state.used, state.applied, state.claims))
+            os.pwrite(self._fd, new, 0)
+            if len(new) < len(data):
+                os.ftruncate(self._fd, len(new))
 
 
 class _Mutable:
