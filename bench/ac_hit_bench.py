@@ -38,7 +38,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
+from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2  # noqa: E402 (after the path insert)
 
 OUTPUTS = 50
 WARMUP = 20

@@ -458,7 +458,7 @@ def main() -> None:
         f"  ceilings measured just before each PUT: write+fsync {med(large['device']):.0f} MB/s "
         f"(same disk, no hashing), sha256 {med(large['sha256']):.0f} MB/s (one thread); "
         f"PUT ÷ min(ceilings) = "
-        f"{med(p / min(d, h) for p, d, h in zip(large['put'], large['device'], large['sha256'])):.2f}"
+        f"{med(p / min(d, h) for p, d, h in zip(large['put'], large['device'], large['sha256'], strict=True)):.2f}"
     )
     if large["cput"]:
         print(

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-import micd.client as client  # noqa: PLR0402  (the layering test rejects `from micd import …`)
+import micd.client as client
 from mic.cliutil import fail
 from micd.config import DAEMON_KEYS, load_config
 from mickernel.errors import MicError

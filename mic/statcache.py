@@ -413,7 +413,7 @@ def _walk_dir(prefix: str, directory: str, keys: dict, seen: list[str], suspects
         with os.scandir(fd) as it:
             for dirent in it:
                 name = dirent.name
-                if name in skip or name.endswith(TEMP_SUFFIX) and skipped(prefix, name):  # and mic's temp files
+                if name in skip or (name.endswith(TEMP_SUFFIX) and skipped(prefix, name)):  # and mic's temp files
                     continue
                 if dirent.is_dir(follow_symlinks=False):
                     subdirs.append((prefix + name + "/", directory + "/" + name))

@@ -35,15 +35,23 @@ import grpc
 from aiohttp import web
 
 from micd import libc
-from micd.app import FRONTENDS, SERVER_LOGGER, Activity, GrpcServer, create_app, create_grpc_server, open_store
+from micd.app import (
+    FRONTENDS,
+    SERVER_LOGGER,
+    Activity,
+    GrpcServer,
+    create_app,
+    create_grpc_server,
+    open_store,
+)
 from micd.auth import new_token
 from micd.config import Config
-from mickernel.errors import MicError
 from micd.metrics import Metrics
 from micd.statedir import StatePaths, read_pid, write_json_atomic
-from mickernel.atomic import write_atomic
-from mickernel.locks import hold_lock
 from micd.toolconfig import remove_client_configs, write_client_configs
+from mickernel.atomic import write_atomic
+from mickernel.errors import MicError
+from mickernel.locks import hold_lock
 
 __all__ = [
     "AlreadyRunning",

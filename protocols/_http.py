@@ -17,8 +17,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from micd.errors import StoreFull, TierUnavailable, Unauthorized
-from mickernel.errors import BadRequest, IntegrityError, MicError, NotFound
 from micd.store import Blob, Store
+from mickernel.errors import BadRequest, IntegrityError, MicError, NotFound
 
 __all__ = [
     "CONTENT_TYPE",

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mickernel.errors import BadRequest, IntegrityError
 from micd.store import Digest, Record, Store
-from micd.validate import parse_digest, parse_hash, parse_blob_size
+from micd.validate import parse_blob_size, parse_digest, parse_hash
+from mickernel.errors import BadRequest, IntegrityError
 from protocols._http import CONTENT_TYPE, bind, expect_continue, request_body, send_blob, sub_app
 from protocols.bazel_reapi.action_result import action_key, action_result_refs, decode_action_result
 from protocols.bazel_reapi.common import ac_namespace

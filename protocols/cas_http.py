@@ -22,10 +22,10 @@ import re
 
 from aiohttp import web
 
-from mickernel.errors import BadRequest, IntegrityError
+from micd.frontend import Frontend
 from micd.store import Digest, Store
 from micd.validate import parse_digest
-from micd.frontend import Frontend
+from mickernel.errors import BadRequest, IntegrityError
 from protocols._http import CONTENT_TYPE, bind, expect_continue, request_body, send_blob, status_for, sub_app
 
 __all__ = ["FRONTEND", "app", "parse_range", "status_for"]

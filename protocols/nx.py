@@ -27,7 +27,7 @@ from aiohttp import web
 
 from micd.frontend import ClientConfig, ClientContext, Frontend
 from micd.store import Record, Store
-from micd.validate import parse_key, parse_blob_size
+from micd.validate import parse_blob_size, parse_key
 from protocols._http import bind, expect_continue, request_body, send_blob, sub_app
 
 __all__ = ["FRONTEND", "NAMESPACE", "app", "client_config"]

@@ -28,10 +28,10 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from mickernel.errors import BadRequest
 from micd.frontend import ClientConfig, ClientContext, Frontend
 from micd.store import Store
 from micd.validate import parse_blob_size
+from mickernel.errors import BadRequest
 from protocols._http import bind, expect_continue, request_body, send_blob, sub_app
 from protocols._keyed import find, open_artifact, put_artifact
 

@@ -30,10 +30,10 @@ import re
 
 from aiohttp import web
 
-from mickernel.errors import BadRequest
 from micd.frontend import ClientConfig, ClientContext, Frontend
 from micd.store import Record, Store
-from micd.validate import parse_key, parse_namespace, parse_blob_size
+from micd.validate import parse_blob_size, parse_key, parse_namespace
+from mickernel.errors import BadRequest
 from protocols._http import bind, expect_continue, request_body, send_blob, sub_app
 
 __all__ = ["DEFAULT_TEAM", "FRONTEND", "MAX_JSON_BODY", "NAMESPACE", "app", "client_config"]

@@ -14,6 +14,6 @@ if os.fork() != 0:
     os._exit(0 if os.read(ready_r, 1) else 1)  # the child writes one byte when ready; an exit closes the pipe
 os.close(ready_r)
 
-from mic.watch.daemon import main  # after the fork: the parent exits as soon as it can
+from mic.watch.daemon import main  # noqa: E402 (after the fork: the parent exits as soon as it can)
 
 main(sys.argv[1:], ready_fd=ready_w)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import grpc
 
-from mickernel.errors import BadRequest, NotFound
 from micd.store import Record, Store
+from mickernel.errors import BadRequest, NotFound
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi._proto import remote_execution_pb2_grpc as re_grpc
 from protocols.bazel_reapi.action_result import action_key, action_result_refs, decode_action_result

@@ -12,8 +12,8 @@ import asyncio
 
 from google.protobuf.message import DecodeError
 
-from mickernel.errors import BadRequest
 from micd.store import Cas, Digest
+from mickernel.errors import BadRequest
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi.common import from_proto, off_loop
 

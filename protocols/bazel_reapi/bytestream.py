@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from micd.errors import TierUnavailable
-from mickernel.errors import BadRequest, IntegrityError, NotFound
 from micd.store import Store
+from mickernel.errors import BadRequest, IntegrityError, NotFound
 from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
 from protocols.bazel_reapi._proto import bytestream_pb2_grpc as bs_grpc
 from protocols.bazel_reapi.common import OutOfRange

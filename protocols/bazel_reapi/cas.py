@@ -14,8 +14,8 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from micd.budget import ByteBudget
-from mickernel.errors import BadRequest, MicError, NotFound
 from micd.store import Digest, Store
+from mickernel.errors import BadRequest, MicError, NotFound
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi._proto import remote_execution_pb2_grpc as re_grpc
 from protocols.bazel_reapi.common import (

@@ -16,9 +16,9 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError
 
 from micd.errors import StoreFull, TierUnavailable, Unauthorized
-from mickernel.errors import BadRequest, FormatError, IntegrityError, MicError, NotFound
 from micd.store import EMPTY_HEX, Digest
 from micd.validate import MAX_BLOB_SIZE, parse_digest, parse_function, parse_namespace
+from mickernel.errors import BadRequest, FormatError, IntegrityError, MicError, NotFound
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 
 __all__ = [
@@ -99,7 +99,7 @@ def from_protos(digests: Iterable[re_pb2.Digest], function: str) -> list[Digest]
         all(len(h) == 64 for h in hashes)
         and all(_HEX_RUN.fullmatch("".join(hashes[i : i + 4096])) for i in range(0, len(hashes), 4096))
         and (not sizes or (min(sizes) >= 0 and max(sizes) <= MAX_BLOB_SIZE))
-        and (0 not in sizes or all(h == EMPTY_HEX[function] for h, s in zip(hashes, sizes) if not s))
+        and (0 not in sizes or all(h == EMPTY_HEX[function] for h, s in zip(hashes, sizes, strict=True) if not s))
     ):
         return [Digest(function, h, s) for h, s in zip(hashes, sizes, strict=True)]
     return [from_proto(d, function) for d in digests]  # slow path: raises the precise error

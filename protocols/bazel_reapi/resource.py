@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mickernel.errors import BadRequest
 from micd.store import Digest
 from micd.validate import parse_digest, parse_key
+from mickernel.errors import BadRequest
 from protocols.bazel_reapi.common import ac_namespace
 
 __all__ = ["COMPRESSORS", "ResourceName", "parse_read_name", "parse_write_name"]

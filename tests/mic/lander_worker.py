@@ -11,12 +11,12 @@ import os
 import sys
 from pathlib import Path
 
-from micd.config import load_config
 from mic.errors import Conflict
 from mic.objects import Project
 from mic.objectstore import open_store
 from mic.vcs import land_workspace
 from mic.workspace import Workspace
+from micd.config import load_config
 
 
 async def _main(root: Path, goal: str, go: Path) -> dict[str, object]:

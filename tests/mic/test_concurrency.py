@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from micd.config import load_config
 from mic.objects import Project
 from mic.objectstore import open_store
 from mic.tree import Tree
+from micd.config import load_config
 from tests.conformance.objectstore_fixtures import s3_atomic, s3_atomic_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]

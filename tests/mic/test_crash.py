@@ -8,11 +8,11 @@ import signal
 
 import pytest
 
-from micd.config import load_config
 from mic.landing import KILL_POINTS
 from mic.objects import Project
 from mic.objectstore import open_store
 from mic.tree import Tree
+from micd.config import load_config
 from tests.mic.conftest import run_mic
 
 BEFORE_RECORD = ("rolled-forward", "checked", "objects-written")

@@ -488,7 +488,7 @@ def _random_op(rng: random.Random, root: Path) -> None:
     kind = rng.choice(["write", "write", "modify", "delete", "chmod", "symlink", "rename", "mkdir", "rmtree",
                        "mvdir"])
     name = f"n{rng.randrange(1000)}"
-    if kind == "write" or not files and kind in ("modify", "delete", "chmod", "rename"):
+    if kind == "write" or (not files and kind in ("modify", "delete", "chmod", "rename")):
         parent = rng.choice([root, *dirs])
         _write(parent / name, name)
     elif kind == "modify":

@@ -15,10 +15,10 @@ from aiohttp import web
 from micd.app import FRONTENDS, create_app, create_grpc_server
 from micd.config import load_config
 from micd.errors import StoreFull, TierUnavailable
-from mickernel.errors import BadRequest, NotFound
 from micd.frontend import ClientContext, Frontend, check_client_config, check_frontends, owns
 from micd.metrics import Metrics
 from micd.tiers.memory import MemoryTier
+from mickernel.errors import BadRequest, NotFound
 
 TOKEN = "frontend-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -39,7 +39,7 @@ _PLACEHOLDER = re.compile(r"\{(\w+)(?::((?:[^{}]|\{[^{}]*\})+))?\}")
 HTTP_FRONTENDS = [f for f in FRONTENDS if f.http is not None]
 GRPC_FRONTENDS = [f for f in FRONTENDS if f.grpc is not None]
 CLIENT_FRONTENDS = [f for f in FRONTENDS if f.client is not None]
-ids = lambda f: f.name  # noqa: E731
+ids = lambda f: f.name
 
 
 class _Store:

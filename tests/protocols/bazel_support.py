@@ -12,11 +12,11 @@ from typing import TypeVar
 
 import grpc
 
+from micd.app import GRPC_OPTIONS, new_grpc_server
 from micd.auth import TokenInterceptor
 from micd.store import Digest
 from micd.tiers.memory import MemoryTier
 from micd.tiers.tiered import TieredStore
-from micd.app import GRPC_OPTIONS, new_grpc_server
 from protocols import bazel_reapi
 from protocols.bazel_reapi._proto import bytestream_pb2_grpc as bs_grpc
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2

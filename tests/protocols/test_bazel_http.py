@@ -13,12 +13,12 @@ from micd.app import Activity, create_app
 from micd.config import load_config
 from micd.metrics import Metrics
 from micd.store import Digest, Record
+from protocols.bazel_http import MAX_AC_BODY
 from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
 from protocols.bazel_reapi._proto import remote_execution_pb2 as re_pb2
 from protocols.bazel_reapi.action_result import action_key
 from protocols.bazel_reapi.common import ac_namespace
 from protocols.bazel_reapi.compression import compress_bytes, decompress_bytes
-from protocols.bazel_http import MAX_AC_BODY
 from tests.protocols.bazel_support import blob, new_store, pd, reapi_server
 from tests.protocols.test_cas_http import _put_expecting_continue
 

@@ -8,11 +8,11 @@ import asyncio
 import grpc
 import pytest
 
+from micd.app import new_grpc_server
 from micd.store import Digest
 from micd.tiers.disk import DiskTier
 from micd.tiers.memory import MemoryTier
 from micd.tiers.tiered import TieredStore
-from micd.app import GRPC_OPTIONS, new_grpc_server
 from protocols import bazel_reapi
 from protocols.bazel_reapi._proto import bytestream_pb2 as bs_pb2
 from protocols.bazel_reapi._proto import bytestream_pb2_grpc as bs_grpc

@@ -522,14 +522,14 @@ class DiskTier(IndexState):
         journal = self._journal
         if journal is None:
             raise RuntimeError("DiskTier is not open")
-        if journal.allowed and not journal.starved or journal.allowed == journal.max_segments:
+        if (journal.allowed and not journal.starved) or journal.allowed == journal.max_segments:
             return True
         try:
             await self._reserve(journal.segment_bytes)
         except StoreFull:
             return journal.allowed > 0
         self._reserved -= journal.segment_bytes
-        if journal.allowed and not journal.starved or journal.allowed == journal.max_segments:
+        if (journal.allowed and not journal.starved) or journal.allowed == journal.max_segments:
             return True  # a concurrent write claimed one meanwhile: ours stays as headroom
         self._journal_claimed += journal.segment_bytes
         journal.allow(journal.allowed + 1)
