@@ -26,7 +26,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Protocol, Self
 
 from mic.paths import TEMP_SUFFIX, check_path, skipped, skipped_names
 from mickernel.atomic import write_atomic
@@ -108,7 +108,7 @@ def _summaries(entries: dict[str, Entry]) -> tuple[dict[str, Key], dict[str, Cha
     return keys, changes
 
 
-class _Entries(dict):  # type: ignore[type-arg]
+class _Entries(dict):
     """The entries, remembering which paths were written since the last sync (so a save can be a small delta)."""
 
     def __init__(self, *args: object) -> None:
@@ -136,9 +136,11 @@ class _Entries(dict):  # type: ignore[type-arg]
         self.all_touched = True
         super().update(*args, **kwargs)
 
-    def __ior__(self, other: object) -> Self:
+    # mypy wants an in-place operator's overloads to mirror `__or__`'s one for one (typeshed's own
+    # `dict.__ior__` ignores the same check): the checker is too strict here, the operator is right
+    def __ior__(self, other: Any) -> Self:  # type: ignore[misc]
         self.all_touched = True
-        return super().__ior__(other)  # type: ignore[no-any-return]
+        return super().__ior__(other)
 
     def popitem(self) -> tuple[str, Entry]:
         self.all_touched = True
@@ -179,15 +181,21 @@ class Index:
 
     @property
     def entries(self) -> dict[str, Entry]:
+        return self._decoded()
+
+    def _decoded(self) -> _Entries:
+        """`entries` as the `_Entries` it is (decoded on first use)."""
         if self._entries is None:
             loaded: dict[str, Entry] = {}
             if self._entries_blob is not None:
                 try:
-                    loaded = marshal.loads(self._entries_blob)
+                    decoded = marshal.loads(self._entries_blob)
                 except (EOFError, ValueError, TypeError):
-                    loaded = None
-                if not isinstance(loaded, dict):  # damaged: start over (a full save, everything re-hashed)
-                    self._keys, self._changes, self._entries_blob, loaded = None, {}, None, {}
+                    decoded = None
+                if isinstance(decoded, dict):
+                    loaded = decoded
+                else:  # damaged: start over (a full save, everything re-hashed)
+                    self._keys, self._changes, self._entries_blob = None, {}, None
                     self._keys_lazy, self.token, self.lost = False, None, True
                 for rel in self._delta:
                     loaded.pop(rel, None)
@@ -197,9 +205,10 @@ class Index:
         return self._entries
 
     def _decode_keys(self) -> None:
+        assert self._keys_blob is not None  # `_keys_lazy` is only set, and stays set, with the blob there
         self._keys_lazy = False
         try:
-            keys = marshal.loads(self._keys_blob)  # type: ignore[arg-type]
+            keys = marshal.loads(self._keys_blob)
         except (EOFError, ValueError, TypeError):
             keys = None
         if not isinstance(keys, dict):  # damaged: `_sync` rebuilds them from the entries
@@ -221,7 +230,7 @@ class Index:
         e = self._entries
         if self._keys is None or (e is not None and e.all_touched):
             self._keys_lazy = False
-            e = self.entries
+            e = self._decoded()
             self._keys, self._changes = _summaries(e)
             self._keys_blob = self._entries_blob = None  # nothing to write a delta against: next save is full
             e.touched.clear()
@@ -244,7 +253,7 @@ class Index:
                     changes[rel] = c
             self._delta |= e.touched
             e.touched.clear()
-        return self._keys, self._changes  # type: ignore[return-value]
+        return self._keys, self._changes
 
     def changes(self) -> dict[str, Change]:
         """The changes against the base as the entries stand (decoding nothing that is not yet decoded)."""
@@ -333,7 +342,7 @@ class Index:
             if self._keys_blob is not None and self._entries_blob is not None:  # only the token moved on
                 self._write({rel: self._pending_delta.get(rel) for rel in self._delta}, self._changes)
                 return
-        e = self.entries
+        e = self._decoded()
         # only entries written since the last full save can be racy (older ones were smudged when saved): those
         # not yet synced, and the delta
         racy = e if (self._keys is None or e.all_touched) else (e.touched | self._delta)
@@ -399,7 +408,15 @@ class ScanResult:
 Suspect = tuple[str, str, int, int, int, int, int]  # (rel, absolute path, size, mtime_ns, inode, mode, ctime_ns)
 
 
-def _walk_dir(prefix: str, directory: str, keys: dict, seen: list[str], suspects: list[Suspect]) -> list:
+class _Keys(Protocol):
+    """What the walk looks stat keys up in: the stat-key dict, or `_EntryKeys`."""
+
+    def get(self, rel: str, /) -> Key | None: ...
+
+
+def _walk_dir(
+    prefix: str, directory: str, keys: _Keys, seen: list[str], suspects: list[Suspect]
+) -> list[tuple[str, str]]:
     """Scan one directory: append its files to `seen`, those whose stat key differs to `suspects`; return subdirs.
 
     This is the whole per-file cost of `mic status`, so it is flat: `scandir` on a directory fd (each `lstat` is
@@ -407,7 +424,7 @@ def _walk_dir(prefix: str, directory: str, keys: dict, seen: list[str], suspects
     """
     get = keys.get
     skip = skipped_names(prefix)  # the root's `.mic`, and `.git` anywhere (see mic.paths)
-    subdirs = []
+    subdirs: list[tuple[str, str]] = []
     fd = os.open(directory, _DIR_FLAGS)
     try:
         with os.scandir(fd) as it:
@@ -437,12 +454,14 @@ def _walk_dir(prefix: str, directory: str, keys: dict, seen: list[str], suspects
     return subdirs
 
 
-def _walk_all(stack: list, keys: dict, seen: list[str], suspects: list[Suspect]) -> None:
+def _walk_all(stack: list[tuple[str, str]], keys: _Keys, seen: list[str], suspects: list[Suspect]) -> None:
+    """Walk each (prefix, directory) on `stack` and everything below it."""
     while stack:
-        stack.extend(_walk_dir(*stack.pop(), keys, seen, suspects))
+        prefix, directory = stack.pop()
+        stack.extend(_walk_dir(prefix, directory, keys, seen, suspects))
 
 
-def _walk(root: str, keys: dict) -> tuple[list[str], list[Suspect]]:
+def _walk(root: str, keys: dict[str, Key]) -> tuple[list[str], list[Suspect]]:
     """Walk the tree; on a large tree a forked child walks every other top-level directory and sends back
     (seen, suspects). Threads measured slower (each `lstat` is too short for the GIL hand-off to pay). If the
     child fails in any way the parent walks its half itself, so errors surface exactly as without it.
@@ -478,15 +497,17 @@ def _walk(root: str, keys: dict) -> tuple[list[str], list[Suspect]]:
     finally:
         os.close(r)
         _, status = os.waitpid(pid, 0)
+    their_seen: object
+    their_suspects: object
     try:
-        child_seen, child_suspects = marshal.loads(b"".join(chunks)) if status == 0 else (None, None)
+        their_seen, their_suspects = marshal.loads(b"".join(chunks)) if status == 0 else (None, None)
     except (EOFError, ValueError, TypeError):
-        child_seen = child_suspects = None
-    if not isinstance(child_seen, list) or not isinstance(child_suspects, list):
+        their_seen = their_suspects = None
+    if not isinstance(their_seen, list) or not isinstance(their_suspects, list):
         _walk_all(theirs, keys, seen, suspects)  # the child failed: do its half here
     else:
-        seen += child_seen
-        suspects += child_suspects
+        seen += their_seen
+        suspects += their_suspects
     return seen, suspects
 
 
