@@ -27,7 +27,9 @@ async def find(store: Store, namespace: str, key: str) -> tuple[Digest, Record] 
 async def open_artifact(store: Store, namespace: str, key: str) -> tuple[Blob, Record] | None:
     """The artifact's open blob (the caller sends and closes it) and its record, or None on a miss."""
     record = await store.get_record(namespace, key)
-    blob = None if record is None or len(record.refs) != 1 else await store.get(record.refs[0])
+    if record is None or len(record.refs) != 1:
+        return None
+    blob = await store.get(record.refs[0])
     return None if blob is None else (blob, record)
 
 
