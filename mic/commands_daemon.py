@@ -208,12 +208,11 @@ def register(group: click.Group) -> None:
             data["rows"] = stats_rows(data)
         _emit(data, as_json, _stats_table(data))
 
-    config_group = group.commands.get("config")
-    if not isinstance(config_group, click.Group):
+    def config() -> None:
+        """Inspect the effective configuration."""
 
-        @group.group("config")
-        def config_group() -> None:
-            """Inspect the effective configuration."""
+    found = group.commands.get("config")  # kept if this group already has one
+    config_group = found if isinstance(found, click.Group) else group.group("config")(config)
 
     @config_group.command("show")
     @_options("Print {key: {value, source}} as JSON.")
