@@ -50,9 +50,11 @@ MAGIC = b"micJ"
 _HEADER = struct.Struct("<4sIQB3x32sQ")  # magic, crc32(rest), generation, function, raw digest, size
 RECORD_OVERHEAD = _HEADER.size
 _ZERO_CHUNK = bytes(1 << 20)
+# how a group commit settles one put: the blob file's signature (None if it was stored already), or the error
+_Outcome = files.Sig | BaseException | None
 
 
-def _settle(outcomes: list[tuple[_Pending, object]]) -> None:
+def _settle(outcomes: list[tuple[_Pending, _Outcome]]) -> None:
     for item, outcome in outcomes:
         if item.future.done():  # the caller was cancelled: what was stored anyway goes to its `on_orphan`
             if item.on_orphan is not None and not isinstance(outcome, BaseException):
@@ -189,7 +191,8 @@ class Journal:
         """
         try:
             segment = self._segment_for(_HEADER.size + entries[0][0].size)
-            records, used = [], 0
+            records: list[bytes] = []
+            used = 0
             for digest, data in entries:
                 if records and segment.pos + used + _HEADER.size + digest.size > self.segment_bytes:
                     break
@@ -403,7 +406,7 @@ class GroupCommit:
         if self._queue and len(self._in_flight) < self._IN_FLIGHT:
             self._launch(loop)
 
-    def _commit(self, batch: list[_Pending]) -> list[tuple[_Pending, object]]:
+    def _commit(self, batch: list[_Pending]) -> list[tuple[_Pending, _Outcome]]:
         """Journal, then publish, one batch (blocking), a segment's worth at a time; the outcome per item."""
         out, fresh, copies = self._screen(batch)
         while fresh:
@@ -423,10 +426,10 @@ class GroupCommit:
 
     def _screen(
         self, batch: list[_Pending]
-    ) -> tuple[list[tuple[_Pending, object]], list[_Pending], list[tuple[_Pending, _Pending]]]:
+    ) -> tuple[list[tuple[_Pending, _Outcome]], list[_Pending], list[tuple[_Pending, _Pending]]]:
         """Verify each item (blocking): outcomes settled already (IntegrityError, or None when the blob is
         stored), the items to journal, and the later copies of a blob paired with its first item."""
-        settled: list[tuple[_Pending, object]] = []
+        settled: list[tuple[_Pending, _Outcome]] = []
         fresh: list[_Pending] = []
         copies: list[tuple[_Pending, _Pending]] = []
         seen: dict[str, _Pending] = {}
@@ -449,11 +452,11 @@ class GroupCommit:
 
     def _publish_all(
         self, chunk: list[_Pending], errors: list[OSError | None]
-    ) -> list[tuple[_Pending, object]]:
+    ) -> list[tuple[_Pending, _Outcome]]:
         """Publish the journaled items of `chunk` without fsync, a big chunk from two threads; the outcome
         per item (its journal error, if it was not journaled)."""
         journaled = [item for item, error in zip(chunk, errors, strict=True) if error is None]
-        out: list[tuple[_Pending, object]] = [
+        out: list[tuple[_Pending, _Outcome]] = [
             (item, error) for item, error in zip(chunk, errors, strict=True) if error is not None
         ]
         if not journaled:
@@ -470,11 +473,11 @@ class GroupCommit:
             out += helper.result()
         return out
 
-    def _publish(self, items: list[_Pending]) -> list[tuple[_Pending, object]]:
+    def _publish(self, items: list[_Pending]) -> list[tuple[_Pending, _Outcome]]:
         """Publish journaled blobs without fsync (blocking); the outcome per item."""
         return [(item, self._publish_one(item)) for item in items]
 
-    def _publish_one(self, item: _Pending) -> object:
+    def _publish_one(self, item: _Pending) -> _Outcome:
         try:
             return files.publish_unsynced(self._area, item.final, item.data)
         except OSError as exc:
