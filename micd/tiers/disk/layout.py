@@ -168,5 +168,5 @@ class Layout:
         shards = self.shard_dirs()
         if os.path.isdir(shards[-1][1]):
             return
-        for _, path in shards:
-            make_private_dirs(path)
+        for _, shard in shards:
+            make_private_dirs(shard)
