@@ -23,6 +23,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import grpc
@@ -73,7 +74,10 @@ GRPC_OPTIONS = (
 log = logging.getLogger("micd")
 access_log = logging.getLogger("micd.access")
 server_log = logging.getLogger("micd.http")  # aiohttp's own server errors, e.g. unparsable requests
-_ExcInfo = BaseException | bool | None
+# what `Logger.log` takes as exc_info (so `_LimitedLogger.log` takes all `LoggerAdapter.log` does)
+_ExcInfo = (
+    BaseException | bool | tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None] | None
+)
 
 
 class Activity:
@@ -136,7 +140,7 @@ class LogLimiter:
             self._summarize(key)
 
 
-class _LimitedLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _LimitedLogger(logging.LoggerAdapter[logging.Logger]):
     """A logger whose every line goes through a LogLimiter, keyed by its message template: for aiohttp's
     server, which logs each request it cannot parse with a traceback (garbage sent to the port)."""
 

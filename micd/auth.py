@@ -15,7 +15,7 @@ import base64
 import binascii
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from aiohttp import web
@@ -100,7 +100,7 @@ def _deny_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     async def deny(request_or_iterator: object, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong session token")
 
-    async def deny_stream(request_or_iterator: object, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def deny_stream(request_or_iterator: object, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong session token")
         yield  # pragma: no cover - makes this an async generator for streaming responses
 
