@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
 
 import blake3
@@ -186,7 +186,7 @@ class Project:
             raise NotFound(f"blob {h.hex()} is missing from project {self.name!r}")
         return obj.data
 
-    async def iter_content(self, h: bytes) -> AsyncIterator[bytes]:
+    async def iter_content(self, h: bytes) -> AsyncGenerator[bytes, None]:
         """A file's bytes, chunk by chunk, each verified against its BLAKE3 as it comes (IntegrityError).
 
         The whole file's BLAKE3 is checked after the last chunk, by the iteration itself: content is verified
