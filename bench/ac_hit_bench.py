@@ -88,7 +88,10 @@ def start_daemon(source: Path, work: Path, *args: str) -> Daemon:
         except (OSError, ValueError):
             time.sleep(0.01)
     rc = (state / "bazelrc").read_text()
-    url = re.search(r"^build:mic-http --remote_cache=(\S+)$", rc, re.M).group(1)
+    found = re.search(r"^build:mic-http --remote_cache=(\S+)$", rc, re.M)
+    if found is None:
+        raise RuntimeError(f"no build:mic-http --remote_cache line in {state / 'bazelrc'}")
+    url = found.group(1)
     return Daemon(process, info["http"], (state / "token").read_text().strip(), url[len(info["http"]) :])
 
 

@@ -38,6 +38,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psutil
@@ -121,8 +122,9 @@ def pct(values: list[float], q: float) -> float:
 
 async def run_ops(
     daemon: Daemon, op: Callable, items: list, concurrency: int, cap: float
-) -> dict[str, float]:
-    """Run `op(session, item)` over items with `concurrency` workers; ops/s and latency percentiles in ms."""
+) -> dict[str, Any]:
+    """Run `op(session, item)` over items with `concurrency` workers; ops/s and latency percentiles in ms, the
+    count, and the items done."""
     latencies: list[float] = []
     done: list = []
     queue = list(reversed(items))
@@ -473,10 +475,10 @@ def main() -> None:
         ("cold start to ready, existing cache", "start"),
         ("first start, empty cache", "first"),
     ):
-        runs = large[key]
+        seconds = large[key]
         print(
-            f"{label}: median {med(runs) * 1e3:.0f} ms (n={len(runs)}, min {min(runs) * 1e3:.0f}, "
-            f"max {max(runs) * 1e3:.0f})"
+            f"{label}: median {med(seconds) * 1e3:.0f} ms (n={len(seconds)}, min {min(seconds) * 1e3:.0f}, "
+            f"max {max(seconds) * 1e3:.0f})"
         )
     print(
         f"idle RSS: fresh {med(large['rss_fresh']):.1f} MiB, "

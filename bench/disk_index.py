@@ -101,6 +101,7 @@ async def chunks(block: bytes, size: int) -> AsyncIterator[bytes]:
 
 async def read_all(tier: DiskTier, digest: Digest) -> float:
     handle = await tier.get(digest)
+    assert handle is not None, f"{digest} was just stored"
     start = time.perf_counter()
     total = 0
     async for chunk in handle.chunks():

@@ -46,9 +46,10 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -122,7 +123,7 @@ class Tally:
         }
 
 
-async def run_workers(worker: Callable[[int], Awaitable[None]], clients: int, limit: float) -> int:
+async def run_workers(worker: Callable[[int], Coroutine[Any, Any, None]], clients: int, limit: float) -> int:
     """Run `worker(w)` per client; cancel those still running after `limit` s and return how many were."""
     tasks = [asyncio.create_task(worker(w)) for w in range(clients)]
     done, pending = await asyncio.wait(tasks, timeout=limit)
@@ -134,7 +135,7 @@ async def run_workers(worker: Callable[[int], Awaitable[None]], clients: int, li
     return len(pending)
 
 
-async def timed_phase(cfg: dict, tally: Tally, worker: Callable[[int, float], Awaitable[None]]) -> float:
+async def timed_phase(cfg: dict, tally: Tally, worker: Callable[[int, float], Coroutine[Any, Any, None]]) -> float:
     """Run the clients for cfg["seconds"]; an unfinished request counts as an error. Returns the duration."""
     started = time.perf_counter()
     deadline = started + cfg["seconds"]
