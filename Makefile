@@ -1,6 +1,8 @@
 # Two entry points for a fresh Debian 12 machine (see README.md):
 #   make run   installs micd into .venv and runs the daemon in the foreground for the current directory
-#   make test  installs every system package, npm client and Python dependency the tests need, then runs them
+#   make test  installs every system package, npm client and Python dependency the tests need, then runs the
+#              linter, the type checker and the whole suite
+# For development: `make test-fast` (the unit lane, under a minute: tests not marked slow) and `make lint`.
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +13,7 @@ APT_PACKAGES := bazel-bootstrap build-essential git gradle ccache
 # npm come with the machine); `npm ci` runs again only when the lockfile changes.
 NODE_CLIENTS := tests/clients/node
 
-.PHONY: run test install install-test system-deps node-clients
+.PHONY: run test test-fast lint install install-test system-deps node-clients
 
 $(BIN)/python:
 	python3 -m venv $(VENV)
@@ -39,5 +41,12 @@ $(NODE_CLIENTS)/node_modules/.package-lock.json: $(NODE_CLIENTS)/package-lock.js
 run: install
 	$(BIN)/mic daemon run
 
-test: system-deps install-test node-clients
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: system-deps install-test node-clients lint
 	$(BIN)/pytest -q -ra
+
+test-fast: install-test
+	$(BIN)/pytest -q -m "not slow"

@@ -1,4 +1,5 @@
-"""Base fixtures: every test runs with a clean environment (no HOME, XDG_*, MIC_*, AWS_* leaking in)."""
+"""Base fixtures: every test runs with a clean environment (no HOME, XDG_*, MIC_*, AWS_* leaking in); and the
+`slow` marker for the modules `make test-fast` leaves out."""
 
 from __future__ import annotations
 
@@ -9,6 +10,48 @@ import pytest
 pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.tools"]
 
 _CLEARED_PREFIXES = ("XDG_", "MIC_", "AWS_")
+SLOW_MODULES = frozenset(
+    {
+        # Seconds each in a full run (pytest --durations=0, 2026-12-08): real clients (tests/clients, marked
+        # there), the moto S3 server, daemons and landers in subprocesses, crash and concurrency scenarios,
+        # and the tool-cache protocol suites. The rest, the fast lane, runs in well under a minute.
+        "conformance/test_cas_kv.py",
+        "conformance/test_object_store.py",
+        "mic/test_cli.py",
+        "mic/test_concurrency.py",
+        "mic/test_crash.py",
+        "mic/test_landing.py",
+        "mic/test_large_files.py",
+        "mic/test_watch.py",
+        "mic/test_workspace_state.py",
+        "micd/test_disk_fastpath.py",
+        "micd/test_disk_index.py",
+        "micd/test_disk_integrity.py",
+        "micd/test_disk_journal.py",
+        "micd/test_disk_model.py",
+        "micd/test_disk_shared.py",
+        "micd/test_disk_shared_cap.py",
+        "micd/test_lifecycle.py",
+        "micd/test_s3_tier.py",
+        "micd/test_tiered.py",
+        "protocols/test_bazel_reapi_ac.py",
+        "protocols/test_bazel_reapi_cas.py",
+        "protocols/test_ccache.py",
+        "protocols/test_gradle.py",
+        "protocols/test_large_action_result.py",
+        "protocols/test_nx.py",
+        "protocols/test_sccache.py",
+        "protocols/test_turbo.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test of SLOW_MODULES `slow` (tests/clients mark themselves)."""
+    tests_dir = os.path.dirname(__file__)
+    for item in items:
+        if os.path.relpath(str(item.path), tests_dir) in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)

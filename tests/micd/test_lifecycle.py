@@ -150,6 +150,11 @@ def test_ports_json_appears_only_when_both_ports_serve(tmp_path):
             assert time.monotonic() < deadline and process.poll() is None
             time.sleep(0.001)
         info = json.loads(ports.read_text())  # atomic: never a partial file
+        # every frontend's client configuration was written before ports.json: a reader finds it complete
+        env_file = tmp_path / "state" / "env.json"
+        env = json.loads(env_file.read_text())["env"]
+        assert stat.S_IMODE(env_file.stat().st_mode) == 0o600 and (tmp_path / "state" / "bazelrc").exists()
+        assert f"127.0.0.1:{info['http_port']}" in env["TURBO_API"] and env["MIC_BAZELRC"]
         conn = http.client.HTTPConnection("127.0.0.1", info["http_port"], timeout=5)
         conn.request("GET", "/healthz")
         assert conn.getresponse().status == 200
@@ -160,6 +165,7 @@ def test_ports_json_appears_only_when_both_ports_serve(tmp_path):
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
     assert not ports.exists()
+    assert not (tmp_path / "state" / "env.json").exists() and not (tmp_path / "state" / "bazelrc").exists()
 
 
 def test_token_file_is_private_and_survives_restarts(micd, tmp_path):
@@ -231,6 +237,7 @@ def test_stale_files_after_kill_9_do_not_fool_clients(micd, tmp_path):
     daemon = micd()
     daemon.stop(signal.SIGKILL)
     assert (daemon.state / "ports.json").exists()  # left behind by the crash
+    assert (daemon.state / "env.json").exists()
     assert mic(tmp_path, "daemon", "status").returncode == 1
     started = mic(tmp_path, "daemon", "start", "--json")
     assert started.returncode == 0, started.stderr
