@@ -157,13 +157,21 @@ async def send_blob(
 
 
 def _sendfile_to(request: web.Request) -> SendFile:
-    """`SendFile` into the request's connection, for a response whose headers are out."""
+    """`SendFile` into the request's connection, for a response whose headers are out.
+
+    A client gone mid-sendfile fails the call, but the transport (its reading paused meanwhile) learns of it
+    only later: aborted here, it is closed at once, so the app logs a disconnect, never an unhandled error.
+    """
     loop = asyncio.get_running_loop()
 
     async def send_file(file: BinaryIO, offset: int, count: int) -> int:
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("connection lost")
-        return await loop.sendfile(transport, file, offset, count)
+        try:
+            return await loop.sendfile(transport, file, offset, count)
+        except ConnectionError:
+            transport.abort()
+            raise
 
     return send_file
