@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -117,7 +118,7 @@ class FileBlob:
         `micd.store.SendfileBlob`). A range of ≤ 1 MiB goes by `write` alone, after the whole file is hashed."""
         end = self.offset + self.length
         tail_start = max(self.offset, end - _TAIL)
-        with open(self._open_fd(), "rb", buffering=0, closefd=False) as file:
+        with io.FileIO(self._open_fd(), closefd=False) as file:  # for `send_file`; the fd stays ours
             sender = _HashedSendfile(send_file, file, self.offset, tail_start)
             try:
                 await self._hash_span(0, tail_start, sender.advance)
@@ -196,38 +197,43 @@ class FileBlob:
 
 class _HashedSendfile:
     """The send half of `send_verified`: [start, stop) of the file by `send_file`, one call at a time, each
-    of bytes already hashed. Sends overlap the hashing of the next batches; hashing never waits for them."""
+    of all the bytes hashed and not sent yet. Sends overlap the hashing of the next batches, a send starting
+    as soon as the one before ends; hashing never waits for them."""
 
     def __init__(self, send_file: SendFile, file: BinaryIO, start: int, stop: int) -> None:
         self._send_file = send_file
         self._file = file
-        self._sent = start  # sent, or being sent
+        self._sent = start
+        self._hashed = start
         self._stop = stop
         self._running: asyncio.Future[None] | None = None
 
     def advance(self, hashed: int) -> None:
-        """Bytes up to `hashed` are hashed: unless a send is running, send those not sent yet. Raises the
-        error of a finished send (e.g. the client went away), which stops the hashing too."""
+        """Bytes up to `hashed` are hashed: have them sent. Raises the error of a failed send (e.g. the
+        client went away), which stops the hashing too."""
+        self._hashed = min(hashed, self._stop)
         if self._running is not None:
             if not self._running.done():
-                return
+                return  # it goes on to the bytes hashed meanwhile
             finished, self._running = self._running, None
             finished.result()
-        upto = min(hashed, self._stop)
-        if upto > self._sent:
-            self._running = asyncio.ensure_future(self._send(self._sent, upto - self._sent))
-            self._sent = upto
+        if self._hashed > self._sent:
+            self._running = asyncio.ensure_future(self._send_hashed())
 
-    async def _send(self, offset: int, count: int) -> None:
-        sent = await self._send_file(self._file, offset, count)
-        if sent != count:  # the file ends early: sendfile stops short rather than fail
-            raise EOFError(offset + sent)
+    async def _send_hashed(self) -> None:
+        while self._sent < self._hashed:
+            offset, count = self._sent, self._hashed - self._sent
+            sent = await self._send_file(self._file, offset, count)
+            if sent != count:  # the file ends early: sendfile stops short rather than fail
+                raise EOFError(offset + sent)
+            self._sent += count
 
     async def finish(self) -> None:
-        """Send the rest, once all of [start, stop) is hashed."""
-        while self._running is not None:
-            await asyncio.wait([self._running])
-            self.advance(self._stop)
+        """Wait until all of [start, stop) is sent, once it is all hashed."""
+        self.advance(self._stop)
+        if self._running is not None:
+            running, self._running = self._running, None
+            await running
 
     async def stop(self) -> None:
         """Cancel a send still running (the hash failed, or the caller was cancelled)."""
