@@ -35,7 +35,8 @@ from micd.store import Digest, SendFile, new_hasher
 
 __all__ = ["FileBlob"]
 
-_BATCH = 8 * CHUNK  # bytes read per worker-thread call: amortises thread hand-off, bounds memory
+_BATCH = 8 * CHUNK  # bytes per worker-thread call of `chunks()` (amortises the hand-off, bounds memory), and
+# between the hash's reports to the sendfile half of `send_verified`
 _TAIL = CHUNK  # what `send_verified` withholds until the digest matched
 
 
