@@ -12,7 +12,9 @@ Measured, per tier, with 1 and 32 concurrent clients (one keep-alive connection 
 - a large blob (1 GiB; sha256 and blake3): PUT MB/s (verified ingest: hashed while written to disk, fsync,
   rename) and GET MB/s (sendfile from the disk tier while a worker thread hashes the file; the last MiB
   only once it matched), read by an aiohttp client and by curl. With the GET, the ceilings of its two halves
-  in the same run: the stored file sent by sendfile without hashing, and sha256 alone in one thread.
+  in the same run: the stored file sent by sendfile without hashing, and sha256 alone in one thread; and the
+  CPU time the daemon and curl spent on the curl GET, which bounds it on a machine of few cores whatever
+  else runs there.
 - cold start: `micd run` spawned → ports.json written and /healthz answering (what `mic daemon start` waits
   for), on an existing cache (the usual case) and on an empty one (first use).
 - idle RSS of the daemon (psutil): fresh, and idle after the 4 KiB runs.
@@ -28,6 +30,7 @@ import asyncio
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -62,6 +65,10 @@ class Daemon:
 
     def rss_mib(self) -> float:
         return psutil.Process(self.process.pid).memory_info().rss / (1 << 20)
+
+    def cpu_seconds(self) -> float:
+        times = psutil.Process(self.process.pid).cpu_times()
+        return times.user + times.system
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -328,6 +335,12 @@ def curl_get_mbps(daemon: Daemon, path: str) -> float | None:
     return float(out.stdout) / 1e6
 
 
+def _children_cpu_seconds() -> float:
+    """CPU time of this process's finished children (curl, once `subprocess.run` returned)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def sendfile_mbps(path: Path) -> float | None:
     """The send half's ceiling for a verified GET: `path` sent by sendfile over loopback to curl from a bare
     socket, no hashing, no event loop (what a GET would reach if hashing were free)."""
@@ -409,6 +422,8 @@ def bench_large(root: Path, args: argparse.Namespace) -> dict[str, list[float]]:
         "device",
         "sha256",
         "sendfile",
+        "get_cpu",
+        "curl_cpu",
     )
     out: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(args.reps):
@@ -423,9 +438,12 @@ def bench_large(root: Path, args: argparse.Namespace) -> dict[str, list[float]]:
             put, get, path = asyncio.run(_large(daemon, args.large_mib))
             out["put"].append(put)
             out["get"].append(get)
+            daemon_cpu, curl_cpu = daemon.cpu_seconds(), _children_cpu_seconds()
             curl = curl_get_mbps(daemon, path)
             if curl is not None:
                 out["curl"].append(curl)
+                out["get_cpu"].append(daemon.cpu_seconds() - daemon_cpu)
+                out["curl_cpu"].append(_children_cpu_seconds() - curl_cpu)
             _, function, hex_, size = path.split("/")[1:]
             stored = Layout(root / "cache").blob_path(Digest(function, hex_, int(size)))
             bare = sendfile_mbps(stored)
@@ -515,6 +533,12 @@ def main() -> None:
             f"  GET ceilings, same run: the stored file by bare sendfile to curl {med(large['sendfile']):.0f} MB/s "
             f"(no hashing), sha256 {med(large['sha256']):.0f} MB/s; GET (curl) ÷ sha256 = "
             f"{med(c / h for c, h in zip(large['curl'], large['sha256'])):.2f}"
+        )
+        daemon_cpu, curl_cpu = med(large["get_cpu"]), med(large["curl_cpu"])
+        cpus, size_mb = os.cpu_count() or 1, (args.large_mib // 16) * (16 << 20) / 1e6
+        print(
+            f"  CPU per GET (curl): daemon {daemon_cpu:.2f} s, curl {curl_cpu:.2f} s: with {cpus} CPUs and "
+            f"nothing else running, at best {cpus * size_mb / (daemon_cpu + curl_cpu):.0f} MB/s"
         )
     print(
         f"large blob {args.large_mib} MiB (blake3, disk tier): PUT {med(large['b3put']):.0f} MB/s, "
