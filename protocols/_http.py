@@ -126,7 +126,7 @@ async def send_blob(
     """Send `blob` (its range) as the response body and close it; the response is complete on return.
 
     Unencoded, a `SendfileBlob` goes by sendfile (as aiohttp's FileResponse sends, after the headers): no copy
-    of the body through Python, which took a 1 GiB GET from ~0.7 to ~1 GB/s (bench/RESULTS.md, issue 10).
+    of the body through Python: a 1 GiB GET went from 0.75 to 1.0-1.1 GB/s (bench/RESULTS.md, issue 10).
     Otherwise from `chunks()`. An encoded body has no Content-Length (chunked).
     """
     try:
