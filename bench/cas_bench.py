@@ -10,7 +10,11 @@ Measured, per tier, with 1 and 32 concurrent clients (one keep-alive connection 
   s3 = PUT with S3 configured (write-behind) and cold GETs read through from S3 (moto server) after the
   disk tier was wiped.
 - a large blob (1 GiB; sha256 and blake3): PUT MB/s (verified ingest: hashed while written to disk, fsync,
-  rename) and GET MB/s (sendfile from the disk tier), read by an aiohttp client and by curl.
+  rename) and GET MB/s (sendfile from the disk tier while a worker thread hashes the file; the last MiB
+  only once it matched), read by an aiohttp client and by curl. With the GET, the ceilings of its two halves
+  in the same run: the stored file sent by sendfile without hashing, and sha256 alone in one thread; and the
+  CPU time the daemon and curl spent on the curl GET, which bounds it on a machine of few cores whatever
+  else runs there.
 - cold start: `micd run` spawned → ports.json written and /healthz answering (what `mic daemon start` waits
   for), on an existing cache (the usual case) and on an empty one (first use).
 - idle RSS of the daemon (psutil): fresh, and idle after the 4 KiB runs.
@@ -26,6 +30,7 @@ import asyncio
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -33,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -43,8 +49,9 @@ from typing import Any
 import aiohttp
 import psutil
 
-from micd.store import new_hasher
+from micd.store import Digest, new_hasher
 from micd.tiers.disk.files import start_writeback
+from micd.tiers.disk.layout import Layout
 
 KIB4 = 4096
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -59,6 +66,10 @@ class Daemon:
 
     def rss_mib(self) -> float:
         return psutil.Process(self.process.pid).memory_info().rss / (1 << 20)
+
+    def cpu_seconds(self) -> float:
+        times = psutil.Process(self.process.pid).cpu_times()
+        return times.user + times.system
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -326,6 +337,47 @@ def curl_get_mbps(daemon: Daemon, path: str) -> float | None:
     return float(out.stdout) / 1e6
 
 
+def _children_cpu_seconds() -> float:
+    """CPU time of this process's finished children (curl, once `subprocess.run` returned)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def sendfile_mbps(path: Path) -> float | None:
+    """The send half's ceiling for a verified GET: `path` sent by sendfile over loopback to curl from a bare
+    socket, no hashing, no event loop (what a GET would reach if hashing were free)."""
+    if shutil.which("curl") is None:
+        return None
+    size = path.stat().st_size
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        server.settimeout(60)
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn, open(path, "rb") as file:
+                conn.recv(65536)  # curl's one small GET
+                conn.sendall(
+                    f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n".encode()
+                )
+                sent = 0
+                while sent < size:
+                    sent += os.sendfile(conn.fileno(), file.fileno(), sent, size - sent)
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        try:
+            out = subprocess.run(
+                ["curl", "-sS", "-o", "/dev/null", "-w", "%{speed_download}",
+                 f"http://127.0.0.1:{server.getsockname()[1]}/"],
+                capture_output=True, text=True, timeout=600, check=True,
+            )  # fmt: skip
+        finally:
+            thread.join()
+    return float(out.stdout) / 1e6
+
+
 def device_write_mbps(work: Path, mib: int) -> float:
     """The ceiling a durable PUT cannot beat: write `mib` MiB and fsync it, no hashing, no network, with the
     writeback started per block as the disk tier does.
@@ -371,6 +423,9 @@ def bench_large(root: Path, args: argparse.Namespace) -> dict[str, list[float]]:
         "rss_loaded",
         "device",
         "sha256",
+        "sendfile",
+        "get_cpu",
+        "curl_cpu",
     )
     out: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(args.reps):
@@ -385,9 +440,17 @@ def bench_large(root: Path, args: argparse.Namespace) -> dict[str, list[float]]:
             put, get, path = asyncio.run(_large(daemon, args.large_mib))
             out["put"].append(put)
             out["get"].append(get)
+            daemon_cpu, curl_cpu = daemon.cpu_seconds(), _children_cpu_seconds()
             curl = curl_get_mbps(daemon, path)
             if curl is not None:
                 out["curl"].append(curl)
+                out["get_cpu"].append(daemon.cpu_seconds() - daemon_cpu)
+                out["curl_cpu"].append(_children_cpu_seconds() - curl_cpu)
+            _, function, hex_, size = path.split("/")[1:]
+            stored = Layout(root / "cache").blob_path(Digest(function, hex_, int(size)))
+            bare = sendfile_mbps(stored)
+            if bare is not None:
+                out["sendfile"].append(bare)
             b3put, b3get, _ = asyncio.run(_large(daemon, args.large_mib, "blake3"))
             out["b3put"].append(b3put)
             out["b3get"].append(b3get)
@@ -466,6 +529,18 @@ def main() -> None:
         print(
             f"  with curl as the client: PUT sha256 {med(large['cput']):.0f} MB/s, "
             f"PUT blake3 {med(large['b3cput']):.0f} MB/s"
+        )
+    if large["sendfile"]:
+        print(
+            f"  GET ceilings, same run: the stored file by bare sendfile to curl {med(large['sendfile']):.0f} MB/s "
+            f"(no hashing), sha256 {med(large['sha256']):.0f} MB/s; GET (curl) ÷ sha256 = "
+            f"{med(c / h for c, h in zip(large['curl'], large['sha256'], strict=True)):.2f}"
+        )
+        daemon_cpu, curl_cpu = med(large["get_cpu"]), med(large["curl_cpu"])
+        cpus, size_mb = os.cpu_count() or 1, (args.large_mib // 16) * (16 << 20) / 1e6
+        print(
+            f"  CPU per GET (curl): daemon {daemon_cpu:.2f} s, curl {curl_cpu:.2f} s: with {cpus} CPUs and "
+            f"nothing else running, at best {cpus * size_mb / (daemon_cpu + curl_cpu):.0f} MB/s"
         )
     print(
         f"large blob {args.large_mib} MiB (blake3, disk tier): PUT {med(large['b3put']):.0f} MB/s, "

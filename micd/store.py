@@ -7,9 +7,9 @@ protocol: a digest is (function, hex, size) and a record is bytes plus the CAS d
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 import blake3
 
@@ -21,6 +21,8 @@ __all__ = [
     "Digest",
     "Kv",
     "Record",
+    "SendFile",
+    "SendfileBlob",
     "Store",
     "new_hasher",
 ]
@@ -106,6 +108,27 @@ class Blob(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+SendFile = Callable[[BinaryIO, int, int], Awaitable[int]]
+"""`send_file(file, offset, count)`: send `count` bytes of `file` from `offset` (by the kernel: sendfile) and
+return how many were sent."""
+
+
+@runtime_checkable
+class SendfileBlob(Blob, Protocol):
+    """Optional capability of a Blob whose bytes are in a local file (a large disk-tier blob): most of its
+    range can go to the socket by sendfile, not through Python, and still never complete unverified.
+
+    A sender that can use it (the HTTP frontends, unencoded) calls `send_verified` instead of `chunks()`.
+    """
+
+    async def send_verified(self, send_file: SendFile, write: Callable[[bytes], Awaitable[object]]) -> None:
+        """Send the range (once, as `chunks()` would): all but its last ≤ 1 MiB by `send_file`, never a byte
+        that is not hashed yet, and the last part by `write` only once the whole blob matched its digest. On
+        a mismatch, raises IntegrityError before the last part (the receiver then holds a short body, which
+        the sender must not complete) and the blob is dropped. The receiver still `aclose()`s the blob."""
+        ...
 
 
 class Cas(Protocol):

@@ -253,8 +253,9 @@ async def _get_over_one_connection(client, path: str, times: int) -> tuple[list[
 
 
 async def test_verified_disk_blobs_keep_the_connection_alive(aiohttp_client, tmp_path, caplog):
-    """End to end over the disk tier: GETs of a large file-backed blob keep the connection (issue 10, item 4: the
-    sendfile path, since removed, prepared its response twice and dropped every keep-alive connection)."""
+    """End to end over the disk tier: GETs of a large file-backed blob, sent by sendfile, keep the connection
+    (issue 10, item 4: an earlier sendfile path prepared its response twice and dropped every keep-alive
+    connection)."""
     disk = DiskTier(tmp_path / "cache", soft_cap=1 << 30, hard_cap=1 << 30, verify_limit=1 << 20)
     await disk.open()
     try:
@@ -268,6 +269,38 @@ async def test_verified_disk_blobs_keep_the_connection_alive(aiohttp_client, tmp
             bodies, created = await _get_over_one_connection(client, _url(digest), 4)
         assert bodies == [data] * 4 and created == 1
         assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    finally:
+        await disk.close()
+
+
+async def test_ranges_of_a_disk_blob_sent_by_sendfile(aiohttp_client, tmp_path):
+    """Ranges of a blob the disk tier sends by sendfile (all but the last MiB) are exact: within the withheld
+    last MiB, across hash batches, suffixes, to the end, each after the whole blob is hashed."""
+    from micd.tiers.disk.blob import _BATCH
+
+    disk = DiskTier(tmp_path / "cache", soft_cap=1 << 30, hard_cap=1 << 30, verify_limit=1 << 20)
+    await disk.open()
+    try:
+        app = web.Application()
+        app.add_subapp("/cas", cas_http.app(disk))
+        client = await aiohttp_client(app)
+        data = os.urandom(2 * _BATCH + 12345)
+        digest = Digest.of(data)
+        assert (await client.put(_url(digest), data=data)).status == 201
+        cases = {
+            "bytes=0-9": (0, 10),
+            f"bytes={_BATCH - 10}-{2 * _BATCH + 100}": (_BATCH - 10, _BATCH + 111),
+            "bytes=-16": (len(data) - 16, 16),
+            f"bytes=-{(1 << 20) + 5}": (len(data) - (1 << 20) - 5, (1 << 20) + 5),
+            "bytes=100-": (100, len(data) - 100),
+        }
+        for header, (start, length) in cases.items():
+            response = await client.get(_url(digest), headers={"Range": header})
+            assert response.status == 206, header
+            assert await response.read() == data[start : start + length], header
+            assert response.headers["Content-Range"] == f"bytes {start}-{start + length - 1}/{len(data)}"
+        whole = await client.get(_url(digest))
+        assert whole.status == 200 and await whole.read() == data
     finally:
         await disk.close()
 
@@ -310,7 +343,9 @@ async def test_expect_continue_refuses_a_wrong_size_before_100(client, store):
 
 async def test_an_unknown_expectation_is_417(client):
     digest = Digest.of(b"x")
-    statuses = await _put_expecting_continue(client, _url(digest), {"Expect": "teapot", "Content-Length": "1"})
+    statuses = await _put_expecting_continue(
+        client, _url(digest), {"Expect": "teapot", "Content-Length": "1"}
+    )
     assert statuses[0].startswith(b"HTTP/1.1 417 ")
 
 

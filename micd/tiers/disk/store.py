@@ -29,9 +29,9 @@ Blocking work runs on the group commit's own threads, not asyncio's default pool
 reads queued there.
 
 Reads: blobs up to `verify_limit` are read whole and verified before any byte is served (mismatch: the file
-is deleted, counted, and the read is a miss). Larger blobs stream through `FileBlob`, which verifies while
-streaming unless this process already verified that very file (see `blob.py` for the trade-off). Reads bump
-the file's atime at most once a minute so other processes' eviction sees the use.
+is deleted, counted, and the read is a miss). Larger blobs go out through `FileBlob`, streamed or by
+sendfile, which hashes the whole file on every read and withholds the last part until it matched (see
+`blob.py`). Reads bump the file's atime at most once a minute so other processes' eviction sees the use.
 """
 
 from __future__ import annotations
