@@ -48,5 +48,5 @@ lint: install-test
 test: system-deps install-test node-clients lint
 	$(BIN)/pytest -q -ra
 
-test-fast: install-test
+test-fast: $(BIN)/python
 	$(BIN)/pytest -q -m "not slow"

@@ -14,16 +14,23 @@ SLOW_MODULES = frozenset(
     {
         # Seconds each in a full run (pytest --durations=0, 2026-12-08): real clients (tests/clients, marked
         # there), the moto S3 server, daemons and landers in subprocesses, crash and concurrency scenarios,
-        # and the tool-cache protocol suites. The rest, the fast lane, runs in well under a minute.
+        # the tool-cache protocol suites, and the disk tier's and CLI's suites of a few seconds each. The rest,
+        # the fast lane, runs in under a minute.
         "conformance/test_cas_kv.py",
         "conformance/test_object_store.py",
         "mic/test_cli.py",
+        "mic/test_commands_daemon.py",
         "mic/test_concurrency.py",
         "mic/test_crash.py",
         "mic/test_landing.py",
         "mic/test_large_files.py",
+        "mic/test_temp_files.py",
+        "mic/test_unmerged.py",
         "mic/test_watch.py",
         "mic/test_workspace_state.py",
+        "micd/test_disk_bitrot.py",
+        "micd/test_disk_cancel.py",
+        "micd/test_disk_caps.py",
         "micd/test_disk_fastpath.py",
         "micd/test_disk_index.py",
         "micd/test_disk_integrity.py",
@@ -34,6 +41,7 @@ SLOW_MODULES = frozenset(
         "micd/test_lifecycle.py",
         "micd/test_s3_tier.py",
         "micd/test_tiered.py",
+        "protocols/test_bazel_batch_budget.py",
         "protocols/test_bazel_reapi_ac.py",
         "protocols/test_bazel_reapi_cas.py",
         "protocols/test_ccache.py",
