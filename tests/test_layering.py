@@ -22,6 +22,12 @@ MIC_MAY_IMPORT = ("micd.client", "micd.config")
 MICD_EDGE = {"micd.app", "micd.lifecycle", "micd.main", "micd.client", "micd.config", "micd.toolconfig"}
 
 
+@pytest.fixture(autouse=True)
+def clean_env() -> None:
+    """These tests only parse source files: no environment to isolate, and the shared fixture's private HOME
+    per test made them cost ~0.1 s each on this VM (creating directories is slow here)."""
+
+
 def _sources() -> list[Path]:
     return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py") if "_generated" not in p.parts)
 
